@@ -1,0 +1,56 @@
+# PCC - the Digital Car Passport data platform.
+# `make demo` and `make test` are the two set-up commands: each installs what it needs.
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PCC := $(VENV)/bin/pcc
+UV := $(VENV)/bin/uv
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.DEFAULT_GOAL := help
+
+.PHONY: help install demo test unit integration lint typecheck bench up down clean
+
+help: ## Show this help
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install --quiet --disable-pip-version-check uv==0.13.8
+	$(UV) pip install --quiet --python $(PY) -e '.[all,dev]'
+	@touch $(STAMP)
+
+install: $(STAMP) ## Create .venv and install the platform with every extra (idempotent)
+
+demo: install ## Run the main job end to end on local defaults
+	$(PCC) demo
+
+test: install lint ## Run the whole test suite (starts its own broker, chain node and Spark)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+unit: install ## Run only the unit tests (no services)
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: install ## Run only the integration tests (real Kafka, chain, Spark)
+	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+lint: install ## ruff and mypy
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+bench: install ## Run the benchmarks, write bench/results/latest.json and a Markdown table
+	$(PY) -m bench
+
+up: install ## Start the broker and the chain node and leave them running
+	$(PCC) kafka up
+	$(PCC) chain up
+
+down: install ## Stop what `make up` started
+	-$(PCC) kafka down
+	-$(PCC) chain down
+
+clean: ## Remove the virtualenv and local state (jars, chain, data)
+	rm -rf $(VENV) .pcc

@@ -1,0 +1,1 @@
+"""The ``pcc`` command: one group per layer, errors handled once in :func:`main`."""

@@ -1,0 +1,66 @@
+"""The master dataset: the immutable, append-only record the batch layer rebuilds from.
+
+The speed layer writes it, the batch layer reads it, the serving layer reads
+the real-time view that has the same columns.  One schema, defined here.
+
+Layout: ``<root>/event_date=YYYY-MM-DD/<segment>.parquet``.  Files are written
+under a temporary name and renamed, never rewritten.  Rows are unique by
+``event_id`` across the whole dataset (writers are idempotent by event id).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+#: Fraud flags a rule can raise (pipelines/rules/fraud.py); kept here so that
+#: every layer validates the same vocabulary.
+FRAUD_FLAGS: tuple[str, ...] = (
+    "odometer_rollback",       # reading lower than the last verified one
+    "implausible_rate",        # km/day between two readings beyond what a car does
+    "activity_after_wreck",    # any event after a total-loss declaration
+    "impossible_travel",       # same vehicle in two distant places too quickly
+    "duplicate_event",         # an event id seen before (replay)
+    "gradual_clocking",        # batch only: mileage rate dropping below the car's own trend
+    "rollback_before_sale",    # batch only: rollback shortly before an ownership change
+)
+
+#: Verification outcomes of an event's inclusion proof.
+VERIFICATION_STATUSES: tuple[str, ...] = ("verified", "unverified")
+
+MASTER_SCHEMA = pa.schema(
+    [
+        pa.field("event_id", pa.string(), nullable=False),
+        pa.field("event_type", pa.string(), nullable=False),
+        pa.field("schema_version", pa.int16(), nullable=False),
+        pa.field("source_id", pa.string(), nullable=False),
+        pa.field("vehicle", pa.string(), nullable=False),
+        pa.field("event_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("ingestion_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("processed_time", pa.timestamp("ms", tz="UTC"), nullable=False),
+        pa.field("odometer_km", pa.int64()),
+        pa.field("lat", pa.float64()),
+        pa.field("lon", pa.float64()),
+        pa.field("payload", pa.string(), nullable=False),  # canonical JSON (RFC 8785) of the payload
+        # proof
+        pa.field("leaf_hash", pa.string(), nullable=False),  # hex
+        pa.field("log_index", pa.int64(), nullable=False),
+        pa.field("tree_size", pa.int64(), nullable=False),
+        pa.field("root", pa.string(), nullable=False),  # hex
+        pa.field("verification", pa.string(), nullable=False),  # VERIFICATION_STATUSES
+        # quality index and its components, each in [0, 1]
+        pa.field("quality", pa.float64(), nullable=False),
+        pa.field("q_source", pa.float64(), nullable=False),
+        pa.field("q_proof", pa.float64(), nullable=False),
+        pa.field("q_consistency", pa.float64(), nullable=False),
+        pa.field("q_timeliness", pa.float64(), nullable=False),
+        pa.field("q_completeness", pa.float64(), nullable=False),
+        pa.field("flags", pa.list_(pa.string()), nullable=False),  # FRAUD_FLAGS raised in real time
+        # where it came from
+        pa.field("topic", pa.string(), nullable=False),
+        pa.field("partition", pa.int32(), nullable=False),
+        pa.field("offset", pa.int64(), nullable=False),
+        pa.field("event_date", pa.string(), nullable=False),  # partition column, YYYY-MM-DD of event_time
+    ]
+)
+
+MASTER_COLUMNS: tuple[str, ...] = tuple(MASTER_SCHEMA.names)

@@ -1,0 +1,145 @@
+"""Platform settings: one frozen model, read from the environment in one place.
+
+Environment names are nested with a double underscore, e.g.
+``PCC__KAFKA__BOOTSTRAP=127.0.0.1:9092`` or ``PCC__LEDGER__RPC_URL=http://...``.
+An optional TOML file (``PCC_CONFIG=path`` or ``--config path``) supplies
+values below the environment.  Defaults run everything embedded on this
+machine: the project's own Kafka broker, a local chain node, ``local[*]``
+Spark and DuckDB files under ``data_dir``.
+
+Only :func:`load_settings` reads the environment; everything else receives a
+``Settings`` object.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from pipelines.errors import PccConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class KafkaSettings(_Section):
+    bootstrap: str = "127.0.0.1:9092"
+    controller_port: int = 9093
+    home: Path | None = None  # where the broker keeps jars, logs and data; default data_dir/kafka
+    topic_prefix: str = "pcc."
+    partitions: int = 4
+    retention_ms: int = 7 * 24 * 3600 * 1000
+    heap: str = "512m"
+
+
+class LedgerSettings(_Section):
+    rpc_url: str = "http://127.0.0.1:8545"
+    chain: str = "anvil"  # anvil | hardhat | evm (in-process) | rpc (any endpoint)
+    port: int = 8545
+    deployer_key: SecretStr | None = None
+    manifest: Path | None = None  # deployment manifest; default data_dir/ledger/deployment.json
+    confirmations: int = 0
+
+
+class ProducerSettings(_Section):
+    source_id: str = "manual-01"
+    checkpoint_every: int = 1024  # anchor a checkpoint every N events...
+    checkpoint_seconds: float = 5.0  # ...or every T seconds, whichever comes first
+    max_payload_bytes: int = 16 * 1024
+    future_tolerance_s: int = 300
+
+
+class VaultSettings(_Section):
+    path: Path | None = None  # default data_dir/vault/identity.sqlite
+    key_file: Path | None = None  # default data_dir/vault/vault.key
+
+
+class SpeedSettings(_Section):
+    runner: str = "FnApiRunner"
+    until_idle_s: float | None = None
+    max_events: int | None = None
+    metrics_port: int = 9464
+    proof_wait_s: float = 10.0
+
+
+class BatchSettings(_Section):
+    master: str = "local[*]"
+    driver_memory: str = "2g"
+
+
+class ServingSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = 8600
+    query_timeout_s: float = 10.0
+    max_rows: int = 100_000
+    signing_key: SecretStr | None = None
+
+
+class Settings(BaseSettings):
+    """Every setting of the platform, grouped by layer."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="PCC__",
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    data_dir: Path = Path(".pcc")
+    kafka: KafkaSettings = Field(default_factory=KafkaSettings)
+    ledger: LedgerSettings = Field(default_factory=LedgerSettings)
+    producer: ProducerSettings = Field(default_factory=ProducerSettings)
+    vault: VaultSettings = Field(default_factory=VaultSettings)
+    speed: SpeedSettings = Field(default_factory=SpeedSettings)
+    batch: BatchSettings = Field(default_factory=BatchSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # init (the TOML file, passed in by load_settings) < environment
+        return (env_settings, init_settings)
+
+    def path(self, *parts: str) -> Path:
+        """A path under the data directory, created on demand by callers."""
+        return self.data_dir.joinpath(*parts)
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
+    """Read settings from an optional TOML file and the environment.
+
+    This is the one function that reads the environment.  A wrong key or value
+    raises :class:`PccConfigError` naming the file (or the environment) and the key.
+    """
+    file = config_file or os.environ.get("PCC_CONFIG")
+    values: dict[str, Any] = {}
+    origin = "environment (PCC__...)"
+    if file:
+        path = Path(file)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PccConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise PccConfigError(f"config file {path} is not valid TOML: {exc}") from None
+        origin = f"{path} or the environment"
+    values.update(overrides)
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
+        raise PccConfigError(f"invalid settings in {origin}: " + "; ".join(problems)) from None

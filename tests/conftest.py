@@ -1,0 +1,4 @@
+"""Session-wide fixtures.  Each real component has its own fixture module;
+they start the component once per test session and reuse it."""
+
+pytest_plugins: list[str] = []
