@@ -71,6 +71,10 @@ class SpeedSettings(_Section):
 class BatchSettings(_Section):
     master: str = "local[*]"
     driver_memory: str = "2g"
+    master_dataset: Path | None = None  # the master dataset root; default data_dir/master
+    shuffle_partitions: int = 8
+    max_quarantined_files: int = 10  # more corrupt/drifted master files than this fails the audit
+    timely_lag_s: int = 24 * 3600  # an event ingested within this lag of its event time is timely
 
 
 class ServingSettings(_Section):
