@@ -1,0 +1,1 @@
+"""The versioned JSON Schemas of PCC events (package data, loaded by name)."""

@@ -1,0 +1,195 @@
+"""Validation of envelopes and producer input against the versioned schemas.
+
+Every problem is reported with its JSON path (``$.payload.odometer_km: -5 is
+less than the minimum of 0``), never just "invalid".  Validators are compiled
+once per schema and reused: this runs on the hot path of the producer and of
+the speed layer.
+
+Beyond the schemas: ``schema_version`` must be a version shipped for the event
+type, times must be real dates and not in the future beyond a tolerance
+(``settings.producer.future_tolerance_s``), ``event_time`` not after
+``ingestion_time`` (same tolerance), ``proof.log_index < proof.tree_size``,
+and a producer's VIN must pass the ISO 3779 check.  Messages about a VIN or an
+owner identity never echo the value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Literal
+
+from jsonschema import Draft202012Validator, FormatChecker, validators
+from jsonschema.protocols import Validator
+
+from pipelines.errors import PccValidationError, PccValueError
+from pipelines.events.categories import field_categories
+from pipelines.events.envelope import EVENT_TYPES, UUID7, parse_time_ms
+from pipelines.events.envelope import now_ms as _now_ms
+from pipelines.events.fastcheck import Check, compile_check
+from pipelines.events.registry import load_schema, schema_registry, schema_versions
+from pipelines.settings import ProducerSettings
+from pipelines.vin import validate_vin
+
+#: Default tolerance for times in the future (``settings.producer.future_tolerance_s``).
+DEFAULT_FUTURE_TOLERANCE_S: float = ProducerSettings().future_tolerance_s
+
+# JSON integers only: jsonschema would otherwise accept 1.0 as an "integer".
+_TYPES = Draft202012Validator.TYPE_CHECKER.redefine("integer", lambda _checker, x: type(x) is int)
+_StrictValidator = validators.extend(Draft202012Validator, type_checker=_TYPES)
+_FORMATS = FormatChecker(formats=("date",))
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with a document: where (a JSON path) and what."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Compiled:
+    validator: Validator  # the authority, lists every problem
+    accepts: Check | None  # fast yes/no for the common case (see fastcheck)
+
+
+@cache
+def _validator(name: str, version: int, *, core: bool = False) -> _Compiled:
+    schema = load_schema(name, version)
+    if core:  # the envelope without its payload dispatch; payloads are validated by their own validator
+        schema.pop("allOf", None)
+    _StrictValidator.check_schema(schema)
+    validator = _StrictValidator(schema, registry=schema_registry(), format_checker=_FORMATS)
+    return _Compiled(validator, compile_check(schema))
+
+
+@cache
+def _sensitive_paths(name: str, version: int) -> tuple[str, ...]:
+    return tuple(p for p, c in field_categories(name, version).items() if c == "owner_identity")
+
+
+def _schema_problems(
+    compiled: _Compiled, obj: Any, prefix: str, sensitive: tuple[str, ...] = ()
+) -> list[Problem]:
+    if compiled.accepts is not None and compiled.accepts(obj):
+        return []
+    problems = []
+    for error in compiled.validator.iter_errors(obj):
+        path = prefix + error.json_path[1:]
+        message = error.message
+        if sensitive and path.startswith(sensitive):
+            message = message.replace(repr(error.instance), "the value")
+        problems.append(Problem(path, message))
+    return problems
+
+
+def _payload_problems(obj: dict[str, Any], *, producer_input: bool) -> list[Problem]:
+    event_type, version, payload = obj.get("event_type"), obj.get("schema_version"), obj.get("payload")
+    if event_type not in EVENT_TYPES or type(version) is not int or not isinstance(payload, dict):
+        return []  # already reported by the envelope schema
+    if version not in schema_versions(event_type):
+        known = ", ".join(map(str, schema_versions(event_type)))
+        return [Problem("$.schema_version", f"unknown version {version} of {event_type} (known: {known})")]
+    name = "ownership_change_input" if producer_input and event_type == "ownership_change" else event_type
+    sensitive = _sensitive_paths(name, version)
+    return _schema_problems(_validator(name, version), payload, "$.payload", sensitive)
+
+
+def _time_ms(obj: dict[str, Any], key: str, problems: list[Problem]) -> int | None:
+    value = obj.get(key)
+    if not isinstance(value, str):
+        return None
+    try:
+        return parse_time_ms(value)
+    except PccValueError:
+        if not any(p.path == f"$.{key}" for p in problems):
+            problems.append(Problem(f"$.{key}", f"{value!r} is not a valid date and time"))
+        return None
+
+
+def _time_problems(
+    obj: dict[str, Any], problems: list[Problem], now_ms: int | None, tolerance_s: float
+) -> None:
+    limit = (_now_ms() if now_ms is None else now_ms) + int(tolerance_s * 1000)
+    times = {key: _time_ms(obj, key, problems) for key in ("event_time", "ingestion_time")}
+    for key, ms in times.items():
+        if ms is not None and ms > limit:
+            ahead = (ms - limit) / 1000 + tolerance_s
+            problems.append(
+                Problem(
+                    f"$.{key}", f"{obj[key]} is {ahead:.0f} s in the future (tolerance {tolerance_s:g} s)"
+                )
+            )
+    event_ms, ingestion_ms = times["event_time"], times["ingestion_time"]
+    if (
+        event_ms is not None
+        and ingestion_ms is not None
+        and event_ms > ingestion_ms + int(tolerance_s * 1000)
+    ):
+        problems.append(
+            Problem("$.event_time", f"{obj['event_time']} is after ingestion_time {obj['ingestion_time']}")
+        )
+
+
+def validate_envelope(
+    obj: Any, *, now_ms: int | None = None, future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S
+) -> list[Problem]:
+    """Every problem of a wire envelope (empty list: valid)."""
+    if not isinstance(obj, dict):
+        return [Problem("$", f"expected a JSON object, got {type(obj).__name__}")]
+    problems = _schema_problems(_validator("envelope", 1, core=True), obj, "$")
+    problems += _payload_problems(obj, producer_input=False)
+    _time_problems(obj, problems, now_ms, future_tolerance_s)
+    proof = obj.get("proof")
+    if isinstance(proof, dict):
+        index, size = proof.get("log_index"), proof.get("tree_size")
+        if type(index) is int and type(size) is int and index >= size:
+            problems.append(Problem("$.proof.log_index", f"{index} is not below tree_size {size}"))
+    return problems
+
+
+def validate_input(
+    obj: Any, *, now_ms: int | None = None, future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S
+) -> list[Problem]:
+    """Every problem of a producer input record (VIN and owner identities, before pseudonymisation)."""
+    if not isinstance(obj, dict):
+        return [Problem("$", f"expected a JSON object, got {type(obj).__name__}")]
+    problems = _schema_problems(_validator("producer_input", 1, core=True), obj, "$", ("$.vin",))
+    problems += _payload_problems(obj, producer_input=True)
+    _time_problems(obj, problems, now_ms, future_tolerance_s)
+    vin = obj.get("vin")
+    if isinstance(vin, str) and not any(p.path == "$.vin" for p in problems):
+        try:
+            validate_vin(vin)
+        except PccValueError as exc:  # its message never echoes the VIN
+            problems.append(Problem("$.vin", str(exc).removeprefix("vin: ")))
+    return problems
+
+
+def validate_payload(event_type: str, version: int, payload: Any) -> list[Problem]:
+    """Problems of a payload alone (paths start at ``$.payload``)."""
+    return _payload_problems(
+        {"event_type": event_type, "schema_version": version, "payload": payload}, producer_input=False
+    ) or ([] if isinstance(payload, dict) else [Problem("$.payload", "expected a JSON object")])
+
+
+def require_valid(
+    obj: Any,
+    *,
+    kind: Literal["envelope", "input"] = "envelope",
+    now_ms: int | None = None,
+    future_tolerance_s: float = DEFAULT_FUTURE_TOLERANCE_S,
+) -> dict[str, Any]:
+    """Return ``obj`` if valid, else raise :class:`PccValidationError` listing every problem."""
+    check = validate_envelope if kind == "envelope" else validate_input
+    problems = check(obj, now_ms=now_ms, future_tolerance_s=future_tolerance_s)
+    if problems:
+        event_id = obj.get("event_id") if isinstance(obj, dict) else None
+        name = f"event {event_id}" if isinstance(event_id, str) and UUID7.match(event_id) else "event"
+        raise PccValidationError(f"invalid {name}", [str(p) for p in problems])
+    result: dict[str, Any] = obj
+    return result
