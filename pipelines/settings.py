@@ -36,6 +36,7 @@ class KafkaSettings(_Section):
     partitions: int = 4
     retention_ms: int = 7 * 24 * 3600 * 1000
     heap: str = "512m"
+    libs_dir: Path | None = None  # where the broker jars are cached; default home/libs
 
 
 class LedgerSettings(_Section):

@@ -1,0 +1,148 @@
+"""The platform's topics: created idempotently with the kafka-python admin client.
+
+Names come from :mod:`pipelines.topics` (one place for producers, the speed
+layer and this module).  Event topics get ``settings.kafka.partitions``
+partitions, the dead-letter topic one; all keep ``settings.kafka.retention_ms``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from infra.kafka.errors import KafkaUnavailableError, TopicMismatchError
+from pipelines.settings import Settings
+from pipelines.topics import SOURCE_KINDS, deadletter_topic, event_topics, topic_for_kind
+
+#: source kind -> topic, with the default prefix (``topic_for_kind(kind, settings.kafka.topic_prefix)``
+#: for another prefix)
+TOPICS: Mapping[str, str] = MappingProxyType({kind: topic_for_kind(kind) for kind in SOURCE_KINDS})
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    configs: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    """A topic as the broker reports it, with the end offset (next offset to write) of each partition."""
+
+    name: str
+    partitions: int
+    end_offsets: Mapping[int, int]
+
+    @property
+    def messages(self) -> int:
+        """Offsets written so far (retention may have deleted the oldest)."""
+        return sum(self.end_offsets.values())
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """The topics the platform needs, with the layout these settings ask for."""
+    k = settings.kafka
+    configs = {"retention.ms": str(k.retention_ms), "min.insync.replicas": "1"}
+    specs = [TopicSpec(name, k.partitions, configs) for name in event_topics(k.topic_prefix)]
+    specs.append(TopicSpec(deadletter_topic(k.topic_prefix), 1, configs))
+    return specs
+
+
+@contextmanager
+def admin_client(bootstrap: str, timeout_s: float = 10.0) -> Iterator[Any]:
+    """A kafka-python admin client, closed on exit; an unreachable broker is a transient error."""
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    ms = int(timeout_s * 1000)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id="pcc-admin",
+            bootstrap_timeout_ms=ms,
+            request_timeout_ms=ms,
+        )
+    except KafkaError as exc:
+        raise KafkaUnavailableError(
+            f"no Kafka broker answers at {bootstrap} ({type(exc).__name__}); start one with `pcc kafka up`"
+        ) from None
+    try:
+        yield admin
+    finally:
+        admin.close()
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
+    """Create the platform's topics that do not exist yet; returns the names created.
+
+    An existing topic with another partition count raises :class:`TopicMismatchError`
+    (keys would land on other partitions than consumers expect).
+    """
+    from kafka.errors import TopicAlreadyExistsError
+
+    specs = topic_specs(settings)
+    with admin_client(settings.kafka.bootstrap, timeout_s) as admin:
+        existing = {t["name"]: len(t["partitions"]) for t in _describe(admin, [s.name for s in specs])}
+        for spec in specs:
+            if spec.name in existing and existing[spec.name] != spec.partitions:
+                raise TopicMismatchError(
+                    f"topic {spec.name} exists with {existing[spec.name]} partitions, the settings ask for "
+                    f"{spec.partitions} (PCC__KAFKA__PARTITIONS); recreate it or change the setting"
+                )
+        missing = [s for s in specs if s.name not in existing]
+        if not missing:
+            return []
+        request = {
+            s.name: {"num_partitions": s.partitions, "replication_factor": 1, "configs": dict(s.configs)}
+            for s in missing
+        }
+        result = admin.create_topics(request, timeout_ms=int(timeout_s * 1000), raise_errors=False)
+        created = []
+        for topic in result["topics"]:
+            if topic["error_code"] == 0:
+                created.append(topic["name"])
+            elif topic["error_code"] != TopicAlreadyExistsError.errno:  # a concurrent creator won the race
+                raise TopicMismatchError(
+                    f"could not create topic {topic['name']}: {topic['error_message'] or topic['error_code']}"
+                )
+        if created:
+            admin.wait_for_topics(created, timeout_ms=int(timeout_s * 1000))
+        return created
+
+
+def describe_topics(
+    settings: Settings, names: list[str] | None = None, timeout_s: float = 10.0
+) -> list[TopicInfo]:
+    """The platform's topics (or ``names``) that exist, with partitions and end offsets."""
+    from kafka import TopicPartition
+    from kafka.admin import OffsetSpec
+
+    wanted = names if names is not None else [s.name for s in topic_specs(settings)]
+    with admin_client(settings.kafka.bootstrap, timeout_s) as admin:
+        topics = _describe(admin, wanted)
+        specs = {
+            TopicPartition(t["name"], p["partition_index"]): OffsetSpec.LATEST
+            for t in topics
+            for p in t["partitions"]
+        }
+        offsets = admin.list_partition_offsets(specs) if specs else {}
+    return [
+        TopicInfo(
+            name=t["name"],
+            partitions=len(t["partitions"]),
+            end_offsets={
+                p["partition_index"]: offsets[TopicPartition(t["name"], p["partition_index"])].offset
+                for p in sorted(t["partitions"], key=lambda p: p["partition_index"])
+            },
+        )
+        for t in sorted(topics, key=lambda t: t["name"])
+    ]
+
+
+def _describe(admin: Any, names: list[str]) -> list[dict[str, Any]]:
+    """Metadata of the named topics that exist (unknown ones are left out)."""
+    return [t for t in admin.describe_topics(names) if t["error_code"] == 0]
