@@ -1,0 +1,1 @@
+"""Benchmarks: each ``bench_*.py`` module exposes ``main(argv=None)``; ``python -m bench`` runs them all."""
