@@ -59,6 +59,9 @@ class ProducerSettings(_Section):
 class VaultSettings(_Section):
     path: Path | None = None  # default data_dir/vault/identity.sqlite
     key_file: Path | None = None  # default data_dir/vault/vault.key
+    resolve_roles: tuple[str, ...] = ("vault-admin",)  # caller roles allowed to turn a pseudonym back into a VIN
+    cache_size: int = 65_536  # in-memory VIN -> pseudonym entries per vault object
+    cache_check_s: float = 1.0  # how stale a cached pseudonym may be after an erasure elsewhere
 
 
 class SpeedSettings(_Section):
@@ -67,6 +70,10 @@ class SpeedSettings(_Section):
     max_events: int | None = None
     metrics_port: int = 9464
     proof_wait_s: float = 10.0
+    flush_interval_ms: int = 250  # real-time view and master dataset flush period (contract: <= 500)
+    poll_max_records: int = 5000  # records per Kafka poll, emitted as one batch
+    dedupe_window_s: int = 7 * 24 * 3600  # event ids remembered for replay detection (>= Kafka retention)
+    consumer_group: str = "pcc-speed"  # offsets committed here (after durable writes) for lag monitoring
 
 
 class BatchSettings(_Section):
@@ -83,7 +90,13 @@ class ServingSettings(_Section):
     port: int = 8600
     query_timeout_s: float = 10.0
     max_rows: int = 100_000
-    signing_key: SecretStr | None = None
+    signing_key: SecretStr | None = None  # the service's key that signs receipts; default a file under data_dir
+    memory_limit: str = "2GB"  # DuckDB memory limit of the query engine
+    threads: int = 2  # DuckDB worker threads
+    max_request_age_s: int = 300  # a signed request may not expire later than this
+    refresh_s: float = 0.25  # how often new real-time segments and batch versions are picked up
+    quality_weight_bps: int = 0  # 0: flat price per row; 10000: price proportional to the quality index
+    settle_every_s: float = 30.0  # how often pending receipts are settled on the Marketplace
 
 
 class Settings(BaseSettings):

@@ -1,0 +1,57 @@
+"""Settings of the serving layer, derived once from the platform's :class:`Settings`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.settings import Settings
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Everything the serving layer needs; built by :meth:`from_settings`, passed in."""
+
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8600
+    query_timeout_s: float = 10.0
+    max_rows: int = 100_000
+    memory_limit: str = "2GB"
+    threads: int = 2
+    max_request_age_s: int = 300
+    refresh_s: float = 0.25
+    quality_weight_bps: int = 0
+    settle_every_s: float = 30.0
+    signing_key: str | None = None  # hex private key that signs receipts
+
+    @property
+    def realtime_dir(self) -> Path:
+        return self.data_dir / "realtime"
+
+    @property
+    def batch_dir(self) -> Path:
+        return self.data_dir / "batch"
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the service keeps its own files (version stores, receipts, key)."""
+        return self.data_dir / "serving"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ServingConfig:
+        s = settings.serving
+        return cls(
+            data_dir=settings.data_dir.resolve(),
+            host=s.host,
+            port=s.port,
+            query_timeout_s=s.query_timeout_s,
+            max_rows=s.max_rows,
+            memory_limit=s.memory_limit,
+            threads=s.threads,
+            max_request_age_s=s.max_request_age_s,
+            refresh_s=s.refresh_s,
+            quality_weight_bps=s.quality_weight_bps,
+            settle_every_s=s.settle_every_s,
+            signing_key=s.signing_key.get_secret_value() if s.signing_key else None,
+        )

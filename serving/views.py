@@ -1,0 +1,318 @@
+"""Merged serving views in embedded DuckDB: published batch version + real-time tail.
+
+Layout read (docs/contracts.md): ``<data_dir>/batch/CURRENT.json`` names the
+published version, its views and its watermark; ``<data_dir>/realtime/*.parquet``
+are the speed layer's segments.
+
+How a view is served:
+
+* Each published batch version is copied once into its own DuckDB file
+  ``<data_dir>/serving/versions/<version>.duckdb`` (sorted by vehicle and time,
+  so one vehicle's history is a zone-map lookup), then ATTACHed ``READ_ONLY``.
+* Real-time segments are loaded as they land into the in-memory table ``rt``
+  (primary key ``event_id``: a replayed event is kept once).  A row already in
+  the batch version is dropped on load, and when a new version is published the
+  rows it now covers are deleted from ``rt`` *in the same transaction* that
+  repoints the views.
+* ``vehicle_history`` (and ``mileage_timeline``) = batch rows ``UNION ALL`` the
+  ``rt`` rows, so across the boundary no event is missing and none is counted
+  twice; ``fraud_scores`` and ``source_reputation`` are the batch version's.
+* Each consumer query runs in a ``READ ONLY`` transaction started under the
+  store's lock (:meth:`ServingStore.pin`): it sees one version and one ``rt``
+  state for its whole life, however many versions are published meanwhile.  An
+  old version is detached only when no pinned query uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+
+from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
+from serving.config import ServingConfig
+from serving.errors import ViewNotFoundError
+from serving.sandbox import engine_settings
+
+#: The serving views in the order the catalog lists them.
+SERVING_VIEWS: tuple[str, ...] = ("vehicle_history", "mileage_timeline", "fraud_scores", "source_reputation")
+#: Views merged with the real-time tail (their rows are events).
+MERGED_VIEWS = ("vehicle_history", "mileage_timeline")
+_MILEAGE_DEFAULT = ("event_id", "vehicle", "event_time", "odometer_km", "source_id", "quality")
+_DUCK_TYPES = {
+    "string": "VARCHAR",
+    "int16": "SMALLINT",
+    "int32": "INTEGER",
+    "int64": "BIGINT",
+    "double": "DOUBLE",
+    "timestamp[ms, tz=UTC]": "TIMESTAMP WITH TIME ZONE",
+    "list<item: string>": "VARCHAR[]",
+}
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def rt_table_ddl() -> str:
+    cols = [f"{_quote(f.name)} {_DUCK_TYPES[str(f.type)]}" for f in MASTER_SCHEMA]
+    return f"CREATE TABLE rt ({', '.join(cols)}, PRIMARY KEY (event_id))"
+
+
+@dataclass(frozen=True)
+class BatchManifest:
+    """The published batch version as ``CURRENT.json`` describes it."""
+
+    version: str
+    watermark: str  # processed_time, RFC 3339
+    views: dict[str, Path]
+    raw: dict[str, Any]
+
+    @classmethod
+    def read(cls, batch_dir: Path) -> BatchManifest | None:
+        path = batch_dir / "CURRENT.json"
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except json.JSONDecodeError as exc:
+            raise ViewNotFoundError(f"{path} is not valid JSON: {exc}") from None
+        try:
+            views = {name: batch_dir / rel for name, rel in doc["views"].items()}
+            return cls(str(doc["version"]), str(doc["watermark"]["processed_time"]), views, doc)
+        except (KeyError, TypeError) as exc:
+            raise ViewNotFoundError(f"{path} lacks key {exc}") from None
+
+
+@dataclass
+class _Version:
+    manifest: BatchManifest
+    alias: str
+    readers: int = 0
+
+
+def build_version_store(manifest: BatchManifest, target: Path) -> Path:
+    """Copy a batch version's Parquet views into one DuckDB file (idempotent)."""
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    con = duckdb.connect(str(tmp))
+    try:
+        for view, directory in manifest.views.items():
+            if view not in SERVING_VIEWS:
+                continue
+            if not directory.exists():
+                raise ViewNotFoundError(f"batch version {manifest.version}: view {view} missing at {directory}")
+            source = f"read_parquet({_literal(str(directory) + '/**/*.parquet')}, union_by_name = true)"
+            cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
+            order = [c for c in ("vehicle", "event_time", "source_id") if c in cols]
+            order_sql = f" ORDER BY {', '.join(order)}" if order else ""
+            con.execute(f"CREATE TABLE {_quote(view)} AS SELECT * FROM {source}{order_sql}")
+        con.execute("CHECKPOINT")
+    finally:
+        con.close()
+    os.replace(tmp, target)
+    return target
+
+
+class ServingStore:
+    """The query engine: one locked-down DuckDB database holding the merged views."""
+
+    def __init__(self, config: ServingConfig) -> None:
+        self.config = config
+        for d in (config.realtime_dir, config.batch_dir, config.state_dir / "versions"):
+            d.mkdir(parents=True, exist_ok=True)
+        self._db = duckdb.connect(":memory:")
+        allowed = [str(config.realtime_dir) + "/", str(config.state_dir / "versions") + "/"]
+        for statement in engine_settings(config.memory_limit, config.threads, allowed):
+            self._db.execute(statement)
+        self._db.execute(rt_table_ddl())
+        self._lock = threading.RLock()
+        self._loaded: set[str] = set()
+        self._current: _Version | None = None
+        self._retired: list[_Version] = []
+        self._columns: dict[str, list[tuple[str, str]]] = {}
+        self._create_views()
+
+    # -- reading -------------------------------------------------------------------------------
+    @property
+    def version(self) -> str | None:
+        return self._current.manifest.version if self._current else None
+
+    @property
+    def watermark(self) -> str | None:
+        return self._current.manifest.watermark if self._current else None
+
+    def columns(self) -> dict[str, list[tuple[str, str]]]:
+        """Each serving view's columns as (name, DuckDB type)."""
+        return dict(self._columns)
+
+    @contextlib.contextmanager
+    def pin(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, str | None]]:
+        """A cursor inside a READ ONLY transaction that sees one version and one real-time state."""
+        cur = self._db.cursor()
+        with self._lock:
+            pinned = self._current
+            if pinned:
+                pinned.readers += 1
+            cur.execute("BEGIN TRANSACTION READ ONLY")
+            # binding touches every catalog now, so the snapshot is taken under the lock
+            for view in self._columns:
+                cur.execute(f"SELECT 1 FROM {_quote(view)} WHERE false").fetchall()
+        try:
+            yield cur, pinned.manifest.version if pinned else None
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cur.execute("ROLLBACK")
+            cur.close()
+            with self._lock:
+                if pinned:
+                    pinned.readers -= 1
+                self._detach_retired()
+
+    def interrupt_handle(self, cur: duckdb.DuckDBPyConnection) -> Any:
+        return cur.interrupt
+
+    # -- refreshing ----------------------------------------------------------------------------
+    def refresh(self) -> None:
+        """Publish a new batch version if CURRENT.json changed, then load new segments."""
+        manifest = BatchManifest.read(self.config.batch_dir)
+        if manifest and (self._current is None or manifest.version != self._current.manifest.version):
+            self._publish(manifest)
+        self._load_segments()
+
+    def _publish(self, manifest: BatchManifest) -> None:
+        safe = re.sub(r"[^A-Za-z0-9_]", "_", manifest.version)
+        path = build_version_store(manifest, self.config.state_dir / "versions" / f"{safe}.duckdb")
+        alias = f"v_{safe}"
+        with self._lock:
+            self._db.execute(f"ATTACH IF NOT EXISTS {_literal(str(path))} AS {_quote(alias)} (READ_ONLY)")
+            new = _Version(manifest, alias)
+            cur = self._db.cursor()
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                self._create_views(new, cur)
+                if self._has(new, "vehicle_history"):
+                    cur.execute(
+                        f"DELETE FROM rt WHERE event_id IN "
+                        f"(SELECT event_id FROM {_quote(alias)}.vehicle_history)"
+                    )
+                cur.execute("COMMIT")
+            except BaseException:
+                cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+            if self._current:
+                self._retired.append(self._current)
+            self._current = new
+            self._detach_retired()
+
+    def _detach_retired(self) -> None:
+        keep = []
+        for old in self._retired:
+            if old.readers == 0 and old.alias != (self._current.alias if self._current else None):
+                self._db.execute(f"DETACH DATABASE IF EXISTS {_quote(old.alias)}")
+            else:
+                keep.append(old)
+        self._retired = keep
+
+    def _has(self, version: _Version | None, view: str) -> bool:
+        return version is not None and view in version.manifest.views
+
+    def _batch_columns(self, version: _Version, view: str, con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+        rows = con.execute(f"DESCRIBE {_quote(version.alias)}.{_quote(view)}").fetchall()
+        return [(r[0], r[1]) for r in rows]
+
+    def _create_views(self, version: _Version | None = None, con: duckdb.DuckDBPyConnection | None = None) -> None:
+        con = con or self._db
+        master = {f.name: _DUCK_TYPES[str(f.type)] for f in MASTER_SCHEMA}
+        columns: dict[str, list[tuple[str, str]]] = {}
+        for view in SERVING_VIEWS:
+            if version is not None and self._has(version, view):
+                cols = self._batch_columns(version, view, con)
+                batch_sql = f"SELECT *, 'batch' AS layer FROM {_quote(version.alias)}.{_quote(view)}"
+            elif view in MERGED_VIEWS:
+                names = MASTER_COLUMNS if view == "vehicle_history" else _MILEAGE_DEFAULT
+                cols = [(n, master[n]) for n in names]
+                batch_sql = None
+            else:
+                continue
+            names = [c for c, _ in cols]
+            if view in MERGED_VIEWS and "event_id" in names:
+                rt_cols = ", ".join(
+                    _quote(c) if c in master else f"CAST(NULL AS {t}) AS {_quote(c)}" for c, t in cols
+                )
+                where = " WHERE odometer_km IS NOT NULL" if view == "mileage_timeline" else ""
+                rt_sql = f"SELECT {rt_cols}, 'realtime' AS layer FROM rt{where}"
+                body = f"{batch_sql} UNION ALL {rt_sql}" if batch_sql else rt_sql
+            else:
+                body = batch_sql or ""
+            con.execute(f"CREATE OR REPLACE VIEW {_quote(view)} AS {body}")
+            columns[view] = [*cols, ("layer", "VARCHAR")]
+        self._columns = columns
+
+    def _load_segments(self) -> None:
+        for _attempt in range(3):
+            present = {
+                p.name: p
+                for p in self.config.realtime_dir.glob("*.parquet")
+                if not p.name.startswith(".") and p.is_file()
+            }
+            self._loaded &= present.keys()
+            new = sorted(set(present) - self._loaded)
+            if not new:
+                return
+            try:
+                self._ingest([present[n] for n in new])
+            except (duckdb.IOException, duckdb.InvalidInputException, FileNotFoundError):
+                continue  # a segment was compacted away between listing and reading: list again
+            self._loaded.update(new)
+            return
+
+    def _ingest(self, files: list[Path]) -> None:
+        listing = "[" + ", ".join(_literal(str(f)) for f in files) + "]"
+        cols = ", ".join(_quote(c) for c in MASTER_COLUMNS)
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                cur.execute("BEGIN TRANSACTION")
+                cur.execute(
+                    f"CREATE TEMP TABLE stage AS SELECT {cols} FROM read_parquet({listing}, union_by_name = true)"
+                )
+                if self._has(self._current, "vehicle_history"):
+                    assert self._current is not None
+                    alias = _quote(self._current.alias)
+                    cur.execute(
+                        f"DELETE FROM stage WHERE event_id IN (SELECT b.event_id FROM {alias}.vehicle_history b "
+                        f"WHERE b.vehicle IN (SELECT DISTINCT vehicle FROM stage "
+                        f"WHERE processed_time <= CAST(? AS TIMESTAMPTZ)))",
+                        [self._current.manifest.watermark],
+                    )
+                cur.execute(f"INSERT OR IGNORE INTO rt SELECT {cols} FROM stage")
+                cur.execute("DROP TABLE stage")
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cur.execute("ROLLBACK")
+                raise
+            finally:
+                cur.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
