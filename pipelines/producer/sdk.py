@@ -1,0 +1,255 @@
+"""The producer SDK: from a producer's own record to a proven event on Kafka.
+
+For each event: validate the producer input against its schema, turn the VIN
+(and any owner identity) into pseudonyms through the identity vault, build the
+envelope, hash it (RFC 8785 + SHA-256, RFC 6962 leaf) and append it to the
+source's durable transparency log.  Every ``checkpoint_every`` events or
+``checkpoint_seconds`` seconds the log is checkpointed: the checkpoint
+``(tree size, root)`` is anchored on the ledger first, then every event of the
+batch is published with its inclusion proof against that checkpoint, keyed by
+vehicle pseudonym so a car's events stay in order within a partition.
+
+No event is published without a checkpoint it can be proven against; an
+event the broker did not acknowledge stays in the log's spool and is sent
+again by the next :meth:`Producer.flush` (or the next run for this source).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from pipelines.canonical import leaf_hash
+from pipelines.errors import PccTransientError, PccValidationError, PccValueError
+from pipelines.events import format_time, new_event_id, now_ms, validate_envelope, validate_input
+from pipelines.producer.log import ProducerLog
+from pipelines.producer.protocols import Anchor, OutgoingEvent, Publisher
+from pipelines.settings import Settings
+from pipelines.topics import topic_for_kind
+
+
+class Pseudonymizer(Protocol):
+    """What the producer needs of the identity vault."""
+
+    def pseudonymize_vehicle(self, vin: str) -> str: ...
+
+    def pseudonymize_owner(self, identity: Mapping[str, Any]) -> str: ...
+
+    def record_ownership(self, vehicle: str, owner: str) -> None: ...
+
+
+#: Called after each published checkpoint: (events published so far, checkpoints anchored).
+ProgressCallback = Callable[[int, int], None]
+
+_OWNER_FIELDS = ("new_owner", "previous_owner")
+
+
+@dataclass
+class ProducerReport:
+    """What a producer run did, for the summary a user reads at the end."""
+
+    accepted: int = 0
+    published: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    rejections: list[tuple[int, str]] = field(default_factory=list)  # (line or position, message)
+    checkpoints: int = 0
+    gas_used: int = 0
+    unsent: int = 0
+    elapsed_s: float = 0.0
+
+    def reject(self, where: int, error: PccValueError) -> None:
+        problems = getattr(error, "problems", None) or [str(error)]
+        self.rejected[_reason(problems[0])] += 1
+        if len(self.rejections) < 1000:
+            self.rejections.append((where, str(error)))
+
+
+def _reason(problem: str) -> str:
+    """A short key for grouping rejections: the JSON path of the first problem."""
+    head = problem.split(":", 1)[0].strip()
+    return head if head.startswith("$") or head in {"vin", "event_time", "source_id"} else "invalid"
+
+
+class Producer:
+    """Streams one source's events to Kafka with proofs anchored on the ledger."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        source_id: str,
+        source_kind: str,
+        anchor: Anchor,
+        publisher: Publisher,
+        vault: Pseudonymizer,
+        on_progress: ProgressCallback | None = None,
+        clock: Callable[[], int] = now_ms,
+    ) -> None:
+        self.settings = settings
+        self.source_id = source_id
+        self.topic = topic_for_kind(source_kind, settings.kafka.topic_prefix)
+        self._anchor = anchor
+        self._publisher = publisher
+        self._vault = vault
+        self._on_progress = on_progress
+        self._clock = clock
+        self._every = settings.producer.checkpoint_every
+        self._every_ms = int(settings.producer.checkpoint_seconds * 1000)
+        self.log = ProducerLog(settings.path("producers", source_id), source_id)
+        self.report = ProducerReport(checkpoints=0)
+        self._last_checkpoint_ms = clock()
+        self._started = time.perf_counter()
+
+    # ------------------------------------------------------------------ events
+
+    def prepare(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Validate a producer input record and build its envelope (no side effect on the log).
+
+        Raises :class:`PccValidationError` listing every problem with its JSON path.
+        """
+        problems = validate_input(raw, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s)
+        if problems:
+            raise PccValidationError("event rejected", [str(p) for p in problems])
+        if raw.get("source_id", self.source_id) != self.source_id:
+            raise PccValidationError(
+                "event rejected", [f"$.source_id: {raw['source_id']!r} is not this producer ({self.source_id})"]
+            )
+        vehicle = self._vault.pseudonymize_vehicle(raw["vin"])
+        payload = dict(raw["payload"])
+        for name in _OWNER_FIELDS:
+            identity = payload.get(name)
+            if isinstance(identity, Mapping):
+                payload[name] = self._vault.pseudonymize_owner(identity)
+        if raw["event_type"] == "ownership_change":
+            self._vault.record_ownership(vehicle, payload["new_owner"])
+        envelope = {
+            "event_id": raw.get("event_id") or new_event_id(),
+            "event_type": raw["event_type"],
+            "schema_version": raw.get("schema_version", 1),
+            "source_id": self.source_id,
+            "vehicle": vehicle,
+            "event_time": raw["event_time"],
+            "ingestion_time": format_time(self._clock()),
+            "payload": payload,
+        }
+        problems = validate_envelope(envelope, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s)
+        if problems:
+            raise PccValidationError("event rejected", [str(p) for p in problems])
+        return envelope
+
+    def submit(self, raw: Mapping[str, Any]) -> str:
+        """Accept one event into the log; publishes when a checkpoint is due.  Returns its event id."""
+        envelope = self.prepare(raw)
+        self.log.append(envelope, leaf_hash(envelope))
+        self.report.accepted += 1
+        if self.log.unpublished >= self._every or self._clock() - self._last_checkpoint_ms >= self._every_ms:
+            self.flush()
+        return str(envelope["event_id"])
+
+    def check(self, raw: Mapping[str, Any]) -> None:
+        """Validate a producer input record without touching the vault or the log."""
+        problems = validate_input(raw, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s)
+        if problems:
+            raise PccValidationError("event rejected", [str(p) for p in problems])
+
+    def submit_many(self, records: Iterable[tuple[int, Mapping[str, Any] | Exception]], *, strict: bool = False) -> None:
+        """Submit numbered records (line number, record or the parse error of that line).
+
+        Invalid records are counted in the report with their line number and the
+        valid ones around them are still sent.  With ``strict``, every record is
+        checked first and one invalid record means nothing is sent.
+        """
+        if strict:
+            records = list(records)
+            bad: list[str] = []
+            for where, record in records:
+                try:
+                    if isinstance(record, Exception):
+                        raise record
+                    self.check(record)
+                except PccValueError as exc:
+                    self.report.reject(where, exc)
+                    bad.append(f"line {where}: {exc}")
+            if bad:
+                more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+                raise PccValidationError(
+                    f"--strict: {len(bad)} invalid line(s), nothing was sent", bad[:5] + ([more] if more else [])
+                )
+        for where, record in records:
+            try:
+                if isinstance(record, Exception):
+                    raise record
+                self.submit(record)
+            except PccValueError as exc:
+                self.report.reject(where, exc)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def flush(self) -> None:
+        """Checkpoint, anchor and publish everything appended so far."""
+        while True:
+            step = self.log.next_checkpoint()
+            if step is None:
+                break
+            checkpoint, events = step
+            if not self.log.anchored:
+                receipt = self._anchor.anchor(self.source_id, checkpoint.tree_size, checkpoint.root)
+                self.log.record_anchor(checkpoint, receipt.tx_hash, receipt.gas_used)
+                self.report.checkpoints += 1
+                self.report.gas_used += receipt.gas_used
+            root_hex = checkpoint.root.hex()
+            outgoing = []
+            for spooled, (index, path) in zip(events, checkpoint.proofs(), strict=True):
+                env = spooled.envelope
+                wire = dict(env)
+                wire["proof"] = {
+                    "log_index": index,
+                    "tree_size": checkpoint.tree_size,
+                    "root": root_hex,
+                    "path": [h.hex() for h in path],
+                }
+                outgoing.append(
+                    OutgoingEvent(self.topic, env["vehicle"].encode(), orjson.dumps(wire), env["event_id"], index)
+                )
+            failed = self._publisher.publish(outgoing)
+            if failed:
+                self.report.unsent = self.log.unpublished
+                first = failed[0][1]
+                raise PccTransientError(
+                    f"Kafka did not acknowledge {len(failed)} of {len(outgoing)} events of source "
+                    f"{self.source_id} (log indexes {failed[0][0].log_index}..): {first}; "
+                    f"{self.log.unpublished} events are kept in the log and are sent by the next run"
+                )
+            self.log.record_published(checkpoint)
+            self.report.published += len(outgoing)
+            if self._on_progress:
+                self._on_progress(self.report.published, self.report.checkpoints)
+        self._last_checkpoint_ms = self._clock()
+        self.report.unsent = 0
+
+    def close(self) -> ProducerReport:
+        """Publish what is pending, release the log and return the report."""
+        try:
+            self.flush()
+        finally:
+            self.report.unsent = self.log.unpublished
+            self.report.elapsed_s = time.perf_counter() - self._started
+            self.log.close()
+            self._publisher.close()
+        return self.report
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.report.unsent = self.log.unpublished
+            self.log.close()
+            self._publisher.close()
