@@ -103,9 +103,15 @@ def summary_table(reports: dict[str, ProducerReport]) -> Table:
 
 def produce(
     ctx: typer.Context,
-    files: Annotated[list[str] | None, typer.Argument(help="JSON Lines files of producer input ('-' = stdin).")] = None,
-    source: Annotated[str | None, typer.Option("--source", help="This producer's registered source id.")] = None,
-    kind: Annotated[str | None, typer.Option("--kind", help=f"Source kind: {', '.join(SOURCE_KINDS)}.")] = None,
+    files: Annotated[
+        list[str] | None, typer.Argument(help="JSON Lines files of producer input ('-' = stdin).")
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="This producer's registered source id.")
+    ] = None,
+    kind: Annotated[
+        str | None, typer.Option("--kind", help=f"Source kind: {', '.join(SOURCE_KINDS)}.")
+    ] = None,
     fleet: Annotated[
         Path | None, typer.Option("--fleet", help="A simulated fleet directory: produce every source in it.")
     ] = None,
@@ -118,7 +124,9 @@ def produce(
         try:
             meta = json.loads((fleet / "fleet.json").read_text())
         except FileNotFoundError:
-            raise PccValueError(f"--fleet: {fleet / 'fleet.json'} does not exist (run pcc simulate)") from None
+            raise PccValueError(
+                f"--fleet: {fleet / 'fleet.json'} does not exist (run pcc simulate)"
+            ) from None
         for src in meta["sources"]:
             path = fleet / "events" / f"{src['id']}.jsonl"
             if path.exists():
@@ -128,7 +136,9 @@ def produce(
             raise PccValueError("--source and --kind are required when files are given")
         jobs.append((path, source, kind))
     if not jobs:
-        raise PccValueError("nothing to produce: give JSON Lines files (with --source and --kind) or --fleet DIR")
+        raise PccValueError(
+            "nothing to produce: give JSON Lines files (with --source and --kind) or --fleet DIR"
+        )
     anchor = load_anchor(settings)
     from pipelines.vault import IdentityVault
 

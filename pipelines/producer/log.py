@@ -235,7 +235,9 @@ class ProducerLog:
                 previous.tree_size, checkpoint.tree_size, checkpoint.consistency_proof(),
                 previous.root, checkpoint.root,
             ):  # fmt: skip
-                raise PccStateError(f"source {self.source_id}: new checkpoint is not an extension of the last")
+                raise PccStateError(
+                    f"source {self.source_id}: new checkpoint is not an extension of the last"
+                )
         events = self._spool[: target - self.published.size]
         return checkpoint, events
 

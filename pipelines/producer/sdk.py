@@ -112,12 +112,15 @@ class Producer:
 
         Raises :class:`PccValidationError` listing every problem with its JSON path.
         """
-        problems = validate_input(raw, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s)
+        problems = validate_input(
+            raw, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s
+        )
         if problems:
             raise PccValidationError("event rejected", [str(p) for p in problems])
         if raw.get("source_id", self.source_id) != self.source_id:
             raise PccValidationError(
-                "event rejected", [f"$.source_id: {raw['source_id']!r} is not this producer ({self.source_id})"]
+                "event rejected",
+                [f"$.source_id: {raw['source_id']!r} is not this producer ({self.source_id})"],
             )
         vehicle = self._vault.pseudonymize_vehicle(raw["vin"])
         payload = dict(raw["payload"])
@@ -137,7 +140,9 @@ class Producer:
             "ingestion_time": format_time(self._clock()),
             "payload": payload,
         }
-        problems = validate_envelope(envelope, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s)
+        problems = validate_envelope(
+            envelope, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s
+        )
         if problems:
             raise PccValidationError("event rejected", [str(p) for p in problems])
         return envelope
@@ -153,11 +158,15 @@ class Producer:
 
     def check(self, raw: Mapping[str, Any]) -> None:
         """Validate a producer input record without touching the vault or the log."""
-        problems = validate_input(raw, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s)
+        problems = validate_input(
+            raw, now_ms=self._clock(), future_tolerance_s=self.settings.producer.future_tolerance_s
+        )
         if problems:
             raise PccValidationError("event rejected", [str(p) for p in problems])
 
-    def submit_many(self, records: Iterable[tuple[int, Mapping[str, Any] | Exception]], *, strict: bool = False) -> None:
+    def submit_many(
+        self, records: Iterable[tuple[int, Mapping[str, Any] | Exception]], *, strict: bool = False
+    ) -> None:
         """Submit numbered records (line number, record or the parse error of that line).
 
         Invalid records are counted in the report with their line number and the
@@ -178,7 +187,8 @@ class Producer:
             if bad:
                 more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
                 raise PccValidationError(
-                    f"--strict: {len(bad)} invalid line(s), nothing was sent", bad[:5] + ([more] if more else [])
+                    f"--strict: {len(bad)} invalid line(s), nothing was sent",
+                    bad[:5] + ([more] if more else []),
                 )
         for where, record in records:
             try:
@@ -214,7 +224,9 @@ class Producer:
                     "path": [h.hex() for h in path],
                 }
                 outgoing.append(
-                    OutgoingEvent(self.topic, env["vehicle"].encode(), orjson.dumps(wire), env["event_id"], index)
+                    OutgoingEvent(
+                        self.topic, env["vehicle"].encode(), orjson.dumps(wire), env["event_id"], index
+                    )
                 )
             failed = self._publisher.publish(outgoing)
             if failed:
