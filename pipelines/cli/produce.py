@@ -128,9 +128,9 @@ def produce(
                 f"--fleet: {fleet / 'fleet.json'} does not exist (run pcc simulate)"
             ) from None
         for src in meta["sources"]:
-            path = fleet / "events" / f"{src['id']}.jsonl"
-            if path.exists():
-                jobs.append((str(path), src["id"], src["kind"]))
+            fleet_file = fleet / "events" / f"{src['id']}.jsonl"
+            if fleet_file.exists():
+                jobs.append((str(fleet_file), src["id"], src["kind"]))
     for path in files or []:
         if not source or not kind:
             raise PccValueError("--source and --kind are required when files are given")
@@ -146,9 +146,9 @@ def produce(
     reports: dict[str, ProducerReport] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=console) as progress:
-        for path, src, knd in jobs:
+        for job_path, src, knd in jobs:
             reports[src] = produce_file(
-                settings, path, source_id=src, kind=knd, strict=strict, anchor=anchor, vault=vault,
+                settings, job_path, source_id=src, kind=knd, strict=strict, anchor=anchor, vault=vault,
                 progress=progress,
             )  # fmt: skip
     console.print(summary_table(reports))

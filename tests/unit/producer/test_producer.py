@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import orjson
@@ -134,7 +135,7 @@ def test_a_restarted_producer_continues_its_log_consistently(settings, vault):
     assert indexes == list(range(45))
     checkpoints = anchor.checkpoints[SOURCE]
     leaves = LeafHashFile(settings.path("producers", SOURCE, "leaves.bin"))
-    for (size1, root1), (size2, root2) in zip(checkpoints, checkpoints[1:]):
+    for (size1, root1), (size2, root2) in itertools.pairwise(checkpoints):
         proof = consistency_proof(leaves, size1, size2)
         assert verify_consistency(size1, size2, proof, root1, root2)
     leaves.close()
