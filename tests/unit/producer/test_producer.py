@@ -168,9 +168,8 @@ def test_broker_down_keeps_events_and_never_anchors_twice(settings, vault):
             producer.submit(raw(i))
     assert producer.report.unsent == 16
     producer.log.close()
-    ids_logged = [
-        json.loads(line)["e"]["event_id"] for line in open(settings.path("producers", SOURCE, "spool.jsonl"))
-    ]
+    spool = settings.path("producers", SOURCE, "spool.jsonl").read_text().splitlines()
+    ids_logged = [json.loads(line)["e"]["event_id"] for line in spool]
     later = MemoryPublisher()
     make(settings, vault, anchor, later).close()
     assert [wire(e)["event_id"] for e in later.sent] == ids_logged
