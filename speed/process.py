@@ -1,0 +1,298 @@
+"""The per-event logic of the speed layer, as plain Python.
+
+:class:`EventProcessor` is used as is by the Beam pipeline (inside one fused
+DoFn) and by the plain-loop reference of ``bench/bench_speed.py``, so the
+bench compares the runner, not two implementations.
+
+Per event, in this order: strict parsing and schema validation -> the
+canonical leaf hash recomputed and compared with the proof's leaf -> the
+inclusion proof checked against its own root, then that root against the
+checkpoint anchored on the ledger (a checkpoint not seen yet waits up to
+``proof_wait_s``, then the event is accepted as ``unverified``; a ledger that
+cannot be read makes the event wait without limit) -> replay detection by
+event id -> fraud flags from per-vehicle state -> the quality index.
+
+Order: a batch's verified events are applied to the per-vehicle state sorted
+by ``(event_time, source_id, log_index)``, not by arrival, so that events of
+one vehicle arriving through different topics meet the rules in event order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipelines import canonical, merkle
+from pipelines.errors import PccValidationError
+from pipelines.events import parse_event, parse_time_ms, validate_envelope
+from speed.config import SpeedConfig
+from speed.errors import LedgerUnavailable, RejectedEvent
+from speed.roots import RootSource, SourceInfo
+from speed.rules import RulesAdapter
+from speed.source import KafkaRecord
+from speed.state import SeenEvents, VehicleStates, origin_key
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    record: KafkaRecord
+    reason: str
+    detail: str
+    event_id: str | None = None
+
+
+@dataclass(slots=True)
+class _Checked:
+    """An event that passed parsing, schema, hash and proof-shape checks."""
+
+    record: KafkaRecord
+    env: dict[str, Any]
+    leaf: bytes
+    event_ms: int
+    ingestion_ms: int
+    source: SourceInfo | None = None
+    verified: bool = False
+    first_seen_ms: int = 0
+
+
+@dataclass(slots=True)
+class BatchResult:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    redelivered: int = 0
+    verified: int = 0
+    unverified: int = 0
+
+
+Clock = Callable[[], int]
+
+
+class EventProcessor:
+    def __init__(
+        self,
+        config: SpeedConfig,
+        roots: RootSource,
+        *,
+        rules: RulesAdapter | None = None,
+        vehicles: VehicleStates | None = None,
+        seen: SeenEvents | None = None,
+    ) -> None:
+        self._config = config
+        self._roots = roots
+        self._rules = rules or RulesAdapter()
+        self.vehicles = vehicles or VehicleStates()
+        self.seen = seen or SeenEvents(config.dedupe_window_s)
+        self._pending: list[_Checked] = []
+        self._proof_wait_ms = int(config.proof_wait_s * 1000)
+
+    # ------------------------------------------------------------------ checks
+
+    def _parse(self, record: KafkaRecord, now_ms: int) -> _Checked:
+        try:
+            env = parse_event(record.value, max_bytes=self._config.max_event_bytes)
+        except PccValidationError as exc:
+            raise RejectedEvent("unparseable", "; ".join(exc.problems) or str(exc)) from None
+        problems = validate_envelope(env, now_ms=now_ms, future_tolerance_s=self._config.future_tolerance_s)
+        if problems:
+            text = "; ".join(str(p) for p in problems)
+            future = any("in the future" in p.message for p in problems)
+            raise RejectedEvent("future_timestamp" if future else "bad_schema", text)
+        if "proof" not in env:
+            raise RejectedEvent("bad_schema", "$.proof: missing (the producer SDK adds it)")
+        proof = env["proof"]
+        leaf = canonical.leaf_hash(env)
+        if proof["leaf"] != leaf.hex():
+            raise RejectedEvent(
+                "bad_hash", f"event {env['event_id']}: leaf {proof['leaf']} is not the hash of the envelope"
+            )
+        try:
+            path = [bytes.fromhex(h) for h in proof["path"]]
+            claimed_root = bytes.fromhex(proof["root"])
+        except ValueError:
+            raise RejectedEvent("bad_proof", f"event {env['event_id']}: proof hashes are not hex") from None
+        if not merkle.verify_inclusion(leaf, proof["log_index"], proof["tree_size"], path, claimed_root):
+            raise RejectedEvent(
+                "bad_proof",
+                f"event {env['event_id']}: proof does not lead from leaf {proof['log_index']} "
+                f"to the root of tree size {proof['tree_size']}",
+            )
+        return _Checked(
+            record, env, leaf, parse_time_ms(env["event_time"]), parse_time_ms(env["ingestion_time"])
+        )
+
+    def _anchor(self, ev: _Checked, now_ms: int) -> bool:
+        """True when decided (verified, or unverified after the wait); False: keep waiting.
+
+        Raises RejectedEvent for an unknown source or a proof against a root
+        that is not the anchored one; LedgerUnavailable propagates.
+        """
+        env = ev.env
+        source_id = env["source_id"]
+        if ev.source is None:
+            info = self._roots.source_info(source_id)
+            if info is None or not info.active:
+                raise RejectedEvent(
+                    "unknown_source", f"event {env['event_id']}: source {source_id!r} is not registered"
+                )
+            ev.source = info
+        proof = env["proof"]
+        anchored = self._roots.checkpoint_root(source_id, proof["tree_size"])
+        if anchored is None:
+            if now_ms - ev.first_seen_ms >= self._proof_wait_ms:
+                ev.verified = False
+                return True
+            return False
+        if anchored.hex() != proof["root"]:
+            raise RejectedEvent(
+                "bad_proof",
+                f"event {env['event_id']}: root {proof['root'][:16]}… is not the checkpoint anchored by "
+                f"{source_id} at tree size {proof['tree_size']}",
+            )
+        ev.verified = True
+        return True
+
+    # ------------------------------------------------------------------ batches
+
+    def process_batch(self, records: Iterable[KafkaRecord], now_ms: int) -> BatchResult:
+        """Process records (and retry waiting ones); decided events come out in ``BatchResult``."""
+        result = BatchResult()
+        ready: list[_Checked] = []
+        waiting: list[_Checked] = []
+        candidates: list[_Checked] = self._pending
+        self._pending = []
+        for record in records:
+            try:
+                ev = self._parse(record, now_ms)
+            except RejectedEvent as exc:
+                result.dead.append(DeadLetter(record, exc.reason, exc.detail, _event_id_of(record)))
+                continue
+            ev.first_seen_ms = now_ms
+            candidates.append(ev)
+        for ev in candidates:
+            try:
+                (ready if self._anchor(ev, now_ms) else waiting).append(ev)
+            except RejectedEvent as exc:
+                result.dead.append(DeadLetter(ev.record, exc.reason, exc.detail, ev.env["event_id"]))
+            except LedgerUnavailable:
+                ev.first_seen_ms = now_ms  # the wait for a checkpoint starts once the ledger answers
+                waiting.append(ev)
+        self._pending = waiting
+        ready.sort(key=lambda e: (e.event_ms, e.env["source_id"], e.env["proof"]["log_index"]))
+        for ev in ready:
+            self._accept(ev, now_ms, result)
+        return result
+
+    def _accept(self, ev: _Checked, now_ms: int, result: BatchResult) -> None:
+        env, rec = ev.env, ev.record
+        event_id = env["event_id"]
+        origin = origin_key(rec.topic, rec.partition, rec.offset)
+        before = self.seen.origin_of(event_id)
+        if before is not None:
+            if before == origin:
+                result.redelivered += 1  # the same record read again after a restart: already in the sinks
+            else:
+                result.dead.append(
+                    DeadLetter(rec, "duplicate_event", f"event {event_id} was already accepted", event_id)
+                )
+            return
+        self.seen.add(event_id, origin)
+        state = self.vehicles.get(env["vehicle"])
+        state, flags = self._rules.fraud(state, env, ev.event_ms, ev.verified)
+        self.vehicles.put(env["vehicle"], state)
+        assert ev.source is not None
+        quality = self._rules.quality(
+            env, ev.source, ev.verified, flags, ev.event_ms, ev.ingestion_ms, now_ms
+        )
+        result.rows.append(_row(ev, flags, quality, now_ms))
+        if ev.verified:
+            result.verified += 1
+        else:
+            result.unverified += 1
+
+    def restore(self, rows: Iterable[Mapping[str, Any]]) -> int:
+        """Rebuild the seen ids and per-vehicle state from master-dataset rows (after a restart).
+
+        Rows are applied in the rules' order (event time, source, log index),
+        as they were when accepted.
+        """
+        ordered = sorted(rows, key=lambda r: (r["event_time"], r["source_id"], r["log_index"], r["event_id"]))
+        for r in ordered:
+            self.seen.add(r["event_id"], origin_key(r["topic"], r["partition"], r["offset"]))
+            verified = r["verification"] == "verified"
+            env = {
+                "event_id": r["event_id"],
+                "event_type": r["event_type"],
+                "source_id": r["source_id"],
+                "payload": {
+                    "odometer_km": r["odometer_km"],
+                    "location": None if r["lat"] is None else {"lat": r["lat"], "lon": r["lon"]},
+                },
+                "proof": {"log_index": r["log_index"]},
+            }
+            state, _ = self._rules.fraud(self.vehicles.get(r["vehicle"]), env, r["event_time"], verified)
+            self.vehicles.put(r["vehicle"], state)
+        return len(ordered)
+
+    def pending_floor(self) -> dict[tuple[str, int], int]:
+        """Per partition, the lowest offset still waiting (the sinks must not commit past it)."""
+        floor: dict[tuple[str, int], int] = {}
+        for ev in self._pending:
+            key = (ev.record.topic, ev.record.partition)
+            if key not in floor or ev.record.offset < floor[key]:
+                floor[key] = ev.record.offset
+        return floor
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+
+def _event_id_of(record: KafkaRecord) -> str | None:
+    """Best effort event id of a rejected message (for the dead-letter key), never raises."""
+    try:
+        import orjson
+
+        value = orjson.loads(record.value)
+        event_id = value.get("event_id") if isinstance(value, dict) else None
+        return event_id if isinstance(event_id, str) and len(event_id) == 36 else None
+    except Exception:
+        return None
+
+
+def _row(ev: _Checked, flags: list[str], quality: Mapping[str, float], now_ms: int) -> dict[str, Any]:
+    env = ev.env
+    payload = env["payload"]
+    proof = env["proof"]
+    location = payload.get("location") or {}
+    rec = ev.record
+    return {
+        "event_id": env["event_id"],
+        "event_type": env["event_type"],
+        "schema_version": env["schema_version"],
+        "source_id": env["source_id"],
+        "vehicle": env["vehicle"],
+        "event_time": ev.event_ms,
+        "ingestion_time": ev.ingestion_ms,
+        "processed_time": now_ms,
+        "odometer_km": payload.get("odometer_km"),
+        "lat": location.get("lat"),
+        "lon": location.get("lon"),
+        "payload": canonical.canonical_bytes(payload).decode(),
+        "leaf_hash": ev.leaf.hex(),
+        "log_index": proof["log_index"],
+        "tree_size": proof["tree_size"],
+        "root": proof["root"],
+        "verification": "verified" if ev.verified else "unverified",
+        "quality": quality["quality"],
+        "q_source": quality["q_source"],
+        "q_proof": quality["q_proof"],
+        "q_consistency": quality["q_consistency"],
+        "q_timeliness": quality["q_timeliness"],
+        "q_completeness": quality["q_completeness"],
+        "flags": list(flags),
+        "topic": rec.topic,
+        "partition": rec.partition,
+        "offset": rec.offset,
+        "event_date": env["event_time"][:10],
+    }

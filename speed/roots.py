@@ -1,0 +1,130 @@
+"""What the speed layer asks the ledger: checkpoint roots and source facts.
+
+:class:`RootSource` is the one interface: ``checkpoint_root(source_id,
+tree_size)`` returns the anchored root of that checkpoint, ``None`` when the
+ledger has no such checkpoint (yet), and raises :class:`LedgerUnavailable`
+when the ledger cannot be read.  ``source_info(source_id)`` returns the
+source's tier and reputation from the SourceRegistry, ``None`` if unknown.
+
+Implementations: :class:`InMemoryRoots` (tests, benches) and
+:class:`CachedRoots`, a cache in front of any reader (the ledger client's
+checkpoint reader; the ledger indexer calls :meth:`CachedRoots.observe` for
+every ``CheckpointAnchored`` event so lookups rarely reach the RPC node).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True, slots=True)
+class SourceInfo:
+    source_id: str
+    tier: int  # 1 best .. 4
+    reputation: float  # [0, 1]
+    active: bool = True
+
+
+@runtime_checkable
+class RootSource(Protocol):
+    def checkpoint_root(self, source_id: str, tree_size: int) -> bytes | None: ...
+
+    def source_info(self, source_id: str) -> SourceInfo | None: ...
+
+
+class InMemoryRoots:
+    """Checkpoints and sources held in dicts (unit tests, benches, replay tools)."""
+
+    def __init__(self) -> None:
+        self._roots: dict[tuple[str, int], bytes] = {}
+        self._sources: dict[str, SourceInfo] = {}
+        self.down = False  # simulate an unreachable ledger
+
+    def add_source(self, source_id: str, tier: int = 1, reputation: float = 1.0) -> None:
+        self._sources[source_id] = SourceInfo(source_id, tier, reputation)
+
+    def add_checkpoint(self, source_id: str, tree_size: int, root: bytes) -> None:
+        self._roots[(source_id, tree_size)] = root
+
+    def _check(self) -> None:
+        if self.down:
+            from speed.errors import LedgerUnavailable
+
+            raise LedgerUnavailable("ledger unavailable (in-memory roots marked down)")
+
+    def checkpoint_root(self, source_id: str, tree_size: int) -> bytes | None:
+        self._check()
+        return self._roots.get((source_id, tree_size))
+
+    def source_info(self, source_id: str) -> SourceInfo | None:
+        self._check()
+        return self._sources.get(source_id)
+
+
+RootReader = Callable[[str, int], bytes | None]
+SourceReader = Callable[[str], SourceInfo | None]
+
+
+class CachedRoots:
+    """A cache in front of ledger readers.
+
+    Anchored checkpoints never change, so found roots are kept for good.  A
+    miss is remembered for ``negative_ttl_s`` (the event waiting on it retries
+    without hammering the node).  Source facts are refreshed every
+    ``source_ttl_s``.  Reader exceptions propagate (``LedgerUnavailable``).
+    """
+
+    def __init__(
+        self,
+        read_root: RootReader,
+        read_source: SourceReader,
+        *,
+        negative_ttl_s: float = 0.5,
+        source_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read_root = read_root
+        self._read_source = read_source
+        self._negative_ttl_s = negative_ttl_s
+        self._source_ttl_s = source_ttl_s
+        self._clock = clock
+        self._roots: dict[tuple[str, int], bytes] = {}
+        self._misses: dict[tuple[str, int], float] = {}
+        self._sources: dict[str, tuple[float, SourceInfo | None]] = {}
+        self._lock = threading.Lock()
+
+    def observe(self, source_id: str, tree_size: int, root: bytes) -> None:
+        """Feed an anchored checkpoint (called by the ledger indexer)."""
+        with self._lock:
+            self._roots[(source_id, tree_size)] = root
+            self._misses.pop((source_id, tree_size), None)
+
+    def checkpoint_root(self, source_id: str, tree_size: int) -> bytes | None:
+        key = (source_id, tree_size)
+        found = self._roots.get(key)
+        if found is not None:
+            return found
+        now = self._clock()
+        missed = self._misses.get(key)
+        if missed is not None and now - missed < self._negative_ttl_s:
+            return None
+        root = self._read_root(source_id, tree_size)
+        with self._lock:
+            if root is None:
+                self._misses[key] = now
+            else:
+                self._roots[key] = root
+        return root
+
+    def source_info(self, source_id: str) -> SourceInfo | None:
+        now = self._clock()
+        cached = self._sources.get(source_id)
+        if cached is not None and now - cached[0] < self._source_ttl_s:
+            return cached[1]
+        info = self._read_source(source_id)
+        self._sources[source_id] = (now, info)
+        return info
