@@ -53,7 +53,8 @@ class FraudParams:
     """Thresholds of the rules (documented defaults)."""
 
     rollback_tolerance_km: int = 50  # reading noise between sources
-    max_km_per_day: float = 2_000.0  # a car cannot sustain more
+    max_km_per_day: float = 2_000.0  # within one day, a car cannot do more ...
+    sustained_km_per_day: float = 1_000.0  # ... nor keep up more than this day after day
     jump_slack_km: float = 300.0  # allowed on top of the rate over short intervals
     max_speed_kmh: float = 250.0
     min_travel_km: float = 50.0  # below this, location noise, never impossible travel
@@ -185,7 +186,9 @@ def _odometer_problem(
             "previous_time_ms": ref_ms,
             "drop_km": ref_km - km,
         }
-    allowed = p.jump_slack_km + p.max_km_per_day * days
+    allowed = (
+        p.jump_slack_km + p.max_km_per_day * min(days, 1.0) + p.sustained_km_per_day * max(days - 1.0, 0.0)
+    )
     if km - ref_km > allowed:
         rate = (km - ref_km) / max(days, 1 / 24)
         return "implausible_rate", {
