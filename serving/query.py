@@ -69,14 +69,16 @@ class QueryRunner:
         names = {c for c, _ in self.store.columns()[view]}
         src = "source_id" if "source_id" in names else f"'{CONSORTIUM}'"
         quality = "quality" if "quality" in names else "1.0"
-        template = f"SELECT {src} AS {_SRC}, {quality} AS {_Q}, {category_sql(view, columns)} AS {_CAT} FROM x"
-        doc = json.loads(cur.execute("SELECT json_serialize_sql(?::VARCHAR)", [template]).fetchone()[0])
+        template = (
+            f"SELECT {src} AS {_SRC}, {quality} AS {_Q}, {category_sql(view, columns)} AS {_CAT} FROM x"
+        )
+        doc = json.loads(cur.execute("SELECT json_serialize_sql(?::VARCHAR)", [template]).fetchall()[0][0])
         return list(doc["statements"][0]["node"]["select_list"])
 
     @staticmethod
     def _to_sql(ast: dict[str, Any], cur: duckdb.DuckDBPyConnection) -> str:
         doc = {"error": False, "statements": [{"node": ast, "named_param_map": []}]}
-        return str(cur.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(doc)]).fetchone()[0])
+        return str(cur.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(doc)]).fetchall()[0][0])
 
     @staticmethod
     def _usage_sql(inner: str) -> str:

@@ -79,9 +79,7 @@ class Sandbox:
     """Checks consumer SQL against the published serving views."""
 
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
-        rows = con.execute(
-            "SELECT DISTINCT function_name, function_type FROM duckdb_functions()"
-        ).fetchall()
+        rows = con.execute("SELECT DISTINCT function_name, function_type FROM duckdb_functions()").fetchall()
         self._aggregates = frozenset(name for name, kind in rows if kind == "aggregate")
         self._not_scalar = frozenset(
             name for name, kind in rows if kind in ("table", "table_macro", "pragma")
@@ -103,7 +101,7 @@ class Sandbox:
         if kind != duckdb.StatementType.SELECT:
             raise ForbiddenQueryError("select_only", f"{kind.name} statements are not allowed")
         try:
-            raw = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchone()
+            raw = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()[0]
         except duckdb.Error as exc:
             raise InvalidQueryError(str(exc)) from None
         doc = json.loads(raw[0]) if raw else {"error": True, "error_message": "no parse"}
@@ -185,7 +183,10 @@ class Sandbox:
         if any(m.get("type") == "DISTINCT_MODIFIER" for m in ast.get("modifiers", [])):
             return True
         for node in _walk(ast.get("select_list", [])):
-            if node.get("class") == "FUNCTION" and str(node.get("function_name", "")).lower() in self._aggregates:
+            if (
+                node.get("class") == "FUNCTION"
+                and str(node.get("function_name", "")).lower() in self._aggregates
+            ):
                 return True
         return False
 

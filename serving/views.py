@@ -116,7 +116,9 @@ def build_version_store(manifest: BatchManifest, target: Path) -> Path:
             if view not in SERVING_VIEWS:
                 continue
             if not directory.exists():
-                raise ViewNotFoundError(f"batch version {manifest.version}: view {view} missing at {directory}")
+                raise ViewNotFoundError(
+                    f"batch version {manifest.version}: view {view} missing at {directory}"
+                )
             source = f"read_parquet({_literal(str(directory) + '/**/*.parquet')}, union_by_name = true)"
             cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
             order = [c for c in ("vehicle", "event_time", "source_id") if c in cols]
@@ -234,11 +236,15 @@ class ServingStore:
     def _has(self, version: _Version | None, view: str) -> bool:
         return version is not None and view in version.manifest.views
 
-    def _batch_columns(self, version: _Version, view: str, con: duckdb.DuckDBPyConnection) -> list[tuple[str, str]]:
+    def _batch_columns(
+        self, version: _Version, view: str, con: duckdb.DuckDBPyConnection
+    ) -> list[tuple[str, str]]:
         rows = con.execute(f"DESCRIBE {_quote(version.alias)}.{_quote(view)}").fetchall()
         return [(r[0], r[1]) for r in rows]
 
-    def _create_views(self, version: _Version | None = None, con: duckdb.DuckDBPyConnection | None = None) -> None:
+    def _create_views(
+        self, version: _Version | None = None, con: duckdb.DuckDBPyConnection | None = None
+    ) -> None:
         con = con or self._db
         master = {f.name: _DUCK_TYPES[str(f.type)] for f in MASTER_SCHEMA}
         columns: dict[str, list[tuple[str, str]]] = {}

@@ -1,0 +1,235 @@
+"""The SQL HTTP API (``pcc serve``): the entry module of the serving layer.
+
+``create_app(config, billing)`` wires the engine (:mod:`serving.views`), the
+sandbox and metering (:mod:`serving.query`), signed requests
+(:mod:`serving.auth`), receipts and settlement.  OpenAPI at ``/docs``.
+
+Endpoints: ``POST /v1/query``, ``POST /v1/quote``, ``GET /v1/catalog``,
+``GET /v1/receipts``, ``GET /v1/health``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import secrets
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, Literal
+
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from serving.auth import Authenticator, Consumer
+from serving.config import ServingConfig
+from serving.errors import PaymentRequiredError, ServingError, http_status
+from serving.pricing import Billing, Quote, view_categories
+from serving.query import QueryRunner
+from serving.receipts import ReceiptStore
+from serving.settlement import SettlementLoop, Settler
+from serving.views import ServingStore
+
+ARROW_STREAM = "application/vnd.apache.arrow.stream"
+
+
+class QueryRequest(BaseModel):
+    sql: str = Field(
+        description="One SELECT over the serving views.", examples=["SELECT count(*) FROM vehicle_history"]
+    )
+    format: Literal["json", "csv", "arrow"] = Field("json", description="Result encoding.")
+
+
+class QuoteRequest(BaseModel):
+    sql: str = Field(description="The query to price without running it for its rows.")
+
+
+def service_key(config: ServingConfig) -> str:
+    """The key that signs receipts: from settings, else a key file created once under the state dir."""
+    if config.signing_key:
+        return config.signing_key
+    path = config.state_dir / "receipt-signer.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text("0x" + secrets.token_hex(32), encoding="ascii")
+        tmp.chmod(0o600)
+        tmp.replace(path)
+    return path.read_text(encoding="ascii").strip()
+
+
+class RefreshLoop:
+    """Picks up new real-time segments and batch versions in a daemon thread."""
+
+    def __init__(self, store: ServingStore, interval_s: float) -> None:
+        self.store = store
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="pcc-refresh", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            with contextlib.suppress(ServingError):
+                self.store.refresh()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+def encode_result(table: pa.Table, fmt: str, headers: dict[str, str], receipt: dict[str, Any]) -> Response:
+    if fmt == "arrow":
+        sink = io.BytesIO()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        return Response(sink.getvalue(), media_type=ARROW_STREAM, headers=headers)
+    if fmt == "csv":
+        sink = io.BytesIO()
+        pacsv.write_csv(table, sink)
+        return Response(sink.getvalue(), media_type="text/csv", headers=headers)
+    columns = table.column_names
+    data = table.to_pydict()
+    rows = [list(r) for r in zip(*(data[c] for c in columns), strict=True)] if columns else []
+    body = {
+        "columns": columns,
+        "types": [str(t) for t in table.schema.types],
+        "rows": rows,
+        "receipt": receipt,
+    }
+    return Response(orjson.dumps(body, default=_json_default), media_type="application/json", headers=headers)
+
+
+def create_app(
+    config: ServingConfig,
+    billing: Billing,
+    store: ServingStore | None = None,
+    background: bool = True,
+) -> FastAPI:
+    """The serving API over ``config.data_dir``, billed through ``billing``."""
+    store = store or ServingStore(config)
+    store.refresh()
+    runner = QueryRunner(store, billing, config)
+    receipts = ReceiptStore(config.state_dir / "receipts.sqlite", service_key(config))
+    auth = Authenticator(receipts, config.max_request_age_s)
+    settler = Settler(receipts, billing)
+    loops = [RefreshLoop(store, config.refresh_s), SettlementLoop(settler, config.settle_every_s)]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        if background:
+            for loop in loops:
+                loop.start()
+        try:
+            yield
+        finally:
+            if background:
+                for loop in loops:
+                    loop.stop()
+
+    app = FastAPI(
+        title="PCC serving API",
+        version="1",
+        description="Paid SQL over every car's fresh, scored history. Requests are signed (EIP-191); "
+        "prices are in PCC_token cents.",
+        lifespan=lifespan,
+    )
+    app.state.store, app.state.runner, app.state.receipts, app.state.settler = (
+        store,
+        runner,
+        receipts,
+        settler,
+    )
+
+    @app.exception_handler(ServingError)
+    async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
+        return JSONResponse(exc.detail(), status_code=http_status(exc))
+
+    async def consumer_of(request: Request) -> Consumer:
+        body = await request.body()
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return auth.verify(request.method, target, body, request.headers)
+
+    def charge(consumer: Consumer, sql: str, quote: Quote) -> dict[str, Any]:
+        available = billing.available(consumer.account) - receipts.pending_cents(consumer.account)
+        if available < quote.amount_cents:
+            raise PaymentRequiredError(
+                f"the query costs {quote.amount_cents} cents; account {consumer.account} can pay {available}",
+                quote.as_dict(),
+            )
+        query_hash = hashlib.sha256(sql.encode()).hexdigest()
+        return receipts.issue(consumer.account, consumer.nonce, query_hash, quote)
+
+    @app.post("/v1/query", summary="Run one SELECT and pay for the rows it uses")
+    async def query(request: Request, body: QueryRequest) -> Response:
+        consumer = await consumer_of(request)
+        issued: dict[str, Any] = {}
+
+        def before_return(quote: Quote) -> None:
+            issued.update(charge(consumer, body.sql, quote))
+
+        result = await run_in_threadpool(runner.run, body.sql, before_return)
+        headers = {
+            "X-PCC-Receipt": str(issued["receipt_no"]),
+            "X-PCC-Price-Cents": str(issued["amount_cents"]),
+            "X-PCC-Batch-Version": str(result.version or ""),
+        }
+        return encode_result(result.table, body.format, headers, issued)
+
+    @app.post("/v1/quote", summary="Price a query in PCC_token cents without paying (dry run)")
+    async def quote(request: Request, body: QuoteRequest) -> dict[str, Any]:
+        consumer = await consumer_of(request)
+        _, q = await run_in_threadpool(runner.quote, body.sql)
+        available = billing.available(consumer.account) - receipts.pending_cents(consumer.account)
+        return {**q.as_dict(), "available_cents": available, "sufficient": available >= q.amount_cents}
+
+    @app.get("/v1/catalog", summary="Views, columns, data categories and prices")
+    async def catalog() -> dict[str, Any]:
+        prices = billing.prices()
+        views = []
+        for name, cols in store.columns().items():
+            categories = view_categories(name)
+            views.append(
+                {
+                    "name": name,
+                    "columns": [{"name": c, "type": t} for c, t in cols],
+                    "categories": categories,
+                    "price_cents_per_row": {c: prices.get(c) for c in categories},
+                }
+            )
+        return {
+            "batch_version": store.version,
+            "watermark": store.watermark,
+            "fee_bps": billing.fee_bps(),
+            "quality_weight_bps": config.quality_weight_bps,
+            "limits": {"max_rows": config.max_rows, "timeout_s": config.query_timeout_s},
+            "receipt_signer": receipts.signer,
+            "views": views,
+        }
+
+    @app.get("/v1/receipts", summary="The signed receipts of the calling consumer")
+    async def list_receipts(request: Request, limit: int = 100) -> dict[str, Any]:
+        consumer = await consumer_of(request)
+        return {"consumer": consumer.account, "receipts": receipts.for_consumer(consumer.account, limit)}
+
+    @app.get("/v1/health", summary="Liveness and the published batch version")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "batch_version": store.version, "watermark": store.watermark}
+
+    return app
+
+
+def data_dir_of(app: FastAPI) -> Path:
+    return Path(app.state.store.config.data_dir)

@@ -1,0 +1,110 @@
+"""``pcc serve`` and ``pcc query``: a few lines each over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pipelines.errors import PccConfigError
+from serving.config import ServingConfig
+from serving.pricing import Billing, InMemoryBilling
+
+
+def _settings(ctx: typer.Context):  # type: ignore[no-untyped-def]
+    from pipelines.cli.main import settings_from
+
+    return settings_from(ctx)
+
+
+def offline_billing(path: Path) -> InMemoryBilling:
+    """Billing from a JSON file ``{"prices": {...}, "fee_bps": n, "balances": {account: cents}}``.
+
+    For trying the service without a chain; receipts are then settled in memory only.
+    """
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        billing = InMemoryBilling({k: int(v) for k, v in doc["prices"].items()}, int(doc.get("fee_bps", 0)))
+    except (OSError, ValueError, KeyError) as exc:
+        raise PccConfigError(f"offline prices file {path}: {exc}") from None
+    for account, cents in doc.get("balances", {}).items():
+        billing.fund(account, int(cents))
+    return billing
+
+
+def serve(
+    ctx: typer.Context,
+    host: Annotated[str | None, typer.Option(help="Bind address (default from settings).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default from settings).")] = None,
+    offline_prices: Annotated[
+        Path | None, typer.Option(help="Bill from this JSON file instead of the chain (local trial).")
+    ] = None,
+) -> None:
+    """Serve paid SQL over the merged views (OpenAPI at /docs)."""
+    import uvicorn
+
+    from serving.api import create_app
+    from serving.chain import chain_billing
+
+    settings = _settings(ctx)
+    config = ServingConfig.from_settings(settings)
+    billing: Billing = offline_billing(offline_prices) if offline_prices else chain_billing(settings)
+    app = create_app(config, billing)
+    uvicorn.run(app, host=host or config.host, port=port or config.port, log_level="info")
+
+
+def query(
+    ctx: typer.Context,
+    sql: Annotated[str, typer.Argument(help="One SELECT over the serving views.")],
+    key_file: Annotated[Path, typer.Option(help="File holding the consumer's hex private key.")],
+    fmt: Annotated[str, typer.Option("--format", help="table, csv, json or arrow.")] = "table",
+    quote: Annotated[bool, typer.Option("--quote", help="Only show the price (dry run).")] = False,
+    url: Annotated[str | None, typer.Option(help="Service URL (default from settings).")] = None,
+    output: Annotated[
+        Path | None, typer.Option("-o", help="Write csv/json/arrow output to this file.")
+    ] = None,
+) -> None:
+    """Run a paid query (or price it with --quote) against ``pcc serve``."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from serving.client import PccClient
+
+    if fmt not in ("table", "csv", "json", "arrow"):
+        raise PccConfigError(f"--format must be table, csv, json or arrow, not {fmt!r}")
+    settings = _settings(ctx)
+    base = url or f"http://{settings.serving.host}:{settings.serving.port}"
+    try:
+        key = key_file.read_text(encoding="ascii").strip()
+    except OSError as exc:
+        raise PccConfigError(f"--key-file {key_file}: {exc.strerror}") from None
+    console = Console()
+    with PccClient(base, key) as client:
+        if quote:
+            q = client.quote(sql)
+            console.print_json(json.dumps(q))
+            return
+        if fmt in ("csv", "json", "arrow"):
+            response = client.query_raw(sql, fmt)
+            if output:
+                output.write_bytes(response.content)
+            elif fmt == "arrow":
+                sys.stdout.buffer.write(response.content)
+            else:
+                sys.stdout.write(response.text)
+            typer.echo(
+                f"receipt {response.headers.get('X-PCC-Receipt')}: {response.headers.get('X-PCC-Price-Cents')} cents",
+                err=True,
+            )
+            return
+        result = client.query(sql, "arrow")
+        table = Table(*result.table.column_names)
+        for row in result.table.to_pylist():
+            table.add_row(*("" if v is None else str(v) for v in row.values()))
+        console.print(table)
+        console.print(
+            f"{result.table.num_rows} rows - receipt {result.receipt['receipt_no']}: {result.price_cents} cents"
+        )

@@ -1,0 +1,174 @@
+"""Receipts: one per paid query, signed by the service, kept in its own SQLite file.
+
+A receipt says who paid, for which query (SHA-256 of the SQL), on which batch
+version, how many rows of each producer it used and what that cost.  It is
+written once per signed request (``(consumer, nonce)`` is unique), so a query
+is never charged twice; settlement marks it with the transaction hash.
+The service's signature is EIP-191 over the receipt's RFC 8785 canonical JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import rfc8785
+from eth_account import Account
+from eth_account.messages import encode_defunct
+
+from serving.pricing import Quote
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+    receipt_no   INTEGER PRIMARY KEY AUTOINCREMENT,
+    consumer     TEXT NOT NULL,
+    nonce        TEXT NOT NULL,
+    query_hash   TEXT NOT NULL,
+    batch_version TEXT,
+    rows_json    TEXT NOT NULL,
+    amount_cents INTEGER NOT NULL,
+    fee_bps      INTEGER NOT NULL,
+    created_at   TEXT NOT NULL,
+    signer       TEXT NOT NULL,
+    signature    TEXT NOT NULL,
+    settled_tx   TEXT,
+    UNIQUE (consumer, nonce)
+);
+CREATE INDEX IF NOT EXISTS receipts_pending ON receipts (settled_tx, consumer);
+CREATE TABLE IF NOT EXISTS nonces (
+    account TEXT NOT NULL,
+    nonce   TEXT NOT NULL,
+    expires INTEGER NOT NULL,
+    PRIMARY KEY (account, nonce)
+);
+"""
+
+
+RECEIPT_FIELDS = (
+    "receipt_no", "consumer", "query_hash", "batch_version", "by_producer", "amount_cents", "fee_bps", "created_at",
+)  # fmt: skip
+
+
+def receipt_body(row: sqlite3.Row) -> dict[str, Any]:
+    """The signed part of a stored receipt."""
+    body = {k: row[k] for k in RECEIPT_FIELDS if k != "by_producer"}
+    body["by_producer"] = json.loads(row["rows_json"])
+    return body
+
+
+def verify_receipt(receipt: dict[str, Any]) -> str:
+    """The address that signed a receipt (compare it with the service's published signer)."""
+    body = {k: receipt[k] for k in RECEIPT_FIELDS}
+    return str(
+        Account.recover_message(encode_defunct(primitive=rfc8785.dumps(body)), signature=receipt["signature"])
+    )
+
+
+class ReceiptStore:
+    """Receipts and spent nonces in one SQLite file (thread-safe)."""
+
+    def __init__(self, path: Path, signing_key: str) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+        self._account = Account.from_key(signing_key)
+        self._spent = 0
+
+    @property
+    def signer(self) -> str:
+        return str(self._account.address)
+
+    def spend_nonce(self, account: str, nonce: str, expires: int) -> bool:
+        """Record a nonce; False if it was already spent."""
+        with self._lock:
+            self._spent += 1
+            if self._spent % 1000 == 0:
+                self._db.execute("DELETE FROM nonces WHERE expires < ?", (int(time.time()),))
+            try:
+                self._db.execute(
+                    "INSERT INTO nonces (account, nonce, expires) VALUES (?, ?, ?)",
+                    (account.lower(), nonce, expires),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            return True
+
+    def pending_cents(self, consumer: str) -> int:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT coalesce(sum(amount_cents), 0) FROM receipts WHERE consumer = ? AND settled_tx IS NULL",
+                (consumer,),
+            ).fetchone()
+        return int(row[0])
+
+    def issue(self, consumer: str, nonce: str, query_hash: str, quote: Quote) -> dict[str, Any]:
+        """Write and sign the receipt of one paid query."""
+        created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        rows_json = json.dumps(quote.by_producer, sort_keys=True)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                cur = self._db.execute(
+                    "INSERT INTO receipts (consumer, nonce, query_hash, batch_version, rows_json, amount_cents,"
+                    " fee_bps, created_at, signer, signature, settled_tx) VALUES (?,?,?,?,?,?,?,?,?,'',?)",
+                    (
+                        consumer, nonce, query_hash, quote.version, rows_json, quote.amount_cents,
+                        quote.fee_bps, created, self.signer, "free" if quote.amount_cents == 0 else None,
+                    ),
+                )  # fmt: skip
+                row = self._db.execute(
+                    "SELECT * FROM receipts WHERE receipt_no = ?", (cur.lastrowid,)
+                ).fetchone()
+                body = receipt_body(row)
+                signature = self._account.sign_message(
+                    encode_defunct(primitive=rfc8785.dumps(body))
+                ).signature
+                sig_hex = "0x" + bytes(signature).hex()
+                self._db.execute(
+                    "UPDATE receipts SET signature = ? WHERE receipt_no = ?", (sig_hex, cur.lastrowid)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return {**body, "signer": self.signer, "signature": sig_hex, "settled_tx": None}
+
+    def _rows(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute(f"SELECT * FROM receipts {where}", tuple(args)).fetchall()
+        return [
+            {
+                **receipt_body(r),
+                "signer": r["signer"],
+                "signature": r["signature"],
+                "settled_tx": r["settled_tx"],
+            }
+            for r in rows
+        ]
+
+    def for_consumer(self, consumer: str, limit: int = 100) -> list[dict[str, Any]]:
+        return self._rows("WHERE consumer = ? ORDER BY receipt_no DESC LIMIT ?", (consumer, limit))
+
+    def pending(self, limit: int = 200) -> list[dict[str, Any]]:
+        """Unsettled receipts, grouped by consumer so the Marketplace collects each consumer once."""
+        return self._rows("WHERE settled_tx IS NULL ORDER BY consumer, receipt_no LIMIT ?", (limit,))
+
+    def mark_settled(self, receipt_nos: Sequence[int], tx_hash: str) -> None:
+        with self._lock:
+            self._db.executemany(
+                "UPDATE receipts SET settled_tx = ? WHERE receipt_no = ? AND settled_tx IS NULL",
+                [(tx_hash, n) for n in receipt_nos],
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
