@@ -1,0 +1,164 @@
+"""Fleet simulator and fraud-rule costs: ``python -m bench.bench_simulator [--vehicles N] [--days D]``.
+
+* ``simulator.write``: events/s of :func:`write_fleet` (generation + JSON Lines
+  writing, one core) for a fleet of about 200k events (target: >= 50k events/s),
+  against orjson-encoding and writing the same number of prebuilt events in the
+  same run (the floor any writer pays); ratio = simulator rate / that rate.
+* ``simulator.memory``: tracemalloc peak while streaming a fleet for D and 4D
+  days, and for V and 4V vehicles; ratio = peak(4D) / peak(D).  The stream holds
+  one vehicle at a time, so the peak follows one vehicle's life, not the fleet.
+* ``rules.state``: bytes of a speed-layer :class:`VehicleState` after a year of
+  a connected car, projected to 1M vehicles (budget: < 1 GB); ratio = projected
+  bytes / 1 GB.  And ``rules.check_event``: events/s through :func:`check_event`
+  against building the same :class:`EventFields` from the events (the input cost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import tracemalloc
+from collections import Counter
+from itertools import islice
+from pathlib import Path
+
+import orjson
+
+from bench.common import record
+from pipelines.rules import EMPTY_STATE, check_event, fields_from
+from pipelines.simulator import SOURCES, SimulationConfig, simulate, vehicle, write_fleet
+
+
+def _write_rate(vehicles: int, days: int) -> tuple[int, float, list[dict]]:
+    config = SimulationConfig(vehicles=vehicles, days=days, seed=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        summary = write_fleet(config, tmp)
+        seconds = time.perf_counter() - started
+        sample = []
+        for name in ("garage-net-01", "ins-mutua", "manual-portal", "cc-aurora"):
+            with (Path(tmp) / "events" / f"{name}.jsonl").open("rb") as f:
+                sample += [orjson.loads(line) for line in islice(f, 5_000)]
+    return summary.events, seconds, sample
+
+
+def _encode_rate(sample: list[dict], count: int) -> float:
+    with tempfile.TemporaryDirectory() as tmp, (Path(tmp) / "ref.jsonl").open("wb") as f:
+        started = time.perf_counter()
+        for i in range(count):
+            f.write(orjson.dumps(sample[i % len(sample)], option=orjson.OPT_APPEND_NEWLINE))
+        return count / (time.perf_counter() - started)
+
+
+def _stream_peak(vehicles: int, days: int) -> int:
+    tracemalloc.start()
+    for _ in simulate(SimulationConfig(vehicles=vehicles, days=days, seed=2)):
+        pass
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak
+
+
+def _state_bytes(states: int) -> tuple[float, float, float]:
+    """Bytes per state after a year of a connected car; check_event and field-building rates."""
+    config = SimulationConfig(vehicles=40, days=365, seed=3, fraud_rate=0.0, connected_share=1.0)
+    histories = [vehicle(config, i)[0] for i in range(config.vehicles)]
+    tiers = {s.id: s.tier for s in SOURCES}
+    positions: Counter[str] = Counter()
+    fields_lists = []
+    started = time.perf_counter()
+    for events in histories:
+        fields = []
+        for e in events:
+            fields.append(
+                fields_from(e, log_index=positions[str(e["source_id"])], tier=tiers[str(e["source_id"])])
+            )
+            positions[str(e["source_id"])] += 1
+        fields_lists.append(fields)
+    n_events = sum(len(f) for f in fields_lists)
+    build_rate = n_events / (time.perf_counter() - started)
+    started = time.perf_counter()
+    finals = []
+    for fields in fields_lists:
+        state = EMPTY_STATE
+        for f in fields:
+            state = check_event(state, f)[0]
+        finals.append(state)
+    check_rate = n_events / (time.perf_counter() - started)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = []
+    for i in range(states):  # rebuild fresh copies so nothing is shared with the originals
+        s = finals[i % len(finals)]
+        kept.append(
+            type(s)(
+                last_key=(s.last_key[0] + i, str(s.last_key[1]), s.last_key[2] + i, s.last_key[3] + "")
+                if s.last_key
+                else None,
+                ref_km=s.ref_km + i if s.ref_km is not None else None,
+                ref_ms=s.ref_ms + i,
+                cand_km=None,
+                cand_ms=s.cand_ms + i,
+                lat=s.lat + i * 1e-9 if s.lat is not None else None,
+                lon=s.lon + i * 1e-9 if s.lon is not None else None,
+                loc_ms=s.loc_ms + i,
+                wreck_ms=None,
+                recent=bytes(s.recent[:-1]) + bytes([i % 256]),
+            )
+        )
+    per_state = (tracemalloc.get_traced_memory()[0] - before) / states
+    tracemalloc.stop()
+    del kept
+    return per_state, check_rate, build_rate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vehicles", type=int, default=1_300, help="fleet for the rate (~200k events)")
+    parser.add_argument("--days", type=int, default=365)
+    parser.add_argument("--states", type=int, default=50_000, help="vehicle states measured for rules.state")
+    args = parser.parse_args()
+
+    events, seconds, sample = _write_rate(args.vehicles, args.days)
+    rate = events / seconds
+    reference = _encode_rate(sample, events)
+    record(
+        "simulator.write",
+        {"events": events, "vehicles": args.vehicles, "days": args.days, "events_per_s": round(rate),
+         "ratio_is": "simulator events/s / orjson encode+write events/s"},
+        {"orjson_write_events_per_s": round(reference)},
+        rate / reference,
+    )  # fmt: skip
+
+    small_v, small_d = 50, args.days
+    peak_d = _stream_peak(small_v, small_d)
+    peak_4d = _stream_peak(small_v, 4 * small_d)
+    peak_4v = _stream_peak(4 * small_v, small_d)
+    record(
+        "simulator.memory",
+        {"peak_mib_4d": round(peak_4d / 2**20, 2), "peak_mib_4v": round(peak_4v / 2**20, 2),
+         "ratio_is": "peak(4D) / peak(D)"},
+        {"peak_mib_d": round(peak_d / 2**20, 2), "vehicles": small_v, "days": small_d},
+        peak_4d / peak_d,
+    )  # fmt: skip
+
+    per_state, check_rate, build_rate = _state_bytes(args.states)
+    projected = per_state * 1_000_000
+    record(
+        "rules.state",
+        {"bytes_per_vehicle": round(per_state), "projected_gib_1m": round(projected / 2**30, 3),
+         "ratio_is": "projected bytes for 1M vehicles / 1 GiB budget"},
+        {"budget_gib_1m": 1.0},
+        projected / 2**30,
+    )  # fmt: skip
+    record(
+        "rules.check_event",
+        {"events_per_s": round(check_rate), "ratio_is": "check_event events/s / fields_from events/s"},
+        {"fields_from_events_per_s": round(build_rate)},
+        check_rate / build_rate,
+    )
+
+
+if __name__ == "__main__":
+    main()
