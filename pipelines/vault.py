@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -104,7 +104,7 @@ def _load_or_create_key(path: Path) -> bytes:
 
 
 def _normalise_identity(identity: object) -> str:
-    if not isinstance(identity, dict):
+    if not isinstance(identity, Mapping):
         raise PccValueError("owner identity: expected an object with 'name' and 'id_number'")
     name, id_number = identity.get("name"), identity.get("id_number")
     if not isinstance(name, str) or not name.strip():
@@ -266,7 +266,7 @@ class IdentityVault:
             row = tx.execute("SELECT pseudonym FROM vehicles WHERE vin = ?", (vin,)).fetchone()
         return str(row[0])
 
-    def pseudonymize_owner(self, identity: dict[str, Any]) -> str:
+    def pseudonymize_owner(self, identity: Mapping[str, Any]) -> str:
         """The owner pseudonym of ``{"name": ..., "id_number": ...}``: ``o-`` + 32 hex.
 
         The same person (case, spaces and separators in the id number ignored)
@@ -417,7 +417,7 @@ class IdentityVault:
         self._scrub()
         return pseudonym
 
-    def erase_owner(self, identity_or_pseudonym: dict[str, Any] | str, *, actor: str | None = None) -> str:
+    def erase_owner(self, identity_or_pseudonym: Mapping[str, Any] | str, *, actor: str | None = None) -> str:
         """Erase one owner's identity (and ownership records); returns the owner pseudonym it had."""
         with self._tx() as tx:
             if isinstance(identity_or_pseudonym, str):
