@@ -1,4 +1,7 @@
 """Session-wide fixtures.  Each real component has its own fixture module;
 they start the component once per test session and reuse it."""
 
-pytest_plugins: list[str] = []
+pytest_plugins: list[str] = [
+    "tests.fixtures.kafka",
+    "tests.fixtures.serving",
+]
