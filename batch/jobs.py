@@ -1,0 +1,293 @@
+"""The batch layer's entry module: one run of write-audit-publish.
+
+``run_batch`` scans the master dataset (quarantining bad files), runs the
+per-vehicle pass once (rules, reconciliation, verdicts), writes the four views
+as a new version, audits them with the stored Great Expectations suites and
+only then publishes the version by swapping ``CURRENT.json``.  A failed audit
+leaves the previous version published and raises :class:`AuditFailedError`
+saying why.  Every run, whatever its outcome, is recorded in the run history.
+
+Re-running over the same input gives the same rows.  Without ``full``, a run
+whose input (the master files, by name/size/rows) is unchanged since the
+published version does nothing.  With ``since``, only vehicles that received
+events processed at or after that time go through the rules again; the other
+vehicles' rows are carried over from the published version.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from batch.audit import AuditResult, audit_views
+from batch.config import VIEWS, BatchConfig
+from batch.errors import AuditFailedError, BatchError
+from batch.master import MasterScan, read_master, scan_master
+from batch.publish import iso_ms, manifest, new_version, publish, read_current, store_manifest, utc_now
+from batch.runs import RunRecord, append_run, run_lock
+from batch.session import get_spark
+from batch.views import build
+from pipelines.settings import Settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+#: ``progress(stage, step, steps)``: called as a run moves from one stage to the next.
+ProgressCallback = Callable[[str, int, int], None]
+STAGES = (
+    "scan master dataset",
+    "rules pass",
+    *(f"write {v}" for v in VIEWS),
+    "audit",
+    "publish",
+)
+
+
+def _noop(stage: str, step: int, steps: int) -> None:
+    return None
+
+
+def watermark(master: DataFrame) -> dict[str, Any]:
+    """Up to where a version covers the master dataset: processed/event time, events, Kafka offsets."""
+    from pyspark.sql import functions as F
+
+    rows = (
+        master.groupBy("topic", "partition")
+        .agg(
+            F.max("offset").alias("offset"),
+            F.max("processed_time").alias("processed_time"),
+            F.max("event_time").alias("event_time"),
+            F.count(F.lit(1)).alias("events"),
+        )
+        .collect()
+    )
+    return {
+        "processed_time": iso_ms(max((r["processed_time"] for r in rows), default=None)),
+        "event_time": iso_ms(max((r["event_time"] for r in rows), default=None)),
+        "events": int(sum(r["events"] for r in rows)),
+        "offsets": {
+            f"{r['topic']}[{r['partition']}]": int(r["offset"])
+            for r in sorted(rows, key=lambda r: (r["topic"], r["partition"]))
+        },
+    }
+
+
+def _build(annotated: DataFrame, timely_lag_s: int) -> dict[str, DataFrame]:
+    history = build.vehicle_history(annotated)
+    return {
+        "vehicle_history": history,
+        "mileage_timeline": build.mileage_timeline(annotated),
+        "fraud_scores": build.fraud_scores(annotated),
+        "source_reputation": build.source_reputation(history, timely_lag_s),
+    }
+
+
+def _broadcast(df: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    return F.broadcast(df)
+
+
+def _touched(master: DataFrame, since: datetime) -> DataFrame:
+    """The vehicles with at least one event processed at or after ``since``."""
+    from pyspark.sql import functions as F
+
+    return master.where(F.col("processed_time") >= F.lit(since)).select("vehicle").distinct()
+
+
+def _carry_over(
+    spark: SparkSession,
+    config: BatchConfig,
+    fresh: dict[str, DataFrame],
+    current: dict[str, Any],
+    touched: DataFrame,
+) -> dict[str, DataFrame]:
+    """Fresh rows for the touched vehicles, the published version's rows for every other vehicle."""
+    views: dict[str, DataFrame] = {}
+    for view in ("vehicle_history", "mileage_timeline", "fraud_scores"):
+        previous = spark.read.parquet(str(config.batch_dir / current["views"][view]))
+        kept = previous.join(_broadcast(touched), "vehicle", "left_anti")
+        views[view] = fresh[view].unionByName(kept)
+    views["source_reputation"] = build.source_reputation(views["vehicle_history"], config.timely_lag_s)
+    return views
+
+
+def _parameters(scan: MasterScan, spark: SparkSession, paths: dict[str, Path]) -> dict[str, int]:
+    """What the audit reconciles with, counted from the Parquet footers and the written history."""
+    import pyarrow.parquet as pq
+
+    with_km = 0
+    for file in scan.files:
+        meta = pq.read_metadata(file)
+        col = meta.schema.to_arrow_schema().get_field_index("odometer_km")
+        for g in range(meta.num_row_groups):
+            rg = meta.row_group(g)
+            stats = rg.column(col).statistics
+            nulls = stats.null_count if stats is not None and stats.has_null_count else None
+            if nulls is None:  # no statistics: count the column itself
+                nulls = pq.ParquetFile(file).read_row_group(g, columns=["odometer_km"]).column(0).null_count
+            with_km += rg.num_rows - nulls
+    scores = spark.read.parquet(str(paths["fraud_scores"]))
+    duplicates = int(scores.agg({"duplicates": "sum"}).collect()[0][0] or 0)
+    history = spark.read.parquet(str(paths["vehicle_history"]))
+    vehicles = history.select("vehicle").distinct().count()
+    return {
+        "history_rows": scan.rows - duplicates,
+        "mileage_rows_min": max(0, with_km - duplicates),
+        "mileage_rows_max": with_km,
+        "vehicles": vehicles,
+        "duplicates": duplicates,
+    }
+
+
+def run_batch(
+    settings: Settings | BatchConfig,
+    *,
+    full: bool = False,
+    since: datetime | None = None,
+    spark: SparkSession | None = None,
+    progress: ProgressCallback | None = None,
+    engine: str | None = None,
+) -> RunRecord:
+    """One batch run; returns its record (also appended to the run history).
+
+    Raises :class:`AuditFailedError` when the audit blocks the publish, after
+    recording the run.  ``engine`` names an alternative rule engine
+    (``module:Class``), for experiments; the default applies ``pipelines.rules``.
+    """
+    config = settings if isinstance(settings, BatchConfig) else BatchConfig.from_settings(settings)
+    step = progress or _noop
+    n = len(STAGES)
+    started = utc_now()
+    t0 = time.perf_counter()
+    record = RunRecord(run_id="", version="", started=iso_ms(started) or "", spark_master=config.spark_master)
+    timings: dict[str, float] = {}
+
+    def stage(i: int, name: str) -> None:
+        timings[name] = round(time.perf_counter() - t0, 3)
+        step(name, i, n)
+
+    with run_lock(config):
+        try:
+            stage(0, STAGES[0])
+            scan = scan_master(config.master_dataset)
+            record.master = str(config.master_dataset)
+            record.fingerprint = scan.fingerprint
+            record.rows_in = scan.rows
+            record.quarantined = [q.__dict__ for q in scan.quarantined]
+            current = read_current(config)
+            if (
+                not full
+                and since is None
+                and current is not None
+                and current.get("input", {}).get("fingerprint") == scan.fingerprint
+            ):
+                record.version = record.run_id = current["version"]
+                record.status = "up_to_date"
+                record.published = True
+                record.watermark = current.get("watermark")
+                return _finish(config, record, t0, timings)
+            version = new_version(started, scan.fingerprint)
+            record.version = record.run_id = version
+            out = config.version_dir(version)
+            if spark is None:
+                spark = get_spark(config.spark_master, config.driver_memory, config.shuffle_partitions)
+            record.spark_master = spark.sparkContext.master
+            from pyspark import StorageLevel
+
+            master = read_master(spark, scan)
+            stage(1, STAGES[1])
+            incremental = since is not None and current is not None and not full
+            touched = None
+            if incremental:
+                touched = _touched(master, since)  # type: ignore[arg-type]
+                annotated = build.annotate(master.join(_broadcast(touched), "vehicle", "left_semi"), engine)
+            else:
+                annotated = build.annotate(master, engine)
+            annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
+            views = _build(annotated, config.timely_lag_s)
+            if incremental:
+                views = _carry_over(spark, config, views, current, touched)  # type: ignore[arg-type]
+            mark = watermark(master)
+            paths = {view: out / view for view in VIEWS}
+            for i, view in enumerate(VIEWS):
+                stage(2 + i, f"write {view}")
+                rows = record.rows_in if view in ("vehicle_history", "mileage_timeline") else 10_000
+                build.write_view(views[view], paths[view], build.SORT_KEYS[view], rows)
+            annotated.unpersist()
+            stage(2 + len(VIEWS), "audit")
+            record.rows_out = {view: _parquet_rows(path) for view, path in paths.items()}
+            params = _parameters(scan, spark, paths)
+            audit = audit_views(paths, params, config.batch_dir / "audits" / version, spark)
+            if len(scan.quarantined) > config.max_quarantined_files:
+                audit.success = False
+                audit.failures.insert(
+                    0,
+                    f"master dataset: {len(scan.quarantined)} files quarantined, more than "
+                    f"batch.max_quarantined_files={config.max_quarantined_files}",
+                )
+            record.audit = audit.as_dict()
+            record.watermark = mark
+            stage(3 + len(VIEWS), "publish")
+            doc = manifest(
+                version,
+                mark,
+                {
+                    "input": {"fingerprint": scan.fingerprint, "files": len(scan.files), "rows": scan.rows},
+                    "quarantined": record.quarantined,
+                    "rows": record.rows_out,
+                },
+            )
+            _write_json(out / "_audit.json", {"parameters": params, **audit.as_dict()})
+            if not audit.success:
+                record.status = "audit_failed"
+                record.error = "; ".join(audit.failures)
+                _finish(config, record, t0, timings)
+                raise AuditFailedError(version, audit.failures, audit.docs)
+            store_manifest(config, doc)
+            publish(config, doc)
+            record.status = "published"
+            record.published = True
+            return _finish(config, record, t0, timings)
+        except AuditFailedError:
+            raise
+        except BaseException as exc:
+            record.status = "failed"
+            record.error = f"{type(exc).__name__}: {exc}"
+            _finish(config, record, t0, timings)
+            if record.version and isinstance(exc, Exception) and not isinstance(exc, BatchError):
+                shutil.rmtree(config.version_dir(record.version), ignore_errors=True)
+            raise
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(f).num_rows for f in path.glob("*.parquet"))
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def _finish(config: BatchConfig, record: RunRecord, t0: float, timings: dict[str, float]) -> RunRecord:
+    record.ended = iso_ms(utc_now())
+    record.duration_s = round(time.perf_counter() - t0, 3)
+    record.timings_s = timings
+    append_run(config, record)
+    return record
+
+
+def audit_result(config: BatchConfig, version: str) -> AuditResult | None:
+    """The stored audit of a version, if it was audited."""
+    path = config.version_dir(version) / "_audit.json"
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return AuditResult(doc["success"], doc["failures"], doc["checked"], doc.get("docs"))

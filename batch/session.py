@@ -1,0 +1,94 @@
+"""The one place that imports pyspark and starts a SparkSession.
+
+pyspark and Great Expectations are the ``spark`` extra; without them every
+batch command fails with one message saying what to install.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import TYPE_CHECKING, Any
+
+from batch.errors import SparkUnavailableError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+_INSTALL_HINT = "install the spark extra: pip install 'pcc[spark]'"
+
+
+def require_pyspark() -> Any:
+    """Import and return the ``pyspark`` module, or say which extra to install."""
+    try:
+        import pyspark
+        import pyspark.sql
+    except ImportError as exc:
+        raise SparkUnavailableError(f"the batch layer needs pyspark ({exc}); {_INSTALL_HINT}") from None
+    return pyspark
+
+
+def require_gx() -> Any:
+    """Import and return ``great_expectations``, or say which extra to install."""
+    try:
+        import great_expectations as gx
+    except ImportError as exc:
+        raise SparkUnavailableError(
+            f"the batch audit needs great_expectations ({exc}); {_INSTALL_HINT}"
+        ) from None
+    return gx
+
+
+def spark_conf(master: str, driver_memory: str = "2g", shuffle_partitions: int = 8) -> dict[str, str]:
+    """The Spark configuration every batch session uses (UTC, Arrow, no UI)."""
+    return {
+        "spark.master": master,
+        "spark.app.name": "pcc-batch",
+        "spark.driver.memory": driver_memory,
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(shuffle_partitions),
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MILLIS",
+        "spark.sql.sources.partitionOverwriteMode": "static",
+        "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.host": "127.0.0.1",
+        # the executors' Python is this interpreter (a virtualenv on every node of a local cluster)
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+        "spark.executorEnv.PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+    }
+
+
+def get_spark(
+    master: str = "local[*]",
+    driver_memory: str = "2g",
+    shuffle_partitions: int = 8,
+    extra: dict[str, str] | None = None,
+) -> SparkSession:
+    """Start (or reuse) the process's SparkSession.
+
+    Spark allows one active session per driver process: if one exists (a
+    test session, a notebook) it is reused as is and ``master`` is ignored.
+    """
+    require_pyspark()
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in {**spark_conf(master, driver_memory, shuffle_partitions), **(extra or {})}.items():
+        builder = builder.config(key, value)
+    try:
+        spark = builder.getOrCreate()
+    except Exception as exc:  # the JVM did not start or the master is unreachable
+        from batch.errors import BatchError
+
+        raise BatchError(f"could not start Spark against {master}: {exc}") from exc
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark

@@ -1,0 +1,110 @@
+"""Projecting the annotated master dataset into the four batch views and writing them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from batch.master import spark_master_schema
+from batch.views.annotate import ADDED_DDL, make_annotator
+from pipelines.dataset import MASTER_COLUMNS
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame
+
+ROWS_PER_FILE = 2_000_000
+REASONS_DDL = "array<struct<flag: string, evidence: array<string>>>"
+
+
+def annotate(master: DataFrame, engine_name: str | None = None) -> DataFrame:
+    """Run the per-vehicle pass (rules, reconciliation, verdict) over the whole master dataset."""
+    from pyspark.sql.types import StructType
+
+    schema = StructType(spark_master_schema().fields + StructType.fromDDL(ADDED_DDL).fields)
+    return master.groupBy("vehicle").applyInPandas(make_annotator(engine_name), schema)
+
+
+def vehicle_history(annotated: DataFrame) -> DataFrame:
+
+    cols = [c for c in MASTER_COLUMNS if c != "vehicle"]
+    return annotated.select(
+        "vehicle",
+        "seq",
+        *cols,
+        "batch_flags",
+        "flag_evidence",
+    )
+
+
+def mileage_timeline(annotated: DataFrame) -> DataFrame:
+    return annotated.where("odometer_km IS NOT NULL").select(
+        "vehicle",
+        "seq",
+        "event_id",
+        "event_time",
+        "event_type",
+        "source_id",
+        "source_kind",
+        "verification",
+        "quality",
+        "odometer_km",
+        "reconciled_km",
+        "is_outlier",
+        "outlier_reason",
+    )
+
+
+def fraud_scores(annotated: DataFrame) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    reasons = F.from_json("v_reasons", REASONS_DDL)
+    return annotated.where("v_score IS NOT NULL").select(
+        "vehicle",
+        F.col("v_score").alias("score"),
+        F.col("v_label").alias("label"),
+        reasons.alias("reasons"),
+        F.array_sort(F.transform(reasons, lambda r: r["flag"])).alias("flags"),
+        F.from_json("v_explanation", "array<string>").alias("explanation"),
+        F.col("seq").cast("long").alias("events"),
+        F.col("event_time").alias("last_event_time"),
+        F.col("v_duplicates").alias("duplicates"),
+    )
+
+
+def source_reputation(history: DataFrame, timely_lag_s: int) -> DataFrame:
+    """Per producer, from ``vehicle_history``: shares of verified, consistent (no batch fraud flag) and timely events."""
+    from pyspark.sql import functions as F
+
+    verified = (F.col("verification") == "verified").cast("double")
+    consistent = (F.size("batch_flags") == 0).cast("double")
+    lag_s = F.col("ingestion_time").cast("long") - F.col("event_time").cast("long")
+    timely = (lag_s <= timely_lag_s).cast("double")
+    out = history.groupBy("source_id").agg(
+        F.count(F.lit(1)).alias("events"),
+        F.avg(verified).alias("verified_share"),
+        F.avg(consistent).alias("consistent_share"),
+        F.avg(timely).alias("timely_share"),
+        F.avg("quality").alias("mean_quality"),
+        F.min("event_time").alias("first_event_time"),
+        F.max("event_time").alias("last_event_time"),
+    )
+    return out.withColumn(
+        "reputation", (F.col("verified_share") + F.col("consistent_share") + F.col("timely_share")) / 3.0
+    )
+
+
+def write_view(df: DataFrame, path: Path, sort: list[str], rows: int) -> None:
+    """Write a view as Parquet, range-partitioned and sorted so a vehicle (or source) is a fast lookup."""
+    files = max(1, -(-rows // ROWS_PER_FILE))
+    df.repartitionByRange(files, sort[0]).sortWithinPartitions(*sort).write.mode("errorifexists").parquet(
+        str(path)
+    )
+
+
+#: Each view's sort key (the first column is its range-partitioning key).
+SORT_KEYS: dict[str, list[str]] = {
+    "vehicle_history": ["vehicle", "seq"],
+    "mileage_timeline": ["vehicle", "seq"],
+    "fraud_scores": ["vehicle"],
+    "source_reputation": ["source_id"],
+}
