@@ -85,7 +85,9 @@ def compile_contracts() -> dict[str, dict[str, Any]]:
         raise PccStateError(f"expected solc {SOLC_VERSION}, ledger/node_modules has {proc.stdout.strip()}")
     errors = [e for e in output.get("errors", []) if e.get("severity") == "error"]
     if errors:
-        raise PccStateError("Solidity compilation failed:\n" + "\n".join(e["formattedMessage"] for e in errors))
+        raise PccStateError(
+            "Solidity compilation failed:\n" + "\n".join(e["formattedMessage"] for e in errors)
+        )
     header = GENERATED_BY.format(solc=SOLC_VERSION, evm=EVM_VERSION, runs=OPTIMIZER_RUNS)
     artifacts: dict[str, dict[str, Any]] = {}
     for name in CONTRACTS:

@@ -22,25 +22,23 @@ interface IRevenueShare {
 /// contract; the amount is split between the producers whose data was used (credited here,
 /// withdrawn by them) and the consortium treasury (shared among PCC_gold holders). Receipts are
 /// numbered by the serving layer; a bitmap makes settling one twice impossible and costs one
-/// storage word per 256 receipts. Receipts of one consumer placed next to each other are
-/// collected in one transfer.
+/// storage word per 256 receipts. Each consumer pays once per batch, each producer is credited
+/// in storage it later withdraws from (pull), and the treasury is paid once per batch.
 contract Marketplace is AccessControl {
     using SafeERC20 for IERC20;
 
     bytes32 public constant SETTLER_ROLE = keccak256("SETTLER_ROLE");
     uint256 private constant BPS = 10_000;
 
-    struct Share {
-        uint16 producer; // index into the batch's producer list
-        uint32 weight; // e.g. rows of that producer used by the query
-    }
-
-    struct Receipt {
-        uint256 receiptNo;
-        address consumer;
-        uint256 amount; // cents
-        Share[] shares;
-    }
+    // A batch is encoded compactly: one list of consumers, one of producers, and words.
+    // Each receipt is a header word followed by `shares` share words:
+    //   header = receiptNo (bits 0-63) | amount in cents (64-159) | consumer index (160-175)
+    //            | number of shares (176-191)
+    //   share  = producer index (bits 0-15) | weight (16-47), e.g. rows of that producer used
+    uint256 private constant MASK16 = 0xffff;
+    uint256 private constant MASK32 = 0xffffffff;
+    uint256 private constant MASK64 = 0xffffffffffffffff;
+    uint256 private constant MASK96 = 0xffffffffffffffffffffffff;
 
     IERC20 public immutable token;
     IParameters public immutable parameters;
@@ -54,7 +52,9 @@ contract Marketplace is AccessControl {
     error ReceiptAlreadySettled(uint256 receiptNo);
     error EmptyReceipt(uint256 receiptNo);
     error UnknownProducer(address producer);
-    error ProducerIndexOutOfRange(uint256 receiptNo, uint16 index);
+    error ProducerIndexOutOfRange(uint256 receiptNo, uint256 index);
+    error ConsumerIndexOutOfRange(uint256 receiptNo, uint256 index);
+    error TruncatedReceipt(uint256 receiptNo);
     error ZeroWeight(uint256 receiptNo);
     error InsufficientDeposit(address consumer, uint256 deposit, uint256 needed);
     error NothingToWithdraw(address account);
@@ -101,34 +101,57 @@ contract Marketplace is AccessControl {
         return (_settledWords[receiptNo >> 8] >> (receiptNo & 0xff)) & 1 == 1;
     }
 
-    /// Settle a batch of receipts; `producers` are the source accounts the shares index.
-    function settle(address[] calldata producers, Receipt[] calldata receipts) external onlyRole(SETTLER_ROLE) {
+    /// Settle a batch of receipts (see the encoding above); all or nothing.
+    function settle(address[] calldata consumers, address[] calldata producers, uint256[] calldata words)
+        external
+        onlyRole(SETTLER_ROLE)
+    {
         for (uint256 p = 0; p < producers.length; ++p) {
             if (!sources.isActiveAccount(producers[p])) revert UnknownProducer(producers[p]);
         }
         uint256 feeBps = parameters.feeBps();
-        uint256 totalFee;
-        uint256 totalAmount;
-        address consumer;
-        uint256 owed;
-        for (uint256 i = 0; i < receipts.length; ++i) {
-            Receipt calldata r = receipts[i];
-            _markSettled(r.receiptNo);
-            if (r.consumer != consumer) {
-                _collect(consumer, owed);
-                consumer = r.consumer;
-                owed = 0;
-            }
-            owed += r.amount;
-            totalAmount += r.amount;
-            totalFee += _credit(r, producers, feeBps);
+        uint256[] memory owed = new uint256[](consumers.length);
+        uint256[2] memory totals; // amount, treasury fee
+        uint256 receipts;
+        for (uint256 i = 0; i < words.length; ++receipts) {
+            i = _settleOne(words, i, owed, totals, producers, feeBps);
         }
-        _collect(consumer, owed);
-        if (totalFee > 0) {
-            token.safeTransfer(address(treasury), totalFee);
-            treasury.notifyRevenue(totalFee);
+        for (uint256 c = 0; c < consumers.length; ++c) {
+            _collect(consumers[c], owed[c]);
         }
-        emit Settled(msg.sender, receipts.length, totalAmount, totalFee);
+        if (totals[1] > 0) {
+            token.safeTransfer(address(treasury), totals[1]);
+            treasury.notifyRevenue(totals[1]);
+        }
+        emit Settled(msg.sender, receipts, totals[0], totals[1]);
+    }
+
+    /// Settle the receipt whose header is `words[i]`; returns the index of the next header.
+    function _settleOne(
+        uint256[] calldata words,
+        uint256 i,
+        uint256[] memory owed,
+        uint256[2] memory totals,
+        address[] calldata producers,
+        uint256 feeBps
+    ) private returns (uint256 next) {
+        uint256 receiptNo;
+        uint256 amount;
+        {
+            uint256 header = words[i];
+            receiptNo = header & MASK64;
+            amount = (header >> 64) & MASK96;
+            uint256 consumer = (header >> 160) & MASK16;
+            uint256 n = (header >> 176) & MASK16;
+            if (n == 0 || amount == 0) revert EmptyReceipt(receiptNo);
+            if (consumer >= owed.length) revert ConsumerIndexOutOfRange(receiptNo, consumer);
+            next = i + 1 + n;
+            if (next > words.length) revert TruncatedReceipt(receiptNo);
+            owed[consumer] += amount;
+        }
+        _markSettled(receiptNo);
+        totals[0] += amount;
+        totals[1] += _credit(receiptNo, amount, words[i + 1:next], producers, feeBps);
     }
 
     function _markSettled(uint256 receiptNo) private {
@@ -140,25 +163,26 @@ contract Marketplace is AccessControl {
     }
 
     /// Credit the producers' part of one receipt; returns the treasury's part.
-    function _credit(Receipt calldata r, address[] calldata producers, uint256 feeBps)
-        private
-        returns (uint256 fee)
-    {
-        uint256 n = r.shares.length;
-        if (n == 0 || r.amount == 0) revert EmptyReceipt(r.receiptNo);
+    function _credit(
+        uint256 receiptNo,
+        uint256 amount,
+        uint256[] calldata shares,
+        address[] calldata producers,
+        uint256 feeBps
+    ) private returns (uint256 fee) {
         uint256 totalWeight;
-        for (uint256 j = 0; j < n; ++j) {
-            totalWeight += r.shares[j].weight;
+        for (uint256 j = 0; j < shares.length; ++j) {
+            totalWeight += (shares[j] >> 16) & MASK32;
         }
-        if (totalWeight == 0) revert ZeroWeight(r.receiptNo);
-        fee = (r.amount * feeBps) / BPS;
-        uint256 rest = r.amount - fee;
+        if (totalWeight == 0) revert ZeroWeight(receiptNo);
+        fee = (amount * feeBps) / BPS;
+        uint256 rest = amount - fee;
         uint256 paid;
-        for (uint256 j = 0; j < n; ++j) {
-            Share calldata s = r.shares[j];
-            if (s.producer >= producers.length) revert ProducerIndexOutOfRange(r.receiptNo, s.producer);
-            uint256 part = (rest * s.weight) / totalWeight;
-            credits[producers[s.producer]] += part;
+        for (uint256 j = 0; j < shares.length; ++j) {
+            uint256 producer = shares[j] & MASK16;
+            if (producer >= producers.length) revert ProducerIndexOutOfRange(receiptNo, producer);
+            uint256 part = (rest * ((shares[j] >> 16) & MASK32)) / totalWeight;
+            credits[producers[producer]] += part;
             paid += part;
         }
         fee += rest - paid; // rounding dust goes to the treasury

@@ -1,0 +1,151 @@
+"""The Marketplace (settling query receipts) and the AccessRegistry (grants)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from web3 import Web3
+from web3.contract import Contract
+from web3.types import TxReceipt
+
+from ledger import keys
+from ledger.errors import LedgerRuleError
+from ledger.tokens import Key
+
+if TYPE_CHECKING:
+    from ledger.client import LedgerClient
+
+
+@dataclass(frozen=True)
+class QueryReceipt:
+    """What one paid query owes: ``amount_cents`` split by ``shares`` (producer account -> weight)."""
+
+    receipt_no: int
+    consumer: str
+    amount_cents: int
+    shares: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Grant:
+    allowed: bool
+    expiry: int
+    epoch: int
+
+
+class MarketApi:
+    def __init__(self, client: LedgerClient) -> None:
+        self._c = client
+
+    @property
+    def market(self) -> Contract:
+        return self._c.contract("Marketplace")
+
+    @property
+    def address(self) -> str:
+        return str(self.market.address)
+
+    def encode(self, receipts: Sequence[QueryReceipt]) -> tuple[list[str], list[str], list[int]]:
+        """The compact call arguments (consumers, producers, words); see ``Marketplace.sol``."""
+        consumers: dict[str, int] = {}
+        producers: dict[str, int] = {}
+        words: list[int] = []
+        for r in receipts:
+            amount = keys.cents(r.amount_cents)
+            if not 0 <= r.receipt_no < 2**64:
+                raise LedgerRuleError(f"receipt number {r.receipt_no} must be between 0 and 2^64")
+            if amount >= 2**96 or not r.shares or len(r.shares) >= 2**16:
+                raise LedgerRuleError(
+                    f"receipt {r.receipt_no} needs an amount below 2^96 and 1 to 65535 shares"
+                )
+            consumer = consumers.setdefault(Web3.to_checksum_address(r.consumer), len(consumers))
+            words.append(r.receipt_no | amount << 64 | consumer << 160 | len(r.shares) << 176)
+            for producer, weight in sorted(r.shares.items()):
+                if not 0 <= weight < 2**32:
+                    raise LedgerRuleError(f"receipt {r.receipt_no}: share weight {weight} must fit 32 bits")
+                index = producers.setdefault(Web3.to_checksum_address(producer), len(producers))
+                words.append(index | weight << 16)
+        if len(consumers) >= 2**16 or len(producers) >= 2**16:
+            raise LedgerRuleError("a batch names at most 65535 consumers and 65535 producers")
+        return list(consumers), list(producers), words
+
+    def settle(self, receipts: Sequence[QueryReceipt], as_: Key = None) -> TxReceipt:
+        """Settle receipts in one transaction (settler role); all or nothing."""
+        if not receipts:
+            raise LedgerRuleError("no receipt to settle")
+        consumers, producers, words = self.encode(receipts)
+        fn = self.market.functions.settle(consumers, producers, words)
+        nos = sorted(r.receipt_no for r in receipts)
+        return self._c.transact(fn, f"settling {len(receipts)} receipts ({nos[0]}..{nos[-1]})", as_)
+
+    def is_settled(self, receipt_no: int) -> bool:
+        return bool(
+            self._c.view(self.market.functions.isSettled(receipt_no), f"reading receipt {receipt_no}")
+        )
+
+    def credit(self, producer: str) -> int:
+        """Cents credited to ``producer`` and not yet withdrawn."""
+        fn = self.market.functions.credits(Web3.to_checksum_address(producer))
+        return int(self._c.view(fn, f"reading the credit of {producer}"))
+
+    def deposit_of(self, consumer: str) -> int:
+        fn = self.market.functions.deposits(Web3.to_checksum_address(consumer))
+        return int(self._c.view(fn, f"reading the deposit of {consumer}"))
+
+    def deposit(self, amount_cents: int, as_: Key) -> TxReceipt:
+        """Escrow cents for future queries (approve the Marketplace first)."""
+        fn = self.market.functions.deposit(keys.cents(amount_cents))
+        return self._c.transact(fn, f"depositing {amount_cents} cents", as_)
+
+    def withdraw(self, as_: Key) -> int:
+        """A producer pulls its credits; returns the cents received."""
+        signer = self._c.signer_for(as_)
+        amount = self.credit(signer.address)
+        self._c.transact(
+            self.market.functions.withdraw(), f"withdrawing the credit of {signer.address}", signer
+        )
+        return amount
+
+
+class AccessApi:
+    """Per vehicle pseudonym and data category: grants to a consumer public key."""
+
+    def __init__(self, client: LedgerClient) -> None:
+        self._c = client
+
+    @property
+    def registry(self) -> Contract:
+        return self._c.contract("AccessRegistry")
+
+    def register_vehicles(self, pseudonyms: Sequence[str], as_: Key = None) -> TxReceipt:
+        fn = self.registry.functions.registerVehicles([keys.vehicle_key(p) for p in pseudonyms])
+        return self._c.transact(fn, f"registering {len(pseudonyms)} vehicle pseudonyms", as_)
+
+    def grant(
+        self, pseudonym: str, category: str, consumer_key: bytes, expiry: int, as_: Key = None
+    ) -> TxReceipt:
+        fn = self.registry.functions.grant(
+            keys.vehicle_key(pseudonym), keys.category_key(category), _key32(consumer_key), expiry
+        )
+        return self._c.transact(fn, f"granting {category} of {pseudonym}", as_)
+
+    def revoke(self, pseudonym: str, category: str, consumer_key: bytes, as_: Key = None) -> TxReceipt:
+        fn = self.registry.functions.revoke(
+            keys.vehicle_key(pseudonym), keys.category_key(category), _key32(consumer_key)
+        )
+        return self._c.transact(fn, f"revoking {category} of {pseudonym}", as_)
+
+    def check(self, pseudonym: str, category: str, consumer_key: bytes) -> Grant:
+        fn = self.registry.functions.check(
+            keys.vehicle_key(pseudonym), keys.category_key(category), _key32(consumer_key)
+        )
+        allowed, expiry, epoch = self._c.view(fn, f"checking {category} of {pseudonym}")
+        return Grant(bool(allowed), int(expiry), int(epoch))
+
+
+def _key32(consumer_key: bytes) -> bytes:
+    if not isinstance(consumer_key, bytes | bytearray) or len(consumer_key) != 32:
+        raise LedgerRuleError("a consumer public key is 32 bytes (X25519/Ed25519)")
+    return bytes(consumer_key)
