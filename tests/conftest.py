@@ -4,4 +4,5 @@ they start the component once per test session and reuse it."""
 pytest_plugins: list[str] = [
     "tests.fixtures.kafka",
     "tests.fixtures.serving",
+    "tests.fixtures.spark",
 ]

@@ -1,0 +1,1 @@
+"""A Spark standalone cluster on this machine, started from pyspark's own distribution."""
