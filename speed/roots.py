@@ -14,10 +14,13 @@ every ``CheckpointAnchored`` event so lookups rarely reach the RPC node).
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 
@@ -49,6 +52,24 @@ class InMemoryRoots:
 
     def add_checkpoint(self, source_id: str, tree_size: int, root: bytes) -> None:
         self._roots[(source_id, tree_size)] = root
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write the sources and checkpoints as JSON (for a speed layer in another process)."""
+        body = {
+            "sources": {k: [v.tier, v.reputation, v.active] for k, v in self._sources.items()},
+            "checkpoints": [[s, n, r.hex()] for (s, n), r in self._roots.items()],
+        }
+        Path(path).write_text(json.dumps(body))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> InMemoryRoots:
+        body = json.loads(Path(path).read_text())
+        roots = cls()
+        for source_id, (tier, reputation, active) in body["sources"].items():
+            roots._sources[source_id] = SourceInfo(source_id, tier, reputation, active)
+        for source_id, size, root in body["checkpoints"]:
+            roots._roots[(source_id, size)] = bytes.fromhex(root)
+        return roots
 
     def _check(self) -> None:
         if self.down:
@@ -128,3 +149,58 @@ class CachedRoots:
         info = self._read_source(source_id)
         self._sources[source_id] = (now, info)
         return info
+
+
+class FileRootsFactory:
+    """Builds :class:`InMemoryRoots` from a JSON file written by :meth:`InMemoryRoots.save` (picklable)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self._path = str(path)
+
+    def __call__(self) -> InMemoryRoots:
+        return InMemoryRoots.load(self._path)
+
+
+class LedgerRootsFactory:
+    """Builds :class:`CachedRoots` over the ledger client (picklable: each worker connects itself)."""
+
+    def __init__(self, settings: object) -> None:
+        self._settings = settings
+
+    def __call__(self) -> CachedRoots:
+        from ledger.client import LedgerClient
+        from pipelines.errors import PccTransientError
+        from speed.errors import LedgerUnavailable
+
+        settings = self._settings
+        client: list[LedgerClient] = []
+
+        def connected() -> LedgerClient:
+            if not client:
+                try:
+                    client.append(LedgerClient.from_settings(settings))  # type: ignore[arg-type]
+                except PccTransientError as exc:
+                    raise LedgerUnavailable(f"ledger unavailable: {exc}") from exc
+            return client[0]
+
+        def read_root(source_id: str, tree_size: int) -> bytes | None:
+            try:
+                return connected().anchors.root_at(source_id, tree_size)
+            except PccTransientError as exc:
+                raise LedgerUnavailable(f"ledger unavailable reading {source_id}@{tree_size}: {exc}") from exc
+
+        def read_source(source_id: str) -> SourceInfo | None:
+            try:
+                sources = connected().sources
+                if not sources.is_registered(source_id):
+                    return None
+                s = sources.get(source_id)
+            except PccTransientError as exc:
+                raise LedgerUnavailable(f"ledger unavailable reading source {source_id}: {exc}") from exc
+            return SourceInfo(source_id, s.tier, s.reputation_bps / 10_000, s.active)
+
+        return CachedRoots(read_root, read_source)
+
+
+def ledger_roots_factory(settings: object) -> LedgerRootsFactory:
+    return LedgerRootsFactory(settings)
