@@ -16,6 +16,7 @@ subclasses naming the broken rule.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -171,7 +172,7 @@ class AnchorsApi:
         for _, root in checkpoints:
             _check_root(root)
         sizes = [size for size, _ in checkpoints]
-        if any(b <= a for a, b in zip(sizes, sizes[1:], strict=False)):
+        if any(b <= a for a, b in itertools.pairwise(sizes)):
             raise LedgerRuleError(f"checkpoints of {source_id} must grow the tree: sizes {sizes}")
         latest = self.latest(source_id)
         if sizes and latest is not None and sizes[0] <= latest[0]:

@@ -127,13 +127,43 @@ class LedgerIndexer:
         return {bytes(e.args["key"]): str(e.args["sourceId"]) for e in found}
 
 
+@dataclass(frozen=True)
+class SourceFacts:
+    """What the speed layer needs of a source (duck-types its ``SourceInfo``)."""
+
+    source_id: str
+    tier: int
+    reputation: float  # [0, 1]
+    active: bool
+
+
 class OnChainRootSource:
-    """``checkpoint(source_id, tree_size) -> root | None`` read from the AnchorRegistry, cached."""
+    """Roots and source facts read from the ledger, for the speed layer's ``RootSource``.
+
+    ``checkpoint_root(source_id, tree_size) -> root | None`` (cached: an anchored root never
+    changes) and ``source_info(source_id) -> SourceFacts | None``.
+    """
 
     def __init__(self, client: LedgerClient, max_cached: int = 100_000) -> None:
         self._c = client
         self._cache: dict[tuple[str, int], bytes] = {}
         self._max = max_cached
+
+    def checkpoint_root(self, source_id: str, tree_size: int) -> bytes | None:
+        return self.checkpoint(source_id, tree_size)
+
+    def source_info(self, source_id: str) -> SourceFacts | None:
+        from ledger.errors import LedgerNotFoundError
+
+        try:
+            info = self._c.sources.get(source_id)
+        except LedgerNotFoundError:
+            return None
+        return SourceFacts(source_id, info.tier, info.reputation_bps / 10_000, info.active)
+
+    def observe(self, source_id: str, tree_size: int, root: bytes) -> None:
+        """Prime the cache with a checkpoint the indexer saw."""
+        self._cache[(source_id, tree_size)] = root
 
     def checkpoint(self, source_id: str, tree_size: int) -> bytes | None:
         hit = self._cache.get((source_id, tree_size))

@@ -46,6 +46,7 @@ class LedgerSettings(_Section):
     deployer_key: SecretStr | None = None
     manifest: Path | None = None  # deployment manifest; default data_dir/ledger/deployment.json
     confirmations: int = 0
+    anchor_key: SecretStr | None = None  # a producer's signing key; dev chains derive one per source
 
 
 class ProducerSettings(_Section):

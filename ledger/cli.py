@@ -1,0 +1,146 @@
+"""``pcc ledger ...``: deploy the contracts and operate them (a few lines per command)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from ledger.chain import connect
+from ledger.client import LedgerClient
+from ledger.config import DEV_KEYS, LedgerConfig
+from ledger.deploy import Deployment, deploy
+from ledger.indexer import LedgerIndexer
+from ledger.keys import address_of, dev_source_key
+from ledger.tx import Signer
+from pipelines.cli.main import settings_from
+from pipelines.errors import PccValueError
+
+app = typer.Typer(help="Deploy and operate the ledger contracts.", no_args_is_help=True)
+
+DEV_GAS_MONEY = 10**18  # 1 ether of play money for a source's anchoring account
+
+
+def _client(ctx: typer.Context) -> LedgerClient:
+    return LedgerClient.from_settings(settings_from(ctx))
+
+
+@app.command("deploy")
+def deploy_cmd(
+    ctx: typer.Context,
+    member: Annotated[
+        list[str] | None, typer.Option("--member", help="ADDRESS=AMOUNT of PCC_gold (whole tokens) to mint.")
+    ] = None,
+) -> None:
+    """Deploy every contract to ledger.rpc_url and write the deployment manifest."""
+    config = LedgerConfig.from_settings(settings_from(ctx))
+    w3 = connect(config)
+    members: dict[str, int] = {}
+    for item in member or []:
+        address, _, amount = item.partition("=")
+        if not amount.isdigit():
+            raise PccValueError(f"--member {item!r}: expected ADDRESS=AMOUNT (whole PCC_gold tokens)")
+        members[address] = int(amount) * 10**18
+    if not members and config.chain in ("anvil", "hardhat"):  # three dev consortium members
+        members = {address_of(DEV_KEYS[i]): n * 10**18 for i, n in ((1, 500), (2, 300), (3, 200))}
+    deployment = deploy(w3, Signer(w3, config.deployer_key), members)
+    deployment.write(config.manifest)
+    typer.echo(
+        f"deployed to chain {deployment.chain_id} at block {deployment.block}; manifest {config.manifest}"
+    )
+    for name, address in deployment.contracts.items():
+        typer.echo(f"  {name:15} {address}")
+
+
+@app.command()
+def status(ctx: typer.Context) -> None:
+    """Show the deployment, the head block and the PCC_token supply."""
+    client = _client(ctx)
+    d: Deployment = client.deployment
+    typer.echo(f"chain {d.chain_id}, deployed at block {d.block}, head {client.block_number}")
+    typer.echo(f"operator {d.operator}; PCC_token supply {client.tokens.total_supply()} cents")
+    for name, address in d.contracts.items():
+        typer.echo(f"  {name:15} {address}")
+
+
+@app.command("register-source")
+def register_source(
+    ctx: typer.Context,
+    source_id: str,
+    kind: Annotated[
+        str, typer.Option(help="connected_car, garage, insurer, inspection_centre, manual_entry")
+    ],
+    tier: Annotated[int, typer.Option(help="quality tier, 1 best .. 4")] = 2,
+    account: Annotated[str | None, typer.Option(help="the source's address (dev chains derive one)")] = None,
+) -> None:
+    """Register a producer; on a dev chain its anchoring account is derived and funded."""
+    settings = settings_from(ctx)
+    client = LedgerClient.from_settings(settings)
+    if client.sources.is_registered(source_id):
+        raise PccValueError(f"source {source_id} is already registered")
+    if account is None:
+        config = LedgerConfig.from_settings(settings)
+        if config.chain == "rpc":
+            raise PccValueError("--account is required on chain 'rpc'")
+        account = address_of(dev_source_key(config.deployer_key.get_secret_value(), source_id))
+        client.signer.transfer_eth(account, DEV_GAS_MONEY)
+    client.sources.register(source_id, kind, account, tier)
+    typer.echo(f"registered {source_id} ({kind}, tier {tier}) with account {account}")
+
+
+@app.command("suspend-source")
+def suspend_source(ctx: typer.Context, source_id: str, reinstate: bool = False) -> None:
+    """Suspend a source (or reinstate it with --reinstate)."""
+    _client(ctx).sources.set_active(source_id, reinstate)
+    typer.echo(f"{source_id} {'reinstated' if reinstate else 'suspended'}")
+
+
+@app.command()
+def source(ctx: typer.Context, source_id: str) -> None:
+    """Show a source and its latest checkpoint."""
+    client = _client(ctx)
+    info = client.sources.get(source_id)
+    latest = client.anchors.latest(source_id)
+    typer.echo(
+        f"{source_id}: {info.kind}, tier {info.tier}, {'active' if info.active else 'suspended'}, "
+        f"reputation {info.reputation_bps / 100:.2f} %, account {info.account}"
+    )
+    typer.echo(
+        f"latest checkpoint: size {latest[0]} root {latest[1].hex()}" if latest else "no checkpoint yet"
+    )
+
+
+@app.command()
+def mint(ctx: typer.Context, to: str, cents: int, payment_ref: Annotated[str, typer.Option("--ref")]) -> None:
+    """Mint PCC_token cents against a recorded euro deposit (treasury)."""
+    client = _client(ctx)
+    client.tokens.mint(to, cents, payment_ref)
+    typer.echo(f"minted {cents} cents to {to}; balance {client.tokens.balance(to)} cents")
+
+
+@app.command()
+def balance(ctx: typer.Context, account: str) -> None:
+    """PCC_token balance (cents), PCC_gold and claimable revenue of an account."""
+    client = _client(ctx)
+    typer.echo(
+        f"{account}: {client.tokens.balance(account)} cents PCC_token, "
+        f"{client.tokens.gold_balance(account) / 10**18:g} PCC_gold, "
+        f"{client.tokens.claimable(account)} cents claimable, {client.market.credit(account)} cents credited"
+    )
+
+
+@app.command()
+def checkpoints(
+    ctx: typer.Context,
+    from_block: Annotated[int | None, typer.Option("--from")] = None,
+    to_block: Annotated[int | None, typer.Option("--to")] = None,
+    source_id: Annotated[str | None, typer.Option("--source")] = None,
+) -> None:
+    """List anchored checkpoints in a block range (by explicit eth_getLogs ranges)."""
+    client = _client(ctx)
+    indexer = LedgerIndexer(client)
+    names = indexer.source_ids()
+    start = client.deployment.block if from_block is None else from_block
+    for cp in indexer.checkpoints(start, to_block, source_id):
+        name = names.get(cp.source_key, "0x" + cp.source_key.hex())
+        typer.echo(f"block {cp.block}: {name} size {cp.tree_size} root {cp.root.hex()}")
