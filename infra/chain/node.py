@@ -10,6 +10,7 @@ well-known development accounts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -176,10 +177,8 @@ def _terminate(pid: int, grace_s: float = 15.0) -> None:
             if not _alive(pid):
                 return
         time.sleep(0.1)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def stop(state_dir: Path, kind: str = "anvil") -> NodeInfo | None:
