@@ -45,13 +45,20 @@ def annotated_ddl(master_ddl: str) -> str:
     return f"{master_ddl}, {ADDED_DDL}"
 
 
+def epoch_ms(times: pd.Series) -> list[int]:
+    """Epoch milliseconds of a timestamp column, whatever its unit (Spark gives naive UTC ns)."""
+    if times.dt.tz is None:
+        times = times.dt.tz_localize("UTC")
+    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64").tolist()
+
+
 def _none(value: Any) -> Any:
     return None if value is None or (isinstance(value, float) and value != value) else value
 
 
 def rule_inputs(pdf: pd.DataFrame) -> list[dict[str, Any]]:
     """The rows as the rules read them (event time in epoch milliseconds)."""
-    times = (pdf["event_time"].astype("int64") // 1_000_000).tolist()
+    times = epoch_ms(pdf["event_time"])
     cols = {c: pdf[c].tolist() for c in _RULE_COLUMNS}
     flags = [list(f) if f is not None and len(f) else [] for f in pdf["flags"]]
     out = []
@@ -87,7 +94,7 @@ def annotate_vehicle(pdf: pd.DataFrame, engine: RuleEngine) -> pd.DataFrame:
     has_km = pdf["odometer_km"].notna().to_numpy()
     idx = [i for i in range(n) if has_km[i]]
     if idx:
-        times = (pdf["event_time"].iloc[idx].astype("int64") // 1_000_000).tolist()
+        times = epoch_ms(pdf["event_time"].iloc[idx])
         km = [int(k) for k in pdf["odometer_km"].iloc[idx]]
         weights = [float(q) for q in pdf["quality"].iloc[idx]]
         result = reconcile(times, km, weights, [ids[i] for i in idx])
