@@ -1,0 +1,88 @@
+"""Prices, signed requests and receipts without a server."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("eth_account")
+
+from serving.auth import Authenticator, sign_request
+from serving.errors import AuthenticationError, PriceUnavailableError
+from serving.pricing import Quote, Usage, price_usage
+from serving.receipts import ReceiptStore, verify_receipt
+
+KEY = "0x" + "33" * 32
+SERVICE = "0x" + "44" * 32
+
+
+def test_price_is_rows_times_category_price_per_producer() -> None:
+    usage = [Usage("a", "mileage", 10, 100_000), Usage("b", "accident+precise_location", 3, 30_000)]
+    quote = price_usage(usage, {"mileage": 2, "accident": 5, "precise_location": 1}, fee_bps=1000)
+    assert quote.by_producer == {"a": {"rows": 10, "cents": 20}, "b": {"rows": 3, "cents": 18}}
+    assert quote.amount_cents == 38 and quote.fee_cents == 3
+
+
+def test_quality_weight_scales_the_price() -> None:
+    half = [Usage("a", "mileage", 10, 10 * 5_000)]  # quality 0.5
+    assert price_usage(half, {"mileage": 10}, 0, quality_weight_bps=10_000).amount_cents == 50
+    assert price_usage(half, {"mileage": 10}, 0, quality_weight_bps=5_000).amount_cents == 75
+    assert price_usage(half, {"mileage": 10}, 0, quality_weight_bps=0).amount_cents == 100
+
+
+def test_missing_category_price_is_refused() -> None:
+    with pytest.raises(PriceUnavailableError, match="owner_identity"):
+        price_usage([Usage("a", "owner_identity", 1, 10_000)], {"mileage": 1}, 0)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ReceiptStore:
+    return ReceiptStore(tmp_path / "receipts.sqlite", SERVICE)
+
+
+def test_signed_request_verifies_once(store: ReceiptStore) -> None:
+    auth = Authenticator(store)
+    headers = sign_request(KEY, "POST", "/v1/query", b"{}")
+    consumer = auth.verify("POST", "/v1/query", b"{}", headers)
+    assert consumer.account == headers["X-PCC-Account"]
+    with pytest.raises(AuthenticationError, match="replayed"):
+        auth.verify("POST", "/v1/query", b"{}", headers)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [("GET", "/v1/query", b"{}"), ("POST", "/v1/quote", b"{}"), ("POST", "/v1/query", b"[]")],
+)
+def test_signature_binds_method_path_and_body(
+    store: ReceiptStore, method: str, path: str, body: bytes
+) -> None:
+    headers = sign_request(KEY, "POST", "/v1/query", b"{}")
+    with pytest.raises(AuthenticationError, match="does not match"):
+        Authenticator(store).verify(method, path, body, headers)
+
+
+def test_expired_and_far_future_requests_are_refused(store: ReceiptStore) -> None:
+    auth = Authenticator(store, max_age_s=300)
+    with pytest.raises(AuthenticationError, match="expired"):
+        auth.verify("POST", "/p", b"", sign_request(KEY, "POST", "/p", b"", ttl_s=-1))
+    with pytest.raises(AuthenticationError, match="ahead"):
+        auth.verify("POST", "/p", b"", sign_request(KEY, "POST", "/p", b"", ttl_s=3600))
+    assert int(time.time()) > 0
+
+
+def test_receipt_is_signed_unique_per_request_and_settles_once(store: ReceiptStore) -> None:
+    quote = Quote(38, 1000, {"a": {"rows": 10, "cents": 20}, "b": {"rows": 3, "cents": 18}}, "rows", "v1")
+    receipt = store.issue("0xabc", "nonce-0001", "ab" * 32, quote)
+    assert verify_receipt(receipt) == store.signer
+    assert verify_receipt({**receipt, "amount_cents": 1}) != store.signer
+    import sqlite3
+
+    with pytest.raises(sqlite3.IntegrityError):
+        store.issue("0xabc", "nonce-0001", "ab" * 32, quote)
+    assert store.pending_cents("0xabc") == 38
+    store.mark_settled([receipt["receipt_no"]], "0xtx1")
+    store.mark_settled([receipt["receipt_no"]], "0xtx2")
+    assert store.pending_cents("0xabc") == 0
+    assert store.for_consumer("0xabc")[0]["settled_tx"] == "0xtx1"
