@@ -1,0 +1,230 @@
+"""The 'verify' link: does an event in the serving views match what its source anchored on the chain?
+
+Three checks, in order, each reported so a reader sees which one failed:
+
+1. **content**: the envelope rebuilt from the stored row (id, type, schema
+   version, source, vehicle, times, payload) hashes to the row's
+   ``leaf_hash`` (``pipelines.canonical.leaf_hash``).  A mismatch means the
+   stored event is not the one the source logged.
+2. **anchor**: the ledger holds a checkpoint root for ``(source_id,
+   tree_size)`` (:class:`RootLookup`, e.g. ``ledger.client``'s ``root_at``).
+3. **inclusion**: the audit path (the row's ``path`` if it has one, else an
+   :class:`AuditPaths` lookup) leads from the leaf at ``log_index`` to that
+   anchored root (``pipelines.merkle.verify_inclusion``).
+
+Outcome ``status``: ``verified`` (all three hold), ``tampered`` (content or
+inclusion fails), ``unanchored`` (no checkpoint on the chain yet) or
+``no_proof`` (no audit path available to check inclusion).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol, overload, runtime_checkable
+
+from pipelines import canonical, merkle
+from pipelines.errors import PccError, PccValueError
+from pipelines.events.envelope import format_time
+from serving.passport.errors import ChainUnavailableError
+
+
+@runtime_checkable
+class RootLookup(Protocol):
+    """Anchored checkpoint roots (``ledger.client`` and ``MemoryAnchor`` have this method)."""
+
+    def root_at(self, source_id: str, tree_size: int) -> bytes | None: ...
+
+
+@runtime_checkable
+class AuditPaths(Protocol):
+    """RFC 6962 audit paths of a source's log (what a transparency log's get-proof serves)."""
+
+    def audit_path(self, source_id: str, log_index: int, tree_size: int) -> list[bytes] | None: ...
+
+
+class InMemoryRoots:
+    """A :class:`RootLookup` over a dict ``{(source_id, tree_size): root}``."""
+
+    def __init__(self, roots: Mapping[tuple[str, int], bytes] | None = None) -> None:
+        self.roots: dict[tuple[str, int], bytes] = dict(roots or {})
+
+    def root_at(self, source_id: str, tree_size: int) -> bytes | None:
+        return self.roots.get((source_id, tree_size))
+
+
+class _Prefix(Sequence[bytes]):
+    """The first ``n`` hashes of a leaf-hash sequence, without copying them."""
+
+    def __init__(self, leaves: Sequence[bytes], n: int) -> None:
+        self._leaves, self._n = leaves, n
+
+    def __len__(self) -> int:
+        return self._n
+
+    @overload
+    def __getitem__(self, i: int) -> bytes: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[bytes]: ...
+    def __getitem__(self, i: int | slice) -> bytes | Sequence[bytes]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        return self._leaves[i]
+
+
+class LeafFilePaths:
+    """:class:`AuditPaths` computed from producers' leaf-hash files (``<log dir>/leaves.bin``).
+
+    ``logs`` maps a source id to its producer log directory.  O(tree_size) hashing per path.
+    """
+
+    def __init__(self, logs: Mapping[str, str | os.PathLike[str]]) -> None:
+        self._logs = {k: Path(v) for k, v in logs.items()}
+
+    def audit_path(self, source_id: str, log_index: int, tree_size: int) -> list[bytes] | None:
+        directory = self._logs.get(source_id)
+        if directory is None or not (directory / "leaves.bin").exists():
+            return None
+        leaves = merkle.LeafHashFile(directory / "leaves.bin")
+        try:
+            if tree_size > len(leaves) or not 0 <= log_index < tree_size:
+                return None
+            return merkle.inclusion_proof(_Prefix(leaves, tree_size), log_index)
+        finally:
+            leaves.close()
+
+
+@dataclass
+class Check:
+    name: str  # content | anchor | inclusion
+    ok: bool | None  # None: could not be checked
+    detail: str
+
+
+@dataclass
+class Verification:
+    event_id: str
+    status: str  # verified | tampered | unanchored | no_proof
+    source_id: str
+    log_index: int
+    tree_size: int
+    leaf_hash: str
+    anchored_root: str | None
+    checks: list[Check] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _time(value: Any) -> str:
+    if isinstance(value, datetime):
+        return format_time(value)
+    return str(value)
+
+
+def envelope_of(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The hashed part of the envelope (no proof), rebuilt from a ``vehicle_history`` row."""
+    try:
+        payload = row["payload"]
+        return {
+            "event_id": str(row["event_id"]),
+            "event_type": str(row["event_type"]),
+            "schema_version": int(row["schema_version"]),
+            "source_id": str(row["source_id"]),
+            "vehicle": str(row["vehicle"]),
+            "event_time": _time(row["event_time"]),
+            "ingestion_time": _time(row["ingestion_time"]),
+            "payload": json.loads(payload) if isinstance(payload, str | bytes) else dict(payload),
+        }
+    except KeyError as exc:
+        raise PccValueError(f"event {row.get('event_id')}: row lacks column {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise PccValueError(f"event {row.get('event_id')}: payload is not a JSON object ({exc})") from None
+
+
+def _row_path(row: Mapping[str, Any]) -> list[bytes] | None:
+    path = row.get("path")
+    if path is None:
+        return None
+    if isinstance(path, str):
+        path = json.loads(path)
+    return [bytes.fromhex(h) if isinstance(h, str) else bytes(h) for h in path]
+
+
+def verify_event(row: Mapping[str, Any], roots: RootLookup, paths: AuditPaths | None = None) -> Verification:
+    """Check one ``vehicle_history`` row against its source's anchored checkpoint."""
+    event_id, source_id = str(row["event_id"]), str(row["source_id"])
+    log_index, tree_size = int(row["log_index"]), int(row["tree_size"])
+    stored_leaf = str(row["leaf_hash"])
+    result = Verification(event_id, "verified", source_id, log_index, tree_size, stored_leaf, None)
+
+    try:
+        leaf = canonical.leaf_hash(envelope_of(row))
+    except PccValueError as exc:
+        result.checks.append(Check("content", False, str(exc)))
+        result.status = "tampered"
+        return result
+    if leaf.hex() != stored_leaf.lower():
+        result.checks.append(
+            Check(
+                "content",
+                False,
+                f"the stored event hashes to {leaf.hex()}, not to its logged leaf {stored_leaf}",
+            )
+        )
+        result.status = "tampered"
+        return result
+    result.checks.append(Check("content", True, f"the stored event hashes to its logged leaf {stored_leaf}"))
+
+    try:
+        anchored = roots.root_at(source_id, tree_size)
+    except PccError as exc:
+        if exc.transient:
+            raise ChainUnavailableError(f"checkpoint roots unavailable: {exc}") from None
+        raise
+    except (ConnectionError, TimeoutError, OSError) as exc:
+        raise ChainUnavailableError(f"checkpoint roots unavailable: {exc}") from None
+    if anchored is None:
+        result.checks.append(
+            Check("anchor", None, f"no checkpoint of size {tree_size} is anchored for source {source_id}")
+        )
+        result.status = "unanchored"
+        return result
+    result.anchored_root = anchored.hex()
+    note = (
+        ""
+        if anchored.hex() == str(row.get("root", "")).lower()
+        else " (the event's proof named another root)"
+    )
+    result.checks.append(
+        Check("anchor", True, f"source {source_id} anchored root {anchored.hex()} at size {tree_size}{note}")
+    )
+
+    try:
+        path = _row_path(row)
+    except ValueError:
+        path = None
+    if path is None and paths is not None:
+        path = paths.audit_path(source_id, log_index, tree_size)
+    if path is None:
+        result.checks.append(Check("inclusion", None, "no audit path is available for this event"))
+        result.status = "no_proof"
+        return result
+    if merkle.verify_inclusion(leaf, log_index, tree_size, path, anchored):
+        result.checks.append(
+            Check("inclusion", True, f"leaf {log_index} is in the anchored tree of {tree_size} leaves")
+        )
+    else:
+        result.checks.append(
+            Check(
+                "inclusion", False, f"the audit path does not lead from leaf {log_index} to the anchored root"
+            )
+        )
+        result.status = "tampered"
+    return result
