@@ -1,22 +1,96 @@
-"""Billing on the chain: prices and fee from the Parameters contract, funds and
-settlement through the Marketplace, all through ``ledger.client``'s public API."""
+"""Billing on the chain, through ``ledger.client``'s public API only.
+
+* prices: ``Parameters.pricePerCategory(keccak256(category))`` and ``feeBps()``;
+* what a consumer can pay: its Marketplace deposit plus the part of its
+  PCC_token allowance to the Marketplace that its balance covers;
+* settlement: ``MarketApi.settle`` with each receipt's per-producer cents as the
+  share weights; producers are resolved from ``source_id`` to their account in
+  the SourceRegistry.  Receipts the Marketplace already marks settled are
+  skipped, so a retry after a crash between mining and marking charges nothing twice.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 from pipelines.errors import PccStateError
 from pipelines.settings import Settings
-from serving.pricing import Billing
+from serving.errors import SettlementError
+from serving.pricing import EVENT_CATEGORY, LOCATION_CATEGORY, VIEW_CATEGORY, Billing
+
+#: Every category a serving view prices.
+CATEGORIES: tuple[str, ...] = tuple(
+    sorted({*EVENT_CATEGORY.values(), LOCATION_CATEGORY, *VIEW_CATEGORY.values()})
+)
+
+
+class ChainBilling:
+    """A :class:`Billing` over a deployed PCC ledger."""
+
+    def __init__(self, client: Any) -> None:  # ledger.client.LedgerClient
+        self.client = client
+        self._accounts: dict[str, str] = {}
+
+    def prices(self) -> dict[str, int]:
+        from ledger import keys
+
+        params = self.client.contract("Parameters")
+        out: dict[str, int] = {}
+        for category in CATEGORIES:
+            fn = params.functions.pricePerCategory(keys.category_key(category))
+            price = int(self.client.view(fn, f"reading the price of {category}"))
+            if price > 0:
+                out[category] = price
+        return out
+
+    def fee_bps(self) -> int:
+        params = self.client.contract("Parameters")
+        return int(self.client.view(params.functions.feeBps(), "reading the treasury fee"))
+
+    def available(self, consumer: str) -> int:
+        market = self.client.market
+        allowance = self.client.tokens.allowance(consumer, market.address)
+        balance = self.client.tokens.balance(consumer)
+        return int(market.deposit_of(consumer)) + min(int(allowance), int(balance))
+
+    def _account(self, source_id: str) -> str:
+        if source_id not in self._accounts:
+            try:
+                self._accounts[source_id] = str(self.client.sources.get(source_id).account)
+            except Exception as exc:
+                raise SettlementError(
+                    f"producer {source_id} has no account in the SourceRegistry: {exc}"
+                ) from None
+        return self._accounts[source_id]
+
+    def settle(self, receipts: Sequence[Mapping[str, Any]]) -> str:
+        from ledger.market import QueryReceipt
+
+        todo = []
+        for r in receipts:
+            if self.client.market.is_settled(int(r["receipt_no"])):
+                continue
+            shares: dict[str, int] = {}
+            for source_id, part in r["by_producer"].items():
+                if int(part["cents"]) > 0:
+                    account = self._account(source_id)
+                    shares[account] = shares.get(account, 0) + int(part["cents"])
+            todo.append(
+                QueryReceipt(int(r["receipt_no"]), str(r["consumer"]), int(r["amount_cents"]), shares)
+            )
+        if not todo:
+            return "already-settled"
+        tx = self.client.market.settle(todo)
+        return "0x" + bytes(tx["transactionHash"]).hex()
 
 
 def chain_billing(settings: Settings) -> Billing:
-    """The Billing backed by the deployed contracts (requires the ledger client)."""
+    """The Billing backed by the deployment named in the ledger settings."""
     try:
-        from ledger import client as ledger_client
+        from ledger.client import LedgerClient
     except ImportError as exc:
         raise PccStateError(
-            f"on-chain billing needs ledger.client ({exc}); use --offline-prices FILE to try the service locally"
+            f"on-chain billing needs the ledger extra ({exc}); or use --offline-prices FILE"
         ) from None
-    raise PccStateError(
-        f"ledger.client {getattr(ledger_client, '__name__', '')} does not yet offer marketplace settlement; "
-        "use --offline-prices FILE"
-    )
+    return ChainBilling(LedgerClient.from_settings(settings))
