@@ -36,6 +36,9 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from pipelines.errors import PccConfigError, PccNotFoundError, PccPermissionError, PccValueError
 from pipelines.events.categories import CATEGORIES
 from pipelines.events.envelope import OWNER_PSEUDONYM, VEHICLE_PSEUDONYM, now_ms
@@ -266,6 +269,44 @@ class IdentityVault:
             row = tx.execute("SELECT pseudonym FROM vehicles WHERE vin = ?", (vin,)).fetchone()
         return str(row[0])
 
+    def find_vehicle(self, vin: str) -> str | None:
+        """The pseudonym of a VIN the vault already knows, or None (never creates one)."""
+        row = self._conn().execute(
+            "SELECT pseudonym FROM vehicles WHERE vin = ?", (validate_vin(vin),)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def export_vehicle(self, vehicle: str) -> dict[str, Any]:
+        """Everything the vault holds on one vehicle (GDPR art. 15), keys excepted.
+
+        ``{"vin", "vehicle", "created_ms", "owners": [{"owner", "since_ms", "identity"}],
+        "data_keys": {category: [epochs]}}``; the caller must have authenticated the data subject.
+        """
+        conn = self._conn()
+        row = conn.execute("SELECT id, vin, created_ms FROM vehicles WHERE pseudonym = ?", (vehicle,)).fetchone()
+        if row is None:
+            raise PccNotFoundError(f"unknown vehicle pseudonym {vehicle}")
+        owners = [
+            {"owner": str(r[0]), "since_ms": int(r[1]), "identity": json.loads(r[2])}
+            for r in conn.execute(
+                "SELECT o.pseudonym, w.since_ms, o.identity FROM ownership w JOIN owners o ON o.id = w.owner_id "
+                "WHERE w.vehicle_id = ? ORDER BY w.since_ms, w.id",
+                (row[0],),
+            )
+        ]
+        epochs: dict[str, list[int]] = {}
+        for category, epoch in conn.execute(
+            "SELECT category, epoch FROM data_keys WHERE vehicle_id = ? ORDER BY category, epoch", (row[0],)
+        ):
+            epochs.setdefault(str(category), []).append(int(epoch))
+        return {
+            "vin": str(row[1]),
+            "vehicle": vehicle,
+            "created_ms": int(row[2]),
+            "owners": owners,
+            "data_keys": epochs,
+        }
+
     def pseudonymize_owner(self, identity: Mapping[str, Any]) -> str:
         """The owner pseudonym of ``{"name": ..., "id_number": ...}``: ``o-`` + 32 hex.
 
@@ -352,6 +393,27 @@ class IdentityVault:
                 )
                 row = tx.execute(query, (vehicle_id, category, epoch)).fetchone()
         return bytes(row[0])
+
+    # --- delegated owner keys -----------------------------------------------------------------
+
+    def _owner_signing_key(self, owner: str) -> Ed25519PrivateKey:
+        row = self._conn().execute("SELECT salt FROM owners WHERE pseudonym = ?", (owner,)).fetchone()
+        if row is None:
+            raise PccNotFoundError(f"unknown owner pseudonym {owner}")
+        # derived from the owner's salt: erasing the owner erases the key with it
+        return Ed25519PrivateKey.from_private_bytes(self._mac(b"pcc-owner-signing", bytes(row[0])))
+
+    def owner_public_key(self, owner: str) -> bytes:
+        """The raw 32-byte Ed25519 public key of the signing key the vault holds for ``owner``."""
+        return self._owner_signing_key(owner).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign_as_owner(self, owner: str, message: bytes) -> bytes:
+        """Sign ``message`` with the owner's delegated Ed25519 key (the owner never handles it).
+
+        The caller must have authenticated the owner; the key is derived from the
+        owner's salt, so erasing the owner makes it unusable.
+        """
+        return self._owner_signing_key(owner).sign(message)
 
     # --- audit ------------------------------------------------------------------------------
 

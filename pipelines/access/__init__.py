@@ -1,0 +1,97 @@
+"""Access control and GDPR for protected payload fields (see docs/access.md).
+
+* :mod:`.fields`: seal/open protected fields (AES-256-GCM per vehicle, category, key epoch).
+* :mod:`.keys`: current key epoch and data keys on top of the identity vault.
+* :mod:`.wrap`: consumer X25519 key pairs, data keys wrapped with HPKE.
+* :mod:`.store`: grant records and the grant store (in memory, SQLite; the ledger's on chain).
+* :mod:`.grants`: signed grants and revocations, ownership changes, key release.
+* :mod:`.erasure`: crypto-shredding erasure and the data subject's export.
+* :mod:`.verify`: a consumer's check of a row against its producer's log.
+
+Pure code: imports nothing from the layers.
+"""
+
+from pipelines.access.erasure import (
+    ErasableStore,
+    ErasureReport,
+    SubjectReader,
+    erase_vehicle,
+    export_subject,
+)
+from pipelines.access.errors import AccessDenied, TamperedCiphertext
+from pipelines.access.fields import (
+    KeyFor,
+    KeyLookup,
+    SealedField,
+    is_token,
+    needed_keys,
+    open_payload,
+    row_aad,
+    seal_payload,
+    sealed_categories,
+    sealed_fields,
+    token_info,
+)
+from pipelines.access.grants import (
+    DEFAULT_GRANTORS,
+    AccessService,
+    grant_message,
+    owner_grantor,
+    producer_grantor,
+    revoke_message,
+)
+from pipelines.access.keys import EpochStore, KeyRing
+from pipelines.access.store import Grant, GrantStore, InMemoryGrantStore, SqliteGrantStore
+from pipelines.access.verify import envelope_from_row, verify_opened_row, verify_row_inclusion
+from pipelines.access.views import ParquetRows
+from pipelines.access.wrap import (
+    ConsumerKeyPair,
+    GranteeKeys,
+    fingerprint,
+    parse_public_key,
+    unwrap_key,
+    wrap_key,
+)
+
+__all__ = [
+    "DEFAULT_GRANTORS",
+    "AccessDenied",
+    "AccessService",
+    "ConsumerKeyPair",
+    "EpochStore",
+    "ErasableStore",
+    "ErasureReport",
+    "Grant",
+    "GrantStore",
+    "GranteeKeys",
+    "InMemoryGrantStore",
+    "KeyFor",
+    "KeyLookup",
+    "KeyRing",
+    "ParquetRows",
+    "SealedField",
+    "SqliteGrantStore",
+    "SubjectReader",
+    "TamperedCiphertext",
+    "envelope_from_row",
+    "erase_vehicle",
+    "export_subject",
+    "fingerprint",
+    "grant_message",
+    "is_token",
+    "needed_keys",
+    "open_payload",
+    "owner_grantor",
+    "parse_public_key",
+    "producer_grantor",
+    "revoke_message",
+    "row_aad",
+    "seal_payload",
+    "sealed_categories",
+    "sealed_fields",
+    "token_info",
+    "unwrap_key",
+    "verify_opened_row",
+    "verify_row_inclusion",
+    "wrap_key",
+]

@@ -1,0 +1,118 @@
+"""Data keys by key epoch, on top of the identity vault.
+
+The vault holds the random 32-byte keys (``IdentityVault.data_key(vehicle,
+category, epoch)``) and deletes them on erasure.  Which epoch is *current* for
+a (vehicle, category) is kept by an :class:`EpochStore` - the grant store,
+because revoking a grant and bumping the epoch are one step (on the ledger,
+``AccessRegistry.revoke`` does both).  New data is always sealed under the
+current epoch; :meth:`KeyRing.rotate` starts a new one.
+
+The speed layer seals with ``KeyRing.key_for(vehicle)``; a ring shared by many
+events may cache current keys for ``cache_s`` seconds, so a revocation made in
+another process takes effect in the speed layer after at most that long (one
+made through this ring's :meth:`rotate` at once).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from pipelines.errors import PccNotFoundError, PccValueError
+from pipelines.events.categories import PROTECTED_CATEGORIES
+from pipelines.vault import IdentityVault
+
+from .errors import AccessDenied
+from .fields import KeyFor, KeyLookup
+
+
+class EpochStore(Protocol):
+    """Where the current key epoch of each (vehicle, category) lives (0 until the first bump)."""
+
+    def epoch(self, vehicle: str, category: str) -> int: ...
+
+    def bump(self, vehicle: str, category: str) -> int:
+        """Start the next epoch; returns it."""
+        ...
+
+
+class KeyRing:
+    """Current and past data keys of vehicles, by category and epoch."""
+
+    def __init__(
+        self,
+        vault: IdentityVault,
+        epochs: EpochStore,
+        *,
+        cache_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.vault = vault
+        self.epochs = epochs
+        self.cache_s = cache_s
+        self._clock = clock
+        self._cache: dict[tuple[str, str], tuple[float, int, bytes]] = {}
+        self._lock = threading.Lock()
+
+    def _vault_key(self, vehicle: str, category: str, epoch: int) -> bytes:
+        try:
+            return self.vault.data_key(vehicle, category, epoch)
+        except PccNotFoundError:
+            raise AccessDenied(f"no data keys for vehicle {vehicle}: it was erased or never seen") from None
+
+    def current(self, vehicle: str, category: str) -> tuple[int, bytes]:
+        """``(epoch, key)`` to seal new data of this vehicle and category with."""
+        if category not in PROTECTED_CATEGORIES:
+            raise PccValueError(f"category {category!r} is public: it is never sealed")
+        now = self._clock()
+        if self.cache_s > 0:
+            with self._lock:
+                hit = self._cache.get((vehicle, category))
+            if hit is not None and now - hit[0] < self.cache_s:
+                return hit[1], hit[2]
+        epoch = self.epochs.epoch(vehicle, category)
+        key = self._vault_key(vehicle, category, epoch)
+        if self.cache_s > 0:
+            with self._lock:
+                self._cache[(vehicle, category)] = (now, epoch, key)
+        return epoch, key
+
+    def key(self, vehicle: str, category: str, epoch: int) -> bytes:
+        """The key of a past or the current epoch (never of a future one)."""
+        current = self.epochs.epoch(vehicle, category)
+        if type(epoch) is not int or not 0 <= epoch <= current:
+            raise PccValueError(f"epoch {epoch} of {vehicle} {category}: current epoch is {current}")
+        return self._vault_key(vehicle, category, epoch)
+
+    def rotate(self, vehicle: str, category: str) -> int:
+        """Start a new epoch (on revocation): data sealed from now on needs the new key."""
+        epoch = self.epochs.bump(vehicle, category)
+        self.invalidate(vehicle, category)
+        self._vault_key(vehicle, category, epoch)  # create it now, not on the hot path
+        return epoch
+
+    def invalidate(self, vehicle: str, category: str | None = None) -> None:
+        """Forget cached current keys of a vehicle (one category or all)."""
+        with self._lock:
+            for cached in [k for k in self._cache if k[0] == vehicle and category in (None, k[1])]:
+                del self._cache[cached]
+
+    def key_for(self, vehicle: str) -> KeyFor:
+        """``seal_payload``'s ``key_for`` for one vehicle: its current keys."""
+        return lambda category: self.current(vehicle, category)
+
+    def key_lookup(self, vehicle: str) -> KeyLookup:
+        """``open_payload``'s ``key_lookup`` with the vault's own keys (server side: owner export)."""
+        return lambda category, epoch: self.key(vehicle, category, epoch)
+
+    # ErasableStore: cached keys are copies of what the vault is about to delete
+    name = "key cache"
+
+    def erase_vehicle(self, vehicle: str) -> int:
+        with self._lock:
+            cached = [k for k in self._cache if k[0] == vehicle]
+            for k in cached:
+                del self._cache[k]
+        return len(cached)

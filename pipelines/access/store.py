@@ -1,0 +1,293 @@
+"""Grant records and where they are kept.
+
+A :class:`GrantStore` keeps the current grants and the current key epoch of
+every (vehicle, category); revoking a grant deletes it *and* starts the next
+epoch in one step, like ``AccessRegistry.revoke`` on the ledger.  Two
+implementations live here: :class:`InMemoryGrantStore` (tests, one process)
+and :class:`SqliteGrantStore` (the CLI and a single serving node).  The
+on-chain one wraps the ledger client and belongs to ``ledger/``; it satisfies
+the same protocol.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from pipelines.errors import PccNotFoundError
+
+from .wrap import fingerprint
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The right of ``grantee`` (X25519 public key) to read ``category`` of ``vehicle``.
+
+    ``epoch`` is the key epoch current when the grant was made: the grantee may
+    read data sealed in that epoch and later ones, until ``expiry_s`` (Unix
+    seconds) or revocation.  ``grantor`` is ``owner:<o-pseudonym>`` or
+    ``producer:<source_id>``; ``signature`` its Ed25519 signature over
+    :func:`pipelines.access.grants.grant_message`.
+    """
+
+    grantee: bytes
+    vehicle: str
+    category: str
+    expiry_s: int
+    epoch: int
+    grantor: str
+    signature: bytes
+
+    @property
+    def grantee_fingerprint(self) -> str:
+        return fingerprint(self.grantee)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "grantee": self.grantee.hex(),
+            "vehicle": self.vehicle,
+            "category": self.category,
+            "expiry_s": self.expiry_s,
+            "epoch": self.epoch,
+            "grantor": self.grantor,
+            "signature": self.signature.hex(),
+        }
+
+
+class GrantStore(Protocol):
+    """Current grants and key epochs.  Also an ``ErasableStore`` (``name``, ``erase_vehicle``)."""
+
+    name: str
+
+    def epoch(self, vehicle: str, category: str) -> int: ...
+
+    def bump(self, vehicle: str, category: str) -> int: ...
+
+    def put(self, grant: Grant) -> Grant:
+        """Record (or replace) a grant at the current epoch; returns it as stored."""
+        ...
+
+    def get(self, vehicle: str, category: str, grantee: bytes) -> Grant | None: ...
+
+    def revoke(self, vehicle: str, category: str, grantee: bytes) -> int:
+        """Delete the grant and start the next epoch; returns it. No such grant: PccNotFoundError."""
+        ...
+
+    def grants(self, *, vehicle: str | None = None, grantee: bytes | None = None) -> list[Grant]: ...
+
+    def erase_vehicle(self, vehicle: str) -> int:
+        """Forget a vehicle's grants and epochs (GDPR erasure); returns how many grants went."""
+        ...
+
+
+def _no_grant(vehicle: str, category: str, grantee: bytes) -> PccNotFoundError:
+    return PccNotFoundError(f"no grant of {category} of {vehicle} to consumer key {fingerprint(grantee)}")
+
+
+class InMemoryGrantStore:
+    """A :class:`GrantStore` in a dict, for tests and single-process use."""
+
+    name = "grants (memory)"
+
+    def __init__(self) -> None:
+        self._grants: dict[tuple[str, str, bytes], Grant] = {}
+        self._epochs: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def epoch(self, vehicle: str, category: str) -> int:
+        return self._epochs.get((vehicle, category), 0)
+
+    def bump(self, vehicle: str, category: str) -> int:
+        with self._lock:
+            epoch = self._epochs[(vehicle, category)] = self._epochs.get((vehicle, category), 0) + 1
+        return epoch
+
+    def put(self, grant: Grant) -> Grant:
+        with self._lock:
+            stored = replace(grant, epoch=self._epochs.get((grant.vehicle, grant.category), 0))
+            self._grants[(grant.vehicle, grant.category, grant.grantee)] = stored
+        return stored
+
+    def get(self, vehicle: str, category: str, grantee: bytes) -> Grant | None:
+        return self._grants.get((vehicle, category, grantee))
+
+    def revoke(self, vehicle: str, category: str, grantee: bytes) -> int:
+        with self._lock:
+            if self._grants.pop((vehicle, category, grantee), None) is None:
+                raise _no_grant(vehicle, category, grantee)
+            epoch = self._epochs[(vehicle, category)] = self._epochs.get((vehicle, category), 0) + 1
+        return epoch
+
+    def grants(self, *, vehicle: str | None = None, grantee: bytes | None = None) -> list[Grant]:
+        return [
+            g for g in self._grants.values() if vehicle in (None, g.vehicle) and grantee in (None, g.grantee)
+        ]
+
+    def erase_vehicle(self, vehicle: str) -> int:
+        with self._lock:
+            gone = [k for k in self._grants if k[0] == vehicle]
+            for k in gone:
+                del self._grants[k]
+            for pair in [pair for pair in self._epochs if pair[0] == vehicle]:
+                del self._epochs[pair]
+        return len(gone)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS grants (
+    vehicle TEXT NOT NULL,
+    category TEXT NOT NULL,
+    grantee BLOB NOT NULL,
+    expiry_s INTEGER NOT NULL,
+    epoch INTEGER NOT NULL,
+    grantor TEXT NOT NULL,
+    signature BLOB NOT NULL,
+    PRIMARY KEY (vehicle, category, grantee)
+);
+CREATE INDEX IF NOT EXISTS grants_grantee ON grants(grantee);
+CREATE TABLE IF NOT EXISTS epochs (
+    vehicle TEXT NOT NULL,
+    category TEXT NOT NULL,
+    epoch INTEGER NOT NULL,
+    PRIMARY KEY (vehicle, category)
+);
+"""
+
+_COLUMNS = "grantee, vehicle, category, expiry_s, epoch, grantor, signature"
+
+
+class SqliteGrantStore:
+    """A :class:`GrantStore` in one SQLite file (WAL, one connection per thread)."""
+
+    name = "grants (sqlite)"
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._conn().executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA secure_delete=ON")
+            self._local.conn = conn
+            self._all.append(conn)
+        return conn
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def close(self) -> None:
+        for conn in self._all:
+            conn.close()
+        self._all.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> SqliteGrantStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def _epoch(conn: sqlite3.Connection, vehicle: str, category: str) -> int:
+        row = conn.execute(
+            "SELECT epoch FROM epochs WHERE vehicle = ? AND category = ?", (vehicle, category)
+        ).fetchone()
+        return 0 if row is None else int(row[0])
+
+    @classmethod
+    def _bump(cls, conn: sqlite3.Connection, vehicle: str, category: str) -> int:
+        epoch = cls._epoch(conn, vehicle, category) + 1
+        conn.execute(
+            "INSERT INTO epochs(vehicle, category, epoch) VALUES (?, ?, ?) "
+            "ON CONFLICT(vehicle, category) DO UPDATE SET epoch = excluded.epoch",
+            (vehicle, category, epoch),
+        )
+        return epoch
+
+    def epoch(self, vehicle: str, category: str) -> int:
+        return self._epoch(self._conn(), vehicle, category)
+
+    def bump(self, vehicle: str, category: str) -> int:
+        with self._tx() as tx:
+            return self._bump(tx, vehicle, category)
+
+    def put(self, grant: Grant) -> Grant:
+        with self._tx() as tx:
+            stored = replace(grant, epoch=self._epoch(tx, grant.vehicle, grant.category))
+            tx.execute(
+                f"INSERT OR REPLACE INTO grants({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    stored.grantee,
+                    stored.vehicle,
+                    stored.category,
+                    stored.expiry_s,
+                    stored.epoch,
+                    stored.grantor,
+                    stored.signature,
+                ),
+            )
+        return stored
+
+    @staticmethod
+    def _grant(row: tuple[Any, ...]) -> Grant:
+        return Grant(
+            bytes(row[0]), str(row[1]), str(row[2]), int(row[3]), int(row[4]), str(row[5]), bytes(row[6])
+        )
+
+    def get(self, vehicle: str, category: str, grantee: bytes) -> Grant | None:
+        row = (
+            self._conn()
+            .execute(
+                f"SELECT {_COLUMNS} FROM grants WHERE vehicle = ? AND category = ? AND grantee = ?",
+                (vehicle, category, grantee),
+            )
+            .fetchone()
+        )
+        return None if row is None else self._grant(row)
+
+    def revoke(self, vehicle: str, category: str, grantee: bytes) -> int:
+        with self._tx() as tx:
+            deleted = tx.execute(
+                "DELETE FROM grants WHERE vehicle = ? AND category = ? AND grantee = ?",
+                (vehicle, category, grantee),
+            ).rowcount
+            if not deleted:
+                raise _no_grant(vehicle, category, grantee)
+            return self._bump(tx, vehicle, category)
+
+    def grants(self, *, vehicle: str | None = None, grantee: bytes | None = None) -> list[Grant]:
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM grants WHERE (?1 IS NULL OR vehicle = ?1) AND (?2 IS NULL OR grantee = ?2) "
+            "ORDER BY vehicle, category, grantee",
+            (vehicle, grantee),
+        )
+        return [self._grant(r) for r in rows]
+
+    def erase_vehicle(self, vehicle: str) -> int:
+        with self._tx() as tx:
+            gone = tx.execute("DELETE FROM grants WHERE vehicle = ?", (vehicle,)).rowcount
+            tx.execute("DELETE FROM epochs WHERE vehicle = ?", (vehicle,))
+        conn = self._conn()
+        conn.execute("VACUUM")  # secure_delete zeroes the rows; VACUUM and the checkpoint drop old pages
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return int(gone)
