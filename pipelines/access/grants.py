@@ -24,6 +24,7 @@ Every grant, revocation, key release and refusal goes to the vault's audit log
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Literal
@@ -43,6 +44,7 @@ from .store import Grant, GrantStore
 from .wrap import fingerprint, parse_public_key, wrap_key
 
 GrantorKind = Literal["owner", "producer"]
+_OWNER_IN_TEXT = re.compile(r"o-[0-9a-f]{32}")
 
 #: Who may grant each protected category.  Identity and location are the
 #: owner's alone; commercial details are also the producer's (a garage's prices).
@@ -119,10 +121,13 @@ class AccessService:
     # --- checks ---------------------------------------------------------------------------
 
     def _audit(self, action: str, vehicle: str, actor: str | None, detail: str) -> None:
+        # an owner is logged as the role only: its pseudonym is a protected (owner_identity) value
+        if actor is not None and actor.startswith("owner:"):
+            actor = "owner"
         self.vault.record_audit(action, subject=vehicle, actor=actor, detail=detail)
 
     def _refuse(self, action: str, vehicle: str, actor: str | None, error: PccError) -> PccError:
-        self._audit(action + "_refused", vehicle, actor, error.message)
+        self._audit(action + "_refused", vehicle, actor, _OWNER_IN_TEXT.sub("o-…", error.message))
         return error
 
     def _check_category(self, category: str) -> None:
