@@ -3,6 +3,7 @@ they start the component once per test session and reuse it."""
 
 pytest_plugins: list[str] = [
     "tests.fixtures.browser",
+    "tests.fixtures.chain",
     "tests.fixtures.kafka",
     "tests.fixtures.serving",
     "tests.fixtures.spark",

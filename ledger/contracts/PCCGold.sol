@@ -21,7 +21,7 @@ contract PCCGold is ERC20, ERC20Permit, ERC20Votes, AccessControl {
 
     bytes32 public constant MINTER_ROLE = keccak256("MINTER_ROLE");
     bytes32 public constant REVENUE_ROLE = keccak256("REVENUE_ROLE");
-    uint256 private constant MAGNITUDE = 2 ** 128;
+    uint256 private constant MAGNITUDE = 1e36; // decimal, so decimal splits (60 % / 40 %) are exact
 
     IERC20 public immutable payment;
     uint256 public revenuePerShare; // scaled by MAGNITUDE

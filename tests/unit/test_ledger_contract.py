@@ -1,0 +1,403 @@
+"""The ledger's contract tests, run against each backend.
+
+``LedgerContractTests`` holds every test; a subclass per backend provides the
+``w3`` fixture: the in-process EVM here, anvil in
+``tests/integration/test_ledger_anvil.py``.  Each test deploys fresh contracts.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from eth_utils import keccak
+from web3 import Web3
+
+from ledger.chain import in_process_web3
+from ledger.client import LedgerClient
+from ledger.config import DEV_KEYS
+from ledger.deploy import Deployment, GovernanceParams, deploy
+from ledger.errors import (
+    DeploymentError,
+    LedgerNotFoundError,
+    LedgerPermissionError,
+    LedgerRevert,
+    LedgerRuleError,
+)
+from ledger.indexer import LedgerIndexer, OnChainRootSource
+from ledger.keys import address_of, source_key
+from ledger.market import QueryReceipt
+from ledger.tx import Signer
+from pipelines.errors import PccNotFoundError, PccPermissionError, PccValueError
+
+OP, M1, M2, SRC, SRC2, CONSUMER, OUTSIDER = (DEV_KEYS[i] for i in range(7))
+ADDR = {k: address_of(k) for k in DEV_KEYS}
+GOLD = 10**18
+
+
+def root(n: int) -> bytes:
+    return keccak(text=f"root-{n}")
+
+
+class LedgerContractTests:
+    """Every rule of the contracts, seen through the Python client."""
+
+    @pytest.fixture
+    def w3(self) -> Web3:
+        raise NotImplementedError
+
+    @pytest.fixture
+    def client(self, w3: Web3) -> LedgerClient:
+        op = Signer(w3, OP)
+        params = GovernanceParams(
+            voting_delay_blocks=1, voting_period_blocks=5, quorum_percent=10, fee_bps=1_000
+        )
+        deployment = deploy(w3, op, {ADDR[M1]: 600 * GOLD, ADDR[M2]: 400 * GOLD}, params)
+        c = LedgerClient(w3, deployment, op)
+        c.sources.register("cc-aurora", "connected_car", ADDR[SRC], 1)
+        c.sources.register("garage-ind-12", "garage", ADDR[SRC2], 3)
+        return c
+
+    def expect(self, error: type[LedgerRevert], name: str, call, *args, **kwargs) -> LedgerRevert:
+        with pytest.raises(error) as info:
+            call(*args, **kwargs)
+        assert info.value.error_name == name, str(info.value)
+        return info.value
+
+    # -- deployment ------------------------------------------------------------------
+
+    def test_manifest_round_trips_and_is_checked_against_the_chain(self, client: LedgerClient, tmp_path):
+        path = client.deployment.write(tmp_path / "deployment.json")
+        loaded = Deployment.read(path)
+        assert loaded == client.deployment
+        loaded.check(client.w3)
+        wrong = Deployment(loaded.chain_id + 1, loaded.block, loaded.operator, loaded.contracts)
+        with pytest.raises(DeploymentError, match="chain"):
+            wrong.check(client.w3)
+
+    # -- sources ---------------------------------------------------------------------
+
+    def test_registered_source_reads_back(self, client: LedgerClient):
+        info = client.sources.get("garage-ind-12")
+        assert (info.kind, info.tier, info.active, info.account) == ("garage", 3, True, ADDR[SRC2])
+        assert info.key == source_key("garage-ind-12")
+
+    def test_only_the_registrar_registers_sources(self, client: LedgerClient):
+        err = self.expect(
+            LedgerPermissionError,
+            "AccessControlUnauthorizedAccount",
+            client.transact,
+            client.contract("SourceRegistry").functions.register("ins-mutua", 2, ADDR[OUTSIDER], 2),
+            "registering ins-mutua",
+            OUTSIDER,
+        )
+        assert "REGISTRAR_ROLE" in str(err)
+        assert isinstance(err, PccPermissionError)
+        assert not client.sources.is_registered("ins-mutua")
+
+    def test_registration_rejects_bad_tier_and_reused_account(self, client: LedgerClient):
+        self.expect(
+            LedgerRuleError, "InvalidTier", client.sources.register, "ins-mutua", "insurer", ADDR[OUTSIDER], 5
+        )
+        self.expect(
+            LedgerRuleError,
+            "AccountAlreadyUsed",
+            client.sources.register,
+            "ins-mutua",
+            "insurer",
+            ADDR[SRC],
+            2,
+        )
+        assert not client.sources.is_registered("ins-mutua")
+
+    def test_reputation_is_published_by_the_publisher_only(self, client: LedgerClient):
+        client.sources.publish_reputations({"cc-aurora": 9_250})
+        assert client.sources.get("cc-aurora").reputation_bps == 9_250
+        facts = OnChainRootSource(client).source_info("cc-aurora")
+        assert facts is not None and facts.reputation == pytest.approx(0.925) and facts.tier == 1
+        assert OnChainRootSource(client).source_info("nobody-here") is None
+        fn = client.contract("SourceRegistry").functions.publishReputations([source_key("cc-aurora")], [1])
+        self.expect(
+            LedgerPermissionError,
+            "AccessControlUnauthorizedAccount",
+            client.transact,
+            fn,
+            "publishing",
+            OUTSIDER,
+        )
+        assert client.sources.get("cc-aurora").reputation_bps == 9_250
+
+    # -- anchoring -------------------------------------------------------------------
+
+    def test_anchored_checkpoints_read_back_and_are_indexed(self, client: LedgerClient):
+        first = client.anchors.anchor("cc-aurora", 1024, root(1), SRC)
+        second = client.anchors.anchor("cc-aurora", 2048, root(2), SRC)
+        client.anchors.anchor("garage-ind-12", 10, root(3), SRC2)
+        assert client.anchors.latest("cc-aurora") == (2048, root(2))
+        assert client.anchors.root_at("cc-aurora", 1024) == root(1)
+        assert client.anchors.root_at("cc-aurora", 1500) is None
+        assert client.anchors.checkpoint_count("cc-aurora") == 2
+        assert first.block < second.block and first.gas_used > 0
+        indexer = LedgerIndexer(client, chunk=1)  # one block per eth_getLogs range
+        found = indexer.checkpoints(client.deployment.block, source_id="cc-aurora")
+        assert [(c.tree_size, c.root) for c in found] == [(1024, root(1)), (2048, root(2))]
+        every = indexer.follow()
+        assert {(c.source_key, c.tree_size) for c in every} == {
+            (source_key("cc-aurora"), 1024),
+            (source_key("cc-aurora"), 2048),
+            (source_key("garage-ind-12"), 10),
+        }
+        assert indexer.follow() == []  # nothing new since
+        assert indexer.source_ids()[source_key("garage-ind-12")] == "garage-ind-12"
+        roots = OnChainRootSource(client)
+        assert roots.checkpoint_root("cc-aurora", 2048) == root(2)
+        assert roots.checkpoint("cc-aurora", 4096) is None
+
+    @pytest.mark.parametrize("size", [1024, 1000], ids=["repeat", "shrink"])
+    def test_a_checkpoint_must_grow_the_tree(self, client: LedgerClient, size: int):
+        client.anchors.anchor("cc-aurora", 1024, root(1), SRC)
+        err = self.expect(
+            LedgerRuleError, "CheckpointDoesNotGrow", client.anchors.anchor, "cc-aurora", size, root(9), SRC
+        )
+        assert "latest tree size 1024" in str(err) and isinstance(err, PccValueError)
+        assert client.anchors.latest("cc-aurora") == (1024, root(1))
+        assert client.anchors.checkpoint_count("cc-aurora") == 1
+
+    def test_an_unregistered_source_cannot_anchor(self, client: LedgerClient):
+        err = self.expect(
+            LedgerNotFoundError, "UnknownSource", client.anchors.anchor, "ins-mutua", 8, root(1), OUTSIDER
+        )
+        assert isinstance(err, PccNotFoundError)
+        assert client.anchors.root_at("ins-mutua", 8) is None
+
+    def test_a_suspended_source_cannot_anchor_until_reinstated(self, client: LedgerClient):
+        client.sources.set_active("cc-aurora", False)
+        assert client.sources.get("cc-aurora").active is False
+        self.expect(
+            LedgerPermissionError, "SourceSuspended", client.anchors.anchor, "cc-aurora", 8, root(1), SRC
+        )
+        assert client.anchors.latest("cc-aurora") is None
+        client.sources.set_active("cc-aurora", True)
+        client.anchors.anchor("cc-aurora", 8, root(1), SRC)
+        assert client.anchors.latest("cc-aurora") == (8, root(1))
+
+    def test_only_the_source_account_anchors_for_it(self, client: LedgerClient):
+        self.expect(
+            LedgerPermissionError, "NotSourceAccount", client.anchors.anchor, "cc-aurora", 8, root(1), SRC2
+        )
+        assert client.anchors.latest("cc-aurora") is None
+
+    def test_pipelined_anchors_all_land_in_order(self, client: LedgerClient):
+        checkpoints = [(1024 * (i + 1), root(i)) for i in range(5)]
+        receipts = client.anchors.anchor_many("cc-aurora", checkpoints, SRC)
+        assert [r.tree_size for r in receipts] == [c[0] for c in checkpoints]
+        assert client.anchors.latest("cc-aurora") == checkpoints[-1]
+        with pytest.raises(LedgerRuleError, match="must grow"):
+            client.anchors.anchor_many("cc-aurora", [(5000, root(7))], SRC)
+
+    # -- PCC_token -------------------------------------------------------------------
+
+    def test_minting_needs_the_treasury_role(self, client: LedgerClient):
+        err = self.expect(
+            LedgerPermissionError,
+            "AccessControlUnauthorizedAccount",
+            client.tokens.mint,
+            ADDR[OUTSIDER],
+            500,
+            "SEPA-1",
+            OUTSIDER,
+        )
+        assert "TREASURY_ROLE" in str(err)
+        assert client.tokens.balance(ADDR[OUTSIDER]) == 0 and client.tokens.total_supply() == 0
+
+    def test_mint_and_redeem_carry_the_payment_reference(self, client: LedgerClient):
+        assert client.view(client.tokens.token.functions.decimals(), "decimals") == 2
+        client.tokens.mint(ADDR[CONSUMER], 12_345, "SEPA-2026-001")
+        assert client.tokens.balance(ADDR[CONSUMER]) == 12_345
+        indexer = LedgerIndexer(client)
+        minted = indexer.events("PCCToken", "Minted", client.deployment.block, client.block_number)
+        assert [(e.args["amount"], e.args["paymentRef"]) for e in minted] == [
+            (12_345, keccak(text="SEPA-2026-001"))
+        ]
+        self.expect(
+            LedgerRuleError,
+            "ERC20InsufficientAllowance",
+            client.tokens.redeem,
+            ADDR[CONSUMER],
+            345,
+            "PAYOUT-1",
+        )
+        client.tokens.approve(ADDR[OP], 345, CONSUMER)
+        client.tokens.redeem(ADDR[CONSUMER], 345, "PAYOUT-1")
+        assert client.tokens.balance(ADDR[CONSUMER]) == 12_000 and client.tokens.total_supply() == 12_000
+
+    def test_amounts_are_int_cents(self, client: LedgerClient):
+        with pytest.raises(PccValueError, match="int cents"):
+            client.tokens.mint(ADDR[CONSUMER], 12.5, "SEPA-3")  # type: ignore[arg-type]
+        assert client.tokens.total_supply() == 0
+
+    def test_only_governance_pauses_the_token(self, client: LedgerClient):
+        client.tokens.mint(ADDR[CONSUMER], 1_000, "SEPA-4")
+        pause = client.tokens.token.functions.pause()
+        self.expect(
+            LedgerPermissionError, "AccessControlUnauthorizedAccount", client.transact, pause, "pausing"
+        )
+        client.tokens.delegate(ADDR[M1], M1)
+        action = client.governance.call_data("PCCToken", "pause")
+        assert client.governance.enact([action], "Pause PCC_token", [M1]) == "Executed"
+        assert client.tokens.paused()
+        self.expect(LedgerRuleError, "EnforcedPause", client.tokens.transfer, ADDR[OUTSIDER], 10, CONSUMER)
+        assert client.tokens.balance(ADDR[CONSUMER]) == 1_000
+
+    # -- marketplace -----------------------------------------------------------------
+
+    def _fund(self, client: LedgerClient, cents: int) -> None:
+        client.tokens.mint(ADDR[CONSUMER], cents, "SEPA-consumer")
+        client.tokens.approve(client.market.address, cents, CONSUMER)
+
+    def test_token_flow_end_to_end(self, client: LedgerClient):
+        self._fund(client, 10_000)
+        receipts = [
+            QueryReceipt(1, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 3, ADDR[SRC2]: 1}),
+            QueryReceipt(2, ADDR[CONSUMER], 2_000, {ADDR[SRC]: 1}),
+        ]
+        client.market.settle(receipts)
+        # 10 % fee: 300 cents to the treasury; producers: 900*3/4 + 1800 = 2475 and 900/4 = 225
+        assert client.tokens.balance(ADDR[CONSUMER]) == 7_000
+        assert client.market.credit(ADDR[SRC]) == 2_475 and client.market.credit(ADDR[SRC2]) == 225
+        assert client.market.is_settled(1) and client.market.is_settled(2) and not client.market.is_settled(3)
+        assert client.market.withdraw(SRC) == 2_475
+        assert client.tokens.balance(ADDR[SRC]) == 2_475 and client.market.credit(ADDR[SRC]) == 0
+        self.expect(LedgerNotFoundError, "NothingToWithdraw", client.market.withdraw, SRC)
+        assert client.tokens.claimable(ADDR[M1]) == 180 and client.tokens.claimable(ADDR[M2]) == 120
+        assert client.tokens.claim(M1) == 180 and client.tokens.claim(M2) == 120
+        assert client.tokens.balance(ADDR[M1]) == 180 and client.tokens.balance(ADDR[M2]) == 120
+        self.expect(LedgerNotFoundError, "NothingToClaim", client.tokens.claim, M1)
+        assert client.tokens.total_supply() == 10_000  # nothing created or lost on the way
+
+    def test_revenue_share_follows_gold_transfers(self, client: LedgerClient):
+        self._fund(client, 2_000)
+        client.market.settle([QueryReceipt(1, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1})])  # 100 cents of fees
+        gold = client.tokens.gold.functions.transfer(ADDR[M2], 600 * GOLD)
+        client.transact(gold, "moving gold", M1)
+        client.market.settle([QueryReceipt(2, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1})])  # 100 more, all to M2
+        assert client.tokens.claimable(ADDR[M1]) == 60
+        assert client.tokens.claimable(ADDR[M2]) == 40 + 100
+
+    def test_a_receipt_settled_twice_is_rejected(self, client: LedgerClient):
+        self._fund(client, 5_000)
+        client.market.settle([QueryReceipt(7, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1})])
+        again = [
+            QueryReceipt(8, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1}),
+            QueryReceipt(7, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1}),
+        ]
+        err = self.expect(LedgerRuleError, "ReceiptAlreadySettled", client.market.settle, again)
+        assert "receipt 7" in str(err)
+        assert not client.market.is_settled(8)
+        assert client.tokens.balance(ADDR[CONSUMER]) == 4_000 and client.market.credit(ADDR[SRC]) == 900
+
+    def test_settling_beyond_the_allowance_is_rejected(self, client: LedgerClient):
+        self._fund(client, 1_000)
+        receipts = [
+            QueryReceipt(1, ADDR[CONSUMER], 600, {ADDR[SRC]: 1}),
+            QueryReceipt(2, ADDR[CONSUMER], 600, {ADDR[SRC]: 1}),
+        ]
+        self.expect(LedgerRuleError, "ERC20InsufficientAllowance", client.market.settle, receipts)
+        assert not client.market.is_settled(1) and client.tokens.balance(ADDR[CONSUMER]) == 1_000
+        assert client.market.credit(ADDR[SRC]) == 0
+
+    def test_escrowed_deposit_pays_first(self, client: LedgerClient):
+        self._fund(client, 3_000)
+        client.market.deposit(2_000, CONSUMER)
+        client.market.settle([QueryReceipt(1, ADDR[CONSUMER], 1_500, {ADDR[SRC]: 1})])
+        assert client.market.deposit_of(ADDR[CONSUMER]) == 500
+        assert client.tokens.allowance(ADDR[CONSUMER], client.market.address) == 1_000  # untouched
+
+    def test_settling_needs_the_settler_and_registered_producers(self, client: LedgerClient):
+        self._fund(client, 1_000)
+        receipt = QueryReceipt(1, ADDR[CONSUMER], 100, {ADDR[SRC]: 1})
+        self.expect(
+            LedgerPermissionError,
+            "AccessControlUnauthorizedAccount",
+            client.market.settle,
+            [receipt],
+            OUTSIDER,
+        )
+        stranger = QueryReceipt(2, ADDR[CONSUMER], 100, {ADDR[OUTSIDER]: 1})
+        self.expect(LedgerNotFoundError, "UnknownProducer", client.market.settle, [stranger])
+        assert not client.market.is_settled(1) and not client.market.is_settled(2)
+
+    # -- governance ------------------------------------------------------------------
+
+    def test_governance_changes_parameters_and_admits_members(self, client: LedgerClient):
+        set_fee = client.contract("Parameters").functions.setFeeBps(2_000)
+        self.expect(
+            LedgerPermissionError,
+            "AccessControlUnauthorizedAccount",
+            client.transact,
+            set_fee,
+            "setting the fee",
+        )
+        client.tokens.delegate(ADDR[M1], M1)
+        actions = [
+            client.governance.call_data("Parameters", "setFeeBps", 2_000),
+            client.governance.call_data("Parameters", "setPrice", keccak(text="mileage"), 25),
+            client.governance.call_data("SourceRegistry", "setTier", source_key("garage-ind-12"), 2),
+            client.governance.call_data("PCCGold", "mint", ADDR[OUTSIDER], 100 * GOLD),
+        ]
+        assert (
+            client.governance.enact(actions, "Fee 20 %, mileage 25 cents, tier 2, admit a member", [M1])
+            == "Executed"
+        )
+        params = client.contract("Parameters").functions
+        assert client.view(params.feeBps(), "fee") == 2_000
+        assert client.view(params.pricePerCategory(keccak(text="mileage")), "price") == 25
+        assert client.sources.get("garage-ind-12").tier == 2
+        assert client.tokens.gold_balance(ADDR[OUTSIDER]) == 100 * GOLD
+        self.expect(LedgerRuleError, "FeeTooHigh", client.governance.enact,
+                    [client.governance.call_data("Parameters", "setFeeBps", 10_001)], "Fee above 100 %", [M1])  # fmt: skip
+
+    # -- access grants ---------------------------------------------------------------
+
+    def test_grants_expire_and_revocation_bumps_the_epoch(self, client: LedgerClient):
+        vehicle = "v-" + "ab" * 16
+        consumer_key = os.urandom(32)
+        client.access.register_vehicles([vehicle])
+        expiry = int(time.time()) + 3_600
+        client.access.grant(vehicle, "mileage", consumer_key, expiry)
+        assert client.access.check(vehicle, "mileage", consumer_key).allowed
+        assert client.access.check(vehicle, "mileage", consumer_key).epoch == 0
+        assert not client.access.check(vehicle, "accident", consumer_key).allowed
+        client.access.revoke(vehicle, "mileage", consumer_key)
+        after = client.access.check(vehicle, "mileage", consumer_key)
+        assert (after.allowed, after.epoch) == (False, 1)
+        self.expect(
+            LedgerNotFoundError, "NoSuchGrant", client.access.revoke, vehicle, "mileage", consumer_key
+        )
+        self.expect(
+            LedgerRuleError, "ExpiryInPast", client.access.grant, vehicle, "mileage", consumer_key, 1_000
+        )
+
+    def test_a_grant_for_an_unknown_pseudonym_is_rejected(self, client: LedgerClient):
+        unknown = "v-" + "cd" * 16
+        key = os.urandom(32)
+        err = self.expect(
+            LedgerNotFoundError,
+            "UnknownVehicle",
+            client.access.grant,
+            unknown,
+            "mileage",
+            key,
+            int(time.time()) + 60,
+        )
+        assert "not registered" in str(err)
+        assert not client.access.check(unknown, "mileage", key).allowed
+
+
+class TestLedgerInProcessEVM(LedgerContractTests):
+    """The contract tests on py-evm (small and fast: a fresh chain per test)."""
+
+    @pytest.fixture
+    def w3(self) -> Web3:
+        return in_process_web3()
