@@ -29,6 +29,12 @@ class OwnerOnlyError(PassportError, PccPermissionError):
     status = 403
 
 
+class ServingViewMissingError(PassportError, PccTransientError):
+    """The serving database has no ``vehicle_history`` view (nothing published or loaded yet)."""
+
+    status = 503
+
+
 class ChainUnavailableError(PassportError, PccTransientError):
     """The checkpoint roots could not be read from the ledger right now."""
 

@@ -25,6 +25,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import duckdb
 
+from serving.passport.errors import ServingViewMissingError
+
 Row = dict[str, Any]
 
 
@@ -71,12 +73,14 @@ class DuckDBPassportSource:
 
         return cls(cursor)
 
-    def _rows(self, sql: str, params: list[Any]) -> list[Row]:
+    def _rows(self, sql: str, params: list[Any], view: str, optional: bool = False) -> list[Row]:
         with self._cursors() as cur:
             try:
                 cur.execute(sql, params)
-            except duckdb.CatalogException:
-                return []  # the view does not exist yet (no batch version published)
+            except duckdb.CatalogException as exc:
+                if optional:
+                    return []  # fraud_scores exists once a batch version is published
+                raise ServingViewMissingError(f"the serving view {view} is not available: {exc}") from None
             names = [d[0] for d in cur.description or []]
             return [dict(zip(names, values, strict=True)) for values in cur.fetchall()]
 
@@ -84,14 +88,19 @@ class DuckDBPassportSource:
         return self._rows(
             "SELECT * FROM vehicle_history WHERE vehicle = ? ORDER BY event_time, source_id, log_index, event_id",
             [vehicle],
+            "vehicle_history",
         )
 
     def fraud(self, vehicle: str) -> Row | None:
-        rows = self._rows("SELECT * FROM fraud_scores WHERE vehicle = ? LIMIT 1", [vehicle])
+        rows = self._rows(
+            "SELECT * FROM fraud_scores WHERE vehicle = ? LIMIT 1", [vehicle], "fraud_scores", True
+        )
         return rows[0] if rows else None
 
     def proof(self, event_id: str) -> Row | None:
-        rows = self._rows("SELECT * FROM vehicle_history WHERE event_id = ? LIMIT 1", [event_id])
+        rows = self._rows(
+            "SELECT * FROM vehicle_history WHERE event_id = ? LIMIT 1", [event_id], "vehicle_history"
+        )
         return rows[0] if rows else None
 
 

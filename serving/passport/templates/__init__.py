@@ -1,0 +1,1 @@
+"""Templates and assets of the passport page (package data)."""
