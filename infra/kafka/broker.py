@@ -180,8 +180,11 @@ class Broker:
         while True:
             pid = self.pid()
             if pid is None:
+                code = self._proc.poll() if self._proc is not None else None
                 raise BrokerStateError(
-                    f"the Kafka broker exited during start-up; see {self.paths.server_log} and "
+                    "the Kafka broker exited during start-up"
+                    + (f" (exit status {code})" if code is not None else "")
+                    + f"; see {self.paths.server_log} and "
                     f"{self.paths.console_log}:\n{self.log_tail()}"
                 )
             left = deadline - time.monotonic()
@@ -207,9 +210,14 @@ class Broker:
     def pid(self) -> int | None:
         """Pid of this home's running broker, or None (a PID file of a dead process counts as None)."""
         pid = self._read_pid_file()
-        if pid is None or not _alive(pid) or not self._is_our_broker(pid):
+        if pid is None or not self._alive(pid) or not self._is_our_broker(pid):
             return None
         return pid
+
+    def _alive(self, pid: int) -> bool:
+        if self._proc is not None and self._proc.pid == pid:
+            return self._proc.poll() is None  # our child: keeps its exit status for error messages
+        return _alive(pid)
 
     def _read_pid_file(self) -> int | None:
         try:
@@ -218,24 +226,29 @@ class Broker:
             return None
 
     def _is_our_broker(self, pid: int) -> bool:
+        """Guards against a reused pid: the process must run kafka.Kafka with this home's properties."""
+        if self._proc is not None and self._proc.pid == pid:
+            return True  # launched by this object
         cmdline = Path(f"/proc/{pid}/cmdline")
         if not cmdline.parent.exists():  # no procfs: trust the PID file
             return True
-        try:
-            args = cmdline.read_bytes().split(b"\0")
-        except OSError:
-            return False
-        return MAIN_CLASS.encode() in args and str(self.paths.properties).encode() in args
+        for _ in range(20):
+            try:
+                raw = cmdline.read_bytes()
+            except OSError:
+                return False
+            if raw:
+                args = raw.split(b"\0")
+                return MAIN_CLASS.encode() in args and str(self.paths.properties).encode() in args
+            time.sleep(0.05)  # the java launcher may be between two exec()s: cmdline reads empty
+        return True
 
     def _wait_gone(self, pid: int, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
-        while _alive(pid):
+        while self._alive(pid):
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.05)
-        if self._proc is not None and self._proc.pid == pid:
-            self._proc.wait()
-            self._proc = None
         return True
 
     # -- start-up steps ---------------------------------------------------------------------
