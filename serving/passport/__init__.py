@@ -6,7 +6,7 @@ see docs/passport.md.
 
 from serving.passport.access import OwnerAccess, VaultOwnerAccess
 from serving.passport.assemble import build_passport
-from serving.passport.router import passport_router, render_passport
+from serving.passport.router import mount_passport, passport_router, render_passport
 from serving.passport.source import DuckDBPassportSource, InMemoryPassportSource, PassportSource
 from serving.passport.verify import (
     AuditPaths,
@@ -29,6 +29,7 @@ __all__ = [
     "VaultOwnerAccess",
     "Verification",
     "build_passport",
+    "mount_passport",
     "passport_router",
     "render_passport",
     "verify_event",

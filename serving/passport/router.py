@@ -17,7 +17,7 @@ from __future__ import annotations
 from importlib import resources
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -127,3 +127,17 @@ def passport_router(
         return JSONResponse(result.as_dict())
 
     return router
+
+
+def mount_passport(
+    app: FastAPI,
+    roots: RootLookup,
+    paths: AuditPaths | None = None,
+    owners: OwnerAccess | None = None,
+    prefix: str = "/passport",
+) -> None:
+    """Add the passport pages to the serving app, reading its store (``app.state.store``, pinned per request)."""
+    from serving.passport.source import DuckDBPassportSource
+
+    source = DuckDBPassportSource.from_store(app.state.store)
+    app.include_router(passport_router(source, roots, paths, owners, prefix))
