@@ -24,7 +24,7 @@ class SpeedConfig:
     proof_wait_s: float = 10.0
     flush_interval_ms: int = 250
     poll_max_records: int = 5000
-    poll_timeout_ms: int = 20
+    poll_timeout_ms: int = 2
     dedupe_window_s: int = 7 * 24 * 3600
     future_tolerance_s: float = 300.0
     max_event_bytes: int = 16 * 1024

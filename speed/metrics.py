@@ -46,10 +46,24 @@ class SpeedMetrics:
         self._counts = {"events": 0, "accepted": 0, "verified": 0, "dead": 0, "pending": 0, "rows": 0}
         self._positions: dict[str, int] = {}
         self._last = (time.monotonic(), 0)
+        self.first_event_at: float | None = None  # monotonic time of the first record processed
+        self.last_rows_at: float | None = None  # ... and of the last flush that wrote rows
+
+    def reset(self) -> None:
+        """Start the progress figures afresh (a new run in the same process)."""
+        with self._lock:
+            self._counts = dict.fromkeys(self._counts, 0)
+            self._positions = {}
+            self._last = (time.monotonic(), 0)
+            self.first_event_at = self.last_rows_at = None
 
     def set_partitions(self, starts: Iterable[Any]) -> None:
         for s in starts:
             self._positions[f"{s.topic}[{s.partition}]"] = s.offset
+
+    def started_batch(self) -> None:
+        if self.first_event_at is None:
+            self.first_event_at = time.monotonic()
 
     def observe(self, batch: list[Any], result: Any, pending: int) -> None:
         with self._lock:
@@ -74,6 +88,8 @@ class SpeedMetrics:
     def flushed(self, rows: int) -> None:
         with self._lock:
             self._counts["rows"] += rows
+            if rows:
+                self.last_rows_at = time.monotonic()
         self.rows.inc(rows)
 
     def snapshot(self, log_ends: dict[str, int] | None = None) -> Snapshot:

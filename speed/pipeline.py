@@ -113,6 +113,7 @@ class ProcessAndSink(beam.DoFn):  # type: ignore[misc]
         self._control = control_for(self._run_id)
 
     def process(self, batch: list[KafkaRecord]) -> Any:
+        METRICS.started_batch()
         now_ms = int(time.time() * 1000)
         result = self._rt.processor.process_batch(batch, now_ms)
         self._rt.sinks.add(batch, result)
@@ -151,6 +152,7 @@ class SpeedRun:
     def __post_init__(self) -> None:
         self.control = RunControl(until_idle_s=self.config.until_idle_s, max_events=self.config.max_events)
         register_control(self.run_id, self.control)
+        METRICS.reset()
 
     def build(self, pipeline: beam.Pipeline) -> None:
         runtime = build_runtime(self.config, self.roots_factory())

@@ -139,8 +139,8 @@ class _OffsetsProvider(RestrictionProvider):  # type: ignore[misc]
 class ConsumerOptions:
     bootstrap: str
     max_records: int = 5000
-    poll_timeout_ms: int = 20
-    idle_sleep_s: float = 0.01
+    poll_timeout_ms: int = 2
+    idle_sleep_s: float = 0.003
     fetch_max_bytes: int = 16 * 1024 * 1024
 
 
@@ -170,7 +170,7 @@ class ReadKafkaPartitions(beam.DoFn):  # type: ignore[misc]
                 max_poll_records=self._options.max_records,
                 fetch_max_bytes=self._options.fetch_max_bytes,
                 max_partition_fetch_bytes=self._options.fetch_max_bytes,
-                fetch_max_wait_ms=max(1, self._options.poll_timeout_ms),
+                fetch_max_wait_ms=20,  # the broker answers a fetch after at most this
             )
             tp = TopicPartition(topic, partition)
             consumer.assign([tp])

@@ -1,0 +1,315 @@
+"""Speed layer: ``python -m bench.bench_speed [--scale F] [--bootstrap HOST:PORT]``.
+
+Needs a running broker (``pcc kafka up``, or ``--bootstrap``).  Three figures:
+
+1. **Throughput, end to end** (Kafka -> verify/score/flag -> real-time view and
+   master dataset durable): the Beam pipeline on ``FnApiRunner`` versus, in the
+   same run and on the same records, a plain Python loop (one KafkaConsumer,
+   the same :class:`~speed.process.EventProcessor` and
+   :class:`~speed.sinks.SinkWriter`).  The ratio Beam / plain is the figure we
+   track (target >= 0.5).
+2. **Freshness**: p50/p99 from produce (the Kafka record timestamp) to visible
+   in the real-time view (the segment file renamed), at a steady input rate
+   (default 2,000 events/s) produced by another process.
+3. **Memory**: per-vehicle fraud state for 1M vehicles (target < 1 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import multiprocessing as mp
+import os
+import shutil
+import tempfile
+import threading
+import time
+import tracemalloc
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from bench.common import record
+from pipelines.settings import load_settings
+from speed.config import SpeedConfig
+from speed.metrics import METRICS
+from speed.pipeline import SpeedRun
+from speed.process import EventProcessor
+from speed.roots import InMemoryRoots
+from speed.rules import RulesAdapter
+from speed.sinks import SinkWriter
+from speed.source import KafkaRecord
+from speed.state import VehicleStates
+from speed.synthetic import SyntheticSource, vehicle, wire
+
+DAY = 86_400_000
+
+
+class _Roots:
+    """Picklable factory handing the bench's in-memory roots to the pipeline."""
+
+    def __init__(self, roots: InMemoryRoots) -> None:
+        self.roots = roots
+
+    def __call__(self) -> InMemoryRoots:
+        return self.roots
+
+
+def _topics(bootstrap: str) -> str:
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    prefix = "bench" + uuid.uuid4().hex[:6] + "."
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics(
+        [NewTopic(prefix + t, 4, 1) for t in ("telemetry", "garage", "insurer")]
+        + [NewTopic(prefix + "deadletter", 1, 1)]
+    )
+    admin.close()
+    return prefix
+
+
+def _generate(n: int, roots: InMemoryRoots, vehicles: int = 20_000) -> list[tuple[bytes, bytes]]:
+    src = SyntheticSource("cc-aurora", roots, checkpoint_every=1024)
+    start = int(time.time() * 1000) - 60 * DAY
+    envs = []
+    for i in range(n):
+        envs.append(
+            src.append(src.odometer(vehicle(i % vehicles), 1_000 + (i // vehicles) * 60, start + i * 1_000))
+        )
+    src.checkpoint()
+    return [(e["vehicle"].encode(), wire(e)) for e in envs]
+
+
+def _publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1)
+    for key, value in messages:
+        producer.send(topic, key=key, value=value)
+    producer.flush()
+    producer.close()
+
+
+def _config(bootstrap: str, prefix: str, data_dir: Path, **kw: Any) -> SpeedConfig:
+    return SpeedConfig(
+        bootstrap=bootstrap,
+        data_dir=data_dir,
+        topics=(prefix + "telemetry", prefix + "garage", prefix + "insurer"),
+        deadletter_topic=prefix + "deadletter",
+        metrics_port=None,
+        **kw,
+    )
+
+
+def plain_loop(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> float:
+    """The reference: the same per-event logic and sinks in a plain consumer loop; events/s."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    processor = EventProcessor(config, roots)
+    sinks = SinkWriter(
+        config.realtime_dir, config.master_dir, config.state_dir, "plain", config.flush_interval_ms, None
+    )
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap,
+        enable_auto_commit=False,
+        max_poll_records=config.poll_max_records,
+        fetch_max_bytes=16 << 20,
+        max_partition_fetch_bytes=16 << 20,
+    )
+    tps = [
+        TopicPartition(t, p) for t in config.topics for p in sorted(consumer.partitions_for_topic(t) or ())
+    ]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    done = 0
+    t0: float | None = None
+    while done < expected:
+        for batch in consumer.poll(
+            timeout_ms=config.poll_timeout_ms, max_records=config.poll_max_records
+        ).values():
+            if t0 is None:
+                t0 = time.monotonic()
+            records = [
+                KafkaRecord(r.topic, r.partition, r.offset, r.timestamp, r.key, r.value) for r in batch
+            ]
+            result = processor.process_batch(records, int(time.time() * 1000))
+            sinks.add(records, result)
+            done += len(records)
+            if sinks.due():
+                sinks.flush(processor.pending_floor())
+    sinks.flush(processor.pending_floor())
+    consumer.close()
+    assert t0 is not None
+    return expected / (time.monotonic() - t0)
+
+
+def beam_run(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> float:
+    run = SpeedRun(config, _Roots(roots))
+    run.run()
+    rows = METRICS.snapshot().rows_flushed
+    if rows != expected:
+        raise RuntimeError(f"the pipeline wrote {rows} rows, expected {expected}")
+    assert METRICS.first_event_at is not None and METRICS.last_rows_at is not None
+    return expected / (METRICS.last_rows_at - METRICS.first_event_at)
+
+
+def _steady_producer(
+    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float, out: Any
+) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+    stamps: list[tuple[int, int, int]] = []
+    futures = []
+    start = time.monotonic()
+    for i, (key, value) in enumerate(messages):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        futures.append(producer.send(topic, key=key, value=value))
+    producer.flush()
+    for f in futures:
+        md = f.get(timeout=30)
+        stamps.append((md.partition, md.offset, md.timestamp))
+    producer.close()
+    out.put(stamps)
+
+
+def freshness(
+    config: SpeedConfig, roots: InMemoryRoots, messages: list[tuple[bytes, bytes]], rate: float
+) -> tuple[float, float, float]:
+    """p50, p99 (ms) produce -> visible in the real-time view, and the achieved rate."""
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if config.realtime_dir.exists():
+                for f in os.scandir(config.realtime_dir):
+                    if f.name.endswith(".parquet") and f.name not in seen:
+                        seen[f.name] = time.time() * 1000
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    queue: Any = mp.get_context("spawn").Queue()
+    topic = config.topics[0]
+    producer = mp.get_context("spawn").Process(
+        target=_steady_producer, args=(config.bootstrap, topic, messages, rate, queue)
+    )
+    run = SpeedRun(config, _Roots(roots))
+    runner = threading.Thread(target=run.run)
+    runner.start()
+    time.sleep(3.0)  # let the pipeline start before the clock runs
+    t0 = time.monotonic()
+    producer.start()
+    stamps = queue.get(timeout=600)
+    achieved = len(messages) / (time.monotonic() - t0)
+    producer.join()
+    runner.join()
+    stop.set()
+    watcher.join()
+    produced = {(p, o): ts for p, o, ts in stamps}
+    latencies = []
+    for name, visible in seen.items():
+        table = pq.read_table(config.realtime_dir / name, columns=["partition", "offset"])
+        for p, o in zip(
+            table.column("partition").to_pylist(), table.column("offset").to_pylist(), strict=True
+        ):
+            if (p, o) in produced:
+                latencies.append(visible - produced[(p, o)])
+    latencies.sort()
+    if len(latencies) != len(messages):
+        raise RuntimeError(f"{len(latencies)} of {len(messages)} events became visible")
+    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)], achieved
+
+
+def state_memory(vehicles: int) -> float:
+    """MB of per-vehicle fraud state for ``vehicles`` vehicles (one reading each, with a location)."""
+    rules = RulesAdapter()
+    gc.collect()
+    tracemalloc.start()
+    states = VehicleStates()
+    base = int(time.time() * 1000)
+    for i in range(vehicles):
+        env = {
+            "event_id": str(uuid.UUID(int=i, version=4)),
+            "event_type": "odometer_reading",
+            "source_id": "cc-aurora",
+            "payload": {
+                "odometer_km": 10_000 + i % 1000,
+                "location": {"lat": 48.1 + i % 7 / 10, "lon": 11.5},
+            },
+            "proof": {"log_index": i},
+        }
+        state, _ = rules.fraud(None, env, base + i, True)
+        states.put(vehicle(i), state)
+    current, _peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return current / 1e6
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.bench_speed", description=__doc__)
+    parser.add_argument("--scale", type=float, default=1.0)
+    parser.add_argument(
+        "--bootstrap", default=None, help="Kafka bootstrap (default: settings.kafka.bootstrap)"
+    )
+    parser.add_argument(
+        "--rate", type=float, default=2000.0, help="steady input rate for freshness (events/s)"
+    )
+    args = parser.parse_args(argv)
+    bootstrap = args.bootstrap or load_settings().kafka.bootstrap
+    n = max(2_000, int(40_000 * args.scale))
+    work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
+    try:
+        roots = InMemoryRoots()
+        prefix = _topics(bootstrap)
+        messages = _generate(n, roots)
+        _publish(bootstrap, prefix + "telemetry", messages)
+        plain = plain_loop(_config(bootstrap, prefix, work / "plain"), roots, n)
+        beam = beam_run(_config(bootstrap, prefix, work / "beam", until_idle_s=2.0), roots, n)
+        record(
+            "speed.throughput",
+            {"beam_events_per_s": round(beam), "events": n, "ratio_is": "beam FnApiRunner / plain loop"},
+            {"plain_loop_events_per_s": round(plain)},
+            beam / plain,
+        )
+        fresh_n = max(2_000, int(args.rate * 20 * args.scale))
+        fresh_roots = InMemoryRoots()
+        fresh_prefix = _topics(bootstrap)
+        fresh_messages = _generate(fresh_n, fresh_roots)
+        p50, p99, achieved = freshness(
+            _config(bootstrap, fresh_prefix, work / "fresh", max_events=fresh_n),
+            fresh_roots,
+            fresh_messages,
+            args.rate,
+        )
+        record(
+            "speed.freshness",
+            {
+                "p50_ms": round(p50),
+                "p99_ms": round(p99),
+                "rate_events_per_s": round(achieved),
+                "events": fresh_n,
+            },
+            {"target_p99_ms": 1000},
+            p99 / 1000,
+        )
+        vehicles = max(10_000, int(1_000_000 * args.scale))
+        mb = state_memory(vehicles)
+        record(
+            "speed.state_memory",
+            {"vehicles": vehicles, "state_mb": round(mb, 1), "bytes_per_vehicle": round(mb * 1e6 / vehicles)},
+            {"target_mb_per_million": 1024},
+            (mb * 1_000_000 / vehicles) / 1024,
+        )
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The speed layer's transactional flush: what a reader finds after a flush, and after a crash inside one."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("apache_beam")
+
+from pipelines.dataset import MASTER_COLUMNS
+from speed.config import SpeedConfig
+from speed.process import EventProcessor
+from speed.roots import InMemoryRoots
+from speed.sinks import SinkWriter, read_master, recover
+from speed.source import KafkaRecord
+from speed.synthetic import SyntheticSource, vehicle, wire
+
+DAY = 86_400_000
+
+
+def _batch(n: int, first_offset: int = 0, days_apart: bool = False):
+    roots = InMemoryRoots()
+    src = SyntheticSource("cc-aurora", roots, checkpoint_every=10_000)
+    start = int(time.time() * 1000) - 40 * DAY
+    step = DAY if days_apart else 60_000
+    envs = [src.append(src.odometer(vehicle(i % 5), 100 + i, start + i * step)) for i in range(n)]
+    src.checkpoint()
+    records = [
+        KafkaRecord("pcc.telemetry", 0, first_offset + i, 0, None, wire(e)) for i, e in enumerate(envs)
+    ]
+    return roots, records
+
+
+def _writer(tmp_path: Path) -> SinkWriter:
+    return SinkWriter(
+        tmp_path / "realtime", tmp_path / "master", tmp_path / "speed", "w0", 250, dead_letters=None
+    )
+
+
+def _proc(tmp_path: Path, roots: InMemoryRoots) -> EventProcessor:
+    config = SpeedConfig(
+        bootstrap="x", data_dir=tmp_path, topics=("pcc.telemetry",), deadletter_topic="pcc.deadletter"
+    )
+    return EventProcessor(config, roots)
+
+
+def test_flush_writes_view_and_master_partitioned_by_event_date_with_offsets(tmp_path: Path) -> None:
+    roots, records = _batch(6, days_apart=True)
+    proc = _proc(tmp_path, roots)
+    sinks = _writer(tmp_path)
+    result = proc.process_batch(records, int(time.time() * 1000))
+    sinks.add(records, result)
+    assert sinks.flush({}) == 6
+    segments = list((tmp_path / "realtime").glob("seg-*-w0-*.parquet"))
+    assert len(segments) == 1
+    view = pq.read_table(segments[0])
+    assert tuple(view.schema.names) == MASTER_COLUMNS and view.num_rows == 6
+    dates = sorted(p.name for p in (tmp_path / "master").iterdir())
+    assert dates == sorted({f"event_date={r['event_date']}" for r in result.rows})
+    assert len(dates) == 6
+    assert recover(tmp_path / "speed", [tmp_path]) == {("pcc.telemetry", 0): 6}
+    assert json.loads(view.schema.metadata[b"pcc.offsets"]) == {"pcc.telemetry/0": 6}
+
+
+def test_offsets_stop_before_an_event_still_waiting(tmp_path: Path) -> None:
+    roots, records = _batch(3, first_offset=10)
+    sinks = _writer(tmp_path)
+    proc = _proc(tmp_path, roots)
+    sinks.add(records, proc.process_batch(records, int(time.time() * 1000)))
+    sinks.flush({("pcc.telemetry", 0): 11})  # offset 11 waits for its checkpoint
+    assert recover(tmp_path / "speed", [tmp_path]) == {("pcc.telemetry", 0): 11}
+
+
+def test_crash_after_the_commit_point_is_finished_on_recovery(tmp_path: Path, monkeypatch) -> None:
+    roots, records = _batch(4)
+    sinks = _writer(tmp_path)
+    sinks.add(records, _proc(tmp_path, roots).process_batch(records, int(time.time() * 1000)))
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def crash_after_manifest(src: str, dst: str) -> None:
+        if str(dst).endswith(".parquet"):
+            calls["n"] += 1
+            raise SystemExit("killed")  # the process dies before any rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", crash_after_manifest)
+    with pytest.raises(SystemExit):
+        sinks.flush({})
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert list((tmp_path / "realtime").glob("*.parquet")) == []  # nothing visible yet
+    assert recover(tmp_path / "speed", [tmp_path]) == {("pcc.telemetry", 0): 4}
+    assert len(pq.read_table(tmp_path / "realtime").to_pylist()) == 4
+    assert len(read_master(tmp_path / "master")) == 4
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_crash_before_the_commit_point_leaves_nothing_and_resumes_from_the_start(
+    tmp_path: Path, monkeypatch
+) -> None:
+    roots, records = _batch(4)
+    sinks = _writer(tmp_path)
+    sinks.add(records, _proc(tmp_path, roots).process_batch(records, int(time.time() * 1000)))
+    import speed.sinks as sinks_module
+
+    def die(path: Path, obj: object) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(sinks_module, "_write_json_atomic", die)
+    with pytest.raises(SystemExit):
+        sinks.flush({})
+    monkeypatch.undo()
+    assert recover(tmp_path / "speed", [tmp_path]) == {}
+    assert not list(tmp_path.rglob("*.parquet*"))  # the orphan temporary files are gone
+
+
+def test_restart_skips_what_the_master_dataset_already_holds(tmp_path: Path) -> None:
+    roots, records = _batch(5)
+    sinks = _writer(tmp_path)
+    proc = _proc(tmp_path, roots)
+    sinks.add(records, proc.process_batch(records, int(time.time() * 1000)))
+    sinks.flush({})
+    fresh = _proc(tmp_path, roots)
+    assert fresh.restore(read_master(tmp_path / "master")) == 5
+    again = fresh.process_batch(records, int(time.time() * 1000))
+    assert (again.rows, again.dead, again.redelivered) == ([], [], 5)
