@@ -155,6 +155,8 @@ class ReadKafkaPartitions(beam.DoFn):  # type: ignore[misc]
     def setup(self) -> None:
         self._consumers = {}
         self._control = control_for(self._run_id)
+        if self._control.claimed == 0:
+            self._control.saw_records()  # the idle clock starts when reading starts
 
     def _consumer(self, topic: str, partition: int, position: int) -> Any:
         from kafka import KafkaConsumer, TopicPartition
@@ -216,6 +218,7 @@ class ReadKafkaPartitions(beam.DoFn):  # type: ignore[misc]
                     consumer.seek(TopicPartition(element.topic, element.partition), consumer._pcc_next)
                 watermark.set_watermark(Timestamp.of(out[-1].timestamp_ms / 1000.0))
                 yield out
+                control.saw_records()  # downstream work on the batch is not idle time
         else:
             time.sleep(self._options.idle_sleep_s)
         if control.should_stop():
