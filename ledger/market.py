@@ -52,7 +52,7 @@ class MarketApi:
         consumers: dict[str, int] = {}
         producers: dict[str, int] = {}
         words: list[int] = []
-        for r in receipts:
+        for r in sorted(receipts, key=lambda r: r.receipt_no):  # sorted: few bitmap words
             amount = keys.cents(r.amount_cents)
             if not 0 <= r.receipt_no < 2**64:
                 raise LedgerRuleError(f"receipt number {r.receipt_no} must be between 0 and 2^64")

@@ -101,6 +101,19 @@ contract Marketplace is AccessControl {
         return (_settledWords[receiptNo >> 8] >> (receiptNo & 0xff)) & 1 == 1;
     }
 
+    /// Running totals of one batch, kept in memory so storage is written once per
+    /// consumer, producer and bitmap word rather than once per receipt.
+    struct Batch {
+        uint256[] owed; // per consumer index
+        uint256[] earned; // per producer index
+        uint256 word; // bitmap word cached in `bits`
+        uint256 bits;
+        uint256 amount;
+        uint256 fee;
+        uint256 receipts;
+        uint256 feeBps;
+    }
+
     /// Settle a batch of receipts (see the encoding above); all or nothing.
     function settle(address[] calldata consumers, address[] calldata producers, uint256[] calldata words)
         external
@@ -109,32 +122,30 @@ contract Marketplace is AccessControl {
         for (uint256 p = 0; p < producers.length; ++p) {
             if (!sources.isActiveAccount(producers[p])) revert UnknownProducer(producers[p]);
         }
-        uint256 feeBps = parameters.feeBps();
-        uint256[] memory owed = new uint256[](consumers.length);
-        uint256[2] memory totals; // amount, treasury fee
-        uint256 receipts;
-        for (uint256 i = 0; i < words.length; ++receipts) {
-            i = _settleOne(words, i, owed, totals, producers, feeBps);
+        Batch memory b;
+        b.owed = new uint256[](consumers.length);
+        b.earned = new uint256[](producers.length);
+        b.feeBps = parameters.feeBps();
+        b.word = type(uint256).max;
+        for (uint256 i = 0; i < words.length;) {
+            i = _settleOne(words, i, b);
+        }
+        if (b.word != type(uint256).max) _settledWords[b.word] = b.bits;
+        for (uint256 p = 0; p < producers.length; ++p) {
+            if (b.earned[p] > 0) credits[producers[p]] += b.earned[p];
         }
         for (uint256 c = 0; c < consumers.length; ++c) {
-            _collect(consumers[c], owed[c]);
+            _collect(consumers[c], b.owed[c]);
         }
-        if (totals[1] > 0) {
-            token.safeTransfer(address(treasury), totals[1]);
-            treasury.notifyRevenue(totals[1]);
+        if (b.fee > 0) {
+            token.safeTransfer(address(treasury), b.fee);
+            treasury.notifyRevenue(b.fee);
         }
-        emit Settled(msg.sender, receipts, totals[0], totals[1]);
+        emit Settled(msg.sender, b.receipts, b.amount, b.fee);
     }
 
     /// Settle the receipt whose header is `words[i]`; returns the index of the next header.
-    function _settleOne(
-        uint256[] calldata words,
-        uint256 i,
-        uint256[] memory owed,
-        uint256[2] memory totals,
-        address[] calldata producers,
-        uint256 feeBps
-    ) private returns (uint256 next) {
+    function _settleOne(uint256[] calldata words, uint256 i, Batch memory b) private returns (uint256 next) {
         uint256 receiptNo;
         uint256 amount;
         {
@@ -144,45 +155,49 @@ contract Marketplace is AccessControl {
             uint256 consumer = (header >> 160) & MASK16;
             uint256 n = (header >> 176) & MASK16;
             if (n == 0 || amount == 0) revert EmptyReceipt(receiptNo);
-            if (consumer >= owed.length) revert ConsumerIndexOutOfRange(receiptNo, consumer);
+            if (consumer >= b.owed.length) revert ConsumerIndexOutOfRange(receiptNo, consumer);
             next = i + 1 + n;
             if (next > words.length) revert TruncatedReceipt(receiptNo);
-            owed[consumer] += amount;
+            b.owed[consumer] += amount;
         }
-        _markSettled(receiptNo);
-        totals[0] += amount;
-        totals[1] += _credit(receiptNo, amount, words[i + 1:next], producers, feeBps);
+        _markSettled(receiptNo, b);
+        b.amount += amount;
+        b.fee += _credit(receiptNo, amount, words[i + 1:next], b);
+        ++b.receipts;
     }
 
-    function _markSettled(uint256 receiptNo) private {
+    /// Set the receipt's bit in the cached bitmap word; sorted receipt numbers load few words.
+    function _markSettled(uint256 receiptNo, Batch memory b) private {
         uint256 word = receiptNo >> 8;
+        if (word != b.word) {
+            if (b.word != type(uint256).max) _settledWords[b.word] = b.bits; // flush the previous word
+            b.word = word;
+            b.bits = _settledWords[word];
+        }
         uint256 bit = 1 << (receiptNo & 0xff);
-        uint256 bits = _settledWords[word];
-        if (bits & bit != 0) revert ReceiptAlreadySettled(receiptNo);
-        _settledWords[word] = bits | bit;
+        if (b.bits & bit != 0) revert ReceiptAlreadySettled(receiptNo);
+        b.bits |= bit;
     }
 
-    /// Credit the producers' part of one receipt; returns the treasury's part.
-    function _credit(
-        uint256 receiptNo,
-        uint256 amount,
-        uint256[] calldata shares,
-        address[] calldata producers,
-        uint256 feeBps
-    ) private returns (uint256 fee) {
+    /// Credit the producers' part of one receipt in memory; returns the treasury's part.
+    function _credit(uint256 receiptNo, uint256 amount, uint256[] calldata shares, Batch memory b)
+        private
+        pure
+        returns (uint256 fee)
+    {
         uint256 totalWeight;
         for (uint256 j = 0; j < shares.length; ++j) {
             totalWeight += (shares[j] >> 16) & MASK32;
         }
         if (totalWeight == 0) revert ZeroWeight(receiptNo);
-        fee = (amount * feeBps) / BPS;
+        fee = (amount * b.feeBps) / BPS;
         uint256 rest = amount - fee;
         uint256 paid;
         for (uint256 j = 0; j < shares.length; ++j) {
             uint256 producer = shares[j] & MASK16;
-            if (producer >= producers.length) revert ProducerIndexOutOfRange(receiptNo, producer);
+            if (producer >= b.earned.length) revert ProducerIndexOutOfRange(receiptNo, producer);
             uint256 part = (rest * ((shares[j] >> 16) & MASK32)) / totalWeight;
-            credits[producers[producer]] += part;
+            b.earned[producer] += part;
             paid += part;
         }
         fee += rest - paid; // rounding dust goes to the treasury
