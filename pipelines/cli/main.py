@@ -13,17 +13,61 @@ from __future__ import annotations
 
 import sys
 import traceback
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from pipelines.errors import PccError
 from pipelines.settings import Settings, load_settings
 
+
+class _LazyLayers(TyperGroup):
+    """Mounts each layer's command only when it is asked for.
+
+    ``pcc kafka up`` imports the Kafka layer and nothing else (the speed and
+    batch layers pull in Beam and Spark, which take seconds to import).  The
+    root's ``--help`` lists every layer, and so loads them all.
+    """
+
+    def _entry_points(self) -> dict[str, EntryPoint]:
+        return {ep.name: ep for ep in entry_points(group="pcc.commands")}
+
+    def list_commands(self, ctx: Any) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._entry_points()))
+
+    def get_command(self, ctx: Any, cmd_name: str) -> Any:
+        command = super().get_command(ctx, cmd_name)
+        if command is not None:
+            return command
+        ep = self._entry_points().get(cmd_name)
+        if ep is None:
+            return None
+        try:
+            obj: Any = ep.load()
+        except ImportError as exc:  # an optional extra is not installed
+            missing = str(exc)
+
+            def unavailable() -> None:
+                raise PccError(f"'pcc {cmd_name}' is unavailable: {missing}")
+
+            obj = unavailable
+        if isinstance(obj, typer.Typer):
+            group = typer.main.get_group(obj)
+            group.name = cmd_name
+            return group
+        sub = typer.Typer()
+        sub.command(cmd_name)(obj)
+        command = typer.main.get_command(sub)
+        command.name = cmd_name
+        return command
+
+
 app = typer.Typer(
     name="pcc",
+    cls=_LazyLayers,
     help="PCC - the Digital Car Passport data platform.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -51,54 +95,31 @@ def settings_from(ctx: typer.Context) -> Settings:
     return load_settings(config)
 
 
-def _mount_layers() -> None:
-    for ep in sorted(entry_points(group="pcc.commands"), key=lambda e: e.name):
-        try:
-            obj: Any = ep.load()
-        except ImportError as exc:  # an optional extra is not installed
-            missing = str(exc)
-
-            def _unavailable(missing: str = missing, name: str = ep.name) -> None:
-                raise PccError(f"'pcc {name}' is unavailable: {missing}")
-
-            app.command(ep.name, help=f"(unavailable: {missing})")(_unavailable)
-            continue
-        if isinstance(obj, typer.Typer):
-            app.add_typer(obj, name=ep.name)
-        else:
-            app.command(ep.name)(obj)
-
-
 def main(argv: list[str] | None = None) -> int:
     global _DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
     _DEBUG = "--debug" in args
-    _mount_layers()
     try:
-        app(args=args, standalone_mode=False)
+        # standalone mode: Typer prints usage errors itself and exits with code 2
+        app(args=args, standalone_mode=True, prog_name="pcc")
     except PccError as exc:
         if _DEBUG:
             traceback.print_exc()
         print(f"pcc: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except typer.Abort:
-        print("pcc: aborted", file=sys.stderr)
-        return 130
     except KeyboardInterrupt:
         print("pcc: interrupted", file=sys.stderr)
         return 130
-    except SystemExit as exc:  # typer/click usage errors and explicit exits
-        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
-    except Exception as exc:  # click usage errors arrive as ClickException
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except Exception as exc:
         if _DEBUG:
             traceback.print_exc()
         else:
-            print(f"pcc: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", file=sys.stderr)
+            print(
+                f"pcc: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+                file=sys.stderr,
+            )
         return 70
     return 0
 
