@@ -12,7 +12,8 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 
-.PHONY: help install demo test unit integration lint typecheck bench up down clean
+
+.PHONY: help install browser demo test unit integration lint typecheck bench up down clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,13 +29,16 @@ install: $(STAMP) ## Create .venv and install the platform with every extra (ide
 demo: install ## Run the main job end to end on local defaults
 	$(PCC) demo
 
-test: install lint ## Run the whole test suite (starts its own broker, chain node and Spark)
+browser: install ## Install Debian's chromium for the passport page test (idempotent)
+	$(PY) -m infra.browser
+
+test: install lint browser ## Run the whole test suite (starts its own broker, chain node and Spark)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install ## Run only the unit tests (no services)
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-integration: install ## Run only the integration tests (real Kafka, chain, Spark)
+integration: install browser ## Run only the integration tests (real Kafka, chain, Spark)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
