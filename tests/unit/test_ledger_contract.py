@@ -297,6 +297,17 @@ class LedgerContractTests:
         assert not client.market.is_settled(8)
         assert client.tokens.balance(ADDR[CONSUMER]) == 4_000 and client.market.credit(ADDR[SRC]) == 900
 
+    def test_receipts_across_bitmap_words_and_duplicates_in_one_batch(self, client: LedgerClient):
+        self._fund(client, 10_000)
+        nos = [255, 256, 600, 3]
+        client.market.settle([QueryReceipt(n, ADDR[CONSUMER], 100, {ADDR[SRC]: 1}) for n in nos])
+        assert all(client.market.is_settled(n) for n in nos)
+        assert not any(client.market.is_settled(n) for n in (254, 257, 599, 601))
+        twice = [QueryReceipt(n, ADDR[CONSUMER], 100, {ADDR[SRC]: 1}) for n in (900, 901)]
+        twice.append(QueryReceipt(900, ADDR[OUTSIDER], 100, {ADDR[SRC]: 1}))
+        self.expect(LedgerRuleError, "ReceiptAlreadySettled", client.market.settle, twice)
+        assert not client.market.is_settled(900) and client.tokens.balance(ADDR[CONSUMER]) == 9_600
+
     def test_settling_beyond_the_allowance_is_rejected(self, client: LedgerClient):
         self._fund(client, 1_000)
         receipts = [
