@@ -3,11 +3,11 @@
 Each field whose schema category (``x-pcc-category``) is not public is replaced
 by a self-describing token::
 
-    enc:v1:<category>:<epoch>:<base64url(nonce(12) | AES-256-GCM ciphertext+tag)>
+    enc:v1:<category>:<epoch>:<base64(nonce(12) | AES-256-GCM ciphertext+tag)>
 
-The plaintext is the RFC 8785 canonical JSON of the field's value (objects such
-as ``location`` are sealed whole), so opening gives back exactly the value the
-producer hashed.  The AAD binds the row (``row_aad(vehicle, event_id)``), the
+The plaintext is the compact JSON of the field's value (objects such as
+``location`` are sealed whole); opening gives back exactly the value the
+producer hashed, so re-canonicalizing the opened envelope gives its leaf hash.  The AAD binds the row (``row_aad(vehicle, event_id)``), the
 field's JSON path, the category and the epoch: a token moved to another row or
 field, or relabelled, does not authenticate.
 
@@ -19,13 +19,12 @@ opened payload is returned.  Sealed payloads no longer match their JSON Schema
 
 from __future__ import annotations
 
-import base64
 import binascii
 import os
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, lru_cache
 from typing import Any
 
 import orjson
@@ -40,7 +39,7 @@ from pipelines.events.registry import load_schema
 from .errors import AccessDenied, TamperedCiphertext
 
 TOKEN_PREFIX = "enc:v1:"
-_TOKEN = re.compile(r"^enc:v1:([a-z_]{1,32}):(0|[1-9][0-9]{0,9}):([A-Za-z0-9_-]{38,})$")
+_TOKEN = re.compile(r"^enc:v1:([a-z_]{1,32}):(0|[1-9][0-9]{0,9}):([A-Za-z0-9+/]{38,}={0,2})$")
 _NONCE = 12
 KEY_SIZE = 32
 
@@ -91,12 +90,22 @@ def _field_aad(aad: bytes, field: SealedField, epoch: int) -> bytes:
     return b"%s\x00%s\x00%s\x00%d" % (aad, field.path.encode(), field.category.encode(), epoch)
 
 
+@lru_cache(maxsize=4096)
+def _aead(key: bytes) -> AESGCM:
+    return AESGCM(key)
+
+
+def forget_ciphers() -> None:
+    """Drop the cipher objects cached per key (on erasure: they hold key material)."""
+    _aead.cache_clear()
+
+
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
 
 
 def _unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    return binascii.a2b_base64(text, strict_mode=True)
 
 
 def is_token(value: object) -> bool:
@@ -132,6 +141,20 @@ def _copy_path(out: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return node
 
 
+def _plain_bytes(value: Any, field: SealedField) -> bytes:
+    """Compact JSON of a field value; what JSON cannot carry exactly (NaN, huge ints) is refused."""
+    try:
+        out: bytes | None = orjson.dumps(value)
+    except TypeError:  # orjson.JSONEncodeError
+        out = None
+    if out is None or b"null" in out:  # orjson writes NaN and infinities as null: take the strict path
+        try:
+            return canonical_bytes(value)
+        except PccValueError as exc:
+            raise PccValueError(f"{field.path}: {exc}") from None
+    return out
+
+
 def seal_payload(
     event_type: str, version: int, payload: Mapping[str, Any], key_for: KeyFor, aad: bytes
 ) -> dict[str, Any]:
@@ -151,11 +174,13 @@ def seal_payload(
             epoch, key = key_for(field.category)
             if type(epoch) is not int or epoch < 0 or len(key) != KEY_SIZE:
                 raise PccValueError(f"key for {field.category}: need a 32-byte key and an epoch >= 0")
-            entry = ciphers[field.category] = (epoch, AESGCM(key))
+            entry = ciphers[field.category] = (epoch, _aead(bytes(key)))
         epoch, aead = entry
         parent = _copy_path(out, field.keys) if len(field.keys) > 1 else out
         nonce = os.urandom(_NONCE)
-        sealed = aead.encrypt(nonce, canonical_bytes(parent[field.keys[-1]]), _field_aad(aad, field, epoch))
+        sealed = aead.encrypt(
+            nonce, _plain_bytes(parent[field.keys[-1]], field), _field_aad(aad, field, epoch)
+        )
         parent[field.keys[-1]] = f"{TOKEN_PREFIX}{field.category}:{epoch}:{_b64(nonce + sealed)}"
     return out
 
@@ -210,7 +235,7 @@ def open_payload(
             key = key_lookup(category, epoch)
             if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
                 raise AccessDenied(f"{field.path}: no usable key for {category} epoch {epoch}")
-            aead = ciphers[(category, epoch)] = AESGCM(bytes(key))
+            aead = ciphers[(category, epoch)] = _aead(bytes(key))
         try:
             blob = _unb64(token[token.rindex(":") + 1 :])
             plain = aead.decrypt(blob[:_NONCE], blob[_NONCE:], _field_aad(aad, field, epoch))

@@ -25,7 +25,7 @@ from pipelines.events.categories import PROTECTED_CATEGORIES
 from pipelines.vault import IdentityVault
 
 from .errors import AccessDenied
-from .fields import KeyFor, KeyLookup
+from .fields import KeyFor, KeyLookup, forget_ciphers
 
 
 class EpochStore(Protocol):
@@ -115,4 +115,5 @@ class KeyRing:
             cached = [k for k in self._cache if k[0] == vehicle]
             for k in cached:
                 del self._cache[k]
+        forget_ciphers()
         return len(cached)
