@@ -271,9 +271,11 @@ class IdentityVault:
 
     def find_vehicle(self, vin: str) -> str | None:
         """The pseudonym of a VIN the vault already knows, or None (never creates one)."""
-        row = self._conn().execute(
-            "SELECT pseudonym FROM vehicles WHERE vin = ?", (validate_vin(vin),)
-        ).fetchone()
+        row = (
+            self._conn()
+            .execute("SELECT pseudonym FROM vehicles WHERE vin = ?", (validate_vin(vin),))
+            .fetchone()
+        )
         return None if row is None else str(row[0])
 
     def export_vehicle(self, vehicle: str) -> dict[str, Any]:
@@ -283,7 +285,9 @@ class IdentityVault:
         "data_keys": {category: [epochs]}}``; the caller must have authenticated the data subject.
         """
         conn = self._conn()
-        row = conn.execute("SELECT id, vin, created_ms FROM vehicles WHERE pseudonym = ?", (vehicle,)).fetchone()
+        row = conn.execute(
+            "SELECT id, vin, created_ms FROM vehicles WHERE pseudonym = ?", (vehicle,)
+        ).fetchone()
         if row is None:
             raise PccNotFoundError(f"unknown vehicle pseudonym {vehicle}")
         owners = [
