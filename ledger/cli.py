@@ -6,19 +6,16 @@ from typing import Annotated
 
 import typer
 
-from ledger.chain import connect
 from ledger.client import LedgerClient
-from ledger.config import DEV_KEYS, LedgerConfig
-from ledger.deploy import Deployment, deploy
+from ledger.config import LedgerConfig
+from ledger.deploy import Deployment
 from ledger.indexer import LedgerIndexer
-from ledger.keys import address_of, dev_source_key
-from ledger.tx import Signer
+from ledger.onboarding import deploy_consortium
+from ledger.onboarding import register_source as register_source_account
 from pipelines.cli.main import settings_from
 from pipelines.errors import PccValueError
 
 app = typer.Typer(help="Deploy and operate the ledger contracts.", no_args_is_help=True)
-
-DEV_GAS_MONEY = 10**18  # 1 ether of play money for a source's anchoring account
 
 
 def _client(ctx: typer.Context) -> LedgerClient:
@@ -33,18 +30,15 @@ def deploy_cmd(
     ] = None,
 ) -> None:
     """Deploy every contract to ledger.rpc_url and write the deployment manifest."""
-    config = LedgerConfig.from_settings(settings_from(ctx))
-    w3 = connect(config)
+    settings = settings_from(ctx)
     members: dict[str, int] = {}
     for item in member or []:
         address, _, amount = item.partition("=")
         if not amount.isdigit():
             raise PccValueError(f"--member {item!r}: expected ADDRESS=AMOUNT (whole PCC_gold tokens)")
         members[address] = int(amount) * 10**18
-    if not members and config.chain in ("anvil", "hardhat"):  # three dev consortium members
-        members = {address_of(DEV_KEYS[i]): n * 10**18 for i, n in ((1, 500), (2, 300), (3, 200))}
-    deployment = deploy(w3, Signer(w3, config.deployer_key), members)
-    deployment.write(config.manifest)
+    deployment = deploy_consortium(settings, members)
+    config = LedgerConfig.from_settings(settings)
     typer.echo(
         f"deployed to chain {deployment.chain_id} at block {deployment.block}; manifest {config.manifest}"
     )
@@ -74,17 +68,7 @@ def register_source(
     account: Annotated[str | None, typer.Option(help="the source's address (dev chains derive one)")] = None,
 ) -> None:
     """Register a producer; on a dev chain its anchoring account is derived and funded."""
-    settings = settings_from(ctx)
-    client = LedgerClient.from_settings(settings)
-    if client.sources.is_registered(source_id):
-        raise PccValueError(f"source {source_id} is already registered")
-    if account is None:
-        config = LedgerConfig.from_settings(settings)
-        if config.chain == "rpc":
-            raise PccValueError("--account is required on chain 'rpc'")
-        account = address_of(dev_source_key(config.deployer_key.get_secret_value(), source_id))
-        client.signer.transfer_eth(account, DEV_GAS_MONEY)
-    client.sources.register(source_id, kind, account, tier)
+    account = register_source_account(settings_from(ctx), source_id, kind, tier, account)
     typer.echo(f"registered {source_id} ({kind}, tier {tier}) with account {account}")
 
 
