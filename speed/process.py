@@ -85,6 +85,7 @@ class EventProcessor:
         self.seen = seen or SeenEvents(config.dedupe_window_s)
         self._pending: list[_Checked] = []
         self._proof_wait_ms = int(config.proof_wait_s * 1000)
+        self._expired_at = 0
 
     # ------------------------------------------------------------------ checks
 
@@ -157,6 +158,9 @@ class EventProcessor:
     def process_batch(self, records: Iterable[KafkaRecord], now_ms: int) -> BatchResult:
         """Process records (and retry waiting ones); decided events come out in ``BatchResult``."""
         result = BatchResult()
+        if now_ms - self._expired_at >= 60_000:
+            self.seen.expire(now_ms)
+            self._expired_at = now_ms
         ready: list[_Checked] = []
         waiting: list[_Checked] = []
         candidates: list[_Checked] = self._pending

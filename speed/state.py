@@ -16,8 +16,8 @@ so they never need their own durable copy.
 
 from __future__ import annotations
 
+import itertools
 import zlib
-from collections.abc import Iterator
 from typing import Any
 
 
@@ -79,21 +79,23 @@ class SeenEvents:
             self._evict_count(len(self._seen) - self._max_entries)
 
     def expire(self, now_ms: int) -> int:
-        """Forget ids created before the window; returns how many were dropped."""
+        """Forget ids created before the window; returns how many were dropped.
+
+        Insertion order follows UUIDv7 time closely enough: the scan stops at
+        the first id inside the window.
+        """
         horizon = now_ms - self._window_ms
-        dropped = 0
-        for key in list(self._iter_oldest()):
+        old: list[bytes] = []
+        for key in self._seen:
             if int.from_bytes(key[:6], "big") >= horizon:
                 break
+            old.append(key)
+        for key in old:
             del self._seen[key]
-            dropped += 1
-        return dropped
-
-    def _iter_oldest(self) -> Iterator[bytes]:
-        return iter(self._seen)  # insertion order ~ UUIDv7 time order
+        return len(old)
 
     def _evict_count(self, n: int) -> None:
-        for key in list(self._iter_oldest())[:n]:
+        for key in list(itertools.islice(self._seen, n)):
             del self._seen[key]
 
     def __len__(self) -> int:
