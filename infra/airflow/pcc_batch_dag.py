@@ -34,6 +34,8 @@ with DAG(
     default_args={"retries": 1, "retry_delay": timedelta(minutes=5)},
     tags=["pcc", "batch"],
 ) as dag:
-    run = BashOperator(task_id="batch_run", bash_command=f"{PCC} batch run", execution_timeout=timedelta(hours=2))
+    run = BashOperator(
+        task_id="batch_run", bash_command=f"{PCC} batch run", execution_timeout=timedelta(hours=2)
+    )
     status = BashOperator(task_id="batch_status", bash_command=f"{PCC} batch status")
     run >> status
