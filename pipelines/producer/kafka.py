@@ -5,46 +5,61 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipelines.errors import PccTransientError
 from pipelines.producer.protocols import OutgoingEvent
 
 
 class KafkaPublisher:
-    """A Kafka producer tuned for no loss: every send is acknowledged by the broker or reported."""
+    """A Kafka producer tuned for no loss: every send is acknowledged by the broker or reported.
+
+    The connection is made on the first :meth:`publish`, so a producer can
+    start (and keep logging events) while the broker is down; events the
+    broker does not acknowledge within ``delivery_timeout_s`` come back as
+    failed and stay in the producer's log.
+    """
 
     def __init__(self, bootstrap: str, *, delivery_timeout_s: float = 30.0, client_id: str = "pcc-producer"):
         try:
-            from kafka import KafkaProducer
-            from kafka.errors import NoBrokersAvailable
+            import kafka  # noqa: F401
         except ImportError as exc:  # pragma: no cover - extra missing
             raise ImportError("Kafka support needs the extra: pip install 'pcc[kafka]'") from exc
+        self._bootstrap = bootstrap
+        self._client_id = client_id
         self._timeout = delivery_timeout_s
-        try:
-            self._producer: Any = KafkaProducer(
-                bootstrap_servers=bootstrap,
-                client_id=client_id,
+        self._producer: Any = None
+
+    def _connect(self) -> Any:
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._producer = KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id=self._client_id,
                 acks="all",
                 enable_idempotence=True,
-                delivery_timeout_ms=int(delivery_timeout_s * 1000),
+                delivery_timeout_ms=int(self._timeout * 1000),
                 max_in_flight_requests_per_connection=5,
                 linger_ms=5,
                 batch_size=256 * 1024,
-                compression_type=None,
-                request_timeout_ms=int(min(delivery_timeout_s, 10) * 1000),
-                max_block_ms=int(delivery_timeout_s * 1000),
+                request_timeout_ms=int(min(self._timeout, 10) * 1000),
+                max_block_ms=int(self._timeout * 1000),
             )
-        except NoBrokersAvailable:
-            raise PccTransientError(f"no Kafka broker reachable at {bootstrap}") from None
+        return self._producer
 
     def publish(self, events: Sequence[OutgoingEvent]) -> list[tuple[OutgoingEvent, Exception]]:
+        try:
+            producer = self._connect()
+        except Exception as exc:  # the broker did not answer within the timeout
+            return [
+                (e, ConnectionError(f"no Kafka broker reachable at {self._bootstrap}: {exc}")) for e in events
+            ]
         futures = []
         failed: list[tuple[OutgoingEvent, Exception]] = []
         for event in events:
             try:
-                futures.append((event, self._producer.send(event.topic, key=event.key, value=event.value)))
-            except Exception as exc:  # buffer full or broker unreachable for max_block_ms
+                futures.append((event, producer.send(event.topic, key=event.key, value=event.value)))
+            except Exception as exc:  # buffer full or metadata unavailable for max_block_ms
                 failed.append((event, exc))
-        self._producer.flush(timeout=self._timeout)
+        producer.flush(timeout=self._timeout)
         for event, future in futures:
             try:
                 future.get(timeout=self._timeout)
@@ -53,4 +68,6 @@ class KafkaPublisher:
         return failed
 
     def close(self) -> None:
-        self._producer.close(timeout=self._timeout)
+        if self._producer is not None:
+            self._producer.close(timeout=self._timeout)
+            self._producer = None
