@@ -205,11 +205,12 @@ class ProducerLog:
             self._size += len(self._leaf_buffer)
             self._leaf_buffer = []
 
-    def next_checkpoint(self) -> tuple[Checkpoint, list[SpooledEvent]] | None:
+    def next_checkpoint(self) -> tuple[Checkpoint, list[SpooledEvent], list[bytes]] | None:
         """The checkpoint to publish next: an anchored one not yet published, or a new one.
 
-        Returns the checkpoint (with every inclusion proof of its batch) and the
-        events it covers, or ``None`` when everything is published.
+        Returns the checkpoint (with every inclusion proof of its batch), the
+        events it covers and their leaf hashes, or ``None`` when everything is
+        published.
         """
         self.sync()
         if self.size == self.published.size:
@@ -239,7 +240,7 @@ class ProducerLog:
                     f"source {self.source_id}: new checkpoint is not an extension of the last"
                 )
         events = self._spool[: target - self.published.size]
-        return checkpoint, events
+        return checkpoint, events, batch
 
     def record_anchor(self, checkpoint: Checkpoint, tx_hash: str, gas_used: int) -> None:
         """The checkpoint's transaction is on the ledger."""

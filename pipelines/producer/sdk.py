@@ -206,7 +206,7 @@ class Producer:
             step = self.log.next_checkpoint()
             if step is None:
                 break
-            checkpoint, events = step
+            checkpoint, events, leaves = step
             if not self.log.anchored:
                 receipt = self._anchor.anchor(self.source_id, checkpoint.tree_size, checkpoint.root)
                 self.log.record_anchor(checkpoint, receipt.tx_hash, receipt.gas_used)
@@ -222,6 +222,7 @@ class Producer:
                     "tree_size": checkpoint.tree_size,
                     "root": root_hex,
                     "path": [h.hex() for h in path],
+                    "leaf": leaves[index - checkpoint.previous_size].hex(),
                 }
                 outgoing.append(
                     OutgoingEvent(

@@ -43,11 +43,6 @@ def _read(bootstrap: str, topic: str, partitions: int) -> list[tuple[bytes, dict
     return out
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the producer SDK (pipelines/producer/sdk.py) publishes proofs without 'leaf', which "
-    "docs/contracts.md and the envelope schema require, so the speed layer dead-letters them as bad_schema",
-)
 def test_events_from_the_producer_sdk_are_verified_against_the_chain(
     kafka_broker: KafkaBroker, anvil_node: NodeInfo, tmp_path: Path
 ) -> None:
