@@ -26,7 +26,7 @@ from serving.errors import (
     ResultTooLargeError,
     ServingError,
 )
-from serving.pricing import CONSORTIUM, PriceBook, Quote, Usage, category_sql, price_usage
+from serving.pricing import CONSORTIUM, LOCATION_COLUMNS, PriceBook, Quote, Usage, category_sql, price_usage
 from serving.sandbox import CheckedQuery, Sandbox
 from serving.views import ServingStore
 
@@ -57,6 +57,7 @@ class QueryRunner:
         self.store = store
         self.prices = prices
         self.config = config
+        self._items: dict[tuple[str, frozenset[str], frozenset[str]], list[Any]] = {}
         with store.pin() as (cur, _):
             self.sandbox = Sandbox(cur)
 
@@ -66,7 +67,16 @@ class QueryRunner:
 
     # -- helpers -------------------------------------------------------------------------------
     def _meter_items(self, view: str, columns: frozenset[str], cur: duckdb.DuckDBPyConnection) -> list[Any]:
-        names = {c for c, _ in self.store.columns()[view]}
+        names = frozenset(c for c, _ in self.store.columns()[view])
+        key = (view, columns & LOCATION_COLUMNS, names)
+        cached = self._items.get(key)
+        if cached is None:
+            cached = self._items[key] = self._meter_items_uncached(view, columns, names, cur)
+        return copy.deepcopy(cached)
+
+    def _meter_items_uncached(
+        self, view: str, columns: frozenset[str], names: frozenset[str], cur: duckdb.DuckDBPyConnection
+    ) -> list[Any]:
         src = "source_id" if "source_id" in names else f"'{CONSORTIUM}'"
         quality = "quality" if "quality" in names else "1.0"
         template = (

