@@ -1,6 +1,7 @@
 """Billing on the chain, through ``ledger.client``'s public API only.
 
-* prices: ``Parameters.pricePerCategory(keccak256(category))`` and ``feeBps()``;
+* prices: ``Parameters.pricePerCategory(keccak256(category))`` and ``feeBps()``,
+  read at most every ``cache_s`` seconds (not nine calls per query);
 * what a consumer can pay: its Marketplace deposit plus the part of its
   PCC_token allowance to the Marketplace that its balance covers;
 * settlement: ``MarketApi.settle`` with each receipt's per-producer cents as the
@@ -11,7 +12,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from pipelines.errors import PccStateError
@@ -28,11 +30,27 @@ CATEGORIES: tuple[str, ...] = tuple(
 class ChainBilling:
     """A :class:`Billing` over a deployed PCC ledger."""
 
-    def __init__(self, client: Any) -> None:  # ledger.client.LedgerClient
+    def __init__(self, client: Any, cache_s: float = 5.0) -> None:  # ledger.client.LedgerClient
         self.client = client
+        self.cache_s = cache_s
         self._accounts: dict[str, str] = {}
+        self._cached: dict[str, tuple[float, Any]] = {}
+
+    def _fresh(self, name: str, read: Callable[[], Any]) -> Any:
+        """A governance parameter, read from the chain at most every ``cache_s`` seconds."""
+        hit = self._cached.get(name)
+        now = time.monotonic()
+        if hit is None or now - hit[0] > self.cache_s:
+            hit = self._cached[name] = (now, read())
+        return hit[1]
 
     def prices(self) -> dict[str, int]:
+        return dict(self._fresh("prices", self._read_prices))
+
+    def fee_bps(self) -> int:
+        return int(self._fresh("fee_bps", self._read_fee_bps))
+
+    def _read_prices(self) -> dict[str, int]:
         from ledger import keys
 
         params = self.client.contract("Parameters")
@@ -44,7 +62,7 @@ class ChainBilling:
                 out[category] = price
         return out
 
-    def fee_bps(self) -> int:
+    def _read_fee_bps(self) -> int:
         params = self.client.contract("Parameters")
         return int(self.client.view(params.functions.feeBps(), "reading the treasury fee"))
 
