@@ -5,7 +5,11 @@ sandbox and metering (:mod:`serving.query`), signed requests
 (:mod:`serving.auth`), receipts and settlement.  OpenAPI at ``/docs``.
 
 Endpoints: ``POST /v1/query``, ``POST /v1/quote``, ``GET /v1/catalog``,
-``GET /v1/receipts``, ``GET /v1/health``.
+``GET /v1/receipts``, ``GET /v1/proof/{event_id}``, ``GET /v1/health``.
+
+Signed endpoints check the signature over the raw body first (401), then
+parse it (400 naming what is wrong): an unsigned request learns nothing about
+the body it sent.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import secrets
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 import pyarrow as pa
@@ -25,18 +29,21 @@ import pyarrow.csv as pacsv
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from serving.auth import Authenticator, Consumer
 from serving.config import ServingConfig
-from serving.errors import PaymentRequiredError, ServingError, http_status
+from serving.errors import MalformedRequestError, PaymentRequiredError, ServingError, http_status
+from serving.passport.verify import AuditPaths
 from serving.pricing import Billing, Quote, view_categories
+from serving.proof import proof_router
 from serving.query import QueryRunner
 from serving.receipts import ReceiptStore
 from serving.settlement import SettlementLoop, Settler
 from serving.views import ServingStore
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
+_M = TypeVar("_M", bound=BaseModel)
 
 
 class QueryRequest(BaseModel):
@@ -48,6 +55,27 @@ class QueryRequest(BaseModel):
 
 class QuoteRequest(BaseModel):
     sql: str = Field(description="The query to price without running it for its rows.")
+
+
+def parse_body(model: type[_M], raw: bytes) -> _M:
+    """The request body as ``model``, else :class:`MalformedRequestError` naming each problem."""
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+            for e in exc.errors(include_url=False)
+        )
+        raise MalformedRequestError(f"malformed request body ({problems})") from None
+
+
+def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": model.model_json_schema()}},
+        }
+    }
 
 
 def service_key(config: ServingConfig) -> str:
@@ -117,8 +145,13 @@ def create_app(
     billing: Billing,
     store: ServingStore | None = None,
     background: bool = True,
+    audit_paths: AuditPaths | None = None,
 ) -> FastAPI:
-    """The serving API over ``config.data_dir``, billed through ``billing``."""
+    """The serving API over ``config.data_dir``, billed through ``billing``.
+
+    ``audit_paths`` finds an event's audit path for ``GET /v1/proof`` when the
+    dataset carries none (e.g. :class:`serving.passport.LeafFilePaths`).
+    """
     store = store or ServingStore(config)
     store.refresh()
     runner = QueryRunner(store, billing, config)
@@ -172,9 +205,14 @@ def create_app(
         query_hash = hashlib.sha256(sql.encode()).hexdigest()
         return receipts.issue(consumer.account, consumer.nonce, query_hash, quote)
 
-    @app.post("/v1/query", summary="Run one SELECT and pay for the rows it uses")
-    async def query(request: Request, body: QueryRequest) -> Response:
+    @app.post(
+        "/v1/query",
+        summary="Run one SELECT and pay for the rows it uses",
+        openapi_extra=_body_doc(QueryRequest),
+    )
+    async def query(request: Request) -> Response:
         consumer = await consumer_of(request)
+        body = parse_body(QueryRequest, await request.body())
         issued: dict[str, Any] = {}
 
         def before_return(quote: Quote) -> None:
@@ -188,9 +226,14 @@ def create_app(
         }
         return encode_result(result.table, body.format, headers, issued)
 
-    @app.post("/v1/quote", summary="Price a query in PCC_token cents without paying (dry run)")
-    async def quote(request: Request, body: QuoteRequest) -> dict[str, Any]:
+    @app.post(
+        "/v1/quote",
+        summary="Price a query in PCC_token cents without paying (dry run)",
+        openapi_extra=_body_doc(QuoteRequest),
+    )
+    async def quote(request: Request) -> dict[str, Any]:
         consumer = await consumer_of(request)
+        body = parse_body(QuoteRequest, await request.body())
         _, q = await run_in_threadpool(runner.quote, body.sql)
         available = billing.available(consumer.account) - receipts.pending_cents(consumer.account)
         return {**q.as_dict(), "available_cents": available, "sufficient": available >= q.amount_cents}
@@ -223,6 +266,8 @@ def create_app(
     async def list_receipts(request: Request, limit: int = 100) -> dict[str, Any]:
         consumer = await consumer_of(request)
         return {"consumer": consumer.account, "receipts": receipts.for_consumer(consumer.account, limit)}
+
+    app.include_router(proof_router(store, audit_paths))
 
     @app.get("/v1/health", summary="Liveness and the published batch version")
     async def health() -> dict[str, Any]:

@@ -96,6 +96,24 @@ class SettlementError(ServingError, PccTransientError):
     status = 502
 
 
+class EventNotFoundError(ServingError, PccNotFoundError):
+    """No event with that id is in the serving views."""
+
+    status = 404
+
+
+class MalformedRequestError(ServingError, PccValueError):
+    """A request body that is not the JSON object the endpoint takes."""
+
+    status = 400
+
+
+class ProofMismatchError(ServingError, PccStateError):
+    """An event's proof does not match what the chain anchors (``pcc verify``)."""
+
+    status = 409
+
+
 HTTP_STATUS: dict[type[ServingError], int] = {
     cls: cls.status
     for cls in (
@@ -108,6 +126,9 @@ HTTP_STATUS: dict[type[ServingError], int] = {
         PriceUnavailableError,
         ViewNotFoundError,
         SettlementError,
+        EventNotFoundError,
+        MalformedRequestError,
+        ProofMismatchError,
     )
 }
 
