@@ -50,6 +50,27 @@ def _engine_error(exc: duckdb.Error) -> ServingError:
     return InvalidQueryError(str(exc))
 
 
+def _inline_aliases(node: Any, aliases: dict[str, dict[str, Any]]) -> Any:
+    """``WHERE`` with each reference to a select-list alias replaced by its expression.
+
+    DuckDB lets a ``WHERE`` name a select-list alias; the metering query of an
+    aggregate replaces the select list, so the aliased expressions are put in place.
+    """
+    if isinstance(node, list):
+        return [_inline_aliases(n, aliases) for n in node]
+    if not isinstance(node, dict):
+        return node
+    names = node.get("column_names")
+    if (
+        node.get("class") == "COLUMN_REF"
+        and isinstance(names, list)
+        and len(names) == 1
+        and names[0] in aliases
+    ):
+        return {**copy.deepcopy(aliases[names[0]]), "alias": ""}
+    return {k: _inline_aliases(v, aliases) for k, v in node.items()}
+
+
 class QueryRunner:
     """Checks, meters, prices and runs consumer SQL."""
 
@@ -114,7 +135,12 @@ class QueryRunner:
         elif q.kind == "aggregate":
             view = next(iter(q.views))
             ast = copy.deepcopy(q.ast)
+            names = {c for c, _ in self.store.columns()[view]}
+            aliases = {
+                i["alias"]: i for i in ast["select_list"] if i.get("alias") and i["alias"] not in names
+            }
             ast.update(
+                where_clause=_inline_aliases(ast.get("where_clause"), aliases),
                 select_list=self._meter_items(view, q.columns, cur),
                 group_expressions=[],
                 group_sets=[],
