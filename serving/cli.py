@@ -48,11 +48,16 @@ def serve(
 
     from serving.api import create_app
     from serving.chain import chain_billing
+    from serving.passport import InMemoryRoots, LeafFilePaths, mount_passport
 
     settings = _settings(ctx)
     config = ServingConfig.from_settings(settings)
     billing: Billing = offline_billing(offline_prices) if offline_prices else chain_billing(settings)
-    app = create_app(config, billing)
+    logs = settings.data_dir / "producers"
+    paths = LeafFilePaths({d.name: d for d in logs.iterdir() if d.is_dir()}) if logs.is_dir() else None
+    app = create_app(config, billing, audit_paths=paths)
+    client = getattr(billing, "client", None)  # ChainBilling: its ledger client reads anchored roots
+    mount_passport(app, roots=client.anchors if client is not None else InMemoryRoots(), paths=paths)
     uvicorn.run(app, host=host or config.host, port=port or config.port, log_level="info")
 
 
@@ -108,3 +113,27 @@ def query(
         console.print(
             f"{result.table.num_rows} rows - receipt {result.receipt['receipt_no']}: {result.price_cents} cents"
         )
+
+
+def verify(
+    ctx: typer.Context,
+    event_id: Annotated[str, typer.Argument(help="The event whose proof to check.")],
+    url: Annotated[str | None, typer.Option(help="Service URL (default from settings).")] = None,
+) -> None:
+    """Fetch an event's proof from ``pcc serve`` and check it against the chain itself."""
+    import httpx
+
+    from ledger.client import LedgerClient
+    from serving.client import raise_for
+    from serving.proof import check_proof, require_valid
+
+    settings = _settings(ctx)
+    base = url or f"http://{settings.serving.host}:{settings.serving.port}"
+    try:
+        response = httpx.get(f"{base}/v1/proof/{event_id}", timeout=30)
+    except httpx.HTTPError as exc:
+        raise PccConfigError(f"cannot reach the serving API at {base}: {exc}") from None
+    raise_for(response)
+    check = check_proof(response.json(), LedgerClient.from_settings(settings).anchors)
+    typer.echo(json.dumps(check.as_dict(), indent=2))
+    require_valid(check)
