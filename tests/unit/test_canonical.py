@@ -133,3 +133,36 @@ def test_canonical_bytes_stable_under_reordering_and_reparsing(value: Any, seed:
     assert canonical_bytes(_reorder(value, random.Random(seed))) == canon
     assert canonical_bytes(json.loads(json.dumps(value, ensure_ascii=False))) == canon
     assert canonical_bytes(json.loads(canon)) == canon  # canonical form is a fixed point
+
+
+# --- the orjson fast path must give exactly the rfc8785 bytes wherever it is taken ---------------
+
+_fast_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**53 - 1), max_value=2**53 - 1),
+    st.floats(min_value=1e-4, max_value=1e15, exclude_max=True).filter(lambda x: not x.is_integer()),
+    st.floats(min_value=-1e15, max_value=-1e-4, exclude_min=True).filter(lambda x: not x.is_integer()),
+    st.text(),
+)
+_fast_docs = st.recursive(
+    _fast_scalars,
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.dictionaries(st.text(alphabet=st.characters(max_codepoint=127)), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@given(_fast_docs)
+def test_fast_path_bytes_equal_the_reference_implementation(doc):
+    import rfc8785
+
+    try:
+        expected = rfc8785.dumps(doc)
+    except Exception:
+        with pytest.raises(PccValueError):
+            canonical_bytes(doc)
+        return
+    assert canonical_bytes(doc) == expected
