@@ -33,6 +33,29 @@ def _agrees(km: int, t: int, ref_km: int, ref_ms: int, params: FraudParams) -> b
     return odometer_problem(km, t, ref_km, ref_ms, params) is None
 
 
+def _reference_is_off(
+    trusted: Sequence[tuple[int, int]], ref: tuple[int, int], flagged: tuple[int, int], params: FraudParams
+) -> bool:
+    """Whether the flagged reading, not its reference, continues the readings before the reference.
+
+    The flagged reading must agree with the last trusted reading before the
+    reference and, when the readings before show a rate, lie closer than the
+    reference to that rate's extrapolation.
+    """
+    (t0, km0), (t, km) = trusted[-1], flagged
+    if not _agrees(km, t, km0, t0, params):
+        return False
+    first = next((p for p in trusted if t0 - p[0] >= DAY_MS), None)
+    if first is None:
+        return True
+    rate = (km0 - first[1]) / (t0 - first[0])
+
+    def residual(p: tuple[int, int]) -> float:
+        return abs(p[1] - (km0 + rate * (p[0] - t0)))
+
+    return residual(flagged) < residual(ref)
+
+
 def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_PARAMS) -> dict[str, str]:
     """Event id -> standing of its odometer flag: ``one_off``, ``reference_one_off``, ``confirmed``, ``unconfirmed``.
 
@@ -66,7 +89,7 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
             with_ref = with_this = False
         if with_ref:  # back in line with the reference (also when the jump was too small to tell)
             out[e.event_id] = "one_off"
-        elif before_ref and _agrees(km, t, before_ref[-1][1], before_ref[-1][0], params):
+        elif before_ref and _reference_is_off(before_ref, (ref_ms, ref_km), (t, km), params):
             out[e.event_id] = "reference_one_off"
         elif with_this:
             out[e.event_id] = "confirmed"

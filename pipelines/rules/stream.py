@@ -60,9 +60,9 @@ class FraudParams:
     min_travel_km: float = 50.0  # below this, location noise, never impossible travel
     recent_ids: int = 16  # ids remembered per vehicle for duplicate detection
     sale_window_days: int = 90  # rollback_before_sale: how long before a sale
-    clocking_ratio: float = 0.5  # gradual_clocking: rate after / rate before below this
-    clocking_min_span_days: int = 120  # ... each side of the change spans at least this
-    clocking_min_rate: float = 8.0  # ... km/day before the change, else too little signal
+    clocking_ratio: float = 0.6  # gradual_clocking: rate after / rate before below this
+    clocking_min_span_days: int = 60  # ... each side of the change spans at least this
+    clocking_min_rate: float = 5.0  # ... km/day before the change, else too little signal
     far_travel_km: float = 600.0  # impossible_travel counts fully from this distance (batch score)
 
 

@@ -42,11 +42,25 @@ def _odometer_events(life: Life, lo_ms: int, hi_ms: int) -> list[Proto]:
     return sorted((p for p in life.protos if p.has_odo and lo_ms <= p.t <= hi_ms), key=lambda p: p.t)
 
 
+def _day(life: Life, t_ms: int) -> int:
+    return (t_ms - life.start_ms) // DAY_MS
+
+
 def rollback_before_sale(life: Life) -> None:
-    """The seller winds the odometer back a few days to weeks before selling the car."""
+    """The seller winds the odometer back a few days to weeks before selling the car.
+
+    The car's passport holds at least one honest reading before the rollback
+    (when its life has any reading early enough): a wind-back with no earlier
+    reading on record leaves nothing to contradict, so it is no rollback to detect.
+    """
     rng, n = life.rng, life.n
-    sale_day = int(rng.integers(min(60, n // 3), n))
-    rollback_day = max(sale_day - int(rng.integers(3, 30)), 1)
+    readings = _odometer_events(life, life.start_ms, life.end_ms)
+    first = _day(life, readings[0].t) + 1 if readings else 1  # the day after the first reading
+    lo = min(60, n // 3)
+    if first + 3 < n:
+        lo = max(lo, first + 3)
+    sale_day = int(rng.integers(lo, max(n, lo + 1)))
+    rollback_day = max(sale_day - int(rng.integers(3, 30)), first if first + 3 < n else 1)
     t_r = life.start_ms + rollback_day * DAY_MS
     true_km = float(life.odo_at(np.array([t_r]))[0])
     drop = max(true_km * float(rng.uniform(0.3, 0.6)), min(20_000.0, true_km * 0.8))
@@ -64,10 +78,26 @@ def rollback_before_sale(life: Life) -> None:
     life.labels.append(Label("rollback_before_sale", [*before, *lowered, sale], t_r, sale.t, detail))
 
 
+#: Gradual clocking starts once the passport shows the car's own trend: two readings this far apart.
+TREND_DAYS = 60
+
+
 def gradual_clocking(life: Life) -> None:
-    """From some day on, the displayed odometer only counts a fraction of the distance driven."""
+    """From some day on, the displayed odometer only counts a fraction of the distance driven.
+
+    The change comes once the passport holds two readings at least
+    :data:`TREND_DAYS` apart (when the life has them early enough): the trend
+    the clocked readings depart from.  Without it, a slower rate from the first
+    readings on is just a car that is driven little.
+    """
     rng, n = life.rng, life.n
-    t_c = life.start_ms + int(rng.integers(int(n * 0.15), max(int(n * 0.5), int(n * 0.15) + 1))) * DAY_MS
+    lo, hi = int(n * 0.15), max(int(n * 0.5), int(n * 0.15) + 1)
+    readings = _odometer_events(life, life.start_ms, life.end_ms)
+    trend = next((p for p in readings if p.t - readings[0].t >= TREND_DAYS * DAY_MS), None)
+    if trend is not None and _day(life, trend.t) + 1 + TREND_DAYS < n:
+        lo = max(lo, _day(life, trend.t) + 1)
+        hi = max(hi, lo + 1)
+    t_c = life.start_ms + int(rng.integers(lo, hi)) * DAY_MS
     share = float(rng.uniform(0.25, 0.5))
     base = float(life.odo_at(np.array([t_c]))[0])
 

@@ -135,11 +135,16 @@ class Life:
         self.odo_start = odo0 + np.concatenate(([0.0], np.cumsum(km)))
 
     def odo_at(self, t_ms: np.ndarray) -> np.ndarray:
-        """The true odometer (km, float) at each time."""
+        """The true odometer (km, float) at each time.
+
+        After the last simulated day (a repair may follow an accident of the last
+        weeks), the car goes on at its mean daily distance: its odometer does not freeze.
+        """
         rel = (t_ms - self.start_ms) / DAY_MS
         day = np.clip(np.floor(rel).astype(np.int64), 0, self.n - 1)
         frac = np.clip(rel - day, 0.0, 1.0)
-        return self.odo_start[day] + frac * self.km[day]
+        odo = self.odo_start[day] + frac * self.km[day]
+        return np.where(rel > self.n, self.odo_start[-1] + (rel - self.n) * float(self.km.mean()), odo)
 
     def day_of_odo(self, km: float) -> int:
         return int(np.searchsorted(self.odo_start, km))
