@@ -30,6 +30,9 @@ class SpeedConfig:
     max_event_bytes: int = 16 * 1024
     consumer_group: str = "pcc-speed"
     master_root: Path | None = None  # default data_dir/master (settings.batch.master_dataset)
+    vault_path: Path | None = None  # identity vault (data keys); default data_dir/vault/identity.sqlite
+    vault_key_file: Path | None = None  # default beside the vault file
+    grants_path: Path | None = None  # grant store (key epochs); default data_dir/vault/grants.sqlite
     pipeline_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -71,6 +74,9 @@ class SpeedConfig:
             max_event_bytes=settings.producer.max_payload_bytes,
             consumer_group=s.consumer_group,
             master_root=settings.batch.master_dataset,
+            vault_path=settings.vault.path or settings.path("vault", "identity.sqlite"),
+            vault_key_file=settings.vault.key_file or settings.path("vault", "vault.key"),
+            grants_path=settings.path("vault", "grants.sqlite"),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -21,6 +21,7 @@ REASONS: Final = (
     "bad_proof",  # the inclusion proof does not lead to the anchored checkpoint root
     "unknown_source",  # source_id not in the SourceRegistry
     "duplicate_event",  # an event id already accepted from another Kafka record (replay)
+    "unknown_vehicle",  # protected fields of a vehicle the identity vault has no keys for (erased)
 )
 
 

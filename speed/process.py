@@ -10,7 +10,11 @@ inclusion proof checked against its own root, then that root against the
 checkpoint anchored on the ledger (a checkpoint not seen yet waits up to
 ``proof_wait_s``, then the event is accepted as ``unverified``; a ledger that
 cannot be read makes the event wait without limit) -> replay detection by
-event id -> fraud flags from per-vehicle state -> the quality index.
+event id -> fraud flags from per-vehicle state -> the quality index -> the
+payload's protected fields sealed (``pipelines.access``: owner identity,
+precise location and commercial details become ``enc:v1`` tokens under the
+vehicle's current data keys; the lifted ``lat``/``lon`` keep only the region).
+The rules see the plaintext; no sink ever does.
 
 Order: a batch's verified events are applied to the per-vehicle state sorted
 by ``(event_time, source_id, log_index)``, not by arrival, so that events of
@@ -24,6 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import canonical, merkle
+from pipelines.access import AccessDenied, KeyRing, SqliteGrantStore, row_aad, seal_payload
+from pipelines.dataset import region
 from pipelines.errors import PccValidationError
 from pipelines.events import parse_event, parse_time_ms, validate_envelope
 from speed.config import SpeedConfig
@@ -77,8 +83,10 @@ class EventProcessor:
         rules: RulesAdapter | None = None,
         vehicles: VehicleStates | None = None,
         seen: SeenEvents | None = None,
+        keys: KeyRing | None = None,
     ) -> None:
         self._config = config
+        self._keys = keys
         self._roots = roots
         self._rules = rules or RulesAdapter()
         self.vehicles = vehicles or VehicleStates()
@@ -86,6 +94,36 @@ class EventProcessor:
         self._pending: list[_Checked] = []
         self._proof_wait_ms = int(config.proof_wait_s * 1000)
         self._expired_at = 0
+
+    @property
+    def keys(self) -> KeyRing:
+        """The data keys protected fields are sealed with (the vault and grant store of the config)."""
+        if self._keys is None:
+            from pipelines.vault import IdentityVault
+
+            data = self._config.data_dir / "vault"
+            vault = IdentityVault(
+                self._config.vault_path or data / "identity.sqlite", self._config.vault_key_file
+            )
+            grants = SqliteGrantStore(self._config.grants_path or data / "grants.sqlite")
+            self._keys = KeyRing(vault, grants, cache_s=1.0)
+        return self._keys
+
+    def _seal(self, env: Mapping[str, Any]) -> str:
+        """The payload as stored: canonical JSON with every protected field sealed."""
+        vehicle, event_type, version = env["vehicle"], env["event_type"], env["schema_version"]
+        payload = env["payload"]
+        try:
+            sealed = seal_payload(
+                event_type, version, payload, self._lazy_key_for(vehicle), row_aad(vehicle, env["event_id"])
+            )
+        except AccessDenied as exc:
+            raise RejectedEvent("unknown_vehicle", f"event {env['event_id']}: {exc.message}") from None
+        return canonical.canonical_bytes(sealed).decode()
+
+    def _lazy_key_for(self, vehicle: str) -> Callable[[str], tuple[int, bytes]]:
+        # the key ring (vault, grant store) is opened only when an event has a protected field
+        return lambda category: self.keys.current(vehicle, category)
 
     # ------------------------------------------------------------------ checks
 
@@ -200,6 +238,11 @@ class EventProcessor:
                     DeadLetter(rec, "duplicate_event", f"event {event_id} was already accepted", event_id)
                 )
             return
+        try:
+            payload = self._seal(env)
+        except RejectedEvent as exc:
+            result.dead.append(DeadLetter(rec, exc.reason, exc.detail, event_id))
+            return
         self.seen.add(event_id, origin)
         state = self.vehicles.get(env["vehicle"])
         state, flags = self._rules.fraud(state, env, ev.event_ms, ev.verified)
@@ -208,7 +251,7 @@ class EventProcessor:
         quality = self._rules.quality(
             env, ev.source, ev.verified, flags, ev.event_ms, ev.ingestion_ms, now_ms
         )
-        result.rows.append(_row(ev, flags, quality, now_ms))
+        result.rows.append(_row(ev, flags, quality, now_ms, payload))
         if ev.verified:
             result.verified += 1
         else:
@@ -264,7 +307,9 @@ def _event_id_of(record: KafkaRecord) -> str | None:
         return None
 
 
-def _row(ev: _Checked, flags: list[str], quality: Mapping[str, float], now_ms: int) -> dict[str, Any]:
+def _row(
+    ev: _Checked, flags: list[str], quality: Mapping[str, float], now_ms: int, sealed_payload: str
+) -> dict[str, Any]:
     env = ev.env
     payload = env["payload"]
     proof = env["proof"]
@@ -280,13 +325,14 @@ def _row(ev: _Checked, flags: list[str], quality: Mapping[str, float], now_ms: i
         "ingestion_time": ev.ingestion_ms,
         "processed_time": now_ms,
         "odometer_km": payload.get("odometer_km"),
-        "lat": location.get("lat"),
-        "lon": location.get("lon"),
-        "payload": canonical.canonical_bytes(payload).decode(),
+        "lat": region(location.get("lat")),  # the region only: the place is sealed in the payload
+        "lon": region(location.get("lon")),
+        "payload": sealed_payload,
         "leaf_hash": ev.leaf.hex(),
         "log_index": proof["log_index"],
         "tree_size": proof["tree_size"],
         "root": proof["root"],
+        "proof_path": list(proof["path"]),
         "verification": "verified" if ev.verified else "unverified",
         "quality": quality["quality"],
         "q_source": quality["q_source"],
