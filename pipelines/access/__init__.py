@@ -43,7 +43,7 @@ from pipelines.access.grants import (
 from pipelines.access.keys import EpochStore, KeyRing
 from pipelines.access.store import Grant, GrantStore, InMemoryGrantStore, SqliteGrantStore
 from pipelines.access.verify import envelope_from_row, verify_opened_row, verify_row_inclusion
-from pipelines.access.views import ParquetRows
+from pipelines.access.views import ParquetRows, check_sealed
 from pipelines.access.wrap import (
     ConsumerKeyPair,
     GranteeKeys,
@@ -73,6 +73,7 @@ __all__ = [
     "SqliteGrantStore",
     "SubjectReader",
     "TamperedCiphertext",
+    "check_sealed",
     "envelope_from_row",
     "erase_vehicle",
     "export_subject",

@@ -4,24 +4,57 @@
 the right of access) and, as an :class:`ErasableStore`, checks on erasure that
 every protected value in those rows is sealed: sealed rows need no rewrite
 (the master dataset is append only), they become unreadable when the vault
-drops the keys.  Plaintext protected data found there (a lifted ``lat``/``lon``
-column, an unsealed payload field) stops the erasure with the count of rows.
+drops the keys.  Plaintext protected data found there (a ``lat``/``lon``
+column more precise than the public region, an unsealed payload field) stops
+the erasure with the count of rows.  :func:`check_sealed` is the same check
+for rows read from anywhere else (the serving layer's engine).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pyarrow.dataset as ds
 
+from pipelines.dataset import region
 from pipelines.errors import PccError, PccStateError
 
 from .fields import iter_tokens
 
-_PLAINTEXT_COLUMNS = ("lat", "lon")  # lifted precise_location columns of MASTER_SCHEMA
+_REGION_COLUMNS = ("lat", "lon")  # MASTER_SCHEMA's public region: never more precise than region()
+
+
+def _precise(value: Any) -> bool:
+    return value is not None and float(value) != region(value)
+
+
+def _unsealed(row: Mapping[str, Any]) -> bool:
+    try:
+        payload = row["payload"]
+        payload = orjson.loads(payload) if isinstance(payload, str | bytes) else payload
+        list(iter_tokens(str(row["event_type"]), int(row["schema_version"]), payload))
+    except (PccError, ValueError, KeyError, TypeError):
+        return True
+    return False
+
+
+def check_sealed(rows: Iterable[Mapping[str, Any]], store: str, vehicle: str) -> int:
+    """How many rows; :class:`PccStateError` when one holds protected data in plaintext."""
+    seen = plain = 0
+    for row in rows:
+        seen += 1
+        plain += any(_precise(row.get(c)) for c in _REGION_COLUMNS) or _unsealed(row)
+    if plain:
+        raise PccStateError(
+            f"{store}: {plain} of {seen} rows of {vehicle} hold protected data in plaintext "
+            "(a lat/lon finer than the region or an unsealed payload field); "
+            "crypto-shredding cannot erase them"
+        )
+    return seen
 
 
 class ParquetRows:
@@ -45,21 +78,4 @@ class ParquetRows:
         return []
 
     def erase_vehicle(self, vehicle: str) -> int:
-        rows = self.rows_for(vehicle)
-        plain = 0
-        for row in rows:
-            lifted = any(row.get(c) is not None for c in _PLAINTEXT_COLUMNS)
-            try:
-                payload = row["payload"]
-                payload = orjson.loads(payload) if isinstance(payload, str | bytes) else payload
-                list(iter_tokens(str(row["event_type"]), int(row["schema_version"]), payload))
-                unsealed = False
-            except (PccError, ValueError):
-                unsealed = True
-            plain += lifted or unsealed
-        if plain:
-            raise PccStateError(
-                f"{self.name}: {plain} of {len(rows)} rows of {vehicle} hold protected data in plaintext "
-                "(lifted lat/lon or an unsealed payload field); crypto-shredding cannot erase them"
-            )
-        return len(rows)
+        return check_sealed(self.rows_for(vehicle), self.name, vehicle)

@@ -28,7 +28,7 @@ from pipelines.access import (
 )
 from pipelines.canonical import leaf_hash
 from pipelines.cli.main import main
-from pipelines.dataset import MASTER_SCHEMA
+from pipelines.dataset import MASTER_SCHEMA, region
 from pipelines.errors import PccNotFoundError, PccStateError
 from pipelines.events import new_event_id, parse_time_ms
 from pipelines.vault import IdentityVault
@@ -254,6 +254,18 @@ def test_a_store_holding_plaintext_stops_the_erasure_before_the_vault(
         erase_vehicle(VIN, vault, [ParquetRows(tmp_path / "leaky", "leaky view")])
     assert vault.find_vehicle(VIN) == vehicle  # untouched: the request can be repeated once fixed
     assert vault.audit_entries(1)[0]["action"] == "erase_incomplete"
+
+
+def test_a_view_keeping_only_the_region_is_erasable(platform: dict[str, Any], tmp_path: Path) -> None:
+    vault, vehicle = platform["vault"], platform["vehicle"]
+    rows = platform["views"][0].rows_for(vehicle)
+    for row in rows:
+        row["lat"], row["lon"] = region(48.856613), region(2.352222)  # 48.9, 2.4: what the speed layer keeps
+    (tmp_path / "regions").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=MASTER_SCHEMA), tmp_path / "regions" / "seg.parquet")
+    report = erase_vehicle(VIN, vault, [ParquetRows(tmp_path / "regions", "region view")])
+    assert report.stores == {"region view": len(rows)}
+    assert vault.find_vehicle(VIN) is None
 
 
 def test_cli_erase_export_and_grants(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
