@@ -43,6 +43,10 @@ class Pseudonymizer(Protocol):
     def record_ownership(self, vehicle: str, owner: str) -> None: ...
 
 
+#: Called with the vehicle pseudonym after an ``ownership_change`` is recorded in the vault:
+#: revoke the previous owner's grants and rotate the data keys (``AccessService.ownership_changed``).
+OwnershipHook = Callable[[str], object]
+
 #: Called after each published checkpoint: (events published so far, checkpoints anchored).
 ProgressCallback = Callable[[int, int], None]
 
@@ -75,6 +79,18 @@ def _reason(problem: str) -> str:
     return head if head.startswith("$") or head in {"vin", "event_time", "source_id"} else "invalid"
 
 
+def _default_ownership_hook(settings: Settings, vault: Pseudonymizer) -> OwnershipHook | None:
+    """With the platform's identity vault: the access service over the grant store beside it."""
+    from pipelines.vault import IdentityVault
+
+    if not isinstance(vault, IdentityVault):
+        return None
+    from pipelines.access import AccessService, SqliteGrantStore
+
+    service = AccessService(vault, SqliteGrantStore(settings.path("vault", "grants.sqlite")))
+    return service.ownership_changed
+
+
 class Producer:
     """Streams one source's events to Kafka with proofs anchored on the ledger."""
 
@@ -89,6 +105,7 @@ class Producer:
         vault: Pseudonymizer,
         on_progress: ProgressCallback | None = None,
         clock: Callable[[], int] = now_ms,
+        on_ownership_change: OwnershipHook | None = None,
     ) -> None:
         self.settings = settings
         self.source_id = source_id
@@ -96,6 +113,7 @@ class Producer:
         self._anchor = anchor
         self._publisher = publisher
         self._vault = vault
+        self._on_ownership_change = on_ownership_change or _default_ownership_hook(settings, vault)
         self._on_progress = on_progress
         self._clock = clock
         self._every = settings.producer.checkpoint_every
@@ -130,6 +148,8 @@ class Producer:
                 payload[name] = self._vault.pseudonymize_owner(identity)
         if raw["event_type"] == "ownership_change":
             self._vault.record_ownership(vehicle, payload["new_owner"])
+            if self._on_ownership_change is not None:
+                self._on_ownership_change(vehicle)
         envelope = {
             "event_id": raw.get("event_id") or new_event_id(),
             "event_type": raw["event_type"],
