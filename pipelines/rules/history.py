@@ -61,11 +61,11 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
 
     ``one_off``: the next verified reading agrees with the reference the flagged
     one contradicted: the flagged reading was wrong once (or the jump too small
-    to tell from noise).  ``reference_one_off``: the flagged reading agrees with the
-    trusted reading before its reference: the reference was wrong once (a typo
-    small enough to be accepted).  ``confirmed``: the next verified reading
-    agrees with the flagged one: the odometer really moved.  ``unconfirmed``:
-    no later reading says either way.
+    to tell from noise).  ``reference_one_off``: the flagged reading continues
+    the trusted readings before its reference better than the reference does:
+    the reference was wrong once (a typo small enough to be accepted).
+    ``confirmed``: the next verified reading agrees with the flagged one: the
+    odometer really moved.  ``unconfirmed``: no later reading says either way.
     """
     readings = [c for c in checked if c.event.odometer_km is not None]
     trusted: list[tuple[int, int]] = []  # (time, km) of the readings that became the reference
@@ -87,10 +87,12 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
             with_this = _agrees(nxt.odometer_km, nxt.event_time_ms, km, t, params)
         else:
             with_ref = with_this = False
-        if with_ref:  # back in line with the reference (also when the jump was too small to tell)
+        if with_ref and not with_this:
             out[e.event_id] = "one_off"
         elif before_ref and _reference_is_off(before_ref, (ref_ms, ref_km), (t, km), params):
             out[e.event_id] = "reference_one_off"
+        elif with_ref:  # close to both: a jump too small to tell from noise
+            out[e.event_id] = "one_off"
         elif with_this:
             out[e.event_id] = "confirmed"
         else:

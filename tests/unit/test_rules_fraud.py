@@ -23,7 +23,7 @@ from pipelines.rules import (
     history_flags,
     sort_key,
 )
-from pipelines.rules.fraud import FLAG_WEIGHTS, FraudParams
+from pipelines.rules.fraud import FLAG_WEIGHTS, FraudParams, odometer_standing
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -177,6 +177,105 @@ def test_gradual_clocking_fires_on_a_rate_drop_and_not_on_a_steady_car() -> None
     assert [c.event.event_id for c in flagged] == ["e23"]
     evidence = flagged[0].evidence["gradual_clocking"]
     assert evidence["km_per_day_after"] < 0.5 * evidence["km_per_day_before"]
+
+
+def standing_of(events: list[EventFields]) -> dict[str, str]:
+    return odometer_standing(history_check(events))
+
+
+def test_a_one_off_low_reading_is_a_typo_and_leaves_the_car_clean() -> None:
+    events = [ev(0, 0, 40_000), ev(1, 30, 41_200), ev(2, 60, 14_400), ev(3, 90, 43_600)]
+    assert standing_of(events) == {"e2": "one_off"}
+    assessment = assess_vehicle(events)
+    assert assessment.checked[2].flags == ("odometer_rollback",)  # still flagged, as the speed layer did
+    assert assessment.checked[2].evidence["odometer_rollback"]["standing"] == "one_off"
+    assert assessment.score.label == "clean"
+
+
+def test_a_one_off_high_reference_is_a_typo_too() -> None:
+    # 52,100 is accepted (plausible over 30 days) but the car really was near 43,500
+    events = [ev(0, 0, 40_000), ev(1, 30, 41_200), ev(2, 60, 52_400), ev(3, 90, 43_600), ev(4, 120, 44_800)]
+    assert standing_of(events) == {"e3": "reference_one_off"}
+    sold = [*events, ev(5, 125, 45_000, kind="ownership_change")]
+    assessment = assess_vehicle(sold)
+    assert assessment.score.label == "clean"
+    assert all("rollback_before_sale" not in c.flags for c in assessment.checked)
+
+
+def test_a_rollback_the_later_readings_follow_is_confirmed() -> None:
+    events = [ev(0, 0, 90_000), ev(1, 30, 91_200), ev(2, 60, 41_000), ev(3, 90, 42_200)]
+    assert standing_of(events) == {"e2": "confirmed"}
+    assert assess_vehicle(events).score.label == "suspicious"
+    assert standing_of(events[:3]) == {"e2": "unconfirmed"}  # nothing after it yet
+    assert assess_vehicle(events[:3]).score.label == "clean"
+
+
+def test_a_typo_before_a_sale_is_no_rollback_before_sale() -> None:
+    events = [
+        ev(0, 0, 40_000),
+        ev(1, 30, 41_200),
+        ev(2, 60, 4_240),
+        ev(3, 70, 42_800, kind="ownership_change"),
+    ]
+    assessment = assess_vehicle(events)
+    assert [c.flags for c in assessment.checked][2:] == [("odometer_rollback",), ()]
+    assert assessment.score.label == "clean"
+
+
+def test_impossible_travel_weighs_with_the_distance() -> None:
+    near = (PARIS[0] + 1.5, PARIS[1])  # 167 km in half an hour
+
+    def label(where: tuple[float, float]) -> tuple[tuple[str, ...], str]:
+        events = [ev(0, 0, lat=PARIS[0], lon=PARIS[1]), ev(1, 0.5 / 24, lat=where[0], lon=where[1])]
+        assessment = assess_vehicle(events)
+        return assessment.checked[1].flags, assessment.score.label
+
+    assert label(near) == (("impossible_travel",), "clean")
+    assert label(BERLIN) == (("impossible_travel",), "suspicious")  # 878 km
+
+
+def test_a_replay_the_speed_layer_flagged_makes_the_car_suspicious() -> None:
+    events = [ev(0, 0, 50_000), ev(1, 1, 50_040)]
+    assert assess_vehicle(events).score.label == "clean"
+    replayed = assess_vehicle(events, stream_flags={"e1": ["duplicate_event"]})
+    assert replayed.checked[1].flags == ("duplicate_event",)
+    assert replayed.score.label == "suspicious" and replayed.score.reasons == ("duplicate_event",)
+
+
+def _readings(rates: list[float], every: int = 30, km: float = 60_000.0) -> list[EventFields]:
+    out = []
+    for i, rate in enumerate(rates):
+        out.append(ev(i, every * i, round(km), source_id="manual-portal"))
+        km += every * rate
+    return out
+
+
+def test_gradual_clocking_needs_two_months_each_side() -> None:
+    clocked = _readings([40, 40, 40, 14, 14, 14, 14])  # counts 35 % from day 90 on
+    flagged = [c for c in assess_vehicle(clocked).checked if "gradual_clocking" in c.flags]
+    assert [c.event.event_id for c in flagged] == ["e6"]
+    assert flagged[0].evidence["gradual_clocking"]["ratio"] < 0.4
+    assert all(not c.flags for c in assess_vehicle(clocked[:3] + clocked[3:4]).checked)  # 30 days after
+
+
+def test_a_seasonal_slowdown_is_no_clocking() -> None:
+    assert all(not c.flags for c in assess_vehicle(_readings([40, 44, 46, 40, 34, 30, 30, 32])).checked)
+
+
+def test_a_rollback_is_no_rate_drop() -> None:
+    # the same steady rate, wound back by 30,000 km at day 100: a rollback, not clocking
+    events = [ev(i, 20 * i, 50_000 + 800 * i - (30_000 if i >= 5 else 0)) for i in range(14)]
+    flags = {f for c in assess_vehicle(events).checked for f in c.flags}
+    assert flags == {"odometer_rollback"}
+
+
+def test_a_typo_does_not_hide_or_fake_a_clocking() -> None:
+    clocked = _readings([40, 40, 40, 14, 14, 14, 14])
+    with_typo = [*clocked[:5], clocked[5]._replace(odometer_km=9_000), clocked[6]]
+    assert "gradual_clocking" in {f for c in assess_vehicle(with_typo).checked for f in c.flags}
+    steady = _readings([40] * 8)
+    high = [*steady[:3], steady[3]._replace(odometer_km=steady[3].odometer_km + 2_000), *steady[4:]]
+    assert "gradual_clocking" not in {f for c in assess_vehicle(high).checked for f in c.flags}
 
 
 def test_score_labels() -> None:

@@ -6,6 +6,7 @@ import json
 from collections import Counter, defaultdict
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines.cli.main import main
@@ -176,3 +177,34 @@ def test_cli_writes_the_fleet_and_prints_a_summary(
     assert min(e["event_time"] for lines in read_events(out).values() for e in lines) >= "2024-03-01"
     assert main(["simulate", "--start", "March", "--out", str(out)]) == 2
     assert "--start: expected a date YYYY-MM-DD, got 'March'" in capsys.readouterr().err
+
+
+def test_rollbacks_and_clockings_depart_from_a_history_on_record(fleet: Path) -> None:
+    """A rollback has an honest reading before it; clocking starts after two readings 60+ days apart."""
+    readings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    for lines in read_events(fleet).values():
+        for e in lines:
+            if "odometer_km" in e["payload"]:
+                readings[e["vin"]].append((parse_time_ms(e["event_time"]), e["payload"]["odometer_km"]))
+    labels = read_labels(fleet)
+    rollbacks = [x for x in labels if x["kind"] == "rollback_before_sale"]
+    clockings = [x for x in labels if x["kind"] == "gradual_clocking"]
+    assert rollbacks and clockings
+    for label in rollbacks:
+        start = parse_time_ms(label["window"]["start"])
+        before = [km for t, km in readings[label["vin"]] if t < start]
+        assert before and min(km for t, km in readings[label["vin"]] if t >= start) < max(before)
+    for label in clockings:
+        start = parse_time_ms(label["window"]["start"])
+        before = sorted(t for t, _ in readings[label["vin"]] if t < start)
+        assert before[-1] - before[0] >= 60 * 86_400_000
+
+
+def test_the_odometer_keeps_running_after_the_last_day() -> None:
+    from pipelines.simulator.life import DAY_MS, Life
+
+    life = Life(SimulationConfig(vehicles=1, days=30, seed=5), 0)
+    end = life.start_ms + 30 * DAY_MS
+    at = life.odo_at(np.array([end - DAY_MS, end, end + 10 * DAY_MS]))
+    assert at[0] <= at[1] < at[2]
+    assert at[2] - at[1] == pytest.approx(10 * life.km.mean())
