@@ -9,6 +9,7 @@ PCC := $(VENV)/bin/pcc
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+SCALE ?= 0.1
 
 .DEFAULT_GOAL := help
 
@@ -45,8 +46,8 @@ lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-bench: install ## Run the benchmarks, write bench/results/latest.json and a Markdown table
-	$(PY) -m bench
+bench: install ## Run every benchmark (small; SCALE=1 for the 10M-event sizes), write bench/results/latest.json and .md
+	$(PY) -m bench --scale $(SCALE)
 
 up: install ## Start the broker and the chain node and leave them running
 	$(PCC) kafka up
