@@ -16,8 +16,10 @@ vehicles' rows are carried over from the published version.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -30,7 +32,7 @@ from batch.errors import AuditFailedError, BatchError
 from batch.master import MasterScan, read_master, scan_master
 from batch.publish import iso_ms, manifest, new_version, publish, read_current, store_manifest, utc_now
 from batch.runs import RunRecord, append_run, run_lock
-from batch.session import get_spark
+from batch.session import get_spark, require_gx
 from batch.views import build
 from pipelines.settings import Settings
 
@@ -52,28 +54,35 @@ def _noop(stage: str, step: int, steps: int) -> None:
     return None
 
 
-def watermark(master: DataFrame) -> dict[str, Any]:
-    """Up to where a version covers the master dataset: processed/event time, events, Kafka offsets."""
-    from pyspark.sql import functions as F
+def watermark(files: list[Path]) -> dict[str, Any]:
+    """Up to where a version covers the master dataset: processed/event time, events, Kafka offsets.
 
-    rows = (
-        master.groupBy("topic", "partition")
-        .agg(
-            F.max("offset").alias("offset"),
-            F.max("processed_time").alias("processed_time"),
-            F.max("event_time").alias("event_time"),
-            F.count(F.lit(1)).alias("events"),
-        )
-        .collect()
-    )
+    Read with pyarrow from the accepted files (five narrow columns, one file
+    at a time), not by Spark: no second scan of the whole dataset.
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    columns = ["topic", "partition", "offset", "processed_time", "event_time"]
+    offsets: dict[tuple[str, int], int] = {}
+    latest: dict[str, datetime | None] = {"processed_time": None, "event_time": None}
+    events = 0
+    for file in files:
+        table = pq.read_table(file, columns=columns, partitioning=None)
+        if table.num_rows == 0:
+            continue
+        events += table.num_rows
+        for r in table.group_by(["topic", "partition"]).aggregate([("offset", "max")]).to_pylist():
+            key = (r["topic"], r["partition"])
+            offsets[key] = max(offsets.get(key, r["offset_max"]), r["offset_max"])
+        for name, seen in latest.items():
+            top = pc.max(table[name]).as_py()
+            latest[name] = top if seen is None or top > seen else seen
     return {
-        "processed_time": iso_ms(max((r["processed_time"] for r in rows), default=None)),
-        "event_time": iso_ms(max((r["event_time"] for r in rows), default=None)),
-        "events": int(sum(r["events"] for r in rows)),
-        "offsets": {
-            f"{r['topic']}[{r['partition']}]": int(r["offset"])
-            for r in sorted(rows, key=lambda r: (r["topic"], r["partition"]))
-        },
+        "processed_time": iso_ms(latest["processed_time"]),
+        "event_time": iso_ms(latest["event_time"]),
+        "events": events,
+        "offsets": {f"{t}[{p}]": int(o) for (t, p), o in sorted(offsets.items())},
     }
 
 
@@ -117,8 +126,9 @@ def _carry_over(
     return views
 
 
-def _parameters(scan: MasterScan, spark: SparkSession, paths: dict[str, Path]) -> dict[str, int]:
-    """What the audit reconciles with, counted from the Parquet footers and the written history."""
+def _parameters(scan: MasterScan, paths: dict[str, Path]) -> dict[str, int]:
+    """What the audit reconciles with, counted from the Parquet footers and the written views."""
+    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     with_km = 0
@@ -132,10 +142,13 @@ def _parameters(scan: MasterScan, spark: SparkSession, paths: dict[str, Path]) -
             if nulls is None:  # no statistics: count the column itself
                 nulls = pq.ParquetFile(file).read_row_group(g, columns=["odometer_km"]).column(0).null_count
             with_km += rg.num_rows - nulls
-    scores = spark.read.parquet(str(paths["fraud_scores"]))
-    duplicates = int(scores.agg({"duplicates": "sum"}).collect()[0][0] or 0)
-    history = spark.read.parquet(str(paths["vehicle_history"]))
-    vehicles = history.select("vehicle").distinct().count()
+    scores = pq.read_table(paths["fraud_scores"], columns=["duplicates"])
+    duplicates = int(pc.sum(scores["duplicates"]).as_py() or 0)
+    # a vehicle is in one history file (range-partitioned): count per file, one file in memory at a time
+    vehicles = sum(
+        pc.count_distinct(pq.read_table(f, columns=["vehicle"])["vehicle"]).as_py()
+        for f in sorted(paths["vehicle_history"].glob("*.parquet"))
+    )
     return {
         "history_rows": scan.rows - duplicates,
         "mileage_rows_min": max(0, with_km - duplicates),
@@ -195,6 +208,8 @@ def run_batch(
             version = new_version(started, scan.fingerprint)
             record.version = record.run_id = version
             out = config.version_dir(version)
+            # GX takes seconds to import: let it load while Spark works
+            threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
             if spark is None:
                 spark = get_spark(config.spark_master, config.driver_memory, config.shuffle_partitions)
             record.spark_master = spark.sparkContext.master
@@ -202,27 +217,32 @@ def run_batch(
 
             master = read_master(spark, scan)
             stage(1, STAGES[1])
+            cores = spark.sparkContext.defaultParallelism
             incremental = since is not None and current is not None and not full
             touched = None
             if incremental:
                 touched = _touched(master, since)  # type: ignore[arg-type]
-                annotated = build.annotate(master.join(_broadcast(touched), "vehicle", "left_semi"), engine)
-            else:
-                annotated = build.annotate(master, engine)
-            annotated = annotated.persist(StorageLevel.MEMORY_AND_DISK)
+                master = master.join(_broadcast(touched), "vehicle", "left_semi")
+            partitions = build.partitions_for(scan.rows, cores)
+            annotated = build.annotate(master, partitions, engine).persist(StorageLevel.MEMORY_AND_DISK)
             views = _build(annotated, config.timely_lag_s)
             if incremental:
                 views = _carry_over(spark, config, views, current, touched)  # type: ignore[arg-type]
-            mark = watermark(master)
+            mark = watermark(scan.files)
             paths = {view: out / view for view in VIEWS}
             for i, view in enumerate(VIEWS):
                 stage(2 + i, f"write {view}")
-                rows = record.rows_in if view in ("vehicle_history", "mileage_timeline") else 10_000
-                build.write_view(views[view], paths[view], build.SORT_KEYS[view], rows)
+                spark.sparkContext.setJobDescription(f"pcc batch {version}: write {view}")
+                if incremental:  # fresh and carried-over rows: lay them out again
+                    files = partitions if view in ("vehicle_history", "mileage_timeline") else 1
+                    build.write_view(views[view], paths[view], files, build.SORT_KEYS[view])
+                else:  # already in vehicle ranges, sorted: no shuffle
+                    files = None if view in ("vehicle_history", "mileage_timeline") else 1
+                    build.write_view(views[view], paths[view], files)
             annotated.unpersist()
             stage(2 + len(VIEWS), "audit")
             record.rows_out = {view: _parquet_rows(path) for view, path in paths.items()}
-            params = _parameters(scan, spark, paths)
+            params = _parameters(scan, paths)
             audit = audit_views(paths, params, config.batch_dir / "audits" / version, spark)
             if len(scan.quarantined) > config.max_quarantined_files:
                 audit.success = False
@@ -263,6 +283,11 @@ def run_batch(
             if record.version and isinstance(exc, Exception) and not isinstance(exc, BatchError):
                 shutil.rmtree(config.version_dir(record.version), ignore_errors=True)
             raise
+
+
+def _preload_gx() -> None:
+    with contextlib.suppress(Exception):  # the audit reports a missing GX itself
+        require_gx()
 
 
 def _parquet_rows(path: Path) -> int:

@@ -4,15 +4,16 @@ The rules are pure functions in ``pipelines/rules/fraud.py``, shared with the
 speed layer.  :func:`pipelines.rules.fraud.assess_vehicle` runs
 ``check_event`` over a vehicle's whole history, then the batch-only rules
 (``rollback_before_sale``, ``gradual_clocking``) and ``fraud_score``; this
-module only turns master-dataset rows into the rules' ``EventFields`` and the
-result into a :class:`VehicleVerdict`.  It never re-implements a rule.
+module only turns the rules' result into a :class:`VehicleVerdict` (the
+rules' ``EventFields`` are built straight from Arrow columns in
+:mod:`batch.views.annotate`).  It never re-implements a rule.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -36,7 +37,9 @@ class VehicleVerdict:
 
 
 class RuleEngine(Protocol):
-    def evaluate(self, events: Sequence[dict[str, Any]]) -> VehicleVerdict: ...
+    def evaluate(
+        self, events: Sequence[Any], stream_flags: Mapping[str, Sequence[str]] | None = None
+    ) -> VehicleVerdict: ...
 
 
 def _jsonable(value: Any) -> Any:
@@ -50,21 +53,24 @@ def _jsonable(value: Any) -> Any:
 
 
 class PipelinesRuleEngine:
-    """Applies ``pipelines.rules.fraud.assess_vehicle`` to one vehicle's rows."""
+    """Applies ``pipelines.rules.fraud.assess_vehicle`` to one vehicle's events."""
 
     def __init__(self, fraud: Any) -> None:
         self.fraud = fraud
 
-    def evaluate(self, events: Sequence[dict[str, Any]]) -> VehicleVerdict:
-        """``events``: master rows with ``event_time`` in epoch milliseconds (UTC)."""
+    def evaluate(
+        self, events: Sequence[Any], stream_flags: Mapping[str, Sequence[str]] | None = None
+    ) -> VehicleVerdict:
+        """``events``: the rules' ``EventFields`` (see :func:`batch.views.annotate.event_fields`).
+
+        ``stream_flags``: event id -> flags the speed layer raised; only
+        :data:`STREAM_ONLY_FLAGS` are merged in.
+        """
         fraud = self.fraud
-        fields = [fraud.fields_from(e) for e in events]
         stream = {
-            e["event_id"]: [f for f in (e.get("flags") or ()) if f in STREAM_ONLY_FLAGS]
-            for e in events
-            if e.get("flags")
+            eid: [f for f in flags if f in STREAM_ONLY_FLAGS] for eid, flags in (stream_flags or {}).items()
         }
-        assessment = fraud.assess_vehicle(fields, stream_flags=stream)
+        assessment = fraud.assess_vehicle(events, stream_flags={k: v for k, v in stream.items() if v})
         order, flags, evidence = [], {}, {}
         by_flag: dict[str, list[str]] = {}
         for checked in assessment.checked:

@@ -52,6 +52,8 @@ def spark_conf(master: str, driver_memory: str = "2g", shuffle_partitions: int =
         "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MILLIS",
         "spark.sql.sources.partitionOverwriteMode": "static",
         "spark.sql.sources.partitionColumnTypeInference.enabled": "false",
+        # list the master's files on the driver: a parallel listing job costs seconds per run
+        "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.driver.bindAddress": "127.0.0.1",

@@ -1,24 +1,34 @@
-"""The one per-vehicle pass every batch view is built from.
+"""The one per-vehicle pass every batch view is built from, over Arrow data.
 
-``master.groupBy("vehicle").applyInPandas(annotate_vehicle, ANNOTATED_DDL)``
-gives each vehicle's whole history, sorted, to :func:`annotate_vehicle`,
-which drops replayed duplicates, applies the fraud rules of
-``pipelines.rules`` (through :mod:`batch.rules`), reconciles the odometer
-curve, and puts the vehicle's fraud verdict on its last row.  The four views
-are projections of this one cached result, so Spark's shuffle and the Python
-workers are paid once per run.
+Spark range-partitions the master dataset by vehicle and sorts each partition
+by vehicle; ``mapInArrow`` then streams each partition's Arrow batches to
+:func:`annotate_batches`, which cuts them into chunks of whole vehicles and
+hands each chunk to :func:`annotate_table`.  There, per vehicle: replayed
+duplicates (same ``event_id``) are dropped, the fraud rules of
+``pipelines.rules`` (through :mod:`batch.rules`) are applied to
+``EventFields`` built straight from the Arrow columns, the odometer curve is
+reconciled, and the vehicle's verdict goes on its last row.  Columns the rules
+do not read (payload, proof, ...) are never turned into Python objects: the
+chunk is reordered with ``Table.take`` and the new columns are appended.
+
+The four views are projections of this one cached result, so the shuffle and
+the Python workers are paid once per run.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from itertools import pairwise
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from batch.rules import RuleEngine, load_engine
+from batch.rules import STREAM_ONLY_FLAGS, RuleEngine, load_engine
 from batch.views.mileage import reconcile, source_kind
+from pipelines.rules.fraud import EventFields
 
 #: Columns the pass adds to the master dataset's.
 ADDED_DDL = (
@@ -26,110 +36,222 @@ ADDED_DDL = (
     "is_outlier boolean, outlier_reason string, "
     "v_score double, v_label string, v_reasons string, v_explanation string, v_duplicates int"
 )
-
-#: The rules' order (pipelines.rules.fraud.sort_key): event time, source, log position, id.
-_SORT = ["event_time", "source_id", "log_index", "event_id"]
-_RULE_COLUMNS = (
-    "event_id",
-    "event_type",
-    "source_id",
-    "log_index",
-    "odometer_km",
-    "lat",
-    "lon",
-    "verification",
+ADDED_SCHEMA = pa.schema(
+    [
+        ("seq", pa.int32()),
+        ("batch_flags", pa.list_(pa.string())),
+        ("flag_evidence", pa.string()),
+        ("source_kind", pa.string()),
+        ("reconciled_km", pa.int64()),
+        ("is_outlier", pa.bool_()),
+        ("outlier_reason", pa.string()),
+        ("v_score", pa.float64()),
+        ("v_label", pa.string()),
+        ("v_reasons", pa.string()),
+        ("v_explanation", pa.string()),
+        ("v_duplicates", pa.int32()),
+    ]
 )
 
-
-def annotated_ddl(master_ddl: str) -> str:
-    return f"{master_ddl}, {ADDED_DDL}"
-
-
-def epoch_ms(times: pd.Series) -> list[int]:
-    """Epoch milliseconds of a timestamp column, whatever its unit (Spark gives naive UTC ns)."""
-    if times.dt.tz is None:
-        times = times.dt.tz_localize("UTC")
-    return ((times - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)).astype("int64").tolist()
+#: A replay keeps its first accepted copy: the earliest processed, then the lowest offset.
+_FIRST_COPY = [("vehicle", "ascending"), ("event_id", "ascending"), ("processed_time", "ascending"), ("offset", "ascending")]  # fmt: skip
+#: The rules' order (pipelines.rules.fraud.sort_key): event time, source, log position, id.
+_RULE_ORDER = [("vehicle", "ascending"), ("event_time", "ascending"), ("source_id", "ascending"), ("log_index", "ascending"), ("event_id", "ascending")]  # fmt: skip
+#: Rows per chunk handed to :func:`annotate_table` (whole vehicles, so a chunk may be larger).
+CHUNK_ROWS = 50_000
 
 
-def _none(value: Any) -> Any:
-    return None if value is None or (isinstance(value, float) and value != value) else value
+def epoch_ms(times: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Epoch milliseconds of a timestamp column, whatever its unit."""
+    unit = times.type.unit
+    raw = times.cast(pa.int64()).to_numpy(zero_copy_only=False)
+    per_ms = {"s": None, "ms": 1, "us": 1_000, "ns": 1_000_000}[unit]
+    return raw * 1000 if per_ms is None else raw // per_ms
 
 
-def rule_inputs(pdf: pd.DataFrame) -> list[dict[str, Any]]:
-    """The rows as the rules read them (event time in epoch milliseconds)."""
-    times = epoch_ms(pdf["event_time"])
-    cols = {c: pdf[c].tolist() for c in _RULE_COLUMNS}
-    flags = [list(f) if f is not None and len(f) else [] for f in pdf["flags"]]
-    out = []
-    for i, t in enumerate(times):
-        row = {c: _none(cols[c][i]) for c in _RULE_COLUMNS}
-        row["event_time"] = int(t)
-        row["flags"] = flags[i]
-        out.append(row)
+def _runs(values: pa.ChunkedArray | pa.Array) -> list[int]:
+    """Start index of each run of equal values, plus the length (so ``starts[i]:starts[i+1]``)."""
+    n = len(values)
+    if n == 0:
+        return [0]
+    change = pc.not_equal(values.slice(1), values.slice(0, n - 1))
+    inner = (np.flatnonzero(change.to_numpy(zero_copy_only=False)) + 1).tolist()
+    return [0, *inner, n]
+
+
+def _deduplicated(table: pa.Table) -> tuple[pa.Table, dict[str, int]]:
+    """The table without replayed copies, and the number of copies dropped per vehicle."""
+    order = pc.sort_indices(table, sort_keys=_FIRST_COPY)
+    keys = table.select(["vehicle", "event_id"]).take(order)
+    n = keys.num_rows
+    if n < 2:
+        return table, {}
+    same_id = pc.equal(keys["event_id"].slice(1), keys["event_id"].slice(0, n - 1))
+    same_vehicle = pc.equal(keys["vehicle"].slice(1), keys["vehicle"].slice(0, n - 1))
+    repeat = np.flatnonzero(pc.and_(same_id, same_vehicle).to_numpy(zero_copy_only=False)) + 1
+    if len(repeat) == 0:
+        return table, {}
+    dropped = order.to_numpy()[repeat]
+    counts: dict[str, int] = {}
+    for v in keys["vehicle"].take(pa.array(repeat)).to_pylist():
+        counts[v] = counts.get(v, 0) + 1
+    keep = np.ones(table.num_rows, dtype=bool)
+    keep[dropped] = False
+    return table.filter(pa.array(keep)), counts
+
+
+def event_fields(table: pa.Table) -> list[EventFields]:
+    """The rules' ``EventFields`` of every row, built from whole columns (no dict per event)."""
+    odo = table["odometer_km"].to_pylist()
+    lat = table["lat"].to_pylist()
+    lon = table["lon"].to_pylist()
+    verified = pc.equal(table["verification"], "verified").to_pylist()
+    return [
+        EventFields(e, t, m, s, li, o, la, lo, bool(v))
+        for e, t, m, s, li, o, la, lo, v in zip(
+            table["event_id"].to_pylist(),
+            table["event_type"].to_pylist(),
+            epoch_ms(table["event_time"]).tolist(),
+            table["source_id"].to_pylist(),
+            table["log_index"].to_pylist(),
+            odo,
+            lat,
+            lon,
+            verified,
+            strict=True,
+        )
+    ]
+
+
+def _stream_flags(table: pa.Table) -> dict[str, list[str]]:
+    """event id -> stream-only flags, for the (few) rows whose ``flags`` are not empty."""
+    flagged = np.flatnonzero(pc.fill_null(pc.list_value_length(table["flags"]), 0).to_numpy() > 0)
+    if len(flagged) == 0:
+        return {}
+    idx = pa.array(flagged)
+    out = {}
+    for eid, flags in zip(
+        table["event_id"].take(idx).to_pylist(), table["flags"].take(idx).to_pylist(), strict=True
+    ):
+        keep = [f for f in flags or () if f in STREAM_ONLY_FLAGS]
+        if keep:
+            out[eid] = keep
     return out
 
 
-def annotate_vehicle(pdf: pd.DataFrame, engine: RuleEngine) -> pd.DataFrame:
-    """Annotate one vehicle's events (any order in, the rules' order out)."""
-    # a replayed event (same event_id) keeps its first accepted copy
-    pdf = pdf.sort_values(["event_id", "processed_time", "offset"], kind="stable")
-    deduped = pdf.drop_duplicates("event_id", keep="first")
-    duplicates = len(pdf) - len(deduped)
-    pdf = deduped.sort_values(_SORT, kind="stable").reset_index(drop=True)
-    n = len(pdf)
-    verdict = engine.evaluate(rule_inputs(pdf))
-    ids = pdf["event_id"].tolist()
-    if verdict.order != ids:  # follow the rules' own order if it differs
-        pdf = pdf.set_index("event_id", drop=False).loc[verdict.order].reset_index(drop=True)
-        ids = verdict.order
-
-    pdf["seq"] = range(1, n + 1)
-    pdf["batch_flags"] = [verdict.event_flags.get(e, []) for e in ids]
-    pdf["flag_evidence"] = [verdict.event_evidence.get(e) for e in ids]
-    pdf["source_kind"] = [source_kind(s) for s in pdf["source_id"]]
-
-    reconciled: list[Any] = [None] * n
-    reasons: list[Any] = [None] * n
-    has_km = pdf["odometer_km"].notna().to_numpy()
-    idx = [i for i in range(n) if has_km[i]]
-    if idx:
-        times = epoch_ms(pdf["event_time"].iloc[idx])
-        km = [int(k) for k in pdf["odometer_km"].iloc[idx]]
-        weights = [float(q) for q in pdf["quality"].iloc[idx]]
-        result = reconcile(times, km, weights, [ids[i] for i in idx])
-        for j, i in enumerate(idx):
-            reconciled[i] = result.reconciled_km[j]
-            reasons[i] = result.outlier_reason[j]
-    pdf["reconciled_km"] = pd.array(reconciled, dtype="Int64")
-    pdf["is_outlier"] = [None if not has_km[i] else reasons[i] is not None for i in range(n)]
-    pdf["outlier_reason"] = reasons
-
-    last = [i == n - 1 for i in range(n)]
-    pdf["v_score"] = [verdict.score if x else None for x in last]
-    pdf["v_label"] = [verdict.label if x else None for x in last]
-    pdf["v_reasons"] = [
-        json.dumps([{"flag": f, "evidence": ev} for f, ev in verdict.reasons]) if x else None for x in last
+def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:
+    """Annotate whole vehicles (any row order in; vehicle then the rules' order out)."""
+    table, duplicates = _deduplicated(table)
+    table = table.take(pc.sort_indices(table, sort_keys=_RULE_ORDER))
+    n = table.num_rows
+    fields = event_fields(table)
+    stream = _stream_flags(table)
+    vehicles = table["vehicle"]
+    starts = _runs(vehicles)
+    km_valid = pc.is_valid(table["odometer_km"]).to_numpy(zero_copy_only=False)
+    quality = table["quality"].to_pylist()
+    kinds: dict[str, str] = {}
+    source_kinds = [
+        kinds.get(s) or kinds.setdefault(s, source_kind(s)) for s in table["source_id"].to_pylist()
     ]
-    pdf["v_explanation"] = [json.dumps(verdict.explanation) if x else None for x in last]
-    pdf["v_duplicates"] = pd.array([duplicates if x else None for x in last], dtype="Int32")
-    return pdf
+
+    order = np.arange(n)
+    seq: list[int] = [0] * n
+    batch_flags: list[list[str]] = [[]] * n
+    evidence: list[str | None] = [None] * n
+    reconciled: list[int | None] = [None] * n
+    is_outlier: list[bool | None] = [None] * n
+    reasons: list[str | None] = [None] * n
+    v_score: list[float | None] = [None] * n
+    v_label: list[str | None] = [None] * n
+    v_reasons: list[str | None] = [None] * n
+    v_explanation: list[str | None] = [None] * n
+    v_duplicates: list[int | None] = [None] * n
+    for a, b in pairwise(starts):
+        chunk = fields[a:b]
+        ids = [f.event_id for f in chunk]
+        verdict = engine.evaluate(chunk, {e: stream[e] for e in ids if e in stream} if stream else None)
+        if verdict.order != ids:  # follow the rules' own order if it differs
+            pos = {e: i for i, e in enumerate(ids)}
+            perm = [pos[e] for e in verdict.order]
+            order[a:b] = order[a:b][perm]
+            chunk = [chunk[i] for i in perm]
+            ids = verdict.order
+        rows = order[a:b].tolist()
+        for k, eid in enumerate(ids):
+            i = a + k  # output position
+            seq[i] = k + 1
+            batch_flags[i] = verdict.event_flags.get(eid, [])
+            evidence[i] = verdict.event_evidence.get(eid)
+        with_km = [k for k, row in enumerate(rows) if km_valid[row]]
+        if with_km:
+            result = reconcile(
+                [chunk[k].event_time_ms for k in with_km],
+                [chunk[k].odometer_km for k in with_km],  # type: ignore[misc]
+                [float(quality[rows[k]]) for k in with_km],
+                [ids[k] for k in with_km],
+            )
+            for j, k in enumerate(with_km):
+                reconciled[a + k] = result.reconciled_km[j]
+                reasons[a + k] = result.outlier_reason[j]
+                is_outlier[a + k] = result.outlier_reason[j] is not None
+        last = b - 1
+        v_score[last] = verdict.score
+        v_label[last] = verdict.label
+        v_reasons[last] = json.dumps([{"flag": f, "evidence": ev} for f, ev in verdict.reasons])
+        v_explanation[last] = json.dumps(verdict.explanation)
+        v_duplicates[last] = duplicates.get(vehicles[a].as_py(), 0) if duplicates else 0
+    if not np.array_equal(order, np.arange(n)):
+        table = table.take(pa.array(order))
+        source_kinds = [source_kinds[i] for i in order.tolist()]
+    added = [seq, batch_flags, evidence, source_kinds, reconciled, is_outlier, reasons]
+    added += [v_score, v_label, v_reasons, v_explanation, v_duplicates]
+    for f, values in zip(ADDED_SCHEMA, added, strict=True):
+        table = table.append_column(f, pa.array(values, type=f.type))
+    return table
 
 
-def make_annotator(engine_name: str | None = None) -> Any:
-    """The function given to ``applyInPandas``; loads the rule engine once per Python worker."""
+def annotate_batches(
+    batches: Iterable[pa.RecordBatch], engine: RuleEngine, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """Annotate a stream of batches sorted (at least clustered) by vehicle, whole vehicles at a time."""
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows < chunk_rows:
+            continue
+        table = pa.Table.from_batches(pending)
+        vehicles = table["vehicle"]
+        # the last vehicle may go on in the next batch: keep its rows for the next chunk
+        cut = _runs(vehicles)[-2]
+        if cut == 0:
+            continue  # one vehicle so far: wait for more
+        yield from annotate_table(table.slice(0, cut), engine).to_batches()
+        rest = table.slice(cut)
+        pending, rows = rest.to_batches(), rest.num_rows
+    if pending:
+        yield from annotate_table(pa.Table.from_batches(pending), engine).to_batches()
+
+
+def make_annotator(
+    engine_name: str | None = None,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The function given to ``mapInArrow``; loads the rule engine once per Python worker."""
     cache: dict[str, RuleEngine] = {}
 
-    def _apply(pdf: pd.DataFrame) -> pd.DataFrame:
+    def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         engine = cache.get("engine")
         if engine is None:
             engine = cache["engine"] = load_engine(engine_name)
-        return annotate_vehicle(pdf, engine)
+        yield from annotate_batches(batches, engine)
 
     return _apply
 
 
-def iter_vehicles(pdf: pd.DataFrame) -> Iterator[pd.DataFrame]:
-    """Split a local frame by vehicle (for running the pass without Spark, e.g. in a reference)."""
-    for _, group in pdf.groupby("vehicle", sort=True):
-        yield group
+def annotate_vehicle(pdf: pd.DataFrame, engine: RuleEngine) -> pd.DataFrame:
+    """Annotate one vehicle's events given as a pandas frame (tests, notebooks; no Spark)."""
+    return annotate_table(pa.Table.from_pandas(pdf, preserve_index=False), engine).to_pandas()

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batch.master import spark_master_schema
 from batch.views.annotate import ADDED_DDL, make_annotator
 from pipelines.dataset import MASTER_COLUMNS
 
@@ -16,12 +15,19 @@ ROWS_PER_FILE = 2_000_000
 REASONS_DDL = "array<struct<flag: string, evidence: array<string>>>"
 
 
-def annotate(master: DataFrame, engine_name: str | None = None) -> DataFrame:
-    """Run the per-vehicle pass (rules, reconciliation, verdict) over the whole master dataset."""
+def annotate(master: DataFrame, partitions: int, engine_name: str | None = None) -> DataFrame:
+    """Run the per-vehicle pass (rules, reconciliation, verdict) over the whole master dataset.
+
+    One shuffle: ``partitions`` vehicle ranges, each sorted by vehicle and
+    streamed through the Python pass in Arrow batches.  The result keeps that
+    layout (a vehicle range per partition, rows by vehicle then ``seq``), so
+    the views are written without another shuffle.
+    """
     from pyspark.sql.types import StructType
 
-    schema = StructType(spark_master_schema().fields + StructType.fromDDL(ADDED_DDL).fields)
-    return master.groupBy("vehicle").applyInPandas(make_annotator(engine_name), schema)
+    schema = StructType(master.schema.fields + StructType.fromDDL(ADDED_DDL).fields)
+    clustered = master.repartitionByRange(partitions, "vehicle").sortWithinPartitions("vehicle")
+    return clustered.mapInArrow(make_annotator(engine_name), schema)
 
 
 def vehicle_history(annotated: DataFrame) -> DataFrame:
@@ -88,17 +94,32 @@ def source_reputation(history: DataFrame, timely_lag_s: int) -> DataFrame:
         F.min("event_time").alias("first_event_time"),
         F.max("event_time").alias("last_event_time"),
     )
-    return out.withColumn(
-        "reputation", (F.col("verified_share") + F.col("consistent_share") + F.col("timely_share")) / 3.0
-    )
+    reputation = (F.col("verified_share") + F.col("consistent_share") + F.col("timely_share")) / 3.0
+    # a few thousand producers at most: one file, sorted
+    return out.withColumn("reputation", reputation).coalesce(1).sortWithinPartitions("source_id")
 
 
-def write_view(df: DataFrame, path: Path, sort: list[str], rows: int) -> None:
-    """Write a view as Parquet, range-partitioned and sorted so a vehicle (or source) is a fast lookup."""
-    files = max(1, -(-rows // ROWS_PER_FILE))
-    df.repartitionByRange(files, sort[0]).sortWithinPartitions(*sort).write.mode("errorifexists").parquet(
-        str(path)
-    )
+def partitions_for(rows: int, cores: int) -> int:
+    """How many vehicle ranges (history files) a run uses: a multiple of the cores, about
+    :data:`ROWS_PER_FILE` rows each, at least two per core so a slow range does not idle a core."""
+    per_core = max(2, -(-rows // (ROWS_PER_FILE * max(1, cores))))
+    return max(1, cores) * per_core
+
+
+def write_view(df: DataFrame, path: Path, files: int | None = None, sort: list[str] | None = None) -> None:
+    """Write a view as Parquet, range-partitioned and sorted on its key.
+
+    By default the frame already has that layout (the pass's vehicle ranges)
+    and is written as is, one file per partition, or coalesced to ``files``
+    (neighbouring ranges merged, so the order holds).  With ``sort`` (e.g. a
+    union of fresh and carried-over rows) it is range-partitioned into
+    ``files`` and sorted first.
+    """
+    if sort is not None:
+        df = df.repartitionByRange(files or 1, sort[0]).sortWithinPartitions(*sort)
+    elif files is not None:
+        df = df.coalesce(files)
+    df.write.mode("errorifexists").parquet(str(path))
 
 
 #: Each view's sort key (the first column is its range-partitioning key).

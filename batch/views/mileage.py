@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 
@@ -72,6 +73,9 @@ def heaviest_monotone_chain(values: list[int], weights: list[float]) -> list[int
 def reconcile(times_ms: list[int], km: list[int], weights: list[float], event_ids: list[str]) -> Reconciled:
     """Reconcile readings sorted by time; see the module docstring."""
     n = len(km)
+    if all(a <= b for a, b in pairwise(km)) and all(a < b for a, b in pairwise(times_ms)):
+        # the common case: already one non-decreasing chain, nothing to explain or interpolate
+        return Reconciled(list(km), [None] * n)
     kept = heaviest_monotone_chain(km, [max(w, 1e-6) for w in weights])
     kept_set = set(kept)
     kept_t = [times_ms[i] for i in kept]
