@@ -98,6 +98,7 @@ class ServingSettings(_Section):
     refresh_s: float = 0.25  # how often new real-time segments and batch versions are picked up
     quality_weight_bps: int = 0  # 0: flat price per row; 10000: price proportional to the quality index
     settle_every_s: float = 30.0  # how often pending receipts are settled on the Marketplace
+    gdpr_operators: tuple[str, ...] = ()  # accounts acting for authenticated owners (grants, GDPR)
 
 
 class Settings(BaseSettings):

@@ -5,7 +5,9 @@ sandbox and metering (:mod:`serving.query`), signed requests
 (:mod:`serving.auth`), receipts and settlement.  OpenAPI at ``/docs``.
 
 Endpoints: ``POST /v1/query``, ``POST /v1/quote``, ``GET /v1/catalog``,
-``GET /v1/receipts``, ``GET /v1/proof/{event_id}``, ``GET /v1/health``.
+``GET /v1/receipts``, ``GET /v1/proof/{event_id}``, ``GET /v1/health``; with an
+access service, the owner endpoints of :mod:`serving.access`
+(``/v1/owner/grants``, ``/v1/owner/revoke``, ``/v1/gdpr/export``, ``/v1/gdpr/erase``).
 
 Signed endpoints check the signature over the raw body first (401), then
 parse it (400 naming what is wrong): an unsigned request learns nothing about
@@ -31,6 +33,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field, ValidationError
 
+from pipelines.access import AccessService, parse_public_key
+from pipelines.errors import PccError
+from serving.access import (
+    ARROW_METADATA_KEY,
+    HEADER_WRAPPED,
+    AccessError,
+    WrappedKeys,
+    encode_wrapped,
+    install_access_errors,
+    owner_router,
+    wrapped_keys_for,
+)
 from serving.auth import Authenticator, Consumer
 from serving.config import ServingConfig
 from serving.errors import MalformedRequestError, PaymentRequiredError, ServingError, http_status
@@ -51,6 +65,11 @@ class QueryRequest(BaseModel):
         description="One SELECT over the serving views.", examples=["SELECT count(*) FROM vehicle_history"]
     )
     format: Literal["json", "csv", "arrow"] = Field("json", description="Result encoding.")
+    grant_key: str | None = Field(
+        None,
+        description="The consumer's X25519 public key (64 hex): the answer also carries the data keys "
+        "its grants allow, wrapped to it, to open protected fields client-side.",
+    )
 
 
 class QuoteRequest(BaseModel):
@@ -118,7 +137,19 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def encode_result(table: pa.Table, fmt: str, headers: dict[str, str], receipt: dict[str, Any]) -> Response:
+def encode_result(
+    table: pa.Table,
+    fmt: str,
+    headers: dict[str, str],
+    receipt: dict[str, Any],
+    wrapped: WrappedKeys | None = None,
+) -> Response:
+    if wrapped is not None and fmt == "arrow":
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), ARROW_METADATA_KEY: encode_wrapped(wrapped).encode()}
+        )
+    elif wrapped is not None and fmt == "csv":
+        headers = {**headers, HEADER_WRAPPED: encode_wrapped(wrapped)}
     if fmt == "arrow":
         sink = io.BytesIO()
         with pa.ipc.new_stream(sink, table.schema) as writer:
@@ -137,7 +168,13 @@ def encode_result(table: pa.Table, fmt: str, headers: dict[str, str], receipt: d
         "rows": rows,
         "receipt": receipt,
     }
-    return Response(orjson.dumps(body, default=_json_default), media_type="application/json", headers=headers)
+    if wrapped is not None:
+        body["wrapped_keys"] = wrapped
+    return Response(
+        orjson.dumps(body, default=_json_default, option=orjson.OPT_NON_STR_KEYS),
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 def create_app(
@@ -146,11 +183,14 @@ def create_app(
     store: ServingStore | None = None,
     background: bool = True,
     audit_paths: AuditPaths | None = None,
+    access: AccessService | None = None,
 ) -> FastAPI:
     """The serving API over ``config.data_dir``, billed through ``billing``.
 
     ``audit_paths`` finds an event's audit path for ``GET /v1/proof`` when the
     dataset carries none (e.g. :class:`serving.passport.LeafFilePaths`).
+    ``access`` (the identity vault and grant store) releases wrapped data keys
+    to grantees and serves the owner endpoints; without it answers stay sealed.
     """
     store = store or ServingStore(config)
     store.refresh()
@@ -186,6 +226,8 @@ def create_app(
         settler,
     )
 
+    install_access_errors(app)
+
     @app.exception_handler(ServingError)
     async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
         return JSONResponse(exc.detail(), status_code=http_status(exc))
@@ -213,18 +255,32 @@ def create_app(
     async def query(request: Request) -> Response:
         consumer = await consumer_of(request)
         body = parse_body(QueryRequest, await request.body())
+        if body.grant_key is not None:
+            try:
+                parse_public_key(body.grant_key)
+            except PccError as exc:
+                raise MalformedRequestError(f"grant_key: {exc.message}") from None
         issued: dict[str, Any] = {}
 
         def before_return(quote: Quote) -> None:
             issued.update(charge(consumer, body.sql, quote))
 
         result = await run_in_threadpool(runner.run, body.sql, before_return)
+        wrapped: WrappedKeys | None = None
+        if body.grant_key is not None:
+            if access is None:
+                raise MalformedRequestError("grant_key: this service has no access service (identity vault)")
+            grant_key = body.grant_key
+            try:
+                wrapped = await run_in_threadpool(wrapped_keys_for, access, grant_key, result.table)
+            except PccError as exc:
+                raise AccessError(exc) from None
         headers = {
             "X-PCC-Receipt": str(issued["receipt_no"]),
             "X-PCC-Price-Cents": str(issued["amount_cents"]),
             "X-PCC-Batch-Version": str(result.version or ""),
         }
-        return encode_result(result.table, body.format, headers, issued)
+        return encode_result(result.table, body.format, headers, issued, wrapped)
 
     @app.post(
         "/v1/quote",
@@ -267,7 +323,9 @@ def create_app(
         consumer = await consumer_of(request)
         return {"consumer": consumer.account, "receipts": receipts.for_consumer(consumer.account, limit)}
 
-    app.include_router(proof_router(store, audit_paths))
+    app.include_router(proof_router(store, audit_paths, config.master_dir))
+    if access is not None:
+        app.include_router(owner_router(config, store, access, consumer_of, parse_body))
 
     @app.get("/v1/health", summary="Liveness and the published batch version")
     async def health() -> dict[str, Any]:

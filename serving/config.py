@@ -24,6 +24,13 @@ class ServingConfig:
     quality_weight_bps: int = 0
     settle_every_s: float = 30.0
     signing_key: str | None = None  # hex private key that signs receipts
+    master_root: Path | None = None  # the master dataset (audit paths, GDPR); default data_dir/master
+    #: accounts allowed to act for an owner they authenticated (grant, revoke, export, erase)
+    gdpr_operators: tuple[str, ...] = ()
+
+    @property
+    def master_dir(self) -> Path:
+        return self.master_root or self.data_dir / "master"
 
     @property
     def realtime_dir(self) -> Path:
@@ -54,4 +61,6 @@ class ServingConfig:
             quality_weight_bps=s.quality_weight_bps,
             settle_every_s=s.settle_every_s,
             signing_key=s.signing_key.get_secret_value() if s.signing_key else None,
+            master_root=settings.batch.master_dataset,
+            gdpr_operators=tuple(a.lower() for a in s.gdpr_operators),
         )

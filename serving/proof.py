@@ -2,9 +2,12 @@
 
 The proof of an event is what its row carries (``leaf_hash``, ``log_index``,
 ``tree_size``, ``root``, ``source_id``) plus the audit path from the leaf to
-that root: the dataset's ``path`` column when the master schema has one, else
-an :class:`~serving.passport.AuditPaths` lookup (e.g. the producer's
-``leaves.bin``), else none ("no path": the anchor can still be checked).
+that root: the row's ``proof_path`` (the path the producer published with the
+event, kept by the speed layer), else the master dataset's ``proof_path`` for
+that event (DuckDB over the Parquet partition of its event date: batch views
+may not carry the column), else an :class:`~serving.passport.AuditPaths`
+lookup (the producer's own ``leaves.bin``, only on a producer's machine), else
+none ("no path": the anchor can still be checked).
 
 :func:`check_proof` is what a consumer runs: the root the chain anchored for
 ``(source_id, tree_size)`` (``ledger.client``'s ``AnchorsApi.root_at``) must be
@@ -15,8 +18,11 @@ the proof's root, and the audit path must lead from the leaf hash to it
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import duckdb
 from fastapi import APIRouter
 
 from pipelines import merkle
@@ -34,17 +40,43 @@ def _hex(value: Any) -> str:
     return text[2:] if text.startswith("0x") else text
 
 
-def find_proof(store: ServingStore, event_id: str, paths: AuditPaths | None = None) -> dict[str, Any]:
+def master_path(master_dir: Path, event_id: str, event_time: Any) -> list[str] | None:
+    """The audit path the master dataset holds for an event (read from its event date's partition)."""
+    if isinstance(event_time, datetime):
+        utc = event_time.astimezone(UTC) if event_time.tzinfo else event_time
+        partitions = [master_dir / f"event_date={utc.strftime('%Y-%m-%d')}"]
+    else:
+        partitions = sorted(master_dir.glob("event_date=*"))
+    files = [str(f) for d in partitions if d.is_dir() for f in sorted(d.glob("*.parquet"))]
+    if not files:
+        return None
+    con = duckdb.connect()
+    try:
+        rows = con.execute(
+            "SELECT proof_path FROM read_parquet(?, union_by_name = true) "
+            "WHERE event_id = ? AND proof_path IS NOT NULL LIMIT 1",
+            [files, event_id],
+        ).fetchall()
+    except duckdb.BinderException:
+        return None  # files written before the master schema had proof_path
+    finally:
+        con.close()
+    return [str(h) for h in rows[0][0]] if rows else None
+
+
+def find_proof(
+    store: ServingStore, event_id: str, paths: AuditPaths | None = None, master_dir: Path | None = None
+) -> dict[str, Any]:
     """The proof of one event as the serving views hold it; raises :class:`EventNotFoundError`."""
     columns = {c for c, _ in store.columns().get("vehicle_history", [])}
-    select = ", ".join(_FIELDS) + (", path" if "path" in columns else "")
+    select = ", ".join(_FIELDS) + ", event_time" + (", proof_path" if "proof_path" in columns else "")
     with store.pin() as (cur, _version):
         rows = cur.execute(
             f"SELECT {select} FROM vehicle_history WHERE event_id = ? LIMIT 1", [event_id]
         ).fetchall()
     if not rows:
         raise EventNotFoundError(f"no event {event_id!r} in the serving views")
-    row = dict(zip([*_FIELDS, "path"], rows[0], strict=False))
+    row = dict(zip([*_FIELDS, "event_time", "proof_path"], rows[0], strict=False))
     proof: dict[str, Any] = {
         "event_id": str(row["event_id"]),
         "source_id": str(row["source_id"]),
@@ -55,8 +87,10 @@ def find_proof(store: ServingStore, event_id: str, paths: AuditPaths | None = No
         "path": None,
         "path_from": None,
     }
-    if row.get("path") is not None:
-        proof["path"], proof["path_from"] = [_hex(h) for h in row["path"]], "dataset"
+    if row.get("proof_path") is not None:
+        proof["path"], proof["path_from"] = [_hex(h) for h in row["proof_path"]], "dataset"
+    elif master_dir is not None and (found_hex := master_path(master_dir, event_id, row["event_time"])):
+        proof["path"], proof["path_from"] = found_hex, "master_dataset"
     elif paths is not None:
         found = paths.audit_path(proof["source_id"], proof["log_index"], proof["tree_size"])
         if found is not None:
@@ -64,14 +98,16 @@ def find_proof(store: ServingStore, event_id: str, paths: AuditPaths | None = No
     return proof
 
 
-def proof_router(store: ServingStore, paths: AuditPaths | None = None) -> APIRouter:
+def proof_router(
+    store: ServingStore, paths: AuditPaths | None = None, master_dir: Path | None = None
+) -> APIRouter:
     router = APIRouter()
 
     @router.get(
         "/v1/proof/{event_id}", summary="An event's leaf hash, log position, anchored root and audit path"
     )
     def proof(event_id: str) -> dict[str, Any]:
-        return find_proof(store, event_id, paths)
+        return find_proof(store, event_id, paths, master_dir)
 
     return router
 

@@ -139,6 +139,10 @@ class GranteeKeys:
             for epoch, token in by_epoch.items():
                 self.add(category, int(epoch), token)
 
+    def has(self, category: str, epoch: int) -> bool:
+        """Whether the key of this category and epoch was received."""
+        return (category, epoch) in self._data
+
     def __call__(self, category: str, epoch: int) -> bytes:
         key = self._data.get((category, epoch))
         if key is None:

@@ -148,8 +148,20 @@ def envelope_of(row: Mapping[str, Any]) -> dict[str, Any]:
         raise PccValueError(f"event {row.get('event_id')}: payload is not a JSON object ({exc})") from None
 
 
+def _sealed(row: Mapping[str, Any]) -> bool:
+    """Whether the row's payload has sealed (protected) fields: only a grantee can re-hash it."""
+    from pipelines.access import needed_keys
+
+    try:
+        payload = row["payload"]
+        payload = json.loads(payload) if isinstance(payload, str | bytes) else payload
+        return bool(needed_keys(str(row["event_type"]), int(row["schema_version"]), payload))
+    except (PccError, KeyError, ValueError, TypeError):
+        return False
+
+
 def _row_path(row: Mapping[str, Any]) -> list[bytes] | None:
-    path = row.get("path")
+    path = row.get("proof_path", row.get("path"))
     if path is None:
         return None
     if isinstance(path, str):
@@ -164,6 +176,17 @@ def verify_event(row: Mapping[str, Any], roots: RootLookup, paths: AuditPaths | 
     stored_leaf = str(row["leaf_hash"])
     result = Verification(event_id, "verified", source_id, log_index, tree_size, stored_leaf, None)
 
+    if _sealed(row):
+        result.checks.append(
+            Check(
+                "content",
+                None,
+                "protected fields are sealed: the logged leaf commits to the plaintext, "
+                "which only a grantee can re-hash (pipelines.access.verify_opened_row)",
+            )
+        )
+        leaf = bytes.fromhex(stored_leaf)
+        return _anchor_and_path(result, row, roots, paths, leaf)
     try:
         leaf = canonical.leaf_hash(envelope_of(row))
     except PccValueError as exc:
@@ -181,7 +204,13 @@ def verify_event(row: Mapping[str, Any], roots: RootLookup, paths: AuditPaths | 
         result.status = "tampered"
         return result
     result.checks.append(Check("content", True, f"the stored event hashes to its logged leaf {stored_leaf}"))
+    return _anchor_and_path(result, row, roots, paths, leaf)
 
+
+def _anchor_and_path(
+    result: Verification, row: Mapping[str, Any], roots: RootLookup, paths: AuditPaths | None, leaf: bytes
+) -> Verification:
+    source_id, log_index, tree_size = result.source_id, result.log_index, result.tree_size
     try:
         anchored = roots.root_at(source_id, tree_size)
     except PccError as exc:

@@ -1,0 +1,281 @@
+"""Protected fields in answers, and the owner's endpoints (grants, GDPR) — see docs/access.md.
+
+Rows leave the service as stored: protected payload fields are ``enc:v1``
+tokens.  A consumer who sends its X25519 public key (``grant_key`` in the
+signed query body) also gets, for the rows of the answer, the data keys its
+grants allow, wrapped to that key (HPKE): ``{vehicle: {category: {epoch:
+"wk:v1:…"}}}``.  It opens the tokens on its side (:func:`open_rows`, used by
+:class:`serving.client.PccClient` and ``pcc query --grant-key``); the service
+never holds an opened answer.  To be opened a row needs the columns
+``vehicle``, ``event_id``, ``event_type``, ``schema_version`` and ``payload``.
+
+Owner endpoints (signed by an account of ``serving.gdpr_operators``: the
+operator acting for an owner it authenticated) grant and revoke a protected
+category of a vehicle, export what is held about it, and erase it everywhere
+(grant store, key caches, this engine's rows, the master dataset and the
+real-time view, then the vault).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Any
+
+import orjson
+import pyarrow as pa
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from pipelines.access import (
+    AccessDenied,
+    AccessService,
+    ConsumerKeyPair,
+    GranteeKeys,
+    ParquetRows,
+    TamperedCiphertext,
+    check_sealed,
+    erase_vehicle,
+    export_subject,
+    needed_keys,
+    open_payload,
+    parse_public_key,
+    row_aad,
+)
+from pipelines.errors import PccError, PccNotFoundError, PccPermissionError, PccValueError
+from serving.auth import Consumer
+from serving.config import ServingConfig
+from serving.views import ServingStore
+
+#: ``{vehicle: {category: {epoch: "wk:v1:…"}}}`` (epochs as strings in JSON)
+WrappedKeys = dict[str, dict[str, dict[int, str]]]
+OPEN_COLUMNS = ("vehicle", "event_id", "event_type", "schema_version", "payload")
+ARROW_METADATA_KEY = b"pcc.wrapped_keys"
+HEADER_WRAPPED = "X-PCC-Wrapped-Keys"
+
+
+def _loads(payload: Any) -> dict[str, Any] | None:
+    try:
+        value = orjson.loads(payload) if isinstance(payload, str | bytes) else payload
+    except orjson.JSONDecodeError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def needed_by_vehicle(table: pa.Table) -> dict[str, set[tuple[str, int]]]:
+    """The (category, epoch) keys each vehicle's rows of an answer need to be opened."""
+    if any(c not in table.column_names for c in OPEN_COLUMNS):
+        return {}
+    out: dict[str, set[tuple[str, int]]] = {}
+    cols = [table.column(c).to_pylist() for c in ("vehicle", "event_type", "schema_version", "payload")]
+    for vehicle, event_type, version, payload in zip(*cols, strict=True):
+        sealed = _loads(payload)
+        if vehicle is None or event_type is None or sealed is None:
+            continue
+        try:
+            keys = needed_keys(str(event_type), int(version), sealed)
+        except PccError:
+            continue  # a row that is not a sealed event row: nothing to wrap
+        if keys:
+            out.setdefault(str(vehicle), set()).update(keys)
+    return out
+
+
+def wrapped_keys_for(service: AccessService, grant_key: str, table: pa.Table) -> WrappedKeys:
+    """The keys the consumer's grants allow for this answer; refused ones are left out (and logged)."""
+    grantee = parse_public_key(grant_key)
+    out: WrappedKeys = {}
+    for vehicle, needed in sorted(needed_by_vehicle(table).items()):
+        try:
+            wrapped = service.wrapped_keys(grantee, vehicle, needed, strict=False)
+        except PccNotFoundError:
+            continue  # an erased vehicle: its rows stay sealed
+        if wrapped:
+            out[vehicle] = wrapped
+    return out
+
+
+def encode_wrapped(wrapped: WrappedKeys) -> str:
+    return orjson.dumps(wrapped, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def decode_wrapped(text: str | bytes | None) -> WrappedKeys:
+    if not text:
+        return {}
+    doc = orjson.loads(text)
+    return {
+        v: {c: {int(e): str(w) for e, w in by_epoch.items()} for c, by_epoch in cats.items()}
+        for v, cats in doc.items()
+    }
+
+
+def open_rows(
+    rows: Iterable[dict[str, Any]], keys: ConsumerKeyPair, wrapped: WrappedKeys
+) -> list[dict[str, Any]]:
+    """The consumer side: rows with every protected field it holds keys for opened (the rest sealed).
+
+    ``payload`` becomes the (partly) opened object.  A token that does not
+    authenticate raises :class:`TamperedCiphertext`.
+    """
+    rings: dict[str, GranteeKeys] = {}
+    for vehicle, by_category in wrapped.items():
+        ring = rings[vehicle] = GranteeKeys(keys, vehicle)
+        ring.add_all(by_category)
+    out = []
+    for row in rows:
+        row = dict(row)
+        sealed = _loads(row.get("payload"))
+        ring = rings.get(str(row.get("vehicle")))
+        if sealed is not None and ring is not None and all(row.get(c) is not None for c in OPEN_COLUMNS):
+            event_type, version = str(row["event_type"]), int(row["schema_version"])
+            needed = needed_keys(event_type, version, sealed)
+            held = {c for c, _ in needed if all(ring.has(c2, e) for c2, e in needed if c2 == c)}
+            row["payload"] = open_payload(
+                event_type, version, sealed, ring, row_aad(str(row["vehicle"]), str(row["event_id"])),
+                categories=held,
+            )  # fmt: skip
+        elif sealed is not None:
+            row["payload"] = sealed
+        out.append(row)
+    return out
+
+
+class ServingRows:
+    """This engine's rows of a vehicle (batch versions + real time), as an erasure check: all sealed."""
+
+    name = "serving engine"
+
+    def __init__(self, store: ServingStore) -> None:
+        self.store = store
+
+    def erase_vehicle(self, vehicle: str) -> int:
+        cols = {c for c, _ in self.store.columns().get("vehicle_history", [])}
+        select = ", ".join(c for c in ("event_type", "schema_version", "payload", "lat", "lon") if c in cols)
+        with self.store.pin() as (cur, _):
+            table = cur.execute(f"SELECT {select} FROM vehicle_history WHERE vehicle = ?", [vehicle]).arrow()
+        return check_sealed(table.to_pylist(), self.name, vehicle)
+
+
+# ------------------------------------------------------------------------ owner endpoints
+
+
+class GrantRequest(BaseModel):
+    vehicle: str = Field(description="The vehicle pseudonym v-…")
+    category: str = Field(description="A protected category: owner_identity, precise_location, commercial.")
+    grantee: str = Field(description="The consumer's X25519 public key, 64 hex.")
+    expiry_s: int = Field(0, description="Unix seconds the grant ends (grant only).")
+
+
+class SubjectRequest(BaseModel):
+    vin: str | None = Field(None, description="The vehicle's VIN.")
+    vehicle: str | None = Field(None, description="Or its pseudonym v-….")
+
+
+def access_status(exc: PccError) -> int:
+    if isinstance(exc, TamperedCiphertext):
+        return 422
+    if isinstance(exc, AccessDenied | PccPermissionError):
+        return 403
+    if isinstance(exc, PccNotFoundError):
+        return 404
+    if isinstance(exc, PccValueError):
+        return 400
+    return 409
+
+
+class AccessError(PccError):
+    """An access-control refusal on its way to an HTTP answer (status from :func:`access_status`)."""
+
+    def __init__(self, cause: PccError) -> None:
+        super().__init__(cause.message)
+        self.status = access_status(cause)
+        self.kind = type(cause).__name__
+
+
+def install_access_errors(app: FastAPI) -> None:
+    @app.exception_handler(AccessError)
+    async def _access_error(_: Request, exc: AccessError) -> JSONResponse:
+        return JSONResponse({"error": exc.kind, "message": exc.message}, status_code=exc.status)
+
+
+def _grant_view(grant: Any) -> dict[str, Any]:
+    body = grant.to_dict()
+    body["grantor"] = body["grantor"].split(":", 1)[0]  # the owner's pseudonym is owner_identity
+    body.pop("signature", None)
+    return body
+
+
+def owner_router(
+    config: ServingConfig,
+    store: ServingStore,
+    service: AccessService,
+    consumer_of: Callable[[Request], Awaitable[Consumer]],
+    parse: Callable[[type[Any], bytes], Any],
+) -> APIRouter:
+    router = APIRouter()
+    operators = {a.lower() for a in config.gdpr_operators}
+    views = [
+        ParquetRows(config.master_dir, "master dataset"),
+        ParquetRows(config.realtime_dir, "real-time view"),
+    ]
+
+    async def operator(request: Request) -> Consumer:
+        consumer = await consumer_of(request)
+        if consumer.account.lower() not in operators:
+            raise AccessError(
+                AccessDenied(f"account {consumer.account} may not act for owners (serving.gdpr_operators)")
+            )
+        return consumer
+
+    async def call(fn: Callable[[], Any]) -> Any:
+        try:
+            return await run_in_threadpool(fn)
+        except PccError as exc:
+            raise AccessError(exc) from None
+
+    def subject(body: SubjectRequest) -> str:
+        if (body.vin is None) == (body.vehicle is None):
+            raise AccessError(PccValueError("give exactly one of vin or vehicle"))
+        return str(body.vin if body.vin is not None else body.vehicle)
+
+    @router.post(
+        "/v1/owner/grants", summary="Grant a protected category of the owner's car to a consumer key"
+    )
+    async def grant(request: Request) -> dict[str, Any]:
+        await operator(request)
+        b = parse(GrantRequest, await request.body())
+        made = await call(lambda: service.grant_as_owner(b.grantee, b.vehicle, b.category, b.expiry_s))
+        return _grant_view(made)
+
+    @router.post(
+        "/v1/owner/revoke", summary="Revoke a grant: data written from now on is sealed under a new key"
+    )
+    async def revoke(request: Request) -> dict[str, Any]:
+        await operator(request)
+        b = parse(GrantRequest, await request.body())
+        epoch = await call(lambda: service.revoke_as_owner(b.grantee, b.vehicle, b.category))
+        return {"vehicle": b.vehicle, "category": b.category, "epoch": epoch}
+
+    @router.post("/v1/gdpr/export", summary="Everything held about a vehicle, opened (right of access)")
+    async def export(request: Request) -> JSONResponse:
+        await operator(request)
+        target = subject(parse(SubjectRequest, await request.body()))
+        data = await call(lambda: export_subject(target, service.vault, views, actor="serving"))
+        body = orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS, default=str)
+        return JSONResponse(orjson.loads(body))
+
+    @router.post("/v1/gdpr/erase", summary="Erase a vehicle everywhere (crypto-shredding)")
+    async def erase(request: Request) -> dict[str, Any]:
+        await operator(request)
+        target = subject(parse(SubjectRequest, await request.body()))
+        stores = [service.store, service.keys, ServingRows(store), *views]
+        report = await call(lambda: erase_vehicle(target, service.vault, stores, actor="serving"))
+        return dict(report.to_dict())
+
+    return router
+
+
+def wrapped_in(metadata: Mapping[bytes, bytes] | None) -> WrappedKeys:
+    """The wrapped keys an Arrow answer carries in its schema metadata."""
+    return decode_wrapped((metadata or {}).get(ARROW_METADATA_KEY))
