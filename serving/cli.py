@@ -46,6 +46,8 @@ def serve(
     """Serve paid SQL over the merged views (OpenAPI at /docs)."""
     import uvicorn
 
+    from pipelines.access import AccessService, SqliteGrantStore
+    from pipelines.vault import IdentityVault
     from serving.api import create_app
     from serving.chain import chain_billing
     from serving.passport import InMemoryRoots, LeafFilePaths, mount_passport
@@ -55,7 +57,10 @@ def serve(
     billing: Billing = offline_billing(offline_prices) if offline_prices else chain_billing(settings)
     logs = settings.data_dir / "producers"
     paths = LeafFilePaths({d.name: d for d in logs.iterdir() if d.is_dir()}) if logs.is_dir() else None
-    app = create_app(config, billing, audit_paths=paths)
+    access = AccessService(
+        IdentityVault(settings), SqliteGrantStore(settings.path("vault", "grants.sqlite")), key_cache_s=1.0
+    )
+    app = create_app(config, billing, audit_paths=paths, access=access)
     client = getattr(billing, "client", None)  # ChainBilling: its ledger client reads anchored roots
     mount_passport(app, roots=client.anchors if client is not None else InMemoryRoots(), paths=paths)
     uvicorn.run(app, host=host or config.host, port=port or config.port, log_level="info")
@@ -70,6 +75,14 @@ def query(
     url: Annotated[str | None, typer.Option(help="Service URL (default from settings).")] = None,
     output: Annotated[
         Path | None, typer.Option("-o", help="Write csv/json/arrow output to this file.")
+    ] = None,
+    grant_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--grant-key",
+            help="Your X25519 consumer key file (pcc grant keygen): open the protected fields your "
+            "grants cover, here, on your side.",
+        ),
     ] = None,
 ) -> None:
     """Run a paid query (or price it with --quote) against ``pcc serve``."""
@@ -87,10 +100,34 @@ def query(
     except OSError as exc:
         raise PccConfigError(f"--key-file {key_file}: {exc.strerror}") from None
     console = Console()
-    with PccClient(base, key) as client:
+    keys = None
+    if grant_key is not None:
+        from pipelines.access import ConsumerKeyPair
+
+        keys = ConsumerKeyPair.load(grant_key)
+    with PccClient(base, key, grant_keys=keys) as client:
         if quote:
             q = client.quote(sql)
             console.print_json(json.dumps(q))
+            return
+        if keys is not None and fmt in ("table", "json"):
+            result = client.query(sql, "arrow")
+            opened = result.opened
+            if fmt == "json":
+                text = json.dumps(opened, default=str, indent=2)
+                if output:
+                    output.write_text(text + "\n", encoding="utf-8")
+                else:
+                    typer.echo(text)
+            else:
+                table = Table(*result.table.column_names)
+                for row in opened:
+                    table.add_row(*("" if v is None else _cell(v) for v in row.values()))
+                console.print(table)
+            typer.echo(
+                f"{len(opened)} rows - receipt {result.receipt['receipt_no']}: {result.price_cents} cents",
+                err=True,
+            )
             return
         if fmt in ("csv", "json", "arrow"):
             response = client.query_raw(sql, fmt)
@@ -113,6 +150,10 @@ def query(
         console.print(
             f"{result.table.num_rows} rows - receipt {result.receipt['receipt_no']}: {result.price_cents} cents"
         )
+
+
+def _cell(value: object) -> str:
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, dict | list) else str(value)
 
 
 def verify(

@@ -4,6 +4,11 @@ client = PccClient("http://127.0.0.1:8600", private_key)
 client.quote("SELECT count(*) FROM vehicle_history")        # dict, price in cents
 result = client.query("SELECT * FROM vehicle_history WHERE vehicle = 'v-…'")
 result.rows, result.receipt                                   # or format="arrow" → result.table
+
+With ``grant_keys`` (the consumer's X25519 key pair, ``pcc grant keygen``) the
+client sends its public key with each query and opens, on its side, the
+protected fields its grants cover (``result.opened``); the service only ever
+sees sealed tokens and returns the data keys wrapped to that key.
 """
 
 from __future__ import annotations
@@ -18,6 +23,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from eth_account import Account
 
+from pipelines.access import AccessDenied, ConsumerKeyPair, TamperedCiphertext
+from pipelines.errors import PccNotFoundError
+from serving.access import WrappedKeys, decode_wrapped, open_rows, wrapped_in
 from serving.auth import sign_request
 from serving.errors import (
     AuthenticationError,
@@ -37,10 +45,19 @@ class ClientResult:
     table: pa.Table
     receipt: dict[str, Any] = field(default_factory=dict)
     price_cents: int = 0
+    wrapped_keys: WrappedKeys = field(default_factory=dict)
+    grant_keys: ConsumerKeyPair | None = None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
         return self.table.to_pylist()
+
+    @property
+    def opened(self) -> list[dict[str, Any]]:
+        """The rows with ``payload`` as an object, protected fields opened where a grant allows."""
+        if self.grant_keys is None:
+            return open_rows(self.rows, ConsumerKeyPair.generate(), {})
+        return open_rows(self.rows, self.grant_keys, self.wrapped_keys)
 
 
 def raise_for(response: httpx.Response) -> None:
@@ -59,6 +76,8 @@ def raise_for(response: httpx.Response) -> None:
         raise AuthenticationError(message)
     if status == 402:
         raise PaymentRequiredError(message, detail.get("quote", {}))
+    if status == 403 and detail.get("error") == "AccessDenied":
+        raise AccessDenied(message)
     if status == 403:
         exc = ForbiddenQueryError(str(detail.get("rule", "?")), "")
         exc.message = message
@@ -68,14 +87,26 @@ def raise_for(response: httpx.Response) -> None:
         raise QueryTimeoutError(message)
     if status == 413:
         raise ResultTooLargeError(message)
+    if status == 404:
+        raise PccNotFoundError(message)
+    if status == 422:
+        raise TamperedCiphertext(message)
     raise ServingError(f"HTTP {status}: {message}")
 
 
 class PccClient:
     """Signed access to ``pcc serve``."""
 
-    def __init__(self, base_url: str, private_key: str, timeout_s: float = 60.0, ttl_s: int = 60) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        private_key: str,
+        timeout_s: float = 60.0,
+        ttl_s: int = 60,
+        grant_keys: ConsumerKeyPair | None = None,
+    ) -> None:
         self._key = private_key
+        self.grant_keys = grant_keys
         self.account = str(Account.from_key(private_key).address)
         self._ttl = ttl_s
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
@@ -89,24 +120,43 @@ class PccClient:
         raise_for(response)
         return response
 
+    def _body(self, sql: str, format: str) -> dict[str, Any]:
+        body: dict[str, Any] = {"sql": sql, "format": format}
+        if self.grant_keys is not None:
+            body["grant_key"] = self.grant_keys.public_key.hex()
+        return body
+
     def query(self, sql: str, format: str = "arrow") -> ClientResult:
         """Run a paid query; raises the matching ServingError when refused."""
-        response = self._signed("POST", "/v1/query", {"sql": sql, "format": format})
+        response = self._signed("POST", "/v1/query", self._body(sql, format))
         price = int(response.headers.get("X-PCC-Price-Cents", "0"))
+        keys = self.grant_keys
         if format == "arrow":
             table = pa.ipc.open_stream(response.content).read_all()
-            return ClientResult(table, {"receipt_no": int(response.headers["X-PCC-Receipt"])}, price)
+            wrapped = wrapped_in(table.schema.metadata)
+            receipt = {"receipt_no": int(response.headers["X-PCC-Receipt"])}
+            return ClientResult(table, receipt, price, wrapped, keys)
         if format == "csv":
             table = pacsv.read_csv(io.BytesIO(response.content)) if response.content.strip() else pa.table({})
-            return ClientResult(table, {"receipt_no": int(response.headers["X-PCC-Receipt"])}, price)
+            wrapped = decode_wrapped(response.headers.get("X-PCC-Wrapped-Keys"))
+            receipt = {"receipt_no": int(response.headers["X-PCC-Receipt"])}
+            return ClientResult(table, receipt, price, wrapped, keys)
         doc = response.json()
         table = pa.Table.from_pylist([dict(zip(doc["columns"], r, strict=True)) for r in doc["rows"]])
         if not doc["rows"]:
             table = pa.table({c: pa.array([], pa.null()) for c in doc["columns"]})
-        return ClientResult(table, doc["receipt"], price)
+        wrapped = decode_wrapped(orjson.dumps(doc.get("wrapped_keys") or {}))
+        return ClientResult(table, doc["receipt"], price, wrapped, keys)
 
     def query_raw(self, sql: str, format: str) -> httpx.Response:
-        return self._signed("POST", "/v1/query", {"sql": sql, "format": format})
+        return self._signed("POST", "/v1/query", self._body(sql, format))
+
+    def owner(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        """An owner endpoint (``owner/grants``, ``owner/revoke``, ``gdpr/export``, ``gdpr/erase``).
+
+        The signing account must be one of the service's ``gdpr_operators``.
+        """
+        return dict(self._signed("POST", f"/v1/{action}", body).json())
 
     def quote(self, sql: str) -> dict[str, Any]:
         return dict(self._signed("POST", "/v1/quote", {"sql": sql}).json())
