@@ -1,148 +1,195 @@
-"""Access-control hot paths: ``python -m bench.bench_access [--scale F]``.
+"""Access control on the hot paths: ``python -m bench.bench_access [--scale F]``.
 
-Measured on one core, each against a same-run reference:
+Two figures, each a ratio against a reference measured in the same run:
 
-* ``access.seal``: the speed layer's per-event cost with sealing (validate the
-  payload, seal its protected fields with a warm key ring, canonical leaf
-  hash) vs the same loop without sealing.  Target: sealing costs <= 10% of the
-  speed layer's throughput, i.e. ratio (with / without, in events/s) >= 0.90.
-* ``access.open``: what a grantee's read adds per row: parse the row's
-  payload JSON and open its protected fields vs parsing the same JSON alone
-  (the public-field query).  The decode alone is a harsh reference (JSON
-  parsing is ~1 us); the target (<= 20% added to the *query* latency) is
-  judged by ``projected_history_ratio``: 100 opened rows added to the p50 of
-  the serving layer's vehicle-history query as last recorded by
-  bench_serving (a labelled projection, not a same-run figure).
-
-``projected_speed_ratio`` likewise puts the per-event sealing cost against the
-speed layer's per-event cost last recorded by its own benchmark.
+* ``access.speed``: the speed layer's per-event logic (``speed.process.EventProcessor``:
+  parse, validate, hash, proof, rules, quality, and the sealing of protected fields
+  with a warm key ring over a real vault) on maintenance events with a location and
+  prices, vs the same processor with sealing replaced by the plain canonical payload
+  (what it stored before sealing).  Target: ratio (events/s with / without) >= 0.90.
+* ``access.query``: a grantee's vehicle-history query through the HTTP API
+  (signed request, sandbox, metering, receipt, wrapped keys for the rows' epochs,
+  client-side opening of every protected field) vs the same query by the same
+  consumer without a grant key (public fields only, payload as sealed text).
+  Target: ratio (p50 with / without) <= 1.20.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
+import statistics
+import tempfile
 import time
-from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-import orjson
+from bench.common import record
 
-from bench.common import RESULTS_DIR, record
-from pipelines.access import open_payload, row_aad, seal_payload
-from pipelines.canonical import leaf_hash
-from pipelines.events import new_event_id, validate_payload
-
-TARGET = 50_000
-VEHICLE = "v-3f9a0c4d2b1e8f7a6c5d4e3f2a1b0c9d"
-PAYLOAD = {
-    "odometer_km": 41235,
-    "service_type": "oil_change",
-    "in_network": True,
-    "items": ["oil", "filter"],
-    "cost_cents": 18990,
-    "invoice_ref": "INV-2026-0042",
-    "location": {"lat": 48.856613, "lon": 2.352222},
-}
-KEYS = {c: os.urandom(32) for c in ("commercial", "precise_location", "owner_identity")}
+VIN_BASE = "WVWZZZ1JZXW"
+CONSUMER_KEY = "0x" + "55" * 32
+PRICES = {
+    "mileage": 2, "maintenance": 3, "inspection": 4, "accident": 5, "owner_identity": 9,
+    "precise_location": 1, "commercial": 1, "fraud_score": 7, "source_reputation": 1,
+}  # fmt: skip
 
 
-def _recorded(name: str) -> dict | None:
-    """A figure recorded earlier by another benchmark (for a labelled projection only)."""
-    try:
-        return json.loads((RESULTS_DIR / "latest.json").read_text())[name]["figures"]
-    except (OSError, ValueError, KeyError):
-        return None
+def _vin(i: int) -> str:
+    from pipelines.vin import with_check_digit
+
+    return with_check_digit(f"{VIN_BASE}{i:06d}")
 
 
-def _time(fn: Callable[[int], object], n: int) -> float:
-    best = float("inf")
-    for _ in range(3):  # shared machine: keep the quietest pass
+def _maintenance(src: Any, vehicle: str, km: int, event_ms: int) -> dict[str, Any]:
+    from pipelines.events import format_time, new_event_id
+
+    return {
+        "event_id": new_event_id(), "event_type": "maintenance", "schema_version": 1,
+        "source_id": src.source_id, "vehicle": vehicle, "event_time": format_time(event_ms),
+        "ingestion_time": format_time(event_ms + 1000),
+        "payload": {
+            "odometer_km": km, "service_type": "oil_change", "in_network": True, "items": ["oil", "filter"],
+            "cost_cents": 18990, "invoice_ref": "INV-2026-0042",
+            "location": {"lat": 48.856613 + km % 97 / 1e4, "lon": 2.352222},
+        },
+    }  # fmt: skip
+
+
+def bench_speed(data: Path, events: int) -> None:
+    from pipelines import canonical
+    from pipelines.access import KeyRing, SqliteGrantStore
+    from pipelines.vault import IdentityVault
+    from speed.config import SpeedConfig
+    from speed.process import EventProcessor
+    from speed.roots import InMemoryRoots
+    from speed.source import KafkaRecord
+    from speed.synthetic import SyntheticSource, wire
+
+    class Unsealed(EventProcessor):
+        def _seal(self, env: Any) -> str:  # the reference: the plaintext payload, as stored before sealing
+            return canonical.canonical_bytes(env["payload"]).decode()
+
+    vault = IdentityVault(data / "vault" / "identity.sqlite")
+    keys = KeyRing(vault, SqliteGrantStore(data / "vault" / "grants.sqlite"), cache_s=1.0)
+    vehicles = [vault.pseudonymize_vehicle(_vin(i)) for i in range(200)]
+    roots = InMemoryRoots()
+    src = SyntheticSource("garage-net-03", roots, checkpoint_every=events + 1)
+    start = int(time.time() * 1000) - 400 * 86_400_000
+    for i in range(events):
+        src.append(_maintenance(src, vehicles[i % len(vehicles)], 1000 + i, start + i * 60_000))
+    envs = src.checkpoint()
+    records = [KafkaRecord("pcc.garage", 0, i, 0, None, wire(e)) for i, e in enumerate(envs)]
+    config = SpeedConfig(bootstrap="127.0.0.1:1", data_dir=data, topics=("pcc.garage",), deadletter_topic="d")
+
+    def run(cls: type[EventProcessor]) -> float:
+        processor = cls(config, roots, keys=keys)
+        now = int(time.time() * 1000)
         started = time.perf_counter()
-        for i in range(n):
-            fn(i)
-        best = min(best, time.perf_counter() - started)
-    return best
+        for i in range(0, len(records), 500):
+            result = processor.process_batch(records[i : i + 500], now)
+            assert not result.dead, result.dead[:1]
+        return time.perf_counter() - started
+
+    run(EventProcessor), run(Unsealed)  # warm up: schemas, key ring, caches
+    sealed = min(run(EventProcessor) for _ in range(3))
+    plain = min(run(Unsealed) for _ in range(3))
+    n = len(records)
+    record(
+        "access.speed",
+        {"events_per_s": round(n / sealed), "seal_us_per_event": round((sealed - plain) / n * 1e6, 2),
+         "ratio_is": "EventProcessor events/s with sealing / without, same run (target >= 0.90)"},
+        {"events_per_s_without_sealing": round(n / plain)},
+        plain / sealed,
+    )  # fmt: skip
+    vault.close()
+
+
+def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from eth_account import Account
+    from fastapi.testclient import TestClient
+
+    from pipelines.access import AccessService, ConsumerKeyPair, SqliteGrantStore
+    from pipelines.dataset import MASTER_SCHEMA
+    from pipelines.vault import IdentityVault
+    from serving.api import create_app
+    from serving.client import PccClient
+    from serving.config import ServingConfig
+    from serving.pricing import InMemoryBilling
+    from speed.config import SpeedConfig
+    from speed.process import EventProcessor
+    from speed.roots import InMemoryRoots
+    from speed.source import KafkaRecord
+    from speed.synthetic import SyntheticSource, wire
+
+    vault = IdentityVault(data / "vault" / "identity.sqlite")
+    grants = SqliteGrantStore(data / "vault" / "grants.sqlite")
+    access = AccessService(vault, grants)
+    cars = [vault.pseudonymize_vehicle(_vin(i)) for i in range(vehicles)]
+    owner = vault.pseudonymize_owner({"name": "Ana Silva", "id_number": "PT-1"})
+    vault.record_ownership(cars[0], owner, since_ms=1)
+    roots = InMemoryRoots()
+    src = SyntheticSource("garage-net-03", roots, checkpoint_every=vehicles * per_vehicle + 1)
+    start = int(time.time() * 1000) - 400 * 86_400_000
+    for i in range(vehicles * per_vehicle):
+        src.append(_maintenance(src, cars[i % vehicles], 1000 + i, start + i * 60_000))
+    envs = src.checkpoint()
+    config = SpeedConfig(bootstrap="127.0.0.1:1", data_dir=data, topics=("pcc.garage",), deadletter_topic="d")
+    processor = EventProcessor(config, roots, keys=access.keys)
+    records = [KafkaRecord("pcc.garage", 0, i, 0, None, wire(e)) for i, e in enumerate(envs)]
+    rows = processor.process_batch(records, int(time.time() * 1000)).rows
+    (data / "realtime").mkdir(exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=MASTER_SCHEMA), data / "realtime" / "seg-1-w0-1.parquet")
+
+    keys = ConsumerKeyPair.generate()
+    for category in ("precise_location", "commercial"):
+        access.grant_as_owner(keys.public_key, cars[0], category, 4_000_000_000)
+    billing = InMemoryBilling(PRICES, fee_bps=1000)
+    billing.fund(Account.from_key(CONSUMER_KEY).address, 10**12)
+    app = create_app(
+        ServingConfig(data_dir=data, settle_every_s=3600), billing, background=False, access=access
+    )
+    sql = f"SELECT * FROM vehicle_history WHERE vehicle = '{cars[0]}' ORDER BY event_time"
+    with TestClient(app) as http:
+        granted, public = (
+            PccClient("http://bench", CONSUMER_KEY, grant_keys=keys),
+            PccClient("http://b", CONSUMER_KEY),
+        )
+        granted._http, public._http = http, http
+
+        def with_grant() -> None:
+            opened = granted.query(sql).opened
+            assert isinstance(opened[0]["payload"]["location"], dict)
+
+        def without() -> None:
+            assert public.query(sql).table.num_rows == per_vehicle
+
+        samples: dict[str, list[float]] = {"grant": [], "public": []}
+        for i in range(queries + 10):  # interleaved, so both see the same machine
+            for name, fn in (("grant", with_grant), ("public", without)):
+                started = time.perf_counter()
+                fn()
+                if i >= 10:
+                    samples[name].append(time.perf_counter() - started)
+    p50 = {k: statistics.median(v) * 1000 for k, v in samples.items()}
+    record(
+        "access.query",
+        {"p50_ms": round(p50["grant"], 2), "rows": per_vehicle,
+         "ratio_is": "p50 grantee query with protected fields opened / same query public only (target <= 1.20)"},
+        {"p50_ms_public": round(p50["public"], 2)},
+        p50["grant"] / p50["public"],
+    )  # fmt: skip
+    vault.close()
+    grants.close()
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_access", description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args(argv)
-    n = max(1000, int(TARGET * args.scale))
-    ids = [new_event_id() for _ in range(n)]
-    envelope = {
-        "event_type": "maintenance", "schema_version": 1, "source_id": "garage-net-03", "vehicle": VEHICLE,
-        "event_time": "2026-03-01T08:15:00.000Z", "ingestion_time": "2026-03-01T08:15:02.120Z",
-    }  # fmt: skip
-
-    def key_for(category: str) -> tuple[int, bytes]:
-        return 0, KEYS[category]
-
-    def plain(i: int) -> object:
-        env = {**envelope, "event_id": ids[i], "payload": PAYLOAD}
-        validate_payload("maintenance", 1, PAYLOAD)
-        return orjson.dumps({"leaf": leaf_hash(env).hex(), "payload": PAYLOAD})
-
-    def sealed(i: int) -> object:
-        env = {**envelope, "event_id": ids[i], "payload": PAYLOAD}
-        validate_payload("maintenance", 1, PAYLOAD)
-        stored = seal_payload("maintenance", 1, PAYLOAD, key_for, row_aad(VEHICLE, ids[i]))
-        return orjson.dumps({"leaf": leaf_hash(env).hex(), "payload": stored})
-
-    _time(plain, 1000), _time(sealed, 1000)  # warm up (schema compilation, caches)
-    t_plain, t_sealed = _time(plain, n), _time(sealed, n)
-    rate_plain, rate_sealed = n / t_plain, n / t_sealed
-    seal_us = (t_sealed - t_plain) / n * 1e6
-    speed = _recorded("speed.throughput")
-    projected = {}
-    if speed and speed.get("beam_events_per_s"):
-        per_event_us = 1e6 / speed["beam_events_per_s"]
-        projected = {"projected_speed_ratio": round(per_event_us / (per_event_us + seal_us), 3)}
-    record(
-        "access.seal",
-        {
-            "events_per_s": round(rate_sealed),
-            "seal_us_per_event": round(seal_us, 2),
-            **projected,
-            "ratio_is": "throughput with sealing / without, same-run plain loop (target >= 0.90)",
-        },
-        {"events_per_s_without_sealing": round(rate_plain)},
-        rate_sealed / rate_plain,
-    )
-
-    rows = [
-        orjson.dumps(seal_payload("maintenance", 1, PAYLOAD, key_for, row_aad(VEHICLE, ids[i]))).decode()
-        for i in range(n)
-    ]
-    public_rows = [orjson.dumps(PAYLOAD).decode()] * n
-
-    def lookup(category: str, epoch: int) -> bytes:
-        return KEYS[category]
-
-    def read_public(i: int) -> object:
-        return orjson.loads(public_rows[i])
-
-    def read_protected(i: int) -> object:
-        return open_payload("maintenance", 1, orjson.loads(rows[i]), lookup, row_aad(VEHICLE, ids[i]))
-
-    t_public, t_protected = _time(read_public, n), _time(read_protected, n)
-    open_us = (t_protected - t_public) / n * 1e6
-    history = _recorded("serving.vehicle_history")
-    projected = {}
-    if history and history.get("p50_ms"):  # a vehicle history query returns ~100 rows
-        projected = {"projected_history_ratio": round(1 + 100 * open_us / 1000 / history["p50_ms"], 3)}
-    record(
-        "access.open",
-        {
-            "us_per_row": round(t_protected / n * 1e6, 2),
-            "open_us_per_row": round(open_us, 2),
-            **projected,
-            "ratio_is": "time with opening / JSON decode alone",
-        },
-        {"us_per_row_public": round(t_public / n * 1e6, 2)},
-        t_protected / t_public,
-    )
+    with tempfile.TemporaryDirectory(prefix="pcc-bench-access-") as tmp:
+        bench_speed(Path(tmp) / "speed", max(1000, int(10_000 * args.scale)))
+        bench_query(Path(tmp) / "query", 50, 100, max(20, int(200 * args.scale)))
     return 0
 
 
