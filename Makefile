@@ -9,6 +9,7 @@ PCC := $(VENV)/bin/pcc
 UV := $(VENV)/bin/uv
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
 SCALE ?= 0.1
 
 .DEFAULT_GOAL := help
@@ -27,8 +28,8 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## Create .venv and install the platform with every extra (idempotent)
 
-demo: install ## Run the main job end to end on local defaults
-	$(PCC) demo
+demo: install ## Run the main job end to end on local defaults (DEMO_ARGS="--vehicles 200")
+	$(PCC) demo $(DEMO_ARGS)
 
 browser: install ## Install Debian's chromium for the passport page test (idempotent)
 	$(PY) -m infra.browser
@@ -49,11 +50,11 @@ lint: install ## ruff and mypy
 bench: install ## Run every benchmark (small; SCALE=1 for the 10M-event sizes), write bench/results/latest.json and .md
 	$(PY) -m bench --scale $(SCALE)
 
-up: install ## Start the broker and the chain node and leave them running
-	$(PCC) kafka up
-	$(PCC) chain up
+up: install ## Run the demo and leave its broker, chain node and serving API running (DEMO_ARGS=...)
+	$(PCC) demo --keep-running $(DEMO_ARGS)
 
-down: install ## Stop what `make up` started
+down: install ## Stop what `make up` started (and a broker/chain node started by pcc kafka/chain up)
+	-$(PCC) demo down
 	-$(PCC) kafka down
 	-$(PCC) chain down
 

@@ -16,8 +16,10 @@ With ``options.start_services`` the demo starts its own broker and chain node
 from __future__ import annotations
 
 import contextlib
+import logging
 import multiprocessing as mp
 import queue
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -246,7 +248,8 @@ def stream(
     from speed.pipeline import SpeedRun
     from speed.roots import ledger_roots_factory
 
-    config = SpeedConfig.from_settings(settings, metrics_port=0, until_idle_s=None)
+    # a fleet's history spans hundreds of event dates, each a master file per flush: flush at the contract's slowest
+    config = SpeedConfig.from_settings(settings, metrics_port=0, until_idle_s=None, flush_interval_ms=500)
     speed_run = SpeedRun(config, ledger_roots_factory(settings))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
@@ -310,37 +313,31 @@ def stream(
         )  # fmt: skip
         return snap
 
+    interrupted = threading.Event()
+
+    def on_interrupt(*_: object) -> None:  # Beam would wrap a KeyboardInterrupt: stop the source instead
+        interrupted.set()
+        speed_run.stop()
+
     child.start()
     watcher = threading.Thread(target=watch, name="pcc-demo-watch", daemon=True)
     watcher.start()
+    previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         speed_run.run()
     finally:
+        signal.signal(signal.SIGINT, previous)
         finished.set()
         if child.is_alive():
             child.terminate()
         child.join(timeout=30)
         watcher.join(timeout=30)
+    if interrupted.is_set():
+        raise KeyboardInterrupt
     if failure:
         raise PccStateError(failure[0])
     snap = METRICS.snapshot()
     result.speed_accepted = snap.accepted
-
-
-def read_dead_letters(settings: Settings) -> list[tuple[str, str | None]]:
-    from kafka import KafkaConsumer, TopicPartition
-
-    from pipelines.topics import deadletter_topic
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000
-    )
-    tp = TopicPartition(deadletter_topic(settings.kafka.topic_prefix), 0)
-    consumer.assign([tp])
-    consumer.seek_to_beginning(tp)
-    out = [(dict(r.headers)["pcc-reason"].decode(), r.key.decode() if r.key else None) for r in consumer]
-    consumer.close()
-    return out
 
 
 # -- the batch layer ------------------------------------------------------------------------------------
@@ -365,45 +362,6 @@ def run_batch_layer(settings: Settings, result: DemoResult, client: Any, spark: 
     result.gas["reputations"] = int(tx["gasUsed"])
 
 
-def evaluate_fraud(settings: Settings, fleet_dir: Path) -> Any:
-    """Published fraud scores against the simulator's labels, vehicles matched through the vault."""
-    import orjson
-
-    from batch.config import BatchConfig
-    from batch.evaluate import evaluate, read_scores
-    from batch.publish import read_current
-    from pipelines.vault import IdentityVault
-
-    config = BatchConfig.from_settings(settings)
-    current = read_current(config)
-    assert current is not None
-    truth: dict[str, set[str]] = {}
-    with IdentityVault(settings) as vault, open(fleet_dir / "labels.jsonl", "rb") as fh:
-        for line in fh:
-            label = orjson.loads(line)
-            vehicle = vault.find_vehicle(label["vin"])
-            if vehicle is None:
-                continue
-            kinds = truth.setdefault(vehicle, set())
-            if label["kind"] != "noise":
-                kinds.add(label["kind"])
-    return evaluate(read_scores(config.batch_dir / current["views"]["fraud_scores"]), truth)
-
-
-def master_stats(settings: Settings) -> tuple[int, float]:
-    """Rows of the master dataset and the share of them verified against an anchored checkpoint."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    root = settings.batch.master_dataset or settings.path("master")
-    files = sorted(Path(root).glob("event_date=*/*.parquet"))
-    if not files:
-        return 0, 0.0
-    column = pq.read_table(files, columns=["verification"], partitioning=None).column("verification")
-    verified = int(pc.sum(pc.equal(column, "verified")).as_py() or 0)
-    return len(column), verified / len(column)
-
-
 def run_demo(
     settings: Settings, options: DemoOptions = DemoOptions(), *, spark: Any = None, console: Any = None
 ) -> DemoResult:
@@ -415,6 +373,7 @@ def run_demo(
 
     from infra import demo_market as market
     from infra import demo_stack as stack
+    from infra.demo_readback import evaluate_fraud, master_stats, read_dead_letters
     from pipelines.simulator import SimulationConfig, write_fleet
 
     console = console or Console(stderr=True)
@@ -503,4 +462,6 @@ def run_demo(
             spark.stop()
         if options.start_services and not result.kept_running:
             say("stopping the serving API, the chain node and the broker")
+            # a Kafka client left open by a layer would log every reconnect once the broker is gone
+            logging.getLogger("kafka").setLevel(logging.CRITICAL)
             stack.stop_stack(settings)

@@ -1,0 +1,63 @@
+"""What the demo reads back from each layer: dead letters, the master dataset, the fraud evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import Settings
+
+
+def read_dead_letters(settings: Settings) -> list[tuple[str, str | None]]:
+    from kafka import KafkaConsumer, TopicPartition
+
+    from pipelines.topics import deadletter_topic
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False, consumer_timeout_ms=3000
+    )
+    tp = TopicPartition(deadletter_topic(settings.kafka.topic_prefix), 0)
+    consumer.assign([tp])
+    consumer.seek_to_beginning(tp)
+    out = [(dict(r.headers)["pcc-reason"].decode(), r.key.decode() if r.key else None) for r in consumer]
+    consumer.close()
+    return out
+
+
+def master_stats(settings: Settings) -> tuple[int, float]:
+    """Rows of the master dataset and the share of them verified against an anchored checkpoint."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    root = settings.batch.master_dataset or settings.path("master")
+    files = sorted(Path(root).glob("event_date=*/*.parquet"))
+    if not files:
+        return 0, 0.0
+    column = pq.read_table(files, columns=["verification"], partitioning=None).column("verification")
+    verified = int(pc.sum(pc.equal(column, "verified")).as_py() or 0)
+    return len(column), verified / len(column)
+
+
+def evaluate_fraud(settings: Settings, fleet_dir: Path) -> Any:
+    """Published fraud scores against the simulator's labels, vehicles matched through the vault."""
+    import orjson
+
+    from batch.config import BatchConfig
+    from batch.evaluate import evaluate, read_scores
+    from batch.publish import read_current
+    from pipelines.vault import IdentityVault
+
+    config = BatchConfig.from_settings(settings)
+    current = read_current(config)
+    assert current is not None
+    truth: dict[str, set[str]] = {}
+    with IdentityVault(settings) as vault, open(fleet_dir / "labels.jsonl", "rb") as fh:
+        for line in fh:
+            label = orjson.loads(line)
+            vehicle = vault.find_vehicle(label["vin"])
+            if vehicle is None:
+                continue
+            kinds = truth.setdefault(vehicle, set())
+            if label["kind"] != "noise":
+                kinds.add(label["kind"])
+    return evaluate(read_scores(config.batch_dir / current["views"]["fraud_scores"]), truth)
