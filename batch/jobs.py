@@ -208,8 +208,6 @@ def run_batch(
             version = new_version(started, scan.fingerprint)
             record.version = record.run_id = version
             out = config.version_dir(version)
-            # GX takes seconds to import: let it load while Spark works
-            threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
             if spark is None:
                 spark = get_spark(config.spark_master, config.driver_memory, config.shuffle_partitions)
             record.spark_master = spark.sparkContext.master
@@ -230,6 +228,8 @@ def run_batch(
                 views = _carry_over(spark, config, views, current, touched)  # type: ignore[arg-type]
             mark = watermark(scan.files)
             paths = {view: out / view for view in VIEWS}
+            # GX takes seconds to import: load it while the driver only waits for Spark's writes
+            threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
             for i, view in enumerate(VIEWS):
                 stage(2 + i, f"write {view}")
                 spark.sparkContext.setJobDescription(f"pcc batch {version}: write {view}")

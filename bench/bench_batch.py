@@ -1,12 +1,12 @@
 """Batch rebuild time against a DuckDB reference, and fraud quality on a held-out simulator seed.
 
-    .venv/bin/python bench/bench_batch.py                 # ~280k events, a few minutes on 2 cores
-    .venv/bin/python bench/bench_batch.py --scale 1m      # 1M events
-    .venv/bin/python bench/bench_batch.py --scale 10m     # 10M events (long; ~3 GB of Parquet)
+    .venv/bin/python -m bench.bench_batch                     # ~280k events, a few minutes on 2 cores
+    .venv/bin/python -m bench.bench_batch --events 1000000    # 1M events (or --scale 3.6)
+    .venv/bin/python -m bench.bench_batch --events 10000000   # 10M events (long; ~3 GB of Parquet)
 
 Simulates a fleet (``pcc simulate`` + ``batch.testing.master_from_simulation``
-stand in for the speed layer).  Above one million events the simulated
-master dataset is *replicated*: copy ``c`` of every row gets the vehicle
+stand in for the speed layer).  Above 1,008,000 events (7,200 simulated vehicles) the
+simulated master dataset is *replicated*: copy ``c`` of every row gets the vehicle
 pseudonym ``v-`` + SHA-256(vehicle/c)[:32] and the event id ``<id>~c`` (copy 0
 is the simulation itself), so each copy is a fleet of its own with the same
 mix of frauds; this is how the 10M dataset is made, in seconds instead of an
@@ -60,8 +60,17 @@ SELECT count(*) FILTER (WHERE prev_max - odometer_km > {tol}) AS flagged,
 FROM r
 """
 
-#: --scale -> (simulated vehicles, copies).  ~140 events per vehicle over a year.
-SCALES = {"small": (2000, 1), "1m": (7200, 1), "10m": (7200, 10)}
+#: Events per simulated vehicle over a year (about), events at ``--scale 1``, largest simulated fleet.
+EVENTS_PER_VEHICLE = 140
+DEFAULT_EVENTS = 280_000
+MAX_SIMULATED = 7_200
+
+
+def fleet_size(events: int) -> tuple[int, int]:
+    """(simulated vehicles, copies) for about ``events`` events."""
+    total = max(10, round(events / EVENTS_PER_VEHICLE))
+    copies = -(-total // MAX_SIMULATED)
+    return -(-total // copies), copies
 
 
 def peak_rss(stop: threading.Event, out: list[int]) -> None:
@@ -101,12 +110,13 @@ def replicate(src: Path, dst: Path, copies: int) -> int:
     return rows
 
 
-def prepare(work: Path, vehicles: int, days: int, seed: int, copies: int) -> int:
-    """Simulate (once per work dir) and write the master dataset; returns its events."""
+def prepare(work: Path, vehicles: int, days: int, seed: int, copies: int) -> tuple[int, int, int]:
+    """Simulate and write the master dataset (once per work dir); returns (events, vehicles, copies)."""
     sim, master = work / "sim", work / "master"
     done = work / "prepared.json"
     if done.exists():
-        return int(json.loads(done.read_text())["events"])
+        doc = json.loads(done.read_text())
+        return int(doc["events"]), int(doc["vehicles"]), int(doc["copies"])
     shutil.rmtree(master, ignore_errors=True)
     write_fleet(SimulationConfig(vehicles=vehicles, days=days, seed=seed), sim)
     if copies == 1:
@@ -116,23 +126,24 @@ def prepare(work: Path, vehicles: int, days: int, seed: int, copies: int) -> int
         events = replicate(work / "master-1", master, copies)
         shutil.rmtree(work / "master-1")
     done.write_text(json.dumps({"events": events, "vehicles": vehicles, "copies": copies}))
-    return events
+    return events, vehicles, copies
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--scale", choices=sorted(SCALES), default="small")
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.bench_batch", description=__doc__)
+    ap.add_argument("--scale", type=float, default=1.0, help=f"1.0 = about {DEFAULT_EVENTS:,} events")
+    ap.add_argument("--events", type=int, default=None, help="about this many events (overrides --scale)")
     ap.add_argument("--days", type=int, default=365)
     ap.add_argument("--seed", type=int, default=7, help="held out: the rules were not tuned on it")
     ap.add_argument("--master", default="local[2]")
     ap.add_argument("--driver-memory", default="4g")
     ap.add_argument("--work", type=Path, default=None, help="keep (and reuse) the data here")
-    args = ap.parse_args()
-    vehicles, copies = SCALES[args.scale]
+    args = ap.parse_args(argv)
+    vehicles, copies = fleet_size(args.events or round(DEFAULT_EVENTS * args.scale))
     work = args.work or Path(tempfile.mkdtemp(prefix="pcc-bench-batch-"))
     work.mkdir(parents=True, exist_ok=True)
     t = time.perf_counter()
-    events = prepare(work, vehicles, args.days, args.seed, copies)
+    events, vehicles, copies = prepare(work, vehicles, args.days, args.seed, copies)
     print(f"fleet: {vehicles * copies} vehicles, {events} events ({time.perf_counter() - t:.1f}s to prepare)")
 
     samples: list[int] = []
@@ -207,7 +218,8 @@ def main() -> None:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     print(f"written {out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
