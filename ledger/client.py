@@ -35,7 +35,7 @@ from ledger.tx import Signer, translating, wait, wait_all
 from pipelines.producer.protocols import AnchorReceipt
 from pipelines.settings import Settings
 
-ANCHOR_GAS = 150_000  # fixed limit for pipelined anchors (one costs ~50k; the first of a source more)
+ANCHOR_GAS = 150_000  # fixed limit for pipelined anchors (one costs ~51k)
 
 
 class LedgerClient:
@@ -198,8 +198,15 @@ class AnchorsApi:
 
     def root_at(self, source_id: str, tree_size: int) -> bytes | None:
         """The root anchored for ``source_id`` at exactly ``tree_size``, or None."""
-        fn = self._registry.functions.rootAt(keys.source_key(source_id), tree_size)
-        root = bytes(self._c.view(fn, f"reading checkpoint {source_id}@{tree_size}"))
+        return self._root_at(keys.source_key(source_id), tree_size, f"{source_id}@{tree_size}")
+
+    def root_at_key(self, source_key: bytes, tree_size: int) -> bytes | None:
+        """Like :meth:`root_at`, for an on-chain source key (as an ``Anchored`` log names it)."""
+        return self._root_at(source_key, tree_size, f"0x{bytes(source_key).hex()}@{tree_size}")
+
+    def _root_at(self, key: bytes, tree_size: int, what: str) -> bytes | None:
+        fn = self._registry.functions.rootAt(key, tree_size)
+        root = bytes(self._c.view(fn, f"reading checkpoint {what}"))
         return None if root == bytes(32) else root
 
 

@@ -1,7 +1,9 @@
 """Follow the ledger's contract events by explicit block ranges, and look up roots.
 
 ``eth_getLogs`` over ``fromBlock``/``toBlock`` ranges in chunks (no filters:
-some nodes drop filter logs).  :class:`OnChainRootSource` answers the speed
+some nodes drop filter logs).  ``Anchored`` is anonymous (topic 0 is the source
+key) and carries the tree size only: the root is read from the registry's storage
+with ``rootAt`` (an anchored root never changes).  :class:`OnChainRootSource` answers the speed
 layer's ``checkpoint(source_id, tree_size) -> root | None`` and caches what it
 found (an anchored root never changes).
 """
@@ -70,15 +72,21 @@ class LedgerIndexer:
         to_block: int,
         topics: list[Any] | None = None,
     ) -> list[ContractEvent]:
-        """Decoded ``event_name`` logs of ``contract_name`` in [from_block, to_block]."""
+        """Decoded ``event_name`` logs of ``contract_name`` in [from_block, to_block].
+
+        ``topics`` filters the indexed arguments in order.  An anonymous event has no
+        signature topic: every log of the contract is taken for it, so such an event
+        must be its contract's only one (the AnchorRegistry's ``Anchored`` is).
+        """
         contract: Contract = self._c.contract(contract_name)
         event = getattr(contract.events, event_name)()
         topic0 = _event_topic(contract, event_name)
+        filters = [*([topic0] if topic0 is not None else []), *(topics or [])]
         out = []
         for lo, hi in self._ranges(from_block, to_block):
             params: dict[str, Any] = {"fromBlock": lo, "toBlock": hi, "address": contract.address}
-            if topic0 is not None:
-                params["topics"] = [topic0, *(topics or [])]
+            if filters:
+                params["topics"] = filters
             with translating(f"reading {event_name} logs in blocks {lo}-{hi}"):
                 logs = self._c.w3.eth.get_logs(params)  # type: ignore[arg-type]
             for log in logs:
@@ -98,20 +106,21 @@ class LedgerIndexer:
     def checkpoints(
         self, from_block: int, to_block: int | None = None, source_id: str | None = None
     ) -> list[AnchoredCheckpoint]:
-        """Checkpoints anchored in [from_block, to_block] (to the head by default), oldest first."""
+        """Checkpoints anchored in [from_block, to_block] (to the head by default), oldest first.
+
+        The log names source and tree size; each root is read with ``rootAt`` (one call per
+        checkpoint found).
+        """
         to_block = self._c.block_number if to_block is None else to_block
         topics = ["0x" + keys.source_key(source_id).hex()] if source_id else None
-        return [
-            AnchoredCheckpoint(
-                bytes(e.args["source"]),
-                int(e.args["treeSize"]),
-                bytes(e.args["root"]),
-                e.block,
-                e.tx_hash,
-                e.log_index,
-            )
-            for e in self.events("AnchorRegistry", "Anchored", from_block, to_block, topics)
-        ]
+        found = []
+        for e in self.events("AnchorRegistry", "Anchored", from_block, to_block, topics):
+            key, size = bytes(e.args["source"]), int(e.args["treeSize"])
+            root = self._c.anchors.root_at_key(key, size)
+            if root is None:  # a log without its stored root: not this registry's doing
+                raise LedgerRuleError(f"checkpoint 0x{key.hex()}@{size} is logged but has no stored root")
+            found.append(AnchoredCheckpoint(key, size, root, e.block, e.tx_hash, e.log_index))
+        return found
 
     def follow(self, source_id: str | None = None) -> list[AnchoredCheckpoint]:
         """Checkpoints anchored since the last call (starting at the deployment block)."""
@@ -180,8 +189,11 @@ class OnChainRootSource:
         return self._c.anchors.latest(source_id)
 
 
-def _event_topic(contract: Contract, event_name: str) -> str:
+def _event_topic(contract: Contract, event_name: str) -> str | None:
+    """Topic 0 of ``event_name`` (its signature hash), or None for an anonymous event."""
     for item in contract.abi:
         if item.get("type") == "event" and item.get("name") == event_name:
+            if item.get("anonymous"):
+                return None
             return "0x" + bytes(event_abi_to_log_topic(item)).hex()  # type: ignore[arg-type]
     raise LedgerRuleError(f"{event_name} is not an event of the contract at {contract.address}")

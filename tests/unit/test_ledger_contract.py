@@ -154,6 +154,56 @@ class LedgerContractTests:
         assert roots.checkpoint_root("cc-aurora", 2048) == root(2)
         assert roots.checkpoint("cc-aurora", 4096) is None
 
+    def test_the_anchored_log_names_source_and_size_and_the_root_is_in_storage(self, client: LedgerClient):
+        receipt = client.anchors.anchor("cc-aurora", 1024, root(1), SRC)
+        registry = client.contract("AnchorRegistry")
+        events = [item for item in registry.abi if item["type"] == "event"]
+        assert [e["name"] for e in events] == ["Anchored"]  # the indexer reads every log of it as one
+        logs = client.w3.eth.get_logs(
+            {
+                "address": registry.address,
+                "fromBlock": receipt.block,
+                "toBlock": receipt.block,
+                "topics": ["0x" + source_key("cc-aurora").hex()],
+            }
+        )
+        assert len(logs) == 1 and [bytes(t) for t in logs[0]["topics"]] == [source_key("cc-aurora")]
+        assert int.from_bytes(bytes(logs[0]["data"]), "big") == 1024
+        assert client.view(registry.functions.rootAt(source_key("cc-aurora"), 1024), "root") == root(1)
+
+    def test_checkpoint_bounds_grow_by_one_up_to_48_bits(self, client: LedgerClient):
+        client.anchors.anchor("cc-aurora", 1, root(1), SRC)
+        client.anchors.anchor("cc-aurora", 2, root(2), SRC)  # growing by a single event is growth
+        err = self.expect(
+            LedgerRuleError, "TreeTooLarge", client.anchors.anchor, "cc-aurora", 2**48, root(3), SRC
+        )
+        assert str(2**48) in str(err)
+        client.anchors.anchor("cc-aurora", 2**48 - 1, root(4), SRC)
+        assert client.anchors.latest("cc-aurora") == (2**48 - 1, root(4))
+        assert client.anchors.root_at("cc-aurora", 2) == root(2)
+        assert client.anchors.checkpoint_count("cc-aurora") == 3
+
+    def test_an_empty_root_is_rejected(self, client: LedgerClient):
+        self.expect(LedgerRuleError, "EmptyRoot", client.anchors.anchor, "cc-aurora", 8, bytes(32), SRC)
+        assert (
+            client.anchors.latest("cc-aurora") is None and client.anchors.checkpoint_count("cc-aurora") == 0
+        )
+
+    def test_suspension_keeps_the_checkpoints_of_a_source(self, client: LedgerClient):
+        client.anchors.anchor_many("cc-aurora", [(1024, root(1)), (2048, root(2))], SRC)
+        client.anchors.anchor("garage-ind-12", 10, root(3), SRC2)
+        client.sources.set_active("cc-aurora", False)
+        client.sources.set_active("cc-aurora", True)
+        assert client.anchors.latest("cc-aurora") == (2048, root(2))
+        assert client.anchors.checkpoint_count("cc-aurora") == 2
+        self.expect(
+            LedgerRuleError, "CheckpointDoesNotGrow", client.anchors.anchor, "cc-aurora", 2048, root(9), SRC
+        )
+        client.anchors.anchor("cc-aurora", 3072, root(4), SRC)
+        assert client.anchors.checkpoint_count("cc-aurora") == 3
+        assert client.anchors.latest("garage-ind-12") == (10, root(3))  # the other source is untouched
+        assert client.anchors.checkpoint_count("garage-ind-12") == 1
+
     @pytest.mark.parametrize("size", [1024, 1000], ids=["repeat", "shrink"])
     def test_a_checkpoint_must_grow_the_tree(self, client: LedgerClient, size: int):
         client.anchors.anchor("cc-aurora", 1024, root(1), SRC)
