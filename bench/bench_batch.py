@@ -92,15 +92,14 @@ def replicate(src: Path, dst: Path, copies: int) -> int:
         distinct = pc.unique(table["vehicle"])
         position = pc.index_in(table["vehicle"], value_set=distinct)
         parts = [table]
+        vi, ei = table.schema.get_field_index("vehicle"), table.schema.get_field_index("event_id")
         for c in range(1, copies):
             renamed = pa.array(
                 ["v-" + hashlib.sha256(f"{v}/{c}".encode()).hexdigest()[:32] for v in distinct.to_pylist()]
             )
-            copy = table.set_column(
-                table.schema.get_field_index("vehicle"), "vehicle", renamed.take(position)
-            )
+            copy = table.set_column(vi, table.schema.field(vi), renamed.take(position))
             ids = pc.binary_join_element_wise(table["event_id"], pa.scalar(f"~{c}"), "")
-            parts.append(copy.set_column(copy.schema.get_field_index("event_id"), "event_id", ids))
+            parts.append(copy.set_column(ei, table.schema.field(ei), ids))
         out = dst / file.parent.name
         out.mkdir(parents=True, exist_ok=True)
         merged = pa.concat_tables(parts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,15 @@ def test_vehicle_history_is_every_event_in_order(published: tuple[BatchConfig, A
     for _vehicle, events in history.groupby("vehicle"):
         assert list(events.seq) == list(range(1, len(events) + 1))
         assert events.event_time.is_monotonic_increasing
+    # range-partitioned on the vehicle and sorted: a vehicle is in one file, files do not overlap
+    current = read_current(config)
+    ranges = []
+    for file in sorted((config.batch_dir / current["views"]["vehicle_history"]).glob("*.parquet")):
+        part = pq.read_table(file, columns=["vehicle", "seq"]).to_pandas()
+        assert list(part.itertuples(index=False)) == sorted(part.itertuples(index=False))
+        ranges.append((part.vehicle.iloc[0], part.vehicle.iloc[-1]))
+    ranges.sort()
+    assert all(a[1] < b[0] for a, b in pairwise(ranges)) and len(ranges) > 1
     sale = history[(history.vehicle == fleet.ROLLBACK) & (history.event_type == "ownership_change")]
     assert list(sale.batch_flags.item()) == ["rollback_before_sale"]
     assert json.loads(sale.flag_evidence.item())["rollback_before_sale"]["drop_km"] == 39_000
