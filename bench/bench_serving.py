@@ -7,17 +7,24 @@ Measured in one run, over one published batch version plus real-time segments:
   engine's DuckDB (same snapshot machinery, no HTTP) — ratio = API p99 / direct p99.
 * ``serving.fleet_aggregate``: the same for a fleet aggregate.
 * ``serving.concurrency``: queries/s with 16 concurrent clients, errors, and the
-  process RSS before/after up to 10,000 queries (every 1,000; capped by ``--max-seconds``).
+  server's RSS before/after up to 10,000 queries (every 1,000; capped by ``--max-seconds``).
 * ``serving.load_version``: seconds to load the published version into the service.
+
+The server runs in its own process (``uvicorn``, one worker: the receipts, the
+nonces and the in-memory balances are the process's own; FastAPI's thread pool
+runs the 16 clients' queries, DuckDB releases the GIL while it scans), so the
+clients' signing and decoding do not compete with it for the interpreter.
+The direct reference runs in this process on its own engine over the same files.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -25,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
+import httpx
 import psutil
 from eth_account import Account
 
@@ -34,7 +42,8 @@ from serving.api import create_app
 from serving.client import PccClient
 from serving.config import ServingConfig
 from serving.pricing import InMemoryBilling
-from tests.fixtures.serving import CONSUMER_KEY, PRICES, RunningServer, write_segment
+from serving.views import ServingStore
+from tests.fixtures.serving import CONSUMER_KEY, PRICES, free_port, write_segment
 
 EVENTS_PER_VEHICLE = 100
 ROWS_PER_FILE = 2_000_000  # as batch/views/build.py writes them
@@ -63,6 +72,7 @@ def _events_sql(lo: int, hi: int, rank: str, vehicles: int, batch: bool) -> str:
                {p} AS processed_time, (1000 + {k} * 150)::BIGINT AS odometer_km, 48.1 AS lat, 11.5 AS lon,
                '{{"odometer_km":' || (1000 + {k} * 150) || '}}' AS payload, md5(i::VARCHAR) || md5('l') AS leaf_hash,
                i::BIGINT AS log_index, (i + 1)::BIGINT AS tree_size, md5(i::VARCHAR) || md5('r') AS root,
+               NULL::VARCHAR[] AS proof_path,
                'verified' AS verification, 0.9 AS quality, 1.0 AS q_source, 1.0 AS q_proof,
                1.0 AS q_consistency, 1.0 AS q_timeliness, 1.0 AS q_completeness, []::VARCHAR[] AS flags,
                'pcc.telemetry' AS topic, 0 AS partition, i::BIGINT AS "offset",
@@ -113,12 +123,63 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _config(data: Path) -> ServingConfig:
+    return ServingConfig(data_dir=data, max_rows=1_000_000, query_timeout_s=60, settle_every_s=3600)
+
+
+def serve(data: Path, port: int) -> None:
+    """The service under test, in this process: ``pcc serve`` over ``data``, billed in memory."""
+    import uvicorn
+
+    billing = InMemoryBilling(PRICES)
+    billing.fund(Account.from_key(CONSUMER_KEY).address, 10**15)
+    uvicorn.run(create_app(_config(data), billing), host="127.0.0.1", port=port, log_level="warning")
+
+
+class ServerProcess:
+    """:func:`serve` in a child process; stopped (and only it) on exit."""
+
+    def __init__(self, data: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        cmd = [sys.executable, "-m", "bench.bench_serving", "--serve", str(data), "--port", str(self.port)]
+        root = Path(__file__).resolve().parent.parent
+        self.proc = subprocess.Popen(cmd, cwd=root)
+
+    def __enter__(self) -> ServerProcess:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the serving process exited with {self.proc.returncode}")
+            try:
+                if httpx.get(f"{self.url}/v1/health", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError("the serving process did not answer within 600 s")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.bench_serving")
     parser.add_argument("--scale", type=float, default=0.1, help="1 = 10M events (default 0.1: 1M)")
     parser.add_argument("--queries", type=int, default=10_000, help="queries of the 16-client run")
     parser.add_argument("--max-seconds", type=float, default=180.0, help="cap of the 16-client run")
+    parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the child: serve this data dir
+    parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve is not None:
+        serve(args.serve, args.port)
+        return 0
     n = max(100_000, int(10_000_000 * args.scale))
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="pcc-bench-serving-") as tmp:
@@ -126,13 +187,10 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         vehicles = _generate(data, n, tail=20_000)
         generated = time.perf_counter() - t0
-        config = ServingConfig(data_dir=data, max_rows=1_000_000, query_timeout_s=60, settle_every_s=3600)
-        billing = InMemoryBilling(PRICES)
-        billing.fund(Account.from_key(CONSUMER_KEY).address, 10**15)
         t0 = time.perf_counter()
-        app = create_app(config, billing)
+        store = ServingStore(_config(data))
+        store.refresh()  # builds the version's DuckDB file the server then attaches too
         loaded = time.perf_counter() - t0
-        store = app.state.store
         record(
             "serving.load_version",
             {"events": n, "load_s": round(loaded, 1), "ratio_is": "load time / time to generate the Parquet"},
@@ -155,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 out.append(time.perf_counter() - start)
             return out
 
-        with RunningServer(app) as server, PccClient(server.url, CONSUMER_KEY) as client:
+        with ServerProcess(data) as server, PccClient(server.url, CONSUMER_KEY) as client:
 
             def api(sql: str, times: int) -> list[float]:
                 out = []
@@ -179,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
                     dp,
                     ap["p99_ms"] / dp["p99_ms"],
                 )
-            proc = psutil.Process(os.getpid())
+            proc = psutil.Process(server.proc.pid)
             errors: list[str] = []
             done = [0]
             rss: list[int] = []

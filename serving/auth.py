@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 from eth_account import Account
 from eth_account.messages import encode_defunct
+from eth_account.signers.local import LocalAccount
 
 from serving.errors import AuthenticationError
 from serving.receipts import ReceiptStore
@@ -46,10 +47,15 @@ def request_text(method: str, path: str, body: bytes, nonce: str, expires: int) 
 
 
 def sign_request(
-    private_key: str | bytes, method: str, path: str, body: bytes, ttl_s: int = 60, nonce: str | None = None
+    private_key: str | bytes | LocalAccount,
+    method: str,
+    path: str,
+    body: bytes,
+    ttl_s: int = 60,
+    nonce: str | None = None,
 ) -> dict[str, str]:
-    """Headers that authenticate one request as the key's account."""
-    account = Account.from_key(private_key)
+    """Headers that authenticate one request as the key's account (a key, or its account loaded once)."""
+    account = private_key if isinstance(private_key, LocalAccount) else Account.from_key(private_key)
     nonce = nonce or secrets.token_hex(16)
     expires = int(time.time()) + ttl_s
     message = encode_defunct(text=request_text(method, path, body, nonce, expires))

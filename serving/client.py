@@ -105,9 +105,9 @@ class PccClient:
         ttl_s: int = 60,
         grant_keys: ConsumerKeyPair | None = None,
     ) -> None:
-        self._key = private_key
+        self._key = Account.from_key(private_key)
         self.grant_keys = grant_keys
-        self.account = str(Account.from_key(private_key).address)
+        self.account = str(self._key.address)
         self._ttl = ttl_s
         self._http = httpx.Client(base_url=base_url, timeout=timeout_s)
 

@@ -65,6 +65,14 @@ def category_sql(view: str, columns: set[str] | frozenset[str]) -> str:
     return f"'{VIEW_CATEGORY.get(view, view)}'"
 
 
+def row_categories(view: str, event_type: str | None, location: bool) -> str:
+    """A row's categories, as :func:`category_sql` computes them, from its view and event type."""
+    if view == "vehicle_history":
+        base = EVENT_CATEGORY.get(event_type, "mileage") if event_type is not None else "mileage"
+        return f"{base}+{LOCATION_CATEGORY}" if location else base
+    return VIEW_CATEGORY.get(view, view)
+
+
 @dataclass(frozen=True)
 class Usage:
     """Rows of one producer and one category set used by a query."""

@@ -8,11 +8,11 @@ what it was quoted.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
-import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -26,11 +26,39 @@ from serving.errors import (
     ResultTooLargeError,
     ServingError,
 )
-from serving.pricing import CONSORTIUM, LOCATION_COLUMNS, PriceBook, Quote, Usage, category_sql, price_usage
+from serving.pricing import CONSORTIUM, LOCATION_COLUMNS, PriceBook, Quote, Usage, price_usage, row_categories
 from serving.sandbox import CheckedQuery, Sandbox
+from serving.shapes import ShapeCache, fill, renders_cleanly, same_tree, split_literals
 from serving.views import ServingStore
+from serving.watchdog import Watchdog
 
-_SRC, _Q, _CAT = "__pcc_source", "__pcc_quality", "__pcc_category"
+_T = TypeVar("_T")
+
+_SRC, _Q, _TYPE, _VIEW = "__pcc_source", "__pcc_quality", "__pcc_event_type", "__pcc_view"
+_META = [_SRC, _Q, _TYPE]
+#: rows above which the metering columns of a row query are grouped by Arrow instead of Python
+_ARROW_GROUP_ROWS = 4096
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a query shape runs: its rendered SQL with the metering, built once per shape.
+
+    ``run`` is the row query with the metering columns appended (``rows`` kind;
+    None: the query's own SQL); ``meter`` counts the rows used, grouped by
+    (view, producer, event type).  Both may hold literal sentinels
+    (:mod:`serving.shapes`) when ``shaped``.
+    """
+
+    kind: str
+    views: frozenset[str]
+    location: bool
+    run: str | None
+    meter: str | None
+    shaped: bool
+
+
+_UNSHAPED = Plan("other", frozenset(), False, None, None, False)
 
 
 @dataclass(frozen=True)
@@ -78,7 +106,9 @@ class QueryRunner:
         self.store = store
         self.prices = prices
         self.config = config
-        self._items: dict[tuple[str, frozenset[str], frozenset[str]], list[Any]] = {}
+        self.watchdog = Watchdog()
+        self.shapes: ShapeCache[Plan] = ShapeCache()
+        self._items: dict[tuple[str, bool, frozenset[str]], list[Any]] = {}
         with store.pin() as (cur, _):
             self.sandbox = Sandbox(cur)
 
@@ -86,52 +116,42 @@ class QueryRunner:
         with self.store.pin() as (cur, _):
             return self.sandbox.check(cur, sql, self.store.columns())
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _meter_items(self, view: str, columns: frozenset[str], cur: duckdb.DuckDBPyConnection) -> list[Any]:
-        names = frozenset(c for c, _ in self.store.columns()[view])
-        key = (view, columns & LOCATION_COLUMNS, names)
-        cached = self._items.get(key)
-        if cached is None:
-            cached = self._items[key] = self._meter_items_uncached(view, columns, names, cur)
-        return copy.deepcopy(cached)
+    # -- planning (once per query shape) -------------------------------------------------------
+    def _plan(self, cur: duckdb.DuckDBPyConnection, sql: str) -> tuple[Plan, list[str]]:
+        """The plan of ``sql`` and its literal values; the sandbox has passed it (or raised)."""
+        split = split_literals(sql)
+        if split is not None:
+            template, values = split
+            plan = self.shapes.get(
+                (self.store.epoch, template), lambda: self._shape(cur, sql, template, values)
+            )
+            if plan.shaped:
+                return plan, values
+        return self._build(self.sandbox.check(cur, sql, self.store.columns()), cur), []
 
-    def _meter_items_uncached(
-        self, view: str, columns: frozenset[str], names: frozenset[str], cur: duckdb.DuckDBPyConnection
-    ) -> list[Any]:
-        src = "source_id" if "source_id" in names else f"'{CONSORTIUM}'"
-        quality = "quality" if "quality" in names else "1.0"
-        template = (
-            f"SELECT {src} AS {_SRC}, {quality} AS {_Q}, {category_sql(view, columns)} AS {_CAT} FROM x"
-        )
-        doc = json.loads(cur.execute("SELECT json_serialize_sql(?::VARCHAR)", [template]).fetchall()[0][0])
-        return list(doc["statements"][0]["node"]["select_list"])
-
-    @staticmethod
-    def _to_sql(ast: dict[str, Any], cur: duckdb.DuckDBPyConnection) -> str:
-        doc = {"error": False, "statements": [{"node": ast, "named_param_map": []}]}
-        return str(cur.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(doc)]).fetchall()[0][0])
-
-    @staticmethod
-    def _usage_sql(inner: str) -> str:
-        return (
-            f"SELECT {_SRC}, {_CAT}, count(*), CAST(coalesce(sum(round({_Q} * 10000)), 0) AS BIGINT) "
-            f"FROM ({inner}) GROUP BY ALL"
-        )
-
-    def _timed(self, cur: duckdb.DuckDBPyConnection, fn: Callable[[], Any]) -> Any:
-        timer = threading.Timer(self.config.query_timeout_s, cur.interrupt)
-        timer.start()
+    def _shape(self, cur: duckdb.DuckDBPyConnection, sql: str, template: str, values: list[str]) -> Plan:
+        columns = self.store.columns()
+        real = self.sandbox.check(cur, sql, columns)  # raises for a refused query: nothing is cached
         try:
-            return fn()
-        except duckdb.Error as exc:
-            raise _engine_error(exc) from None
-        finally:
-            timer.cancel()
+            shape = self.sandbox.check(cur, template, columns)
+        except ServingError:
+            return _UNSHAPED
+        if not same_tree(real.ast, shape.ast, values):
+            return _UNSHAPED
+        plan = self._build(shape, cur)
+        for text in (plan.run, plan.meter):
+            if text is not None and not renders_cleanly(text, len(values)):
+                return _UNSHAPED
+        return Plan(plan.kind, plan.views, plan.location, plan.run, plan.meter, True)
 
-    def _meter(self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection) -> tuple[list[Usage], str]:
-        """Rows used by a query (for the quote and for aggregates / other queries)."""
+    def _build(self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection) -> Plan:
+        location = bool(q.columns & LOCATION_COLUMNS)
+        run: str | None = None
         if q.kind == "rows":
-            sql = self._usage_sql(self._rows_sql(q, cur))
+            ast = copy.deepcopy(q.ast)
+            ast["select_list"] = [*ast["select_list"], *self._meter_items(next(iter(q.views)), location, cur)]
+            run = self._to_sql(ast, cur)
+            meter = self._usage_sql(run, next(iter(q.views)))
         elif q.kind == "aggregate":
             view = next(iter(q.views))
             ast = copy.deepcopy(q.ast)
@@ -141,7 +161,7 @@ class QueryRunner:
             }
             ast.update(
                 where_clause=_inline_aliases(ast.get("where_clause"), aliases),
-                select_list=self._meter_items(view, q.columns, cur),
+                select_list=self._meter_items(view, location, cur),
                 group_expressions=[],
                 group_sets=[],
                 having=None,
@@ -149,30 +169,78 @@ class QueryRunner:
                 modifiers=[],
                 aggregate_handling="STANDARD_HANDLING",
             )
-            sql = self._usage_sql(self._to_sql(ast, cur))
+            meter = self._usage_sql(self._to_sql(ast, cur), view)
         else:
-            parts = []
-            for view in sorted(q.views):
-                items = self._meter_items(view, q.columns, cur)
-                ast = {
-                    "type": "SELECT_NODE", "modifiers": [], "cte_map": {"map": []}, "select_list": items,
-                    "from_table": {"type": "BASE_TABLE", "alias": "", "sample": None, "schema_name": "",
-                                   "table_name": view, "column_name_alias": [], "catalog_name": "",
-                                   "at_clause": None, "query_location": 0, "query_location_length": 0},
-                    "where_clause": None, "group_expressions": [], "group_sets": [],
-                    "aggregate_handling": "STANDARD_HANDLING", "having": None, "sample": None, "qualify": None,
-                }  # fmt: skip
-                parts.append(self._to_sql(ast, cur))
-            sql = self._usage_sql(" UNION ALL ".join(parts)) if parts else None  # type: ignore[assignment]
-            if sql is None:
-                return [], q.kind
-        rows = self._timed(cur, lambda: cur.execute(sql).fetchall())
-        return [Usage(str(s), str(c), int(n), int(qs)) for s, c, n, qs in rows], q.kind
+            parts = [
+                f"SELECT '{view}' AS {_VIEW}, * FROM ({self._to_sql(self._scan_ast(view, location, cur), cur)})"
+                for view in sorted(q.views)
+            ]
+            meter = (
+                f"SELECT {_VIEW}, {_SRC}, {_TYPE}, count(*), {self._quality_sum()} "
+                f"FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
+                if parts
+                else None
+            )  # type: ignore[assignment]
+        return Plan(q.kind, q.views, location, run, meter, False)
 
-    def _rows_sql(self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection) -> str:
-        ast = copy.deepcopy(q.ast)
-        ast["select_list"] = [*ast["select_list"], *self._meter_items(next(iter(q.views)), q.columns, cur)]
-        return self._to_sql(ast, cur)
+    def _meter_items(self, view: str, location: bool, cur: duckdb.DuckDBPyConnection) -> list[Any]:
+        """Select-list items naming a row's producer, quality and event type (the category's input)."""
+        names = frozenset(c for c, _ in self.store.columns()[view])
+        key = (view, location, names)
+        cached = self._items.get(key)
+        if cached is None:
+            src = "source_id" if "source_id" in names else f"'{CONSORTIUM}'"
+            quality = "quality" if "quality" in names else "1.0"
+            etype = "event_type" if view == "vehicle_history" and "event_type" in names else "NULL::VARCHAR"
+            template = f"SELECT {src} AS {_SRC}, {quality} AS {_Q}, {etype} AS {_TYPE} FROM x"
+            doc = json.loads(
+                cur.execute("SELECT json_serialize_sql(?::VARCHAR)", [template]).fetchall()[0][0]
+            )
+            cached = self._items[key] = list(doc["statements"][0]["node"]["select_list"])
+        return copy.deepcopy(cached)
+
+    def _scan_ast(self, view: str, location: bool, cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        return {
+            "type": "SELECT_NODE", "modifiers": [], "cte_map": {"map": []},
+            "select_list": self._meter_items(view, location, cur),
+            "from_table": {"type": "BASE_TABLE", "alias": "", "sample": None, "schema_name": "",
+                           "table_name": view, "column_name_alias": [], "catalog_name": "",
+                           "at_clause": None, "query_location": 0, "query_location_length": 0},
+            "where_clause": None, "group_expressions": [], "group_sets": [],
+            "aggregate_handling": "STANDARD_HANDLING", "having": None, "sample": None, "qualify": None,
+        }  # fmt: skip
+
+    @staticmethod
+    def _to_sql(ast: dict[str, Any], cur: duckdb.DuckDBPyConnection) -> str:
+        doc = {"error": False, "statements": [{"node": ast, "named_param_map": []}]}
+        return str(cur.execute("SELECT json_deserialize_sql(?::JSON)", [json.dumps(doc)]).fetchall()[0][0])
+
+    def _quality_sum(self) -> str:
+        # only a quality-weighted price reads the quality: otherwise the sum is not computed
+        if self.config.quality_weight_bps == 0:
+            return "0"
+        return f"CAST(coalesce(sum(round({_Q} * 10000)), 0) AS BIGINT)"
+
+    def _usage_sql(self, inner: str, view: str) -> str:
+        return (
+            f"SELECT '{view}' AS {_VIEW}, {_SRC}, {_TYPE}, count(*), {self._quality_sum()} "
+            f"FROM ({inner}) GROUP BY ALL"
+        )
+
+    # -- running -------------------------------------------------------------------------------
+    def _timed(self, cur: duckdb.DuckDBPyConnection, fn: Callable[[], _T]) -> _T:
+        try:
+            with self.watchdog.limit(self.config.query_timeout_s, cur.interrupt):
+                return fn()
+        except duckdb.Error as exc:
+            raise _engine_error(exc) from None
+
+    def _meter(self, plan: Plan, values: list[str], cur: duckdb.DuckDBPyConnection) -> list[Usage]:
+        if plan.meter is None:
+            return []
+        sql = _render(plan, plan.meter, values)
+        rows = self._timed(cur, lambda: cur.execute(sql).fetchall())
+        return _usages(((v, s, t, n, qs) for v, s, t, n, qs in rows), plan.location)
 
     def _quote(self, usage: list[Usage], kind: str, version: str | None) -> Quote:
         return price_usage(
@@ -180,12 +248,11 @@ class QueryRunner:
         )
 
     # -- public --------------------------------------------------------------------------------
-    def quote(self, sql: str) -> tuple[CheckedQuery, Quote]:
-        """Price a query without returning its rows (a dry run)."""
+    def quote(self, sql: str) -> tuple[str, Quote]:
+        """Price a query without returning its rows (a dry run); returns its metering kind and the quote."""
         with self.store.pin() as (cur, version):
-            q = self.sandbox.check(cur, sql, self.store.columns())
-            usage, kind = self._meter(q, cur)
-            return q, self._quote(usage, kind, version)
+            plan, values = self._plan(cur, sql)
+            return plan.kind, self._quote(self._meter(plan, values, cur), plan.kind, version)
 
     def run(self, sql: str, before_return: Callable[[Quote], None] | None = None) -> QueryResult:
         """Run a query within the limits and price the rows it used.
@@ -194,16 +261,15 @@ class QueryRunner:
         check); if it raises, nothing is returned and nothing is charged.
         """
         with self.store.pin() as (cur, version):
-            q = self.sandbox.check(cur, sql, self.store.columns())
-            run_sql = self._rows_sql(q, cur) if q.kind == "rows" else q.sql
+            plan, values = self._plan(cur, sql)
+            run_sql = sql if plan.run is None else _render(plan, plan.run, values)
             table = self._timed(cur, lambda: self._fetch(cur, run_sql))
-            if q.kind == "rows":
-                usage = self._usage_from_table(table)
-                table = table.drop_columns([_SRC, _Q, _CAT])
-                kind = "rows"
+            if plan.kind == "rows":
+                usage = self._usage_from_table(table, next(iter(plan.views)), plan.location)
+                table = table.drop_columns(_META)
             else:
-                usage, kind = self._meter(q, cur)
-            quote = self._quote(usage, kind, version)
+                usage = self._meter(plan, values, cur)
+            quote = self._quote(usage, plan.kind, version)
         if before_return is not None:
             before_return(quote)
         return QueryResult(table, quote, version)
@@ -221,11 +287,44 @@ class QueryRunner:
             batches.append(batch)
         return pa.Table.from_batches(batches, schema=reader.schema)
 
-    @staticmethod
-    def _usage_from_table(table: pa.Table) -> list[Usage]:
+    def _usage_from_table(self, table: pa.Table, view: str, location: bool) -> list[Usage]:
         if table.num_rows == 0:
             return []
-        qbps = pc.round(pc.multiply(table[_Q].cast(pa.float64()), 10000.0))
-        t = pa.table({"s": table[_SRC], "c": table[_CAT], "q": pc.fill_null(qbps, 0.0)})
-        grouped = t.group_by(["s", "c"]).aggregate([("q", "count"), ("q", "sum")]).to_pylist()
-        return [Usage(str(g["s"]), str(g["c"]), int(g["q_count"]), int(g["q_sum"])) for g in grouped]
+        weighted = self.config.quality_weight_bps != 0
+        if table.num_rows <= _ARROW_GROUP_ROWS:
+            counts: dict[tuple[str, Any], list[int]] = {}
+            sources, types = table[_SRC].to_pylist(), table[_TYPE].to_pylist()
+            qualities = table[_Q].to_pylist() if weighted else itertools.repeat(None)
+            for s, t, q in zip(sources, types, qualities, strict=False):
+                acc = counts.setdefault((s, t), [0, 0])
+                acc[0] += 1
+                if q is not None:
+                    acc[1] += round(float(q) * 10000)
+            rows = ((view, s, t, n, qs) for (s, t), (n, qs) in counts.items())
+            return _usages(rows, location)
+        qbps = pc.round(pc.multiply(table[_Q].cast(pa.float64()), 10000.0)) if weighted else None
+        t = pa.table(
+            {
+                "s": table[_SRC],
+                "t": table[_TYPE],
+                "q": pc.fill_null(qbps, 0.0) if qbps is not None else pa.nulls(table.num_rows, pa.float64()),
+            }
+        )
+        grouped = t.group_by(["s", "t"]).aggregate([([], "count_all"), ("q", "sum")]).to_pylist()
+        return _usages(((view, g["s"], g["t"], g["count_all"], g["q_sum"] or 0) for g in grouped), location)
+
+
+def _render(plan: Plan, text: str, values: list[str]) -> str:
+    """A plan's SQL with the query's own literals put back (a shape's) or as built (not a shape)."""
+    return fill(text, values) if plan.shaped else text
+
+
+def _usages(rows: Iterable[tuple[Any, Any, Any, Any, Any]], location: bool) -> list[Usage]:
+    """Grouped (view, producer, event type, rows, quality sum) as usages per producer and category."""
+    merged: dict[tuple[str, str], list[int]] = {}
+    for view, source, etype, n, qsum in rows:
+        key = (str(source), row_categories(str(view), etype, location))
+        acc = merged.setdefault(key, [0, 0])
+        acc[0] += int(n)
+        acc[1] += int(qsum or 0)
+    return [Usage(s, c, n, q) for (s, c), (n, q) in sorted(merged.items())]

@@ -83,6 +83,8 @@ class ReceiptStore:
         self._lock = threading.Lock()
         self._account = Account.from_key(signing_key)
         self._spent = 0
+        #: unsettled cents per consumer, kept in step with the file (this process writes it alone)
+        self._pending: dict[str, int] = {}
 
     @property
     def signer(self) -> str:
@@ -104,12 +106,19 @@ class ReceiptStore:
             return True
 
     def pending_cents(self, consumer: str) -> int:
+        """What ``consumer``'s unsettled receipts owe (read from the file once, then kept up to date)."""
         with self._lock:
+            return self._pending_locked(consumer)
+
+    def _pending_locked(self, consumer: str) -> int:
+        cents = self._pending.get(consumer)
+        if cents is None:
             row = self._db.execute(
                 "SELECT coalesce(sum(amount_cents), 0) FROM receipts WHERE consumer = ? AND settled_tx IS NULL",
                 (consumer,),
             ).fetchone()
-        return int(row[0])
+            cents = self._pending[consumer] = int(row[0])
+        return cents
 
     def issue(self, consumer: str, nonce: str, query_hash: str, quote: Quote) -> dict[str, Any]:
         """Write and sign the receipt of one paid query."""
@@ -126,10 +135,11 @@ class ReceiptStore:
                         quote.fee_bps, created, self.signer, "free" if quote.amount_cents == 0 else None,
                     ),
                 )  # fmt: skip
-                row = self._db.execute(
-                    "SELECT * FROM receipts WHERE receipt_no = ?", (cur.lastrowid,)
-                ).fetchone()
-                body = receipt_body(row)
+                body = {
+                    "receipt_no": cur.lastrowid, "consumer": consumer, "query_hash": query_hash,
+                    "batch_version": quote.version, "by_producer": json.loads(rows_json),
+                    "amount_cents": quote.amount_cents, "fee_bps": quote.fee_bps, "created_at": created,
+                }  # fmt: skip
                 signature = self._account.sign_message(
                     encode_defunct(primitive=rfc8785.dumps(body))
                 ).signature
@@ -141,6 +151,8 @@ class ReceiptStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            if quote.amount_cents and consumer in self._pending:
+                self._pending[consumer] += quote.amount_cents
         return {**body, "signer": self.signer, "signature": sig_hex, "settled_tx": None}
 
     def _rows(self, where: str, args: Sequence[Any]) -> list[dict[str, Any]]:
@@ -169,6 +181,7 @@ class ReceiptStore:
                 "UPDATE receipts SET settled_tx = ? WHERE receipt_no = ? AND settled_tx IS NULL",
                 [(tx_hash, n) for n in receipt_nos],
             )
+            self._pending.clear()  # recounted from the file on next use
 
     def close(self) -> None:
         with self._lock:

@@ -183,6 +183,8 @@ class ServingStore:
         self._current: _Version | None = None
         self._retired: list[_Version] = []
         self._columns: dict[str, list[tuple[str, str]]] = {}
+        #: changes whenever the views are recreated (cached query shapes are keyed by it)
+        self.epoch = 0
         self._create_views()
 
     # -- reading -------------------------------------------------------------------------------
@@ -305,6 +307,7 @@ class ServingStore:
             con.execute(f"CREATE OR REPLACE VIEW {_quote(view)} AS {body}")
             columns[view] = [*cols, ("layer", "VARCHAR")]
         self._columns = columns
+        self.epoch += 1
         self._touch = (
             " UNION ALL ".join(f"SELECT 1 FROM {_quote(v)} WHERE false" for v in columns) or "SELECT 1"
         )

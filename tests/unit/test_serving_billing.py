@@ -86,3 +86,20 @@ def test_receipt_is_signed_unique_per_request_and_settles_once(store: ReceiptSto
     store.mark_settled([receipt["receipt_no"]], "0xtx2")
     assert store.pending_cents("0xabc") == 0
     assert store.for_consumer("0xabc")[0]["settled_tx"] == "0xtx1"
+
+
+def test_what_a_consumer_owes_follows_every_receipt_and_settlement(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.sqlite"
+    store = ReceiptStore(path, SERVICE)
+    quote = Quote(25, 1000, {"a": {"rows": 5, "cents": 25}}, "rows", "v1")
+    free = Quote(0, 1000, {}, "rows", "v1")
+    assert store.pending_cents("0xabc") == 0
+    first = store.issue("0xabc", "nonce-0001", "ab" * 32, quote)
+    store.issue("0xabc", "nonce-0002", "ab" * 32, quote)
+    store.issue("0xabc", "nonce-0003", "ab" * 32, free)
+    store.issue("0xdef", "nonce-0001", "ab" * 32, quote)
+    assert (store.pending_cents("0xabc"), store.pending_cents("0xdef")) == (50, 25)
+    assert ReceiptStore(path, SERVICE).pending_cents("0xabc") == 50  # what the file says
+    assert [r["signature"] == first["signature"] for r in store.for_consumer("0xabc")] == [False, False, True]
+    store.mark_settled([first["receipt_no"]], "0xtx1")
+    assert (store.pending_cents("0xabc"), store.pending_cents("0xdef")) == (25, 25)

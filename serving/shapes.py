@@ -1,0 +1,159 @@
+"""Query shapes: the parse, sandbox check and metering rewrite of a query, done once per shape.
+
+Consumers send the same query with different values (one vehicle's history,
+``vehicle = 'v-…'``).  The SQL is split into a *template* (each string literal
+replaced by a sentinel) and its literal values; the template is the cache key.
+On a miss the real query is checked by the sandbox as always, then the template
+is parsed and accepted as a shape only if
+
+* its syntax tree is the real query's tree with nothing changed but those
+  string constants (so the sandbox's decision, which never looks at a constant's
+  value, holds for every value), and
+* each sentinel appears in it only as a string constant (never as a table,
+  column, alias or function name).
+
+The metering rewrite is rendered once from the template; a hit only puts the
+literals back, each re-quoted (``'`` doubled).  Queries the splitter does not
+fully understand (comments, ``$`` quoting or parameters, prefixed strings such
+as ``E'…'``) are simply not cached: they take the full path every time.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable
+from typing import Any, Generic, TypeVar
+
+_TOKEN = "__pcc_lit_" + secrets.token_hex(6)
+_SENTINEL = re.compile(rf"'{_TOKEN}_(\d+)__'")
+_UNCACHEABLE = ("--", "/*", "$", "\\", "__pcc_lit_")
+_V = TypeVar("_V")
+
+
+def sentinel(i: int) -> str:
+    return f"{_TOKEN}_{i}__"
+
+
+def split_literals(sql: str) -> tuple[str, list[str]] | None:
+    """``sql`` with each string literal replaced by a sentinel, and the literals' values.
+
+    None when the text holds something the splitter does not lex exactly as
+    DuckDB does (the query is then not cached).
+    """
+    if any(s in sql for s in _UNCACHEABLE):
+        return None
+    out: list[str] = []
+    values: list[str] = []
+    i, n, start = 0, len(sql), 0
+    while i < n:
+        ch = sql[i]
+        if ch == '"':
+            end = i + 1
+            while True:
+                end = sql.find('"', end)
+                if end < 0:
+                    return None
+                if end + 1 < n and sql[end + 1] == '"':
+                    end += 2
+                    continue
+                break
+            i = end + 1
+        elif ch == "'":
+            if i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_&'"):
+                return None  # E'…', X'…', U&'…' or adjacent strings
+            end = i + 1
+            while True:
+                end = sql.find("'", end)
+                if end < 0:
+                    return None
+                if end + 1 < n and sql[end + 1] == "'":
+                    end += 2
+                    continue
+                break
+            out.append(sql[start:i])
+            out.append(f"'{sentinel(len(values))}'")
+            values.append(sql[i + 1 : end].replace("''", "'"))
+            i = start = end + 1
+        else:
+            i += 1
+    out.append(sql[start:])
+    return "".join(out), values
+
+
+def fill(template: str, values: list[str]) -> str:
+    """A rendered template with each sentinel replaced by its value, quoted."""
+    return _SENTINEL.sub(lambda m: "'" + values[int(m.group(1))].replace("'", "''") + "'", template)
+
+
+def renders_cleanly(template: str, count: int) -> bool:
+    """Every sentinel in a rendered template is a whole quoted string constant."""
+    return template.count(_TOKEN) == len(_SENTINEL.findall(template)) and all(
+        int(i) < count for i in _SENTINEL.findall(template)
+    )
+
+
+def same_tree(real: Any, template: Any, values: list[str]) -> bool:
+    """True if ``template`` is ``real`` with string constant ``i`` replaced by sentinel ``i``.
+
+    Source positions are ignored; a sentinel anywhere but as a string constant fails.
+    """
+    if isinstance(real, dict) and isinstance(template, dict):
+        if real.keys() != template.keys():
+            return False
+        lit = template.get("literal")
+        if template.get("class") == "CONSTANT" and isinstance(lit, dict) and _TOKEN in str(lit.get("text")):
+            m = _SENTINEL.fullmatch(f"'{lit.get('text')}'")
+            real_lit = real.get("literal")
+            return (
+                m is not None
+                and lit.get("kind") == "STRING"
+                and isinstance(real_lit, dict)
+                and real_lit.get("kind") == "STRING"
+                and int(m.group(1)) < len(values)
+                and real_lit.get("text") == values[int(m.group(1))]
+                and all(
+                    k.startswith("query_location") or same_tree(real[k], template[k], values)
+                    for k in real
+                    if k != "literal"
+                )
+            )
+        return all(k.startswith("query_location") or same_tree(real[k], template[k], values) for k in real)
+    if isinstance(real, list) and isinstance(template, list):
+        return len(real) == len(template) and all(
+            same_tree(a, b, values) for a, b in zip(real, template, strict=True)
+        )
+    if isinstance(template, str) and _TOKEN in template:
+        return False
+    return bool(real == template)
+
+
+class ShapeCache(Generic[_V]):
+    """A bounded, thread-safe LRU of computed shapes."""
+
+    def __init__(self, size: int = 512) -> None:
+        self.size = size
+        self._items: OrderedDict[Hashable, _V] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: Hashable, make: Callable[[], _V]) -> _V:
+        with self._lock:
+            found = self._items.get(key)
+            if found is not None:
+                self._items.move_to_end(key)
+                self.hits += 1
+                return found
+            self.misses += 1
+        value = make()
+        with self._lock:
+            self._items[key] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)

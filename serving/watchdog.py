@@ -1,0 +1,72 @@
+"""One thread that enforces every query's time limit (instead of a timer thread per query)."""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+
+class Watchdog:
+    """Calls a query's ``interrupt`` when its deadline passes, unless the query ended first.
+
+    Deadlines sit in a heap watched by one daemon thread (started on first use);
+    a query that ends removes its entry, so a late wake-up never interrupts it.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int]] = []
+        self._live: dict[int, Callable[[], object]] = {}
+        self._ids = itertools.count()
+        self._thread: threading.Thread | None = None
+        self.fired = 0
+
+    @contextlib.contextmanager
+    def limit(self, seconds: float, interrupt: Callable[[], object]) -> Iterator[None]:
+        """Run the block under a time limit: past it, ``interrupt`` is called (once)."""
+        key = next(self._ids)
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pcc-query-watchdog", daemon=True)
+                self._thread.start()
+            heapq.heappush(self._heap, (time.monotonic() + seconds, key))
+            self._live[key] = interrupt
+            if self._heap[0][1] == key:
+                self._cond.notify()
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._live.pop(key, None)
+                if not self._live:
+                    self._heap.clear()
+                elif len(self._heap) > 64 + 4 * len(self._live):
+                    self._heap = [e for e in self._heap if e[1] in self._live]
+                    heapq.heapify(self._heap)
+
+    def pending(self) -> int:
+        """Queries currently under a limit."""
+        with self._cond:
+            return len(self._live)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while self._heap and self._heap[0][1] not in self._live:
+                    heapq.heappop(self._heap)
+                if not self._heap:
+                    self._cond.wait()
+                    continue
+                wait = self._heap[0][0] - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                _, key = heapq.heappop(self._heap)
+                interrupt = self._live.pop(key)
+                self.fired += 1
+            with contextlib.suppress(Exception):  # the cursor may have closed meanwhile
+                interrupt()

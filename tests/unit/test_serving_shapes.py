@@ -1,0 +1,169 @@
+"""Query shapes: a query's check and metering rewrite are reused for the same query with other values,
+and the reuse changes neither the answer, nor the price, nor what the sandbox refuses."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from serving.config import ServingConfig
+from serving.errors import ForbiddenQueryError, InvalidQueryError, QueryTimeoutError
+from serving.pricing import InMemoryBilling
+from serving.query import QueryRunner
+from serving.shapes import fill, split_literals
+from serving.views import ServingStore
+from serving.watchdog import Watchdog
+from tests.fixtures.serving import PRICES, make_events, publish_batch, vehicle_id, write_segment
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> ServingStore:
+    data = tmp_path_factory.mktemp("shapes")
+    events = make_events(120, vehicles=6, quality=0.5)
+    publish_batch(data, "v1", events.slice(0, 80))
+    write_segment(data, events.slice(80, 40))
+    store = ServingStore(ServingConfig(data_dir=data))
+    store.refresh()
+    return store
+
+
+def runner_for(store: ServingStore, **config: object) -> QueryRunner:
+    return QueryRunner(
+        store, InMemoryBilling(PRICES), ServingConfig(data_dir=store.config.data_dir, **config)
+    )  # type: ignore[arg-type]
+
+
+def test_literals_are_split_out_and_put_back_quoted() -> None:
+    split = split_literals("SELECT * FROM t WHERE a = 'x''y' AND \"b'c\" = 'z'")
+    assert split is not None
+    template, values = split
+    assert values == ["x'y", "z"]
+    assert "x'y" not in template and '"b\'c"' in template
+    assert fill(template, values) == "SELECT * FROM t WHERE a = 'x''y' AND \"b'c\" = 'z'"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT E'a\\'b' FROM t",
+        "SELECT 'a' -- ' comment\nFROM t",
+        "SELECT 'a' /* ' */ FROM t",
+        "SELECT $$a'b$$ FROM t",
+        "SELECT X'ff' FROM t",
+        "SELECT 'unterminated FROM t",
+    ],
+)
+def test_text_the_splitter_does_not_lex_exactly_is_not_shaped(sql: str) -> None:
+    assert split_literals(sql) is None
+
+
+QUERIES = [
+    "SELECT event_id, odometer_km, source_id FROM vehicle_history WHERE vehicle = '{v}' ORDER BY event_time",
+    "SELECT * FROM vehicle_history WHERE vehicle = '{v}' AND event_type <> 'inspection'",
+    "SELECT event_type AS t, count(*) AS n FROM vehicle_history WHERE vehicle = '{v}' GROUP BY 1 ORDER BY 1",
+    "SELECT lower(source_id) AS s, max(odometer_km) AS km FROM vehicle_history "
+    "WHERE s <> 'ins-mutua' AND vehicle <= '{v}' GROUP BY 1 ORDER BY 1",
+    "WITH h AS (SELECT * FROM vehicle_history WHERE vehicle = '{v}') SELECT count(*) AS n FROM h",
+    "SELECT count(*) AS n FROM mileage_timeline WHERE vehicle = '{v}'",
+]
+
+
+@pytest.mark.parametrize("weight", [0, 5_000])
+@pytest.mark.parametrize("sql", QUERIES)
+def test_a_shape_answers_and_prices_exactly_like_the_full_path(
+    store: ServingStore, sql: str, weight: int
+) -> None:
+    runner = runner_for(store, quality_weight_bps=weight)
+    runner.run(sql.format(v=vehicle_id(0)))  # the shape is built here
+    for i in range(1, 6):
+        shaped = runner.run(sql.format(v=vehicle_id(i)))
+        # a trailing comment keeps the query out of the shape cache: the full path, as before shapes
+        full = runner.run(sql.format(v=vehicle_id(i)) + " -- not shaped")
+        assert shaped.table.to_pylist() == full.table.to_pylist()
+        assert shaped.quote == full.quote and shaped.quote.amount_cents > 0
+        assert runner.quote(sql.format(v=vehicle_id(i)))[1] == full.quote
+    assert runner.shapes.hits >= 10
+
+
+def test_a_row_query_is_charged_for_each_row_it_returns(store: ServingStore) -> None:
+    runner = runner_for(store)
+    sql = "SELECT event_id, event_type, source_id FROM vehicle_history WHERE vehicle = '{v}'"
+    runner.run(sql.format(v=vehicle_id(0)))
+    result = runner.run(sql.format(v=vehicle_id(4)))
+    rows = result.table.to_pylist()
+    category = {"odometer_reading": "mileage", "maintenance": "maintenance", "inspection": "inspection",
+                "accident_declaration": "accident"}  # fmt: skip
+    expected: dict[str, dict[str, int]] = {}
+    for r in rows:
+        p = expected.setdefault(r["source_id"], {"rows": 0, "cents": 0})
+        p["rows"] += 1
+        p["cents"] += PRICES[category[r["event_type"]]]
+    assert len(rows) == 20 and result.quote.by_producer == expected
+
+
+def test_a_quote_in_a_value_stays_a_value(store: ServingStore) -> None:
+    runner = runner_for(store)
+    sql = "SELECT event_id FROM vehicle_history WHERE vehicle = '{v}'"
+    assert runner.run(sql.format(v=vehicle_id(1))).table.num_rows == 20
+    hostile = runner.run(sql.format(v="x'' OR ''1''=''1"))
+    assert hostile.table.num_rows == 0 and hostile.quote.amount_cents == 0
+
+
+def test_a_shape_never_lets_a_value_become_a_table(store: ServingStore) -> None:
+    runner = runner_for(store)
+    assert runner.run("SELECT count(*) AS n FROM 'vehicle_history'").table.to_pylist() == [{"n": 120}]
+    with pytest.raises(ForbiddenQueryError) as info:
+        runner.run("SELECT count(*) AS n FROM '/etc/passwd'")
+    assert info.value.rule == "serving_views_only"
+    with pytest.raises(ForbiddenQueryError):
+        runner.run("SELECT count(*) AS n FROM 'rt'")
+
+
+def test_refused_queries_are_not_cached_and_bad_values_stay_invalid(store: ServingStore) -> None:
+    runner = runner_for(store)
+    for value in ("a", "b"):
+        with pytest.raises(ForbiddenQueryError):
+            runner.run(f"SELECT getenv('HOME') FROM vehicle_history WHERE vehicle = '{value}'")
+    assert len(runner.shapes) == 0
+    sql = "SELECT event_id FROM vehicle_history WHERE event_time > TIMESTAMPTZ '{t}'"
+    assert runner.run(sql.format(t="2026-03-01 00:01:00+00")).table.num_rows == 59
+    with pytest.raises(InvalidQueryError, match="not a time"):
+        runner.run(sql.format(t="not a time"))  # the shape is cached; the value still fails (400)
+    assert runner.shapes.hits >= 1
+
+
+def test_the_time_limit_stops_a_slow_query(store: ServingStore) -> None:
+    runner = runner_for(store, query_timeout_s=0.3)
+    slow = (
+        "SELECT count(*) FROM vehicle_history a, vehicle_history b, vehicle_history c, vehicle_history d "
+        "WHERE hash(a.event_id || b.event_id || c.event_id || d.event_id) = 0"
+    )
+    start = time.monotonic()
+    with pytest.raises(QueryTimeoutError):
+        runner.run(slow)
+    assert time.monotonic() - start < 5
+    assert runner.run("SELECT count(*) AS n FROM vehicle_history").table.to_pylist() == [{"n": 120}]
+
+
+def test_one_watchdog_interrupts_only_what_outlives_its_limit() -> None:
+    dog = Watchdog()
+    fired: list[str] = []
+    with dog.limit(0.05, lambda: fired.append("slow")):
+        time.sleep(0.3)
+    with dog.limit(0.1, lambda: fired.append("fast")):
+        pass
+    threads = [threading.Thread(target=lambda k=k: _limited(dog, fired, k)) for k in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    time.sleep(0.3)
+    assert sorted(fired) == sorted(["slow", *(f"q{k}" for k in range(20) if k % 2)])
+    assert dog.pending() == 0
+
+
+def _limited(dog: Watchdog, fired: list[str], k: int) -> None:
+    with dog.limit(0.05 if k % 2 else 5.0, lambda: fired.append(f"q{k}")):
+        time.sleep(0.2 if k % 2 else 0.0)
