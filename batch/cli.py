@@ -157,11 +157,26 @@ def evaluate_cmd(
     ctx: typer.Context,
     simulation: Annotated[Path, typer.Argument(help="A `pcc simulate --out` directory (labels.jsonl).")],
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON.")] = None,
+    loaded: Annotated[
+        bool,
+        typer.Option(
+            "--loaded",
+            help="The master dataset came from `pcc batch load-simulation` (stand-in pseudonyms), "
+            "not through the producers and the identity vault.",
+        ),
+    ] = False,
 ) -> None:
     """Precision, recall and F1 per fraud kind of the published fraud_scores."""
     from batch.evaluate import evaluate_published
 
-    result = evaluate_published(_config(ctx), simulation)
+    if loaded:
+        result = evaluate_published(_config(ctx), simulation)
+    else:
+        from pipelines.cli.main import settings_from
+        from pipelines.vault import IdentityVault
+
+        with IdentityVault(settings_from(ctx)) as vault:
+            result = evaluate_published(_config(ctx), simulation, vault.find_vehicle)
     table = Table("kind", "support", "tp", "fp", "fn", "precision", "recall", "F1")
     for k in result.kinds:
         table.add_row(

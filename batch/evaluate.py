@@ -8,6 +8,7 @@ labelled anything but ``clean`` (false positives).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -88,8 +89,15 @@ def read_scores(path: Path) -> dict[str, tuple[str, set[str]]]:
     }
 
 
-def evaluate_published(config: BatchConfig, sim_dir: Path) -> Evaluation:
-    """Evaluate the published ``fraud_scores`` against ``sim_dir/labels.jsonl``."""
+def evaluate_published(
+    config: BatchConfig, sim_dir: Path, vehicle_of: Callable[[str], str | None] | None = None
+) -> Evaluation:
+    """Evaluate the published ``fraud_scores`` against ``sim_dir/labels.jsonl``.
+
+    ``vehicle_of`` maps a label's VIN to the views' pseudonym (see
+    :func:`batch.testing.simulation_labels`); by default the stand-in of
+    ``pcc batch load-simulation``.
+    """
     current = read_current(config)
     if current is None:
         raise RunNotFoundError(f"no batch version is published under {config.batch_dir}; run `pcc batch run`")
@@ -98,5 +106,6 @@ def evaluate_published(config: BatchConfig, sim_dir: Path) -> Evaluation:
             f"{sim_dir / 'labels.jsonl'} does not exist (a `pcc simulate --out` directory?)"
         )
     return evaluate(
-        read_scores(config.batch_dir / current["views"]["fraud_scores"]), simulation_labels(sim_dir)
+        read_scores(config.batch_dir / current["views"]["fraud_scores"]),
+        simulation_labels(sim_dir, vehicle_of) if vehicle_of else simulation_labels(sim_dir),
     )

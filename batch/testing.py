@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -213,15 +213,26 @@ def master_from_simulation(sim_dir: Path, root: Path, segment: str = "sim") -> d
     return {"events": len(rows), "replays": replays}
 
 
-def simulation_labels(sim_dir: Path) -> dict[str, set[str]]:
-    """Ground truth: vehicle pseudonym -> the fraud kinds labelled on it (``noise`` excluded)."""
+def simulation_labels(
+    sim_dir: Path, vehicle_of: Callable[[str], str | None] = pseudonym
+) -> dict[str, set[str]]:
+    """Ground truth: vehicle pseudonym -> the fraud kinds labelled on it (``noise`` excluded).
+
+    ``vehicle_of`` maps a label's VIN to the pseudonym the views use: the
+    stand-in :func:`pseudonym` for datasets built by :func:`master_from_simulation`,
+    the identity vault's lookup (``IdentityVault.find_vehicle``) for data that
+    came through the producers; a VIN it does not know is skipped.
+    """
     import orjson
 
     truth: dict[str, set[str]] = {}
     with open(sim_dir / "labels.jsonl", "rb") as fh:
         for line in fh:
             label = orjson.loads(line)
-            kinds = truth.setdefault(pseudonym(label["vin"]), set())
+            vehicle = vehicle_of(label["vin"])
+            if vehicle is None:
+                continue
+            kinds = truth.setdefault(vehicle, set())
             if label["kind"] != "noise":
                 kinds.add(label["kind"])
     return truth

@@ -40,24 +40,9 @@ def master_stats(settings: Settings) -> tuple[int, float]:
 
 def evaluate_fraud(settings: Settings, fleet_dir: Path) -> Any:
     """Published fraud scores against the simulator's labels, vehicles matched through the vault."""
-    import orjson
-
     from batch.config import BatchConfig
-    from batch.evaluate import evaluate, read_scores
-    from batch.publish import read_current
+    from batch.evaluate import evaluate_published
     from pipelines.vault import IdentityVault
 
-    config = BatchConfig.from_settings(settings)
-    current = read_current(config)
-    assert current is not None
-    truth: dict[str, set[str]] = {}
-    with IdentityVault(settings) as vault, open(fleet_dir / "labels.jsonl", "rb") as fh:
-        for line in fh:
-            label = orjson.loads(line)
-            vehicle = vault.find_vehicle(label["vin"])
-            if vehicle is None:
-                continue
-            kinds = truth.setdefault(vehicle, set())
-            if label["kind"] != "noise":
-                kinds.add(label["kind"])
-    return evaluate(read_scores(config.batch_dir / current["views"]["fraud_scores"]), truth)
+    with IdentityVault(settings) as vault:
+        return evaluate_published(BatchConfig.from_settings(settings), fleet_dir, vault.find_vehicle)
