@@ -17,8 +17,10 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from eth_utils import keccak
+from hexbytes import HexBytes
 from web3 import Web3
 
 from infra.chain import node
@@ -58,20 +60,50 @@ def _setup(w3: Web3) -> LedgerClient:
     return client
 
 
+def _calldata_gas(data: bytes) -> int:
+    """Gas of a transaction's input at the standard price (16 per non-zero byte, 4 per zero)."""
+    return sum(16 if b else 4 for b in data)
+
+
+def _log_gas(receipt: Any) -> int:
+    """Gas of the receipt's logs: 375 + 375 per topic + 8 per data byte each."""
+    return sum(375 + 375 * len(log["topics"]) + 8 * len(bytes(log["data"])) for log in receipt["logs"])
+
+
 def bench_anchor_gas(client: LedgerClient) -> None:
-    src = "bench-src-0"
-    client.anchors.anchor(src, EVENTS_PER_CHECKPOINT, _root(0), SOURCE_KEYS[0])  # first one of the source
-    gas = [
-        client.anchors.anchor(src, EVENTS_PER_CHECKPOINT * (i + 2), _root(i + 1), SOURCE_KEYS[0]).gas_used
-        for i in range(5)
-    ]
-    per_checkpoint = sum(gas) / len(gas)
+    src, key = "bench-src-0", SOURCE_KEYS[0]
+    client.anchors.anchor(src, EVENTS_PER_CHECKPOINT, _root(0), key)  # first one of the source
+    w3 = client.w3
+
+    def measure(sizes: list[int]) -> tuple[float, float, float]:
+        gas, calldata, logs = [], [], []
+        for i, size in enumerate(sizes):
+            sent = client.anchors.anchor(src, size, _root(size + i), key)
+            tx_hash = HexBytes(sent.tx_hash)
+            tx = w3.eth.get_transaction(tx_hash)
+            gas.append(sent.gas_used)
+            calldata.append(_calldata_gas(bytes(tx["input"])))
+            logs.append(_log_gas(w3.eth.get_transaction_receipt(tx_hash)))
+        n = len(sizes)
+        return sum(gas) / n, sum(calldata) / n, sum(logs) / n
+
+    small = [EVENTS_PER_CHECKPOINT * (i + 2) for i in range(5)]
+    per_checkpoint, calldata, log = measure(small)
+    # a long-lived source: tree sizes near 2^40 carry more non-zero calldata bytes
+    large, _, _ = measure([2**40 + EVENTS_PER_CHECKPOINT * (i + 1) * 977 for i in range(5)])
     per_event = per_checkpoint / EVENTS_PER_CHECKPOINT
+    # storage on the anchoring path: cold read of the source record, its rewrite, one new slot
+    storage = 2_100 + 2_900 + 22_100
     record(
         "ledger.anchor_gas",
         {
             "gas_per_checkpoint": per_checkpoint,
             "gas_per_event_at_1024": per_event,
+            "gas_per_checkpoint_tree_near_2^40": large,
+            "calldata_gas": calldata,
+            "storage_gas": storage,
+            "log_gas": log,
+            "other_execution_gas": per_checkpoint - 21_000 - calldata - storage - log,
             "ratio_is": "gas per event / 50 gas target",
         },
         {"target_gas_per_event": 50, "base_tx_gas": 21_000, "new_storage_slot_gas": 22_100},
