@@ -15,7 +15,7 @@ SCALE ?= 0.1
 .DEFAULT_GOAL := help
 
 
-.PHONY: help install browser demo test unit integration lint typecheck bench up down clean
+.PHONY: help install browser airflow demo test unit integration lint typecheck bench up down clean
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,7 +34,16 @@ demo: install ## Run the main job end to end on local defaults (DEMO_ARGS="--veh
 browser: install ## Install Debian's chromium for the passport page test (idempotent)
 	$(PY) -m infra.browser
 
-test: install lint browser ## Run the whole test suite (starts its own broker, chain node and Spark)
+AIRFLOW_VENV := .venv-airflow
+
+$(AIRFLOW_VENV)/.installed: infra/airflow/requirements.txt $(STAMP)
+	@test -x $(AIRFLOW_VENV)/bin/python || $(UV) venv --quiet --python $(PYTHON) $(AIRFLOW_VENV)
+	$(UV) pip install --quiet --python $(AIRFLOW_VENV)/bin/python -r infra/airflow/requirements.txt
+	@touch $@
+
+airflow: $(AIRFLOW_VENV)/.installed ## A separate virtualenv with Apache Airflow, to check that the batch DAG parses
+
+test: install lint browser airflow ## Run the whole test suite (starts its own broker, chain node and Spark)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install ## Run only the unit tests (no services)
@@ -59,4 +68,4 @@ down: install ## Stop what `make up` started (and a broker/chain node started by
 	-$(PCC) chain down
 
 clean: ## Remove the virtualenv and local state (jars, chain, data)
-	rm -rf $(VENV) .pcc
+	rm -rf $(VENV) $(AIRFLOW_VENV) .pcc
