@@ -147,6 +147,7 @@ class QueryRunner:
     def _build(self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection) -> Plan:
         location = bool(q.columns & LOCATION_COLUMNS)
         run: str | None = None
+        meter: str | None
         if q.kind == "rows":
             ast = copy.deepcopy(q.ast)
             ast["select_list"] = [*ast["select_list"], *self._meter_items(next(iter(q.views)), location, cur)]
@@ -180,7 +181,7 @@ class QueryRunner:
                 f"FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL"
                 if parts
                 else None
-            )  # type: ignore[assignment]
+            )
         return Plan(q.kind, q.views, location, run, meter, False)
 
     def _meter_items(self, view: str, location: bool, cur: duckdb.DuckDBPyConnection) -> list[Any]:

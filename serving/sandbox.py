@@ -11,7 +11,8 @@ Two walls, both required:
 2. The engine itself (see :mod:`serving.views`) runs with external access off
    except for the data directories, its configuration locked, extensions never
    installed or loaded, memory and threads capped, and every consumer query in a
-   ``READ ONLY`` transaction on its own cursor, interrupted by a timer.
+   ``READ ONLY`` transaction on its own cursor, interrupted at the time limit
+   by the service's one watchdog thread (:mod:`serving.watchdog`).
 
 The parse also classifies the query for metering (see :mod:`serving.pricing`):
 a plain row query over one view, an aggregate over one view, or anything else.
