@@ -124,8 +124,23 @@ def event_fields(table: pa.Table) -> list[EventFields]:
 
 
 def _stream_flags(table: pa.Table) -> dict[str, list[str]]:
-    """event id -> stream-only flags, for the (few) rows whose ``flags`` are not empty."""
-    flagged = np.flatnonzero(pc.fill_null(pc.list_value_length(table["flags"]), 0).to_numpy() > 0)
+    """event id -> stream-only flags, for the (few) rows whose ``flags`` are not empty.
+
+    ``flags`` is a list column, or its JSON text (as the Spark pass sends it).
+    """
+    column = table["flags"]
+    if pa.types.is_string(column.type):
+        empty = pc.or_kleene(pc.is_null(column), pc.equal(column, "[]"))
+        flagged = np.flatnonzero(~empty.to_numpy(zero_copy_only=False))
+        column = pa.array(
+            [json.loads(x) for x in column.take(pa.array(flagged)).to_pylist()], pa.list_(pa.string())
+        )
+        table = table.take(pa.array(flagged)).set_column(
+            table.schema.get_field_index("flags"), "flags", column
+        )
+        flagged = np.arange(len(flagged))
+    else:
+        flagged = np.flatnonzero(pc.fill_null(pc.list_value_length(column), 0).to_numpy() > 0)
     if len(flagged) == 0:
         return {}
     idx = pa.array(flagged)
