@@ -18,9 +18,18 @@ if TYPE_CHECKING:
     from ledger.client import LedgerClient
 
 
+#: Share key for the consortium's own rows, paid to the treasury (Marketplace.TREASURY_SHARE).
+TREASURY = "treasury"
+TREASURY_INDEX = 0xFFFF
+
+
 @dataclass(frozen=True)
 class QueryReceipt:
-    """What one paid query owes: ``amount_cents`` split by ``shares`` (producer account -> weight)."""
+    """What one paid query owes: ``amount_cents`` split by ``shares`` (producer account -> weight).
+
+    The key :data:`TREASURY` stands for rows the consortium itself derived (fraud
+    scores, reputations): that share goes to the treasury, i.e. PCC_gold holders.
+    """
 
     receipt_no: int
     consumer: str
@@ -65,10 +74,13 @@ class MarketApi:
             for producer, weight in sorted(r.shares.items()):
                 if not 0 <= weight < 2**32:
                     raise LedgerRuleError(f"receipt {r.receipt_no}: share weight {weight} must fit 32 bits")
-                index = producers.setdefault(Web3.to_checksum_address(producer), len(producers))
+                if producer == TREASURY:
+                    index = TREASURY_INDEX
+                else:
+                    index = producers.setdefault(Web3.to_checksum_address(producer), len(producers))
                 words.append(index | weight << 16)
-        if len(consumers) >= 2**16 or len(producers) >= 2**16:
-            raise LedgerRuleError("a batch names at most 65535 consumers and 65535 producers")
+        if len(consumers) >= 2**16 or len(producers) >= TREASURY_INDEX:
+            raise LedgerRuleError("a batch names at most 65535 consumers and 65534 producers")
         return list(consumers), list(producers), words
 
     def settle(self, receipts: Sequence[QueryReceipt], as_: Key = None) -> TxReceipt:

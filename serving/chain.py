@@ -19,7 +19,7 @@ from typing import Any
 from pipelines.errors import PccStateError
 from pipelines.settings import Settings
 from serving.errors import SettlementError
-from serving.pricing import EVENT_CATEGORY, LOCATION_CATEGORY, VIEW_CATEGORY, Billing
+from serving.pricing import CONSORTIUM, EVENT_CATEGORY, LOCATION_CATEGORY, VIEW_CATEGORY, Billing
 
 #: Every category a serving view prices.
 CATEGORIES: tuple[str, ...] = tuple(
@@ -73,6 +73,10 @@ class ChainBilling:
         return int(market.deposit_of(consumer)) + min(int(allowance), int(balance))
 
     def _account(self, source_id: str) -> str:
+        if source_id == CONSORTIUM:  # rows the consortium derived: paid to the treasury
+            from ledger.market import TREASURY
+
+            return TREASURY
         if source_id not in self._accounts:
             try:
                 self._accounts[source_id] = str(self.client.sources.get(source_id).account)

@@ -34,8 +34,11 @@ contract Marketplace is AccessControl {
     // Each receipt is a header word followed by `shares` share words:
     //   header = receiptNo (bits 0-63) | amount in cents (64-159) | consumer index (160-175)
     //            | number of shares (176-191)
-    //   share  = producer index (bits 0-15) | weight (16-47), e.g. rows of that producer used
+    //   share  = producer index (bits 0-15) | weight (16-47), e.g. rows of that producer used;
+    //            the index TREASURY_SHARE stands for rows the consortium itself derived
+    //            (fraud scores, reputations): that part goes to the treasury.
     uint256 private constant MASK16 = 0xffff;
+    uint256 public constant TREASURY_SHARE = 0xffff;
     uint256 private constant MASK32 = 0xffffffff;
     uint256 private constant MASK64 = 0xffffffffffffffff;
     uint256 private constant MASK96 = 0xffffffffffffffffffffffff;
@@ -195,9 +198,13 @@ contract Marketplace is AccessControl {
         uint256 paid;
         for (uint256 j = 0; j < shares.length; ++j) {
             uint256 producer = shares[j] & MASK16;
-            if (producer >= b.earned.length) revert ProducerIndexOutOfRange(receiptNo, producer);
             uint256 part = (rest * ((shares[j] >> 16) & MASK32)) / totalWeight;
-            b.earned[producer] += part;
+            if (producer == TREASURY_SHARE) {
+                fee += part;
+            } else {
+                if (producer >= b.earned.length) revert ProducerIndexOutOfRange(receiptNo, producer);
+                b.earned[producer] += part;
+            }
             paid += part;
         }
         fee += rest - paid; // rounding dust goes to the treasury

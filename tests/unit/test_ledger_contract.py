@@ -27,7 +27,7 @@ from ledger.errors import (
 )
 from ledger.indexer import LedgerIndexer, OnChainRootSource
 from ledger.keys import address_of, source_key
-from ledger.market import QueryReceipt
+from ledger.market import TREASURY, QueryReceipt
 from ledger.tx import Signer
 from pipelines.errors import PccNotFoundError, PccPermissionError, PccValueError
 
@@ -325,6 +325,19 @@ class LedgerContractTests:
         assert client.tokens.balance(ADDR[M1]) == 180 and client.tokens.balance(ADDR[M2]) == 120
         self.expect(LedgerNotFoundError, "NothingToClaim", client.tokens.claim, M1)
         assert client.tokens.total_supply() == 10_000  # nothing created or lost on the way
+
+    def test_rows_the_consortium_derived_pay_the_treasury(self, client: LedgerClient):
+        self._fund(client, 3_000)
+        receipts = [
+            QueryReceipt(1, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1, TREASURY: 1}),  # half producer rows
+            QueryReceipt(2, ADDR[CONSUMER], 1_000, {TREASURY: 5}),  # only fraud scores
+        ]
+        client.market.settle(receipts)
+        # fees 100 + 100; the rest 900 + 900 split: 450 to the producer, 450 + 900 to the treasury
+        assert client.market.credit(ADDR[SRC]) == 450
+        assert client.tokens.claimable(ADDR[M1]) + client.tokens.claimable(ADDR[M2]) == 1_550
+        assert client.tokens.balance(ADDR[CONSUMER]) == 1_000
+        assert client.tokens.total_supply() == 3_000
 
     def test_revenue_share_follows_gold_transfers(self, client: LedgerClient):
         self._fund(client, 2_000)
