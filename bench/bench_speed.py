@@ -45,6 +45,7 @@ from speed.state import VehicleStates
 from speed.synthetic import SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
+FIGURES = ("throughput", "backlog", "freshness", "memory")
 
 
 class _Roots:
@@ -82,6 +83,37 @@ def _generate(n: int, roots: InMemoryRoots, vehicles: int = 20_000) -> list[tupl
     return [(e["vehicle"].encode(), wire(e)) for e in envs]
 
 
+def _generate_backlog(
+    n: int, roots: InMemoryRoots, vehicles: int = 2_000, days: int = 730
+) -> dict[str, list[tuple[bytes, bytes]]]:
+    """A fleet's history as a backfill: ``n`` readings of ``vehicles`` cars over ``days`` days, in time order.
+
+    Telemetry (``cc-aurora``) and garage (``garage-net-03``, every fifth reading)
+    sources, so a poll of either topic spans many event dates, as in ``pcc demo``.
+    """
+    telemetry = SyntheticSource("cc-aurora", roots, checkpoint_every=1024)
+    garage = SyntheticSource("garage-net-03", roots, tier=2, checkpoint_every=1024)
+    end = int(time.time() * 1000) - 2 * DAY
+    start = end - days * DAY
+    step = (end - start) // n
+    out: dict[str, list[tuple[bytes, bytes]]] = {"telemetry": [], "garage": []}
+    envs: list[tuple[str, dict[str, Any]]] = []
+    for i in range(n):
+        car = i % vehicles
+        src, topic = (garage, "garage") if i % 5 == 0 else (telemetry, "telemetry")
+        km = 1_000 + (i // vehicles) * 40
+        envs.append((topic, src.append(src.odometer(vehicle(car), km, start + i * step))))
+    telemetry.checkpoint()
+    garage.checkpoint()
+    for topic, env in envs:
+        out[topic].append((env["vehicle"].encode(), wire(env)))
+    return out
+
+
+def _master_files(config: SpeedConfig) -> int:
+    return sum(1 for _ in config.master_dir.rglob("*.parquet"))
+
+
 def _publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     from kafka import KafkaProducer
 
@@ -109,7 +141,14 @@ def plain_loop(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> floa
 
     processor = EventProcessor(config, roots)
     sinks = SinkWriter(
-        config.realtime_dir, config.master_dir, config.state_dir, "plain", config.flush_interval_ms, None
+        config.realtime_dir,
+        config.master_dir,
+        config.state_dir,
+        "plain",
+        config.flush_interval_ms,
+        None,
+        master_flush_rows=config.master_flush_rows,
+        master_flush_interval_s=config.master_flush_interval_s,
     )
     consumer = KafkaConsumer(
         bootstrap_servers=config.bootstrap,
@@ -139,7 +178,8 @@ def plain_loop(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> floa
             done += len(records)
             if sinks.due():
                 sinks.flush(processor.pending_floor())
-    sinks.flush(processor.pending_floor())
+    sinks.flush(processor.pending_floor(), final=True)
+    sinks.close()
     consumer.close()
     assert t0 is not None
     return expected / (time.monotonic() - t0)
@@ -260,52 +300,89 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rate", type=float, default=2000.0, help="steady input rate for freshness (events/s)"
     )
+    parser.add_argument(
+        "--figures",
+        nargs="*",
+        default=list(FIGURES),
+        choices=FIGURES,
+        help="which figures to measure (default: all)",
+    )
     args = parser.parse_args(argv)
     bootstrap = args.bootstrap or load_settings().kafka.bootstrap
-    n = max(2_000, int(40_000 * args.scale))
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     try:
-        roots = InMemoryRoots()
-        prefix = _topics(bootstrap)
-        messages = _generate(n, roots)
-        _publish(bootstrap, prefix + "telemetry", messages)
-        plain = plain_loop(_config(bootstrap, prefix, work / "plain"), roots, n)
-        beam = beam_run(_config(bootstrap, prefix, work / "beam", until_idle_s=2.0), roots, n)
-        record(
-            "speed.throughput",
-            {"beam_events_per_s": round(beam), "events": n, "ratio_is": "beam FnApiRunner / plain loop"},
-            {"plain_loop_events_per_s": round(plain)},
-            beam / plain,
-        )
-        fresh_n = max(2_000, int(args.rate * 20 * args.scale))
-        fresh_roots = InMemoryRoots()
-        fresh_prefix = _topics(bootstrap)
-        fresh_messages = _generate(fresh_n, fresh_roots)
-        p50, p99, achieved = freshness(
-            _config(bootstrap, fresh_prefix, work / "fresh", max_events=fresh_n),
-            fresh_roots,
-            fresh_messages,
-            args.rate,
-        )
-        record(
-            "speed.freshness",
-            {
-                "p50_ms": round(p50),
-                "p99_ms": round(p99),
-                "rate_events_per_s": round(achieved),
-                "events": fresh_n,
-            },
-            {"target_p99_ms": 1000},
-            p99 / 1000,
-        )
-        vehicles = max(10_000, int(1_000_000 * args.scale))
-        mb = state_memory(vehicles)
-        record(
-            "speed.state_memory",
-            {"vehicles": vehicles, "state_mb": round(mb, 1), "bytes_per_vehicle": round(mb * 1e6 / vehicles)},
-            {"target_mb_per_million": 1024},
-            (mb * 1_000_000 / vehicles) / 1024,
-        )
+        if "throughput" in args.figures:
+            n = max(2_000, int(40_000 * args.scale))
+            roots = InMemoryRoots()
+            prefix = _topics(bootstrap)
+            messages = _generate(n, roots)
+            _publish(bootstrap, prefix + "telemetry", messages)
+            plain = plain_loop(_config(bootstrap, prefix, work / "plain"), roots, n)
+            beam = beam_run(_config(bootstrap, prefix, work / "beam", until_idle_s=2.0), roots, n)
+            record(
+                "speed.throughput",
+                {"beam_events_per_s": round(beam), "events": n, "ratio_is": "beam FnApiRunner / plain loop"},
+                {"plain_loop_events_per_s": round(plain)},
+                beam / plain,
+            )
+        if "backlog" in args.figures:
+            n = max(5_000, int(100_000 * args.scale))
+            roots = InMemoryRoots()
+            prefix = _topics(bootstrap)
+            for topic, messages in _generate_backlog(n, roots).items():
+                _publish(bootstrap, prefix + topic, messages)
+            plain_config = _config(bootstrap, prefix, work / "backlog-plain")
+            plain = plain_loop(plain_config, roots, n)
+            beam_config = _config(bootstrap, prefix, work / "backlog-beam", until_idle_s=2.0)
+            beam = beam_run(beam_config, roots, n)
+            record(
+                "speed.backlog",
+                {
+                    "beam_events_per_s": round(beam),
+                    "events": n,
+                    "event_dates": 730,
+                    "master_files": _master_files(beam_config),
+                    "realtime_segments": sum(1 for _ in beam_config.realtime_dir.glob("*.parquet")),
+                    "ratio_is": "beam FnApiRunner / plain loop",
+                },
+                {"plain_loop_events_per_s": round(plain), "plain_master_files": _master_files(plain_config)},
+                beam / plain,
+            )
+        if "freshness" in args.figures:
+            fresh_n = max(2_000, int(args.rate * 20 * args.scale))
+            fresh_roots = InMemoryRoots()
+            fresh_prefix = _topics(bootstrap)
+            fresh_messages = _generate(fresh_n, fresh_roots)
+            p50, p99, achieved = freshness(
+                _config(bootstrap, fresh_prefix, work / "fresh", max_events=fresh_n),
+                fresh_roots,
+                fresh_messages,
+                args.rate,
+            )
+            record(
+                "speed.freshness",
+                {
+                    "p50_ms": round(p50),
+                    "p99_ms": round(p99),
+                    "rate_events_per_s": round(achieved),
+                    "events": fresh_n,
+                },
+                {"target_p99_ms": 1000},
+                p99 / 1000,
+            )
+        if "memory" in args.figures:
+            vehicles = max(10_000, int(1_000_000 * args.scale))
+            mb = state_memory(vehicles)
+            record(
+                "speed.state_memory",
+                {
+                    "vehicles": vehicles,
+                    "state_mb": round(mb, 1),
+                    "bytes_per_vehicle": round(mb * 1e6 / vehicles),
+                },
+                {"target_mb_per_million": 1024},
+                (mb * 1_000_000 / vehicles) / 1024,
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -71,7 +71,9 @@ class SpeedSettings(_Section):
     max_events: int | None = None
     metrics_port: int = 9464
     proof_wait_s: float = 10.0
-    flush_interval_ms: int = 250  # real-time view and master dataset flush period (contract: <= 500)
+    flush_interval_ms: int = 250  # real-time view flush period (contract: <= 500)
+    master_flush_rows: int = 100_000  # the master dataset is written when this many rows wait...
+    master_flush_interval_s: float = 60.0  # ... or the oldest has waited this long (and at stop)
     poll_max_records: int = 5000  # records per Kafka poll, emitted as one batch
     dedupe_window_s: int = 7 * 24 * 3600  # event ids remembered for replay detection (>= Kafka retention)
     consumer_group: str = "pcc-speed"  # offsets committed here (after durable writes) for lag monitoring

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from pathlib import Path
@@ -77,21 +78,26 @@ def run(
 
     def progress() -> None:
         ends = _LogEnds(config)
-        while not done.wait(2.0):
-            s = METRICS.snapshot(ends.read())
-            console.print(
-                f"{s.rate:8.0f} ev/s  events {s.events}  accepted {s.accepted}  "
-                f"verified {s.verified_ratio:.1%}  dead letters {s.dead_letters}  waiting {s.pending}  "
-                f"lag {sum(s.lag.values())}"
-            )
+        try:
+            while not done.wait(2.0):
+                s = METRICS.snapshot(ends.read())
+                console.print(
+                    f"{s.rate:8.0f} ev/s  events {s.events}  accepted {s.accepted}  "
+                    f"verified {s.verified_ratio:.1%}  dead letters {s.dead_letters}  waiting {s.pending}  "
+                    f"lag {sum(s.lag.values())}"
+                )
+        finally:
+            ends.close()
 
-    threading.Thread(target=progress, daemon=True).start()
+    reporter = threading.Thread(target=progress, daemon=True)
+    reporter.start()
     try:
         speed_run.run()
     except KeyboardInterrupt:
         speed_run.stop()
     finally:
         done.set()
+        reporter.join(timeout=10)
         signal.signal(signal.SIGTERM, previous)
     s = METRICS.snapshot()
     console.print(
@@ -123,3 +129,9 @@ class _LogEnds:
         except Exception:
             return {}
         return {f"{tp.topic}[{tp.partition}]": end for tp, end in ends.items()}
+
+    def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            with contextlib.suppress(Exception):
+                consumer.close()  # type: ignore[attr-defined]

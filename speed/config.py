@@ -23,6 +23,8 @@ class SpeedConfig:
     metrics_port: int | None = 9464
     proof_wait_s: float = 10.0
     flush_interval_ms: int = 250
+    master_flush_rows: int = 100_000
+    master_flush_interval_s: float = 60.0
     poll_max_records: int = 5000
     poll_timeout_ms: int = 2
     dedupe_window_s: int = 7 * 24 * 3600
@@ -38,6 +40,11 @@ class SpeedConfig:
     def __post_init__(self) -> None:
         if not 0 < self.flush_interval_ms <= 500:
             raise SpeedError(f"speed.flush_interval_ms must be in (0, 500], got {self.flush_interval_ms}")
+        if self.master_flush_rows <= 0 or self.master_flush_interval_s <= 0:
+            raise SpeedError(
+                "speed.master_flush_rows and speed.master_flush_interval_s must be positive, got "
+                f"{self.master_flush_rows} and {self.master_flush_interval_s}"
+            )
         if self.max_events is not None and self.max_events <= 0:
             raise SpeedError(f"--max-events must be positive, got {self.max_events}")
 
@@ -68,6 +75,8 @@ class SpeedConfig:
             metrics_port=s.metrics_port,
             proof_wait_s=s.proof_wait_s,
             flush_interval_ms=s.flush_interval_ms,
+            master_flush_rows=s.master_flush_rows,
+            master_flush_interval_s=s.master_flush_interval_s,
             poll_max_records=s.poll_max_records,
             dedupe_window_s=s.dedupe_window_s,
             future_tolerance_s=float(settings.producer.future_tolerance_s),

@@ -30,9 +30,9 @@ from speed.process import EventProcessor
 from speed.roots import RootSource
 from speed.sinks import (
     DeadLetterProducer,
+    OffsetCommitter,
     Offsets,
     SinkWriter,
-    kafka_offset_committer,
     read_master,
     recover,
 )
@@ -82,7 +82,7 @@ _RUNTIMES: dict[str, Runtime] = {}
 
 def build_runtime(config: SpeedConfig, roots: RootSource) -> Runtime:
     """Recover the sinks, rebuild state from the master dataset, open the dead-letter producer."""
-    recover(config.state_dir, [config.realtime_dir, config.master_dir])
+    recover(config.state_dir, config.realtime_dir, config.master_dir, config.worker)
     processor = EventProcessor(config, roots)
     restored = processor.restore(read_master(config.master_dir))
     sinks = SinkWriter(
@@ -92,7 +92,9 @@ def build_runtime(config: SpeedConfig, roots: RootSource) -> Runtime:
         config.worker,
         config.flush_interval_ms,
         DeadLetterProducer(config.bootstrap, config.deadletter_topic),
-        kafka_offset_committer(config.bootstrap, config.consumer_group),
+        OffsetCommitter(config.bootstrap, config.consumer_group),
+        master_flush_rows=config.master_flush_rows,
+        master_flush_interval_s=config.master_flush_interval_s,
     )
     return Runtime(processor, sinks, restored)
 
@@ -132,7 +134,7 @@ class ProcessAndSink(beam.DoFn):  # type: ignore[misc]
         sinks = self._rt.sinks
         if force or sinks.due():
             try:
-                written = sinks.flush(self._rt.processor.pending_floor())
+                written = sinks.flush(self._rt.processor.pending_floor(), final=force)
             except LedgerUnavailable:  # the dead-letter topic is down: keep the buffer, retry
                 METRICS.sink_retries.inc()
                 return
@@ -157,7 +159,9 @@ class SpeedRun:
     def build(self, pipeline: beam.Pipeline) -> None:
         runtime = build_runtime(self.config, self.roots_factory())
         _RUNTIMES[self.run_id] = self.runtime = runtime
-        durable = recover(self.config.state_dir, [self.config.realtime_dir, self.config.master_dir])
+        durable = recover(
+            self.config.state_dir, self.config.realtime_dir, self.config.master_dir, self.config.worker
+        )
         starts = partition_starts(self.config, durable)
         METRICS.set_partitions(starts)
         options = ConsumerOptions(
@@ -184,7 +188,7 @@ class SpeedRun:
             runtime = _RUNTIMES.pop(self.run_id, None)
             if runtime is not None:
                 try:
-                    runtime.sinks.flush(runtime.processor.pending_floor())
+                    runtime.sinks.flush(runtime.processor.pending_floor(), final=True)
                 finally:
                     runtime.sinks.close()
 

@@ -1,24 +1,37 @@
 """The speed layer's sinks and its effectively-once commit.
 
-Three sinks, flushed together (at least every ``flush_interval_ms``):
+Three sinks:
 
-* the real-time view: ``<data_dir>/realtime/seg-<unix_ms>-<worker>-<n>.parquet``;
-* the master dataset: ``<master>/event_date=YYYY-MM-DD/part-<unix_ms>-<worker>-<n>.parquet``;
+* the real-time view: ``<data_dir>/realtime/seg-<unix_ms>-<worker>-<n>.parquet``,
+  one segment per flush (at least every ``flush_interval_ms``);
+* the master dataset: ``<master>/event_date=YYYY-MM-DD/part-<unix_ms>-<worker>-<n>.parquet``,
+  on its own cadence (:mod:`speed.master`): the rows of many segments at once,
+  one file per event date;
 * dead letters: the ``pcc.deadletter`` topic, original bytes + ``pcc-reason``,
   ``pcc-detail``, ``pcc-origin`` headers.
 
 One flush is one transaction:
 
 1. dead letters are produced and the producer flushed (``acks=all``);
-2. every Parquet file is written under a ``.tmp`` name and fsynced;
+2. the segment is written under a ``.tmp`` name and fsynced (master files, when
+   a master write has finished in the background, are already fsynced
+   ``.tmp`` files);
 3. a manifest ``<data_dir>/speed/commits/<seq>.json`` (written atomically) names
-   the renames and the Kafka offsets the flush covers: **the commit point**;
-4. the renames are done, ``offsets.json`` is replaced atomically, the manifest
-   is deleted, and only then the offsets are committed to the Kafka consumer
-   group (for lag monitoring; the source of truth is ``offsets.json``).
+   the renames and the durable state after the flush: **the commit point**;
+4. the renames are done, ``offsets.json`` is replaced by that state, the
+   manifest is deleted, and only then the offsets both sinks hold are committed
+   to the Kafka consumer group (lag monitoring; the source of truth is
+   ``offsets.json``).
+
+The durable state (``offsets.json``): ``seq`` and ``offsets`` (the real-time
+view holds every accepted event before them), ``master_seq`` and
+``master_offsets`` (the master dataset holds exactly the rows of the segments
+up to flush ``master_seq``), and ``unmastered``, the segments after it.
 
 :func:`recover` (run before reading) finishes any manifest left by a crash
-(renames are idempotent), deletes ``.tmp`` files no manifest names, and
+(renames are idempotent), deletes ``.tmp`` files no manifest names, copies the
+rows of the ``unmastered`` segments into the master dataset (the segments are
+the write-ahead log of the master dataset: same rows, same columns) and
 returns the offsets to resume from.  Records after those offsets are read
 again; events already accepted are recognised by event id and origin
 (:class:`~speed.state.SeenEvents`, rebuilt from the master dataset) and
@@ -31,7 +44,6 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +52,18 @@ import pyarrow.parquet as pq
 
 from pipelines.dataset import MASTER_SCHEMA
 from speed.errors import LedgerUnavailable, SinkStateError
+from speed.master import (
+    MasterBatcher,
+    Offsets,
+    offsets_from_json,
+    offsets_to_json,
+    write_master_files,
+    write_parquet,
+)
 from speed.process import BatchResult, DeadLetter
 from speed.source import KafkaRecord
 
-Offsets = dict[tuple[str, int], int]
+__all__ = ["Offsets", "SinkWriter", "read_master", "recover"]
 
 
 def _fsync_dir(path: Path) -> None:
@@ -64,36 +84,34 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     _fsync_dir(path.parent)
 
 
-def _offsets_to_json(offsets: Offsets) -> dict[str, int]:
-    return {f"{t}/{p}": o for (t, p), o in sorted(offsets.items())}
+def _read_state(state_dir: Path) -> dict[str, Any]:
+    """``offsets.json``; a state written before the master cadence existed had both sinks at ``seq``."""
+    offsets_file = state_dir / "offsets.json"
+    state = json.loads(offsets_file.read_text()) if offsets_file.exists() else {"seq": 0, "offsets": {}}
+    state.setdefault("master_seq", state["seq"])
+    state.setdefault("master_offsets", state["offsets"])
+    state.setdefault("unmastered", [])
+    return state
 
 
-def _offsets_from_json(obj: dict[str, int]) -> Offsets:
-    out: Offsets = {}
-    for key, offset in obj.items():
-        topic, _, partition = key.rpartition("/")
-        out[(topic, int(partition))] = int(offset)
-    return out
+def _commit(state_dir: Path, seq: int, renames: list[tuple[str, str]], state: dict[str, Any]) -> None:
+    """Steps 3 and 4 of a flush: manifest (the commit point), renames, ``offsets.json``."""
+    manifest = state_dir / "commits" / f"{seq}.json"
+    _write_json_atomic(manifest, {"seq": seq, "renames": renames, "state": state})
+    for tmp, final in renames:
+        os.replace(tmp, final)
+    for d in {Path(f).parent for _, f in renames}:
+        _fsync_dir(d)
+    _write_json_atomic(state_dir / "offsets.json", state)
+    manifest.unlink()
 
 
-def _write_parquet(table: pa.Table, final: Path, offsets: Offsets) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(final.name + ".tmp")
-    meta = {b"pcc.offsets": json.dumps(_offsets_to_json(offsets)).encode()}
-    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
-        fh.flush()
-        os.fsync(fh.fileno())
-    return tmp
-
-
-def recover(state_dir: Path, dirs: Iterable[Path]) -> Offsets:
-    """Finish interrupted flushes, drop orphan temporary files, return the durable offsets."""
+def recover(state_dir: Path, realtime_dir: Path, master_dir: Path, worker: str = "w0") -> Offsets:
+    """Finish interrupted flushes, drop orphan temporary files, bring the master dataset up to the
+    real-time view; returns the durable offsets (both sinks hold every accepted event before them)."""
     commits = state_dir / "commits"
     commits.mkdir(parents=True, exist_ok=True)
-    offsets_file = state_dir / "offsets.json"
-    durable = json.loads(offsets_file.read_text()) if offsets_file.exists() else {"seq": 0, "offsets": {}}
+    state = _read_state(state_dir)
     named: set[str] = set()
     for manifest in sorted(commits.glob("*.json"), key=lambda p: int(p.stem)):
         body = json.loads(manifest.read_text())
@@ -103,16 +121,40 @@ def recover(state_dir: Path, dirs: Iterable[Path]) -> Offsets:
                 os.replace(tmp, final)
             elif not os.path.exists(final):
                 raise SinkStateError(f"flush {manifest.name}: neither {tmp} nor {final} exists")
-        if body["seq"] > durable["seq"]:
-            durable = {"seq": body["seq"], "offsets": {**durable["offsets"], **body["offsets"]}}
-            _write_json_atomic(offsets_file, durable)
+        if body["seq"] > state["seq"]:
+            if "state" in body:
+                state = body["state"]
+            else:  # a manifest of the one-transaction-for-both-sinks layout
+                offsets = {**state["offsets"], **body["offsets"]}
+                state = {"seq": body["seq"], "offsets": offsets, "master_seq": body["seq"],
+                         "master_offsets": offsets, "unmastered": []}  # fmt: skip
+            _write_json_atomic(state_dir / "offsets.json", state)
         manifest.unlink()
-    for root in dirs:
+    for root in (realtime_dir, master_dir):
         if root.exists():
             for tmp in root.rglob("*.parquet.tmp"):
                 if str(tmp) not in named:
                     tmp.unlink()
-    return _offsets_from_json(durable["offsets"])
+    if state["unmastered"]:
+        _copy_to_master(state_dir, master_dir, worker, state)
+    return offsets_from_json(state["offsets"])
+
+
+def _copy_to_master(state_dir: Path, master_dir: Path, worker: str, state: dict[str, Any]) -> None:
+    """The rows of the segments the master dataset does not hold yet, committed into it."""
+    tables = []
+    for _seq, path in state["unmastered"]:
+        if not os.path.exists(path):
+            raise SinkStateError(
+                f"the real-time segment {path} is gone but its rows are not in the master dataset yet"
+            )
+        tables.append(pq.read_table(path, schema=MASTER_SCHEMA).replace_schema_metadata(None))
+    offsets = offsets_from_json(state["offsets"])
+    name = f"{int(time.time() * 1000)}-{worker}-{state['seq']}"
+    renames = write_master_files(pa.concat_tables(tables), master_dir, name, offsets)
+    seq = state["seq"] + 1
+    new_state = {**state, "seq": seq, "master_seq": seq, "master_offsets": state["offsets"], "unmastered": []}
+    _commit(state_dir, seq, renames, new_state)
 
 
 RESTORE_COLUMNS = (
@@ -146,8 +188,7 @@ def read_master(master_dir: Path) -> list[dict[str, Any]]:
 
 
 def durable_seq(state_dir: Path) -> int:
-    offsets_file = state_dir / "offsets.json"
-    return int(json.loads(offsets_file.read_text())["seq"]) if offsets_file.exists() else 0
+    return int(_read_state(state_dir)["seq"])
 
 
 class DeadLetterProducer:
@@ -187,7 +228,12 @@ class DeadLetterProducer:
 
 
 class SinkWriter:
-    """Buffers accepted rows and dead letters; :meth:`flush` commits them as one transaction."""
+    """Buffers accepted rows and dead letters; :meth:`flush` commits them as one transaction.
+
+    Every flush writes a real-time segment; the master dataset gets the rows of
+    many segments at once, when ``master_flush_rows`` rows are waiting or the
+    oldest has waited ``master_flush_interval_s`` (and at the last flush).
+    """
 
     def __init__(
         self,
@@ -197,24 +243,30 @@ class SinkWriter:
         worker: str,
         flush_interval_ms: int,
         dead_letters: DeadLetterProducer | None,
-        offset_committer: Any = None,
+        offset_committer: OffsetCommitter | None = None,
+        *,
+        master_flush_rows: int = 100_000,
+        master_flush_interval_s: float = 60.0,
     ) -> None:
         self._realtime = realtime_dir
-        self._master = master_dir
-        self._state = state_dir
+        self._state_dir = state_dir
         self._worker = worker
         self._interval_s = flush_interval_ms / 1000
         self._dead_letters = dead_letters
         self._committer = offset_committer
+        self._master = MasterBatcher(master_dir, worker, master_flush_rows, master_flush_interval_s)
         self._rows: list[dict[str, Any]] = []
         self._dead: list[DeadLetter] = []
         self._next: Offsets = {}
-        self._committed: Offsets = {}
         self._last_flush = time.monotonic()
-        self._seq = durable_seq(state_dir)
-        self._n = 0
         for d in (realtime_dir, master_dir, state_dir / "commits"):
             d.mkdir(parents=True, exist_ok=True)
+        self._state = _read_state(state_dir)
+        if self._state["unmastered"]:
+            raise SinkStateError(
+                f"run recover() on {state_dir} first: segments are missing from the master dataset"
+            )
+        self._committed = offsets_from_json(self._state["offsets"])
 
     def add(self, records: list[KafkaRecord], result: BatchResult) -> None:
         self._rows.extend(result.rows)
@@ -231,74 +283,86 @@ class SinkWriter:
     def buffered(self) -> int:
         return len(self._rows) + len(self._dead)
 
-    def flush(self, pending_floor: Offsets) -> int:
-        """Make everything buffered durable; returns the number of rows written."""
-        self._last_flush = time.monotonic()
+    @property
+    def master_lag_rows(self) -> int:
+        """Rows in the real-time view not yet in the master dataset."""
+        return self._master.waiting_rows
+
+    def flush(self, pending_floor: Offsets, *, final: bool = False) -> int:
+        """Make everything buffered durable; returns the number of rows written to the real-time view.
+
+        ``final`` (the end of a run): the master dataset is brought up to the
+        real-time view in this flush, without waiting for its cadence.
+        """
+        now = time.monotonic()
+        self._last_flush = now
         offsets = {k: min(v, pending_floor.get(k, v)) for k, v in self._next.items()}
         offsets = {k: v for k, v in offsets.items() if self._committed.get(k) != v}
-        if not self._rows and not self._dead and not offsets:
+        master_work = self._master.ready() or (final and self._master.waiting_rows > 0)
+        if not self._rows and not self._dead and not offsets and not master_work:
             return 0
         if self._dead and self._dead_letters is not None:
             self._dead_letters.send_all(self._dead)  # transient failure: raise, keep the buffer
-        self._seq += 1
-        now_ms = int(time.time() * 1000)
+        seq = self._state["seq"] + 1
+        merged = {**self._committed, **offsets}
+        state = {**self._state, "seq": seq, "offsets": offsets_to_json(merged)}
         renames: list[tuple[str, str]] = []
+        unmastered = list(self._state["unmastered"])
+        masters = [p for p in (self._master.take(wait=final),) if p is not None]
         if self._rows:
             table = pa.Table.from_pylist(self._rows, schema=MASTER_SCHEMA)
-            name = f"{now_ms}-{self._worker}-{self._seq}.parquet"
-            final = self._realtime / f"seg-{name}"
-            renames.append((str(_write_parquet(table, final, offsets)), str(final)))
-            for date, part in _by_date(table):
-                final = self._master / f"event_date={date}" / f"part-{name}"
-                renames.append((str(_write_parquet(part, final, offsets)), str(final)))
-        manifest = self._state / "commits" / f"{self._seq}.json"
-        _write_json_atomic(
-            manifest, {"seq": self._seq, "renames": renames, "offsets": _offsets_to_json(offsets)}
-        )
-        for tmp, final in renames:
-            os.replace(tmp, final)
-        for d in {Path(f).parent for _, f in renames}:
-            _fsync_dir(d)
-        offsets_file = self._state / "offsets.json"
-        merged = {**self._committed, **offsets}
-        _write_json_atomic(offsets_file, {"seq": self._seq, "offsets": _offsets_to_json(merged)})
-        manifest.unlink()
+            segment = self._realtime / f"seg-{int(time.time() * 1000)}-{self._worker}-{seq}.parquet"
+            renames.append((str(write_parquet(table, segment, merged)), str(segment)))
+            unmastered.append([seq, str(segment)])
+            self._master.add(seq, table, merged, now)
+        if final and (rest := self._master.write_now()) is not None:
+            masters.append(rest)
+        for prepared in masters:  # in flush order: each covers the segments up to its seq
+            renames += prepared.renames
+            state["master_seq"] = prepared.seq
+            state["master_offsets"] = offsets_to_json(prepared.offsets)
+            unmastered = [u for u in unmastered if u[0] > prepared.seq]
+        if not unmastered:  # no row is in the real-time view only: both sinks are at the same offsets
+            state["master_offsets"] = state["offsets"]
+        state["unmastered"] = unmastered
+        _commit(self._state_dir, seq, renames, state)
+        master_moved = state["master_offsets"] != self._state["master_offsets"]
+        self._state = state
         self._committed = merged
         written = len(self._rows)
         self._rows, self._dead = [], []
-        if self._committer is not None:
-            self._committer(offsets)
+        if self._committer is not None and master_moved:
+            self._committer.commit(offsets_from_json(state["master_offsets"]))
+        if not final and self._master.due(now):
+            self._master.start()
         return written
 
     def close(self) -> None:
+        self._master.close()
         if self._dead_letters is not None:
             self._dead_letters.close()
+        if self._committer is not None:
+            self._committer.close()
 
 
-def _by_date(table: pa.Table) -> Iterator[tuple[str, pa.Table]]:
-    dates = table.column("event_date").to_pylist()
-    distinct = sorted(set(dates))
-    if len(distinct) == 1:
-        yield distinct[0], table
-        return
-    import pyarrow.compute as pc
+class OffsetCommitter:
+    """Commits offsets to the consumer group once both sinks hold them (lag monitoring only)."""
 
-    for date in distinct:
-        yield date, table.filter(pc.equal(table.column("event_date"), date))
+    def __init__(self, bootstrap: str, group: str) -> None:
+        from kafka import KafkaConsumer
 
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
 
-def kafka_offset_committer(bootstrap: str, group: str) -> Any:
-    """A callable committing offsets to the consumer group (after the sinks are durable)."""
-    from kafka import KafkaConsumer, TopicPartition
-    from kafka.structs import OffsetAndMetadata
+    def commit(self, offsets: Offsets) -> None:
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-
-    def commit(offsets: Offsets) -> None:
         # monitoring only: the durable offsets live in offsets.json
         with contextlib.suppress(Exception):
-            consumer.commit(
+            self._consumer.commit(
                 {TopicPartition(t, p): OffsetAndMetadata(o, "", -1) for (t, p), o in offsets.items()}
             )
 
-    return commit
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._consumer.close(autocommit=False)

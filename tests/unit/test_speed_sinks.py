@@ -14,6 +14,7 @@ pytest.importorskip("apache_beam")
 
 from pipelines.dataset import MASTER_COLUMNS
 from speed.config import SpeedConfig
+from speed.errors import SinkStateError
 from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.sinks import SinkWriter, read_master, recover
@@ -55,7 +56,7 @@ def test_flush_writes_view_and_master_partitioned_by_event_date_with_offsets(tmp
     sinks = _writer(tmp_path)
     result = proc.process_batch(records, int(time.time() * 1000))
     sinks.add(records, result)
-    assert sinks.flush({}) == 6
+    assert sinks.flush({}, final=True) == 6
     segments = list((tmp_path / "realtime").glob("seg-*-w0-*.parquet"))
     assert len(segments) == 1
     view = pq.read_table(segments[0])
@@ -63,7 +64,9 @@ def test_flush_writes_view_and_master_partitioned_by_event_date_with_offsets(tmp
     dates = sorted(p.name for p in (tmp_path / "master").iterdir())
     assert dates == sorted({f"event_date={r['event_date']}" for r in result.rows})
     assert len(dates) == 6
-    assert recover(tmp_path / "speed", [tmp_path]) == {("pcc.telemetry", 0): 6}
+    assert recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master") == {
+        ("pcc.telemetry", 0): 6
+    }
     assert json.loads(view.schema.metadata[b"pcc.offsets"]) == {"pcc.telemetry/0": 6}
 
 
@@ -72,8 +75,10 @@ def test_offsets_stop_before_an_event_still_waiting(tmp_path: Path) -> None:
     sinks = _writer(tmp_path)
     proc = _proc(tmp_path, roots)
     sinks.add(records, proc.process_batch(records, int(time.time() * 1000)))
-    sinks.flush({("pcc.telemetry", 0): 11})  # offset 11 waits for its checkpoint
-    assert recover(tmp_path / "speed", [tmp_path]) == {("pcc.telemetry", 0): 11}
+    sinks.flush({("pcc.telemetry", 0): 11}, final=True)  # offset 11 waits for its checkpoint
+    assert recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master") == {
+        ("pcc.telemetry", 0): 11
+    }
 
 
 def test_crash_after_the_commit_point_is_finished_on_recovery(tmp_path: Path, monkeypatch) -> None:
@@ -91,10 +96,12 @@ def test_crash_after_the_commit_point_is_finished_on_recovery(tmp_path: Path, mo
 
     monkeypatch.setattr(os, "replace", crash_after_manifest)
     with pytest.raises(SystemExit):
-        sinks.flush({})
+        sinks.flush({}, final=True)
     monkeypatch.setattr(os, "replace", real_replace)
     assert list((tmp_path / "realtime").glob("*.parquet")) == []  # nothing visible yet
-    assert recover(tmp_path / "speed", [tmp_path]) == {("pcc.telemetry", 0): 4}
+    assert recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master") == {
+        ("pcc.telemetry", 0): 4
+    }
     assert len(pq.read_table(tmp_path / "realtime").to_pylist()) == 4
     assert len(read_master(tmp_path / "master")) == 4
     assert not list(tmp_path.rglob("*.tmp"))
@@ -113,9 +120,9 @@ def test_crash_before_the_commit_point_leaves_nothing_and_resumes_from_the_start
 
     monkeypatch.setattr(sinks_module, "_write_json_atomic", die)
     with pytest.raises(SystemExit):
-        sinks.flush({})
+        sinks.flush({}, final=True)
     monkeypatch.undo()
-    assert recover(tmp_path / "speed", [tmp_path]) == {}
+    assert recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master") == {}
     assert not list(tmp_path.rglob("*.parquet*"))  # the orphan temporary files are gone
 
 
@@ -124,8 +131,117 @@ def test_restart_skips_what_the_master_dataset_already_holds(tmp_path: Path) -> 
     sinks = _writer(tmp_path)
     proc = _proc(tmp_path, roots)
     sinks.add(records, proc.process_batch(records, int(time.time() * 1000)))
-    sinks.flush({})
+    sinks.flush({}, final=True)
     fresh = _proc(tmp_path, roots)
     assert fresh.restore(read_master(tmp_path / "master")) == 5
     again = fresh.process_batch(records, int(time.time() * 1000))
     assert (again.rows, again.dead, again.redelivered) == ([], [], 5)
+
+
+def _segments(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "realtime").glob("seg-*.parquet"))
+
+
+def _master_files(tmp_path: Path) -> list[Path]:
+    return sorted((tmp_path / "master").rglob("*.parquet"))
+
+
+def _ids(files: list[Path]) -> list[str]:
+    return sorted(i for f in files for i in pq.read_table(f, columns=["event_id"]).column(0).to_pylist())
+
+
+def _flush_in_steps(tmp_path: Path, sinks: SinkWriter, steps: int, n: int = 30):
+    """``steps`` real-time flushes of a backfill spanning ``n`` event dates; returns the records."""
+    roots, records = _batch(n, days_apart=True)
+    proc = _proc(tmp_path, roots)
+    size = n // steps
+    for i in range(steps):
+        part = records[i * size : (i + 1) * size]
+        sinks.add(part, proc.process_batch(part, int(time.time() * 1000)))
+        sinks.flush({})
+    return roots, records
+
+
+def test_a_backfill_gets_one_master_file_per_date_not_one_per_date_per_flush(tmp_path: Path) -> None:
+    sinks = _writer(tmp_path)  # the master cadence (100k rows / 60 s) is not reached by 30 rows
+    _flush_in_steps(tmp_path, sinks, steps=5)
+    assert len(_segments(tmp_path)) == 5  # the real-time view is fresh at every flush
+    assert _master_files(tmp_path) == []
+    sinks.flush({}, final=True)
+    assert len(_master_files(tmp_path)) == 30  # 30 dates, one file each
+    assert _ids(_master_files(tmp_path)) == _ids(_segments(tmp_path))
+    assert len(_ids(_segments(tmp_path))) == 30
+    state = json.loads((tmp_path / "speed" / "offsets.json").read_text())
+    assert state["master_offsets"] == state["offsets"] == {"pcc.telemetry/0": 30}
+    assert state["unmastered"] == []
+
+
+def test_the_master_dataset_is_written_in_the_background_once_enough_rows_wait(tmp_path: Path) -> None:
+    sinks = SinkWriter(
+        tmp_path / "realtime", tmp_path / "master", tmp_path / "speed", "w0", 250, None, master_flush_rows=10
+    )
+    _flush_in_steps(tmp_path, sinks, steps=3)  # 10 rows per flush: each one reaches the row budget
+    deadline = time.monotonic() + 30
+    while sinks.master_lag_rows and time.monotonic() < deadline:
+        sinks.flush({})  # commits a finished background write, starts the next one
+        time.sleep(0.01)
+    assert sinks.master_lag_rows == 0
+    assert _ids(_master_files(tmp_path)) == _ids(_segments(tmp_path))
+    assert len(_master_files(tmp_path)) == 30
+
+
+def test_crash_with_rows_only_in_the_real_time_view_copies_them_to_the_master_dataset(
+    tmp_path: Path,
+) -> None:
+    sinks = _writer(tmp_path)
+    roots, records = _flush_in_steps(tmp_path, sinks, steps=3)
+    # the process dies here: 30 rows in three segments, none in the master dataset yet
+    assert recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master") == {
+        ("pcc.telemetry", 0): 30
+    }
+    assert _ids(_master_files(tmp_path)) == _ids(_segments(tmp_path))
+    assert len(_ids(_master_files(tmp_path))) == 30
+    # a second recovery has nothing left to copy
+    recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master")
+    assert len(_ids(_master_files(tmp_path))) == 30
+    fresh = _proc(tmp_path, roots)
+    assert fresh.restore(read_master(tmp_path / "master")) == 30
+    again = fresh.process_batch(records, int(time.time() * 1000))
+    assert (again.rows, again.dead, again.redelivered) == ([], [], 30)
+
+
+def test_crash_during_a_background_master_write_leaves_each_row_once(tmp_path: Path, monkeypatch) -> None:
+    import speed.master as master_module
+
+    sinks = SinkWriter(
+        tmp_path / "realtime", tmp_path / "master", tmp_path / "speed", "w0", 250, None, master_flush_rows=10
+    )
+    real_write = master_module.write_parquet
+    written: list[Path] = []
+
+    def die_after_two_files(table, final, offsets):  # the process dies mid-way through a master write
+        if len(written) == 2:
+            raise SystemExit("killed")
+        written.append(real_write(table, final, offsets))
+        return written[-1]
+
+    monkeypatch.setattr(master_module, "write_parquet", die_after_two_files)
+    _flush_in_steps(tmp_path, sinks, steps=2, n=20)  # the second flush starts a master write
+    with pytest.raises(SystemExit):
+        sinks.flush({}, final=True)
+    monkeypatch.undo()
+    assert [p for p in written if p.exists()]  # orphan temporary master files
+    assert recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master") == {
+        ("pcc.telemetry", 0): 20
+    }
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert _ids(_master_files(tmp_path)) == _ids(_segments(tmp_path))
+    assert len(_ids(_master_files(tmp_path))) == 20
+
+
+def test_a_lost_segment_whose_rows_are_not_in_the_master_dataset_is_an_error(tmp_path: Path) -> None:
+    sinks = _writer(tmp_path)
+    _flush_in_steps(tmp_path, sinks, steps=2, n=10)
+    _segments(tmp_path)[0].unlink()
+    with pytest.raises(SinkStateError, match="is gone but its rows are not in the master dataset"):
+        recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master")
