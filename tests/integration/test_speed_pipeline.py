@@ -154,7 +154,14 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_honest_events_pass(
     assert by_reason["bad_proof"][1]["pcc-detail"]
 
 
-def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(kafka_broker, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "master_flush_rows",
+    [None, 1_500],
+    ids=["master-behind-the-view", "master-written-mid-stream"],
+)
+def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(
+    kafka_broker, tmp_path: Path, master_flush_rows: int | None
+) -> None:
     bootstrap = kafka_broker.bootstrap
     prefix = _topics(bootstrap)
     roots = InMemoryRoots()
@@ -183,11 +190,14 @@ def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(kafka_bro
 
     data = tmp_path / "data"
     env = _env(bootstrap, prefix, data)
+    if master_flush_rows is not None:  # master files written (and being written) when the crash comes
+        env["PCC__SPEED__MASTER_FLUSH_ROWS"] = str(master_flush_rows)
     first = _speed(env, roots_file)  # runs forever: we crash it
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         visible = list((data / "realtime").glob("*.parquet")) if (data / "realtime").exists() else []
-        if len(visible) >= 3:
+        master = list((data / "master").rglob("*.parquet")) if (data / "master").exists() else []
+        if len(visible) >= 3 and (master_flush_rows is None or master):
             break
         assert first.poll() is None, first.communicate()[0].decode()
         time.sleep(0.2)
@@ -195,6 +205,9 @@ def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(kafka_bro
     first.wait(timeout=30)
     before = len(_rows(data / "realtime"))
     assert 0 < before < n, f"the crash should come mid-stream, {before} of {n} rows were visible"
+    in_master = len(_rows(data / "master"))
+    # the default cadence (100k rows / 60 s) has written nothing yet; 1,500 rows has, at least once
+    assert in_master == 0 if master_flush_rows is None else 0 < in_master <= before
 
     second = _speed(env, roots_file, "--until-idle", "4")
     out, _ = second.communicate(timeout=400)
@@ -229,3 +242,47 @@ def test_sigterm_stops_cleanly_with_everything_read_made_durable(kafka_broker, t
     assert proc.returncode == 0, out.decode()
     assert b"stopped: 500 events" in out
     assert sorted(r["event_id"] for r in _rows(data / "master")) == sorted(e["event_id"] for e in sent)
+
+
+def test_a_run_leaves_no_kafka_client_behind(kafka_broker, tmp_path: Path) -> None:
+    """Once ``SpeedRun.run()`` returns, no Kafka client thread of it is left (it would log reconnect
+    errors once the broker is gone)."""
+    import threading
+
+    from speed.config import SpeedConfig
+    from speed.pipeline import SpeedRun
+
+    bootstrap = kafka_broker.bootstrap
+    prefix = _topics(bootstrap)
+    roots = InMemoryRoots()
+    src = SyntheticSource("cc-aurora", roots, checkpoint_every=50)
+    start = int(time.time() * 1000) - DAY
+    sent = [src.append(src.odometer(vehicle(i % 5), 100 + i, start + i * 60_000)) for i in range(100)]
+    src.checkpoint()
+    _publish(bootstrap, prefix + "telemetry", [(e["vehicle"].encode(), wire(e)) for e in sent])
+    before = {t.ident for t in threading.enumerate()}
+    config = SpeedConfig(
+        bootstrap=bootstrap,
+        data_dir=tmp_path,
+        topics=(prefix + "telemetry", prefix + "garage", prefix + "insurer"),
+        deadletter_topic=prefix + "deadletter",
+        metrics_port=None,
+        until_idle_s=2.0,
+    )
+    SpeedRun(config, _Roots(roots)).run()
+    assert len(_rows(tmp_path / "master")) == 100
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        left = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+        if not left:
+            break
+        time.sleep(0.1)
+    assert left == []
+
+
+class _Roots:
+    def __init__(self, roots: InMemoryRoots) -> None:
+        self.roots = roots
+
+    def __call__(self) -> InMemoryRoots:
+        return self.roots
