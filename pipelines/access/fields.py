@@ -22,6 +22,7 @@ from __future__ import annotations
 import binascii
 import os
 import re
+import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -76,6 +77,27 @@ def sealed_fields(event_type: str, version: int = 1) -> tuple[SealedField, ...]:
     return tuple(out)
 
 
+#: One sealed field as the hot loops use it: the field, whether it is nested, its member name,
+#: its category, and the middle of its AAD (``\x00 path \x00 category \x00``, the epoch follows).
+_Slot = tuple[SealedField, bool, str, str, bytes]
+
+
+@cache
+def _plan(event_type: str, version: int) -> tuple[tuple[_Slot, ...], bool]:
+    """:func:`sealed_fields` precompiled once per (event type, version), and whether one is nested."""
+    slots = tuple(
+        (
+            f,
+            len(f.keys) > 1,
+            f.keys[-1],
+            f.category,
+            b"\x00%s\x00%s\x00" % (f.path.encode(), f.category.encode()),
+        )
+        for f in sealed_fields(event_type, version)
+    )
+    return slots, any(slot[1] for slot in slots)
+
+
 def sealed_categories(event_type: str, version: int = 1) -> frozenset[str]:
     """The protected categories present in this payload schema."""
     return frozenset(f.category for f in sealed_fields(event_type, version))
@@ -86,26 +108,55 @@ def row_aad(vehicle: str, event_id: str) -> bytes:
     return b"pcc-field-v1\x00" + vehicle.encode() + b"\x00" + event_id.encode()
 
 
-def _field_aad(aad: bytes, field: SealedField, epoch: int) -> bytes:
-    return b"%s\x00%s\x00%s\x00%d" % (aad, field.path.encode(), field.category.encode(), epoch)
+class _NoncePool(threading.local):
+    """Random bytes from ``os.urandom`` drawn in blocks: one system call per ~340 nonces, not one each.
+
+    Per thread (never shared), every byte handed out once, and dropped in a
+    forked child (which must not reuse its parent's bytes).
+    """
+
+    def __init__(self) -> None:
+        self.buf, self.pos = b"", 0
 
 
-@lru_cache(maxsize=4096)
-def _aead(key: bytes) -> AESGCM:
-    return AESGCM(key)
+_POOL_BYTES = 4096
+_pool = _NoncePool()
+
+
+def _reset_pool() -> None:
+    global _pool
+    _pool = _NoncePool()
+
+
+os.register_at_fork(after_in_child=_reset_pool)
+
+
+def _fresh(n: int) -> bytes:
+    """``n`` fresh random bytes (the nonces of one event)."""
+    pool = _pool
+    start = pool.pos
+    end = start + n
+    if end > len(pool.buf):
+        pool.buf, start, end = os.urandom(max(_POOL_BYTES, n)), 0, n
+    pool.pos = end
+    return pool.buf[start:end]
+
+
+#: What sealing and opening need per (category, epoch, key): the cipher, the token prefix
+#: ``enc:v1:<category>:<epoch>:`` and the epoch as it ends the AAD.
+_Cipher = tuple[AESGCM, str, bytes]
+
+
+@lru_cache(maxsize=4096, typed=True)
+def _cipher(category: str, epoch: int, key: bytes) -> _Cipher:
+    if type(epoch) is not int or epoch < 0 or len(key) != KEY_SIZE:
+        raise PccValueError(f"key for {category}: need a 32-byte key and an epoch >= 0")
+    return AESGCM(key), f"{TOKEN_PREFIX}{category}:{epoch}:", b"%d" % epoch
 
 
 def forget_ciphers() -> None:
     """Drop the cipher objects cached per key (on erasure: they hold key material)."""
-    _aead.cache_clear()
-
-
-def _b64(data: bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    return binascii.a2b_base64(text, strict_mode=True)
+    _cipher.cache_clear()
 
 
 def is_token(value: object) -> bool:
@@ -115,10 +166,17 @@ def is_token(value: object) -> bool:
 
 def token_info(token: str) -> tuple[str, int]:
     """``(category, epoch)`` of a sealed-field token; a malformed token raises :class:`TamperedCiphertext`."""
+    category, epoch, _ = _parse(token)
+    return category, epoch
+
+
+def _parse(token: str) -> tuple[str, int, str]:
+    """``(category, epoch, base64 blob)`` of a token; a malformed one raises :class:`TamperedCiphertext`."""
     match = _TOKEN.match(token) if isinstance(token, str) else None
     if match is None:
         raise TamperedCiphertext("sealed field: not an enc:v1 token")
-    return match.group(1), int(match.group(2))
+    category, epoch, blob = match.groups()
+    return category, int(epoch), blob
 
 
 def _locate(payload: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any] | None:
@@ -141,18 +199,24 @@ def _copy_path(out: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return node
 
 
-def _plain_bytes(value: Any, field: SealedField) -> bytes:
-    """Compact JSON of a field value; what JSON cannot carry exactly (NaN, huge ints) is refused."""
+def _strict_bytes(value: Any, field: SealedField) -> bytes:
+    """What orjson cannot write exactly (NaN, infinities, huge ints...): canonical JSON, or a clear error."""
     try:
-        out: bytes | None = orjson.dumps(value)
-    except TypeError:  # orjson.JSONEncodeError
-        out = None
-    if out is None or b"null" in out:  # orjson writes NaN and infinities as null: take the strict path
-        try:
-            return canonical_bytes(value)
-        except PccValueError as exc:
-            raise PccValueError(f"{field.path}: {exc}") from None
-    return out
+        return canonical_bytes(value)
+    except PccValueError as exc:
+        raise PccValueError(f"{field.path}: {exc}") from None
+
+
+def _present(plan: tuple[tuple[_Slot, ...], bool], payload: Mapping[str, Any]) -> list[_Slot]:
+    """The planned fields present in ``payload``."""
+    slots, nested = plan
+    if not nested:
+        return [slot for slot in slots if slot[2] in payload]
+    return [
+        slot
+        for slot in slots
+        if (slot[2] in payload if not slot[1] else slot[2] in (_locate(payload, slot[0].keys) or ()))
+    ]
 
 
 def seal_payload(
@@ -164,24 +228,46 @@ def seal_payload(
     :func:`row_aad` of the event.  Fields that are absent stay absent.
     """
     out = dict(payload)
-    ciphers: dict[str, tuple[int, AESGCM]] = {}
-    for field in sealed_fields(event_type, version):
-        holder = _locate(out, field.keys)
-        if holder is None or field.keys[-1] not in holder:
-            continue
-        entry = ciphers.get(field.category)
-        if entry is None:
-            epoch, key = key_for(field.category)
-            if type(epoch) is not int or epoch < 0 or len(key) != KEY_SIZE:
-                raise PccValueError(f"key for {field.category}: need a 32-byte key and an epoch >= 0")
-            entry = ciphers[field.category] = (epoch, _aead(bytes(key)))
-        epoch, aead = entry
-        parent = _copy_path(out, field.keys) if len(field.keys) > 1 else out
-        nonce = os.urandom(_NONCE)
-        sealed = aead.encrypt(
-            nonce, _plain_bytes(parent[field.keys[-1]], field), _field_aad(aad, field, epoch)
-        )
-        parent[field.keys[-1]] = f"{TOKEN_PREFIX}{field.category}:{epoch}:{_b64(nonce + sealed)}"
+    present = _present(_plan(event_type, version), out)
+    if not present:
+        return out
+    nonces = _fresh(_NONCE * len(present))  # a fresh random 96-bit nonce per field
+    at = 0
+    ciphers: dict[str, _Cipher] = {}
+    for field, nested, name, category, aad_mid in present:
+        cipher = ciphers.get(category)
+        if cipher is None:
+            cipher = ciphers[category] = _current_cipher(category, key_for)
+        parent = _copy_path(out, field.keys) if nested else out
+        value = parent[name]
+        try:
+            plain: bytes | None = orjson.dumps(value)
+        except TypeError:  # orjson.JSONEncodeError
+            plain = None
+        if plain is None or b"null" in plain:  # orjson writes NaN and infinities as null
+            plain = _strict_bytes(value, field)
+        nonce = nonces[at : at + _NONCE]
+        at += _NONCE
+        sealed = nonce + cipher[0].encrypt(nonce, plain, aad + aad_mid + cipher[2])
+        parent[name] = cipher[1] + binascii.b2a_base64(sealed, newline=False).decode("ascii")
+    return out
+
+
+def _current_cipher(category: str, key_for: KeyFor) -> _Cipher:
+    epoch, key = key_for(category)
+    if type(epoch) is not int:
+        raise PccValueError(f"key for {category}: the epoch must be an integer")
+    return _cipher(category, epoch, key if type(key) is bytes else bytes(key))
+
+
+def _tokens(event_type: str, version: int, payload: Mapping[str, Any]) -> list[tuple[_Slot, str]]:
+    out = []
+    for slot in _present(_plan(event_type, version), payload):
+        holder = _locate(payload, slot[0].keys) if slot[1] else payload
+        value = holder[slot[2]]  # type: ignore[index]
+        if not isinstance(value, str) or not value.startswith(TOKEN_PREFIX):
+            raise TamperedCiphertext(f"{slot[0].path}: expected a sealed field, found a plain value")
+        out.append((slot, value))
     return out
 
 
@@ -189,19 +275,13 @@ def iter_tokens(
     event_type: str, version: int, payload: Mapping[str, Any]
 ) -> Iterator[tuple[SealedField, str]]:
     """Each present sealed field and its token; a plaintext value where a token belongs is refused."""
-    for field in sealed_fields(event_type, version):
-        holder = _locate(payload, field.keys)
-        if holder is None or field.keys[-1] not in holder:
-            continue
-        value = holder[field.keys[-1]]
-        if not is_token(value):
-            raise TamperedCiphertext(f"{field.path}: expected a sealed field, found a plain value")
-        yield field, value
+    for slot, token in _tokens(event_type, version, payload):
+        yield slot[0], token
 
 
 def needed_keys(event_type: str, version: int, payload: Mapping[str, Any]) -> set[tuple[str, int]]:
     """The ``(category, epoch)`` pairs whose keys are needed to open this sealed payload."""
-    return {token_info(token) for _, token in iter_tokens(event_type, version, payload)}
+    return {_parse(token)[:2] for _, token in _tokens(event_type, version, payload)}
 
 
 def open_payload(
@@ -221,30 +301,30 @@ def open_payload(
     is malformed, relabelled, moved or altered; nothing is returned then.
     """
     out = dict(payload)
-    ciphers: dict[tuple[str, int], AESGCM] = {}
-    for field, token in list(iter_tokens(event_type, version, payload)):
-        category, epoch = token_info(token)
-        if category != field.category or category not in CATEGORIES:
+    ciphers: dict[tuple[str, int], _Cipher] = {}
+    for (field, nested, name, expected, aad_mid), token in _tokens(event_type, version, payload):
+        category, epoch, text = _parse(token)
+        if category != expected or category not in CATEGORIES:
             raise TamperedCiphertext(
-                f"{field.path}: token labelled {category!r}, the schema says {field.category!r}"
+                f"{field.path}: token labelled {category!r}, the schema says {expected!r}"
             )
         if categories is not None and category not in categories:
             continue
-        aead = ciphers.get((category, epoch))
-        if aead is None:
+        cipher = ciphers.get((category, epoch))
+        if cipher is None:
             key = key_lookup(category, epoch)
             if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
                 raise AccessDenied(f"{field.path}: no usable key for {category} epoch {epoch}")
-            aead = ciphers[(category, epoch)] = _aead(bytes(key))
+            cipher = ciphers[(category, epoch)] = _cipher(category, epoch, bytes(key))
         try:
-            blob = _unb64(token[token.rindex(":") + 1 :])
-            plain = aead.decrypt(blob[:_NONCE], blob[_NONCE:], _field_aad(aad, field, epoch))
+            blob = binascii.a2b_base64(text, strict_mode=True)
+            plain = cipher[0].decrypt(blob[:_NONCE], blob[_NONCE:], aad + aad_mid + cipher[2])
             value = orjson.loads(plain)
         except (InvalidTag, binascii.Error, ValueError):
             raise TamperedCiphertext(
                 f"{field.path}: {category} epoch {epoch} does not authenticate "
                 "(altered, moved from another row or field, or sealed under another key)"
             ) from None
-        parent = _copy_path(out, field.keys) if len(field.keys) > 1 else out
-        parent[field.keys[-1]] = value
+        parent = _copy_path(out, field.keys) if nested else out
+        parent[name] = value
     return out

@@ -53,7 +53,7 @@ class KeyRing:
         self.epochs = epochs
         self.cache_s = cache_s
         self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, int, bytes]] = {}
+        self._cache: dict[tuple[str, str], tuple[float, tuple[int, bytes]]] = {}
         self._lock = threading.Lock()
 
     def _vault_key(self, vehicle: str, category: str, epoch: int) -> bytes:
@@ -64,20 +64,19 @@ class KeyRing:
 
     def current(self, vehicle: str, category: str) -> tuple[int, bytes]:
         """``(epoch, key)`` to seal new data of this vehicle and category with."""
-        if category not in PROTECTED_CATEGORIES:
-            raise PccValueError(f"category {category!r} is public: it is never sealed")
         now = self._clock()
         if self.cache_s > 0:
-            with self._lock:
-                hit = self._cache.get((vehicle, category))
+            hit = self._cache.get((vehicle, category))  # a lock-free read: entries are replaced whole
             if hit is not None and now - hit[0] < self.cache_s:
-                return hit[1], hit[2]
+                return hit[1]
+        if category not in PROTECTED_CATEGORIES:
+            raise PccValueError(f"category {category!r} is public: it is never sealed")
         epoch = self.epochs.epoch(vehicle, category)
-        key = self._vault_key(vehicle, category, epoch)
+        current = (epoch, self._vault_key(vehicle, category, epoch))
         if self.cache_s > 0:
             with self._lock:
-                self._cache[(vehicle, category)] = (now, epoch, key)
-        return epoch, key
+                self._cache[(vehicle, category)] = (now, current)
+        return current
 
     def key(self, vehicle: str, category: str, epoch: int) -> bytes:
         """The key of a past or the current epoch (never of a future one)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from typing import Any
 
@@ -237,3 +238,69 @@ def test_open_gives_back_exactly_what_was_hashed(lat: float, lon: float, ref: st
     )
     assert opened == payload
     assert leaf_hash({**env, "payload": opened}) == leaf_hash(env)
+
+
+#: Sealed by the first implementation (key 00..1f, epoch 3): stored tokens must keep opening.
+STORED_V1 = {
+    "cost_cents": "enc:v1:commercial:3:L83tNkiet514SEZa+xMEpGllhecInE+4y+svnoSfW570",
+    "invoice_ref": "enc:v1:commercial:3:xYGXyCkCM+KFVgeKwAt+oBpCyK5FIVASv1xM4X352/zoRY8pytWzglkFeg==",
+    "location": "enc:v1:precise_location:3:kR24GN5bfUXEyruMd0HBZ3BdNHM+PF/JXbAr34xJe0L8oWZBoK4Yuh8ay"
+    "/hDjnJfXdKJNi8VMYxcROoG",
+}
+
+
+def test_tokens_sealed_before_keep_opening() -> None:
+    sealed = {"odometer_km": 41300, "service_type": "oil_change", "in_network": True, "items": ["oil"]}
+    sealed |= STORED_V1
+    aad = row_aad(VEHICLE, "01J0000000000000000000000A")
+    opened = open_payload("maintenance", 1, sealed, lambda c, e: bytes(range(32)), aad)
+    assert opened["cost_cents"] == 18990 and opened["invoice_ref"] == "INV-2026-0042"
+    assert opened["location"] == LOCATION
+    with pytest.raises(TamperedCiphertext):  # still bound to its row
+        open_payload("maintenance", 1, sealed, lambda c, e: bytes(range(32)), row_aad(VEHICLE, "other"))
+
+
+def test_nonces_never_repeat_within_a_process_or_across_a_fork() -> None:
+    def nonces(payload: dict[str, Any]) -> set[bytes]:
+        return {_b64decode(payload[name]) for name in ("cost_cents", "invoice_ref", "location")}
+
+    seen: set[bytes] = set()
+    for _ in range(500):  # crosses several refills of the random pool
+        fresh = nonces(seal_payload("maintenance", 1, PAYLOADS["maintenance"], key_for(), b"row"))
+        assert len(fresh) == 3 and not fresh & seen
+        seen |= fresh
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child seals with whatever the parent's pool held next
+        child = nonces(seal_payload("maintenance", 1, PAYLOADS["maintenance"], key_for(), b"row"))
+        os.write(write, b"".join(sorted(child)))
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        from_child = pipe.read()
+    parent = nonces(seal_payload("maintenance", 1, PAYLOADS["maintenance"], key_for(), b"row"))
+    child_nonces = {from_child[i : i + 12] for i in range(0, len(from_child), 12)}
+    assert len(child_nonces) == 3 and not child_nonces & (parent | seen)
+
+
+def _b64decode(token: str) -> bytes:
+    return base64.b64decode(token.rsplit(":", 1)[1])[:12]
+
+
+def test_a_nested_protected_member_is_sealed_and_opened_in_place(monkeypatch: pytest.MonkeyPatch) -> None:
+    schema = {
+        "properties": {
+            "odometer_km": {"x-pcc-category": "mileage"},
+            "workshop": {"properties": {"name": {}, "invoice": {"x-pcc-category": "commercial"}}},
+        }
+    }
+    monkeypatch.setattr("pipelines.access.fields.load_schema", lambda event_type, version: schema)
+    payload = {"odometer_km": 5, "workshop": {"name": "Garage Ana", "invoice": {"ref": "F-1", "cents": 900}}}
+    sealed = seal_payload("nested_probe", 1, payload, key_for(), b"row")
+    assert payload["workshop"]["invoice"] == {"ref": "F-1", "cents": 900}  # input untouched
+    assert sealed["workshop"]["name"] == "Garage Ana"
+    assert token_info(sealed["workshop"]["invoice"]) == ("commercial", 0)
+    assert needed_keys("nested_probe", 1, sealed) == {("commercial", 0)}
+    assert open_payload("nested_probe", 1, sealed, lookup, b"row") == payload
+    assert seal_payload("nested_probe", 1, {"odometer_km": 5}, key_for(), b"row") == {"odometer_km": 5}
