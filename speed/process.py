@@ -221,11 +221,24 @@ class EventProcessor:
                 waiting.append(ev)
         self._pending = waiting
         ready.sort(key=lambda e: (e.event_ms, e.env["source_id"], e.env["proof"]["log_index"]))
-        for ev in ready:
-            self._accept(ev, now_ms, result)
+        for ev, payload in zip(ready, self._seal_all(ready), strict=True):
+            self._accept(ev, now_ms, result, payload)
         return result
 
-    def _accept(self, ev: _Checked, now_ms: int, result: BatchResult) -> None:
+    def _seal_all(self, ready: list[_Checked]) -> list[str | RejectedEvent]:
+        """The stored payload of each ready event, sealed in one pass (ciphers and key cache stay warm)."""
+        out: list[str | RejectedEvent] = []
+        for ev in ready:
+            if self.seen.origin_of(ev.env["event_id"]) is not None:
+                out.append("")  # a duplicate or redelivery: _accept drops it before using the payload
+                continue
+            try:
+                out.append(self._seal(ev.env))
+            except RejectedEvent as exc:
+                out.append(exc)
+        return out
+
+    def _accept(self, ev: _Checked, now_ms: int, result: BatchResult, payload: str | RejectedEvent) -> None:
         env, rec = ev.env, ev.record
         event_id = env["event_id"]
         origin = origin_key(rec.topic, rec.partition, rec.offset)
@@ -238,10 +251,8 @@ class EventProcessor:
                     DeadLetter(rec, "duplicate_event", f"event {event_id} was already accepted", event_id)
                 )
             return
-        try:
-            payload = self._seal(env)
-        except RejectedEvent as exc:
-            result.dead.append(DeadLetter(rec, exc.reason, exc.detail, event_id))
+        if isinstance(payload, RejectedEvent):
+            result.dead.append(DeadLetter(rec, payload.reason, payload.detail, event_id))
             return
         self.seen.add(event_id, origin)
         state = self.vehicles.get(env["vehicle"])
