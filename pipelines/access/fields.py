@@ -95,6 +95,7 @@ def _plan(event_type: str, version: int) -> tuple[tuple[_Slot, ...], bool]:
         )
         for f in sealed_fields(event_type, version)
     )
+    slots = tuple(sorted(slots, key=lambda slot: slot[3]))  # one category's fields in a row
     return slots, any(slot[1] for slot in slots)
 
 
@@ -105,7 +106,7 @@ def sealed_categories(event_type: str, version: int = 1) -> frozenset[str]:
 
 def row_aad(vehicle: str, event_id: str) -> bytes:
     """The row part of every field's associated data: vehicle pseudonym and event id."""
-    return b"pcc-field-v1\x00" + vehicle.encode() + b"\x00" + event_id.encode()
+    return f"pcc-field-v1\x00{vehicle}\x00{event_id}".encode()
 
 
 class _NoncePool(threading.local):
@@ -228,17 +229,24 @@ def seal_payload(
     :func:`row_aad` of the event.  Fields that are absent stay absent.
     """
     out = dict(payload)
-    present = _present(_plan(event_type, version), out)
-    if not present:
-        return out
-    nonces = _fresh(_NONCE * len(present))  # a fresh random 96-bit nonce per field
-    at = 0
-    ciphers: dict[str, _Cipher] = {}
-    for field, nested, name, category, aad_mid in present:
-        cipher = ciphers.get(category)
-        if cipher is None:
-            cipher = ciphers[category] = _current_cipher(category, key_for)
-        parent = _copy_path(out, field.keys) if nested else out
+    slots = _plan(event_type, version)[0]
+    nonces, at = b"", 0
+    cipher_of = ""  # the plan keeps one category's fields together: one key_for call each
+    cipher: _Cipher
+    for field, nested, name, category, aad_mid in slots:
+        if not nested:
+            if name not in out:
+                continue
+            parent = out
+        else:
+            holder = _locate(out, field.keys)
+            if holder is None or name not in holder:
+                continue
+            parent = _copy_path(out, field.keys)
+        if not nonces:  # a fresh random 96-bit nonce per field, drawn once per event
+            nonces = _fresh(_NONCE * len(slots))
+        if category != cipher_of:
+            cipher_of, cipher = category, _current_cipher(category, key_for)
         value = parent[name]
         try:
             plain: bytes | None = orjson.dumps(value)
@@ -248,8 +256,9 @@ def seal_payload(
             plain = _strict_bytes(value, field)
         nonce = nonces[at : at + _NONCE]
         at += _NONCE
-        sealed = nonce + cipher[0].encrypt(nonce, plain, aad + aad_mid + cipher[2])
-        parent[name] = cipher[1] + binascii.b2a_base64(sealed, newline=False).decode("ascii")
+        aead, prefix, epoch_aad = cipher
+        sealed = nonce + aead.encrypt(nonce, plain, aad + aad_mid + epoch_aad)
+        parent[name] = prefix + binascii.b2a_base64(sealed, newline=False).decode("ascii")
     return out
 
 
@@ -281,7 +290,13 @@ def iter_tokens(
 
 def needed_keys(event_type: str, version: int, payload: Mapping[str, Any]) -> set[tuple[str, int]]:
     """The ``(category, epoch)`` pairs whose keys are needed to open this sealed payload."""
-    return {_parse(token)[:2] for _, token in _tokens(event_type, version, payload)}
+    out = set()
+    for _, token in _tokens(event_type, version, payload):
+        match = _TOKEN.match(token)
+        if match is None:
+            raise TamperedCiphertext("sealed field: not an enc:v1 token")
+        out.add((match[1], int(match[2])))
+    return out
 
 
 def open_payload(
@@ -303,7 +318,10 @@ def open_payload(
     out = dict(payload)
     ciphers: dict[tuple[str, int], _Cipher] = {}
     for (field, nested, name, expected, aad_mid), token in _tokens(event_type, version, payload):
-        category, epoch, text = _parse(token)
+        match = _TOKEN.match(token)
+        if match is None:
+            raise TamperedCiphertext(f"{field.path}: not an enc:v1 token")
+        category, epoch, text = match[1], int(match[2]), match[3]
         if category != expected or category not in CATEGORIES:
             raise TamperedCiphertext(
                 f"{field.path}: token labelled {category!r}, the schema says {expected!r}"

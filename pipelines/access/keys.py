@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from functools import partial
+from types import MappingProxyType
 from typing import Protocol
 
 from pipelines.errors import PccNotFoundError, PccValueError
@@ -26,6 +28,8 @@ from pipelines.vault import IdentityVault
 
 from .errors import AccessDenied
 from .fields import KeyFor, KeyLookup, forget_ciphers
+
+_NOTHING: Mapping[str, tuple[float, tuple[int, bytes]]] = MappingProxyType({})
 
 
 class EpochStore(Protocol):
@@ -53,7 +57,8 @@ class KeyRing:
         self.epochs = epochs
         self.cache_s = cache_s
         self._clock = clock
-        self._cache: dict[tuple[str, str], tuple[float, tuple[int, bytes]]] = {}
+        #: vehicle -> category -> (when fetched, (epoch, key)); read without the lock (dict ops are atomic)
+        self._cache: dict[str, dict[str, tuple[float, tuple[int, bytes]]]] = {}
         self._lock = threading.Lock()
 
     def _vault_key(self, vehicle: str, category: str, epoch: int) -> bytes:
@@ -65,17 +70,16 @@ class KeyRing:
     def current(self, vehicle: str, category: str) -> tuple[int, bytes]:
         """``(epoch, key)`` to seal new data of this vehicle and category with."""
         now = self._clock()
-        if self.cache_s > 0:
-            hit = self._cache.get((vehicle, category))  # a lock-free read: entries are replaced whole
-            if hit is not None and now - hit[0] < self.cache_s:
-                return hit[1]
+        hit = self._cache.get(vehicle, _NOTHING).get(category)  # always empty without a cache
+        if hit is not None and now - hit[0] < self.cache_s:
+            return hit[1]
         if category not in PROTECTED_CATEGORIES:
             raise PccValueError(f"category {category!r} is public: it is never sealed")
         epoch = self.epochs.epoch(vehicle, category)
         current = (epoch, self._vault_key(vehicle, category, epoch))
         if self.cache_s > 0:
             with self._lock:
-                self._cache[(vehicle, category)] = (now, current)
+                self._cache.setdefault(vehicle, {})[category] = (now, current)
         return current
 
     def key(self, vehicle: str, category: str, epoch: int) -> bytes:
@@ -95,12 +99,14 @@ class KeyRing:
     def invalidate(self, vehicle: str, category: str | None = None) -> None:
         """Forget cached current keys of a vehicle (one category or all)."""
         with self._lock:
-            for cached in [k for k in self._cache if k[0] == vehicle and category in (None, k[1])]:
-                del self._cache[cached]
+            if category is None:
+                self._cache.pop(vehicle, None)
+            else:
+                self._cache.get(vehicle, {}).pop(category, None)
 
     def key_for(self, vehicle: str) -> KeyFor:
         """``seal_payload``'s ``key_for`` for one vehicle: its current keys."""
-        return lambda category: self.current(vehicle, category)
+        return partial(self.current, vehicle)
 
     def key_lookup(self, vehicle: str) -> KeyLookup:
         """``open_payload``'s ``key_lookup`` with the vault's own keys (server side: owner export)."""
@@ -111,8 +117,6 @@ class KeyRing:
 
     def erase_vehicle(self, vehicle: str) -> int:
         with self._lock:
-            cached = [k for k in self._cache if k[0] == vehicle]
-            for k in cached:
-                del self._cache[k]
+            cached = len(self._cache.pop(vehicle, {}))
         forget_ciphers()
-        return len(cached)
+        return cached
