@@ -123,6 +123,8 @@ class EventProcessor:
 
     def _lazy_key_for(self, vehicle: str) -> Callable[[str], tuple[int, bytes]]:
         # the key ring (vault, grant store) is opened only when an event has a protected field
+        if self._keys is not None:
+            return self._keys.key_for(vehicle)
         return lambda category: self.keys.current(vehicle, category)
 
     # ------------------------------------------------------------------ checks
