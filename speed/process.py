@@ -14,7 +14,8 @@ event id -> fraud flags from per-vehicle state -> the quality index -> the
 payload's protected fields sealed (``pipelines.access``: owner identity,
 precise location and commercial details become ``enc:v1`` tokens under the
 vehicle's current data keys; the lifted ``lat``/``lon`` keep only the region).
-The rules see the plaintext; no sink ever does.
+The rules see the plaintext; no sink ever does.  (A batch's ready events are sealed in
+one pass before they are accepted: the ciphers stay warm.)
 
 Order: a batch's verified events are applied to the per-vehicle state sorted
 by ``(event_time, source_id, log_index)``, not by arrival, so that events of
