@@ -314,9 +314,11 @@ class SinkWriter:
             segment = self._realtime / f"seg-{int(time.time() * 1000)}-{self._worker}-{seq}.parquet"
             renames.append((str(write_parquet(table, segment, merged)), str(segment)))
             unmastered.append([seq, str(segment)])
-            self._master.add(seq, table, merged, now)
-        if final and (rest := self._master.write_now()) is not None:
-            masters.append(rest)
+        if final:
+            if self._rows:
+                self._master.add(seq, table, merged, now)
+            if (rest := self._master.write_now()) is not None:
+                masters.append(rest)
         for prepared in masters:  # in flush order: each covers the segments up to its seq
             renames += prepared.renames
             state["master_seq"] = prepared.seq
@@ -326,6 +328,8 @@ class SinkWriter:
             state["master_offsets"] = state["offsets"]
         state["unmastered"] = unmastered
         _commit(self._state_dir, seq, renames, state)
+        if self._rows and not final:  # only once committed: a failed flush must not queue its rows twice
+            self._master.add(seq, table, merged, now)
         master_moved = state["master_offsets"] != self._state["master_offsets"]
         self._state = state
         self._committed = merged
