@@ -248,8 +248,7 @@ def stream(
     from speed.pipeline import SpeedRun
     from speed.roots import ledger_roots_factory
 
-    # a fleet's history spans hundreds of event dates, each a master file per flush: flush at the contract's slowest
-    config = SpeedConfig.from_settings(settings, metrics_port=0, until_idle_s=None, flush_interval_ms=500)
+    config = SpeedConfig.from_settings(settings, metrics_port=0, until_idle_s=None)
     speed_run = SpeedRun(config, ledger_roots_factory(settings))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
