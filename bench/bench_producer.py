@@ -12,24 +12,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import socket
 import struct
 import tempfile
 import time
 from pathlib import Path
 
 from bench.common import record
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def _records(count: int, offset: int = 0) -> list[dict]:
@@ -44,7 +32,11 @@ def _records(count: int, offset: int = 0) -> list[dict]:
             "source_id": "cc-bench",
             "vin": with_check_digit(f"WVWZZZ1KZ{(i % 5000):08d}"),
             "event_time": format_time(base + i * 1000),
-            "payload": {"odometer_km": 10_000 + i, "location": {"lat": 48.1, "lon": 11.5}, "firmware": "4.2.1"},
+            "payload": {
+                "odometer_km": 10_000 + i,
+                "location": {"lat": 48.1, "lon": 11.5},
+                "firmware": "4.2.1",
+            },
         }
         for i in range(offset, offset + count)
     ]
@@ -96,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from infra.chain import node
     from infra.kafka import Broker, ensure_topics
+    from infra.procs import free_ports
     from ledger.onboarding import deploy_consortium, register_source
     from pipelines.producer import Producer, load_anchor
     from pipelines.producer.kafka import KafkaPublisher
@@ -103,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     from pipelines.vault import IdentityVault
 
     with tempfile.TemporaryDirectory(prefix="pcc-bench-producer-") as tmp:
-        kport, cport, cport2 = _free_ports(3)
+        kport, cport, cport2 = free_ports(3)
         settings = Settings(
             data_dir=Path(tmp),
             kafka={"bootstrap": f"127.0.0.1:{kport}", "controller_port": cport},

@@ -9,33 +9,22 @@ so ``pcc --config <demo dir>/pcc.toml ...`` and ``pcc demo down`` find them.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
+from infra.procs import free_ports, terminate_group
 from pipelines.errors import PccStateError
 from pipelines.settings import Settings, load_settings
 
 CHAIN_KIND = "anvil"
 CONFIG_NAME = "pcc.toml"
 SERVE_PID = "serve.pid"
-
-
-def free_ports(n: int) -> list[int]:
-    """``n`` distinct ports nobody listens on right now (127.0.0.1)."""
-    with ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
 
 
 def demo_settings(base: Settings, data_dir: Path | None = None) -> Settings:
@@ -142,24 +131,6 @@ def start_api_process(settings: Settings, config_file: Path) -> int:
     raise PccStateError(f"pcc serve did not listen on port {settings.serving.port} within 60 s (log: {log})")
 
 
-def _stop_pid(pid: int, grace_s: float = 15.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 def stop_stack(settings: Settings) -> list[str]:
     """Stop the serving API, the chain node and the broker of a demo stack; says what it stopped."""
     from infra.chain import node
@@ -168,7 +139,7 @@ def stop_stack(settings: Settings) -> list[str]:
     stopped = []
     pid_file = settings.data_dir / SERVE_PID
     if pid_file.exists():
-        _stop_pid(int(pid_file.read_text().strip()))
+        terminate_group(int(pid_file.read_text().strip()))
         pid_file.unlink(missing_ok=True)
         stopped.append("serving API")
     if node.stop(chain_dir(settings), CHAIN_KIND) is not None:

@@ -10,10 +10,8 @@ well-known development accounts.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from infra.chain.npm import ensure_npm_packages
+from infra.procs import alive, terminate_group
 from pipelines.errors import PccStateError, PccValueError
 
 CHAIN_DIR = Path(__file__).resolve().parent
@@ -60,20 +59,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie child counts as gone
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as fh:
-            return fh.read().split(") ", 1)[1][:1] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def rpc_chain_id(url: str, timeout_s: float = 2.0) -> int | None:
@@ -118,7 +103,7 @@ def status(state_dir: Path, kind: str = "anvil") -> NodeInfo | None:
     except (ValueError, TypeError):
         pid_file.unlink(missing_ok=True)
         return None
-    if not _alive(info.pid):
+    if not alive(info.pid):
         pid_file.unlink(missing_ok=True)
         return None
     return info
@@ -159,26 +144,8 @@ def start(kind: str, port: int, state_dir: Path, *, timeout_s: float = 90.0) -> 
             _pid_file(state_dir, kind).write_text(info.to_json(), encoding="utf-8")
             return info
         time.sleep(0.2)
-    _terminate(proc.pid)
+    terminate_group(proc.pid)
     raise PccStateError(f"{kind} did not answer on {url} within {timeout_s:.0f} s (log: {log})")
-
-
-def _terminate(pid: int, grace_s: float = 15.0) -> None:
-    try:
-        os.killpg(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:  # reap it if it is our child
-            if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                return
-        except ChildProcessError:
-            if not _alive(pid):
-                return
-        time.sleep(0.1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, signal.SIGKILL)
 
 
 def stop(state_dir: Path, kind: str = "anvil") -> NodeInfo | None:
@@ -186,6 +153,6 @@ def stop(state_dir: Path, kind: str = "anvil") -> NodeInfo | None:
     info = status(state_dir, kind)
     if info is None:
         return None
-    _terminate(info.pid)
+    terminate_group(info.pid)
     _pid_file(state_dir, kind).unlink(missing_ok=True)
     return info

@@ -32,6 +32,7 @@ from infra.kafka.config import (
 )
 from infra.kafka.errors import BrokerStateError
 from infra.kafka.jars import Progress, classpath, ensure_jars
+from infra.procs import alive
 from pipelines.settings import Settings
 
 MAIN_CLASS = "kafka.Kafka"
@@ -217,7 +218,7 @@ class Broker:
     def _alive(self, pid: int) -> bool:
         if self._proc is not None and self._proc.pid == pid:
             return self._proc.poll() is None  # our child: keeps its exit status for error messages
-        return _alive(pid)
+        return alive(pid)
 
     def _read_pid_file(self) -> int | None:
         try:
@@ -370,22 +371,6 @@ def api_ready(bootstrap: str, timeout: float = 3.0) -> bool:
         return False
     finally:
         admin.close()
-
-
-def _alive(pid: int) -> bool:
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)  # reap it if it is our exited child
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _signal(pid: int, sig: signal.Signals) -> None:
