@@ -257,7 +257,7 @@ class EventProcessor:
         if isinstance(payload, RejectedEvent):
             result.dead.append(DeadLetter(rec, payload.reason, payload.detail, event_id))
             return
-        self.seen.add(event_id, origin)
+        self.seen.add(event_id, origin, now_ms)
         state = self.vehicles.get(env["vehicle"])
         state, flags = self._rules.fraud(state, env, ev.event_ms, ev.verified)
         self.vehicles.put(env["vehicle"], state)

@@ -17,7 +17,9 @@ so they never need their own durable copy.
 from __future__ import annotations
 
 import itertools
+import time
 import zlib
+from collections import deque
 from typing import Any
 
 
@@ -57,14 +59,22 @@ def uuid7_ms(event_id: str) -> int:
 
 
 class SeenEvents:
-    """Event id -> origin key of the record that brought it, bounded."""
+    """Event id -> origin key of the record that brought it, bounded.
 
-    __slots__ = ("_max_entries", "_seen", "_window_ms")
+    Ids are forgotten ``window_s`` after they were *accepted* (processing
+    time), never by the time inside the UUIDv7: a backlog of two-year-old
+    events must still catch a replay that arrives seconds after its original.
+    Acceptance times are kept as per-minute counts over the dict's insertion
+    order, so the index costs no more per id than before.
+    """
+
+    __slots__ = ("_buckets", "_max_entries", "_seen", "_window_ms")
 
     def __init__(self, window_s: float, max_entries: int = 5_000_000) -> None:
         self._window_ms = int(window_s * 1000)
         self._max_entries = max_entries
         self._seen: dict[bytes, int] = {}
+        self._buckets: deque[list[int]] = deque()  # [minute_ms, ids first added in that minute]
 
     @staticmethod
     def _key(event_id: str) -> bytes:
@@ -73,30 +83,38 @@ class SeenEvents:
     def origin_of(self, event_id: str) -> int | None:
         return self._seen.get(self._key(event_id))
 
-    def add(self, event_id: str, origin: int) -> None:
-        self._seen[self._key(event_id)] = origin
+    def add(self, event_id: str, origin: int, now_ms: int | None = None) -> None:
+        key = self._key(event_id)
+        if key not in self._seen:
+            minute = (int(time.time() * 1000) if now_ms is None else now_ms) // 60_000 * 60_000
+            if self._buckets and self._buckets[-1][0] >= minute:
+                self._buckets[-1][1] += 1
+            else:
+                self._buckets.append([minute, 1])
+        self._seen[key] = origin
         if len(self._seen) > self._max_entries:
             self._evict_count(len(self._seen) - self._max_entries)
 
     def expire(self, now_ms: int) -> int:
-        """Forget ids created before the window; returns how many were dropped.
-
-        Insertion order follows UUIDv7 time closely enough: the scan stops at
-        the first id inside the window.
-        """
+        """Forget ids accepted before the window; returns how many were dropped."""
         horizon = now_ms - self._window_ms
-        old: list[bytes] = []
-        for key in self._seen:
-            if int.from_bytes(key[:6], "big") >= horizon:
-                break
-            old.append(key)
-        for key in old:
+        n = 0
+        while self._buckets and self._buckets[0][0] + 60_000 <= horizon:
+            n += self._buckets.popleft()[1]
+        n = min(n, len(self._seen))
+        for key in list(itertools.islice(self._seen, n)):
             del self._seen[key]
-        return len(old)
+        return n
 
     def _evict_count(self, n: int) -> None:
         for key in list(itertools.islice(self._seen, n)):
             del self._seen[key]
+        while n > 0 and self._buckets:  # the oldest ids went first: shrink the oldest buckets
+            take = min(n, self._buckets[0][1])
+            self._buckets[0][1] -= take
+            n -= take
+            if self._buckets[0][1] == 0:
+                self._buckets.popleft()
 
     def __len__(self) -> int:
         return len(self._seen)

@@ -66,21 +66,31 @@ def test_in_memory_roots_round_trip_through_a_file(tmp_path) -> None:
         again.checkpoint_root("garage-net-03", 42)
 
 
-def test_seen_events_forget_ids_older_than_the_window_and_beyond_the_cap() -> None:
+def _uuid7(ms: int, n: int) -> str:
+    h = f"{ms:012x}"
+    return f"{h[:8]}-{h[8:]}-7000-8000-{n:012x}"
+
+
+def test_seen_events_forget_ids_accepted_before_the_window_and_beyond_the_cap() -> None:
     seen = SeenEvents(window_s=60, max_entries=3)
-    base = 1_700_000_000_000
-
-    def uuid7(ms: int, n: int) -> str:
-        h = f"{ms:012x}"
-        return f"{h[:8]}-{h[8:]}-7000-8000-{n:012x}"
-
-    ids = [uuid7(base + i * 30_000, i) for i in range(4)]
+    now = 1_700_000_000_000
+    ids = [_uuid7(now - 10**10, i) for i in range(4)]  # events created long ago (a backlog)
     for i, event_id in enumerate(ids):
-        seen.add(event_id, origin_key("pcc.telemetry", 0, i))
+        seen.add(event_id, origin_key("pcc.telemetry", 0, i), now + i * 30_000)
     assert len(seen) == 3 and seen.origin_of(ids[0]) is None  # the cap dropped the oldest
     assert seen.origin_of(ids[3]) == origin_key("pcc.telemetry", 0, 3)
-    assert seen.expire(base + 100_000) == 1  # ids[1] (30 s) is older than 100 s - 60 s
+    assert seen.expire(now + 150_000) == 1  # ids[1] was accepted at +30 s, more than 60 s + a minute ago
     assert seen.origin_of(ids[1]) is None and seen.origin_of(ids[2]) is not None
+
+
+def test_a_replay_of_an_old_event_is_caught_after_an_expiry() -> None:
+    """Backfilled events carry old UUIDv7 times; the window counts from when they were accepted."""
+    seen = SeenEvents(window_s=7 * 24 * 3600)
+    now = 1_800_000_000_000
+    old = _uuid7(now - 2 * 365 * 86_400_000, 1)  # two years old
+    seen.add(old, origin_key("pcc.telemetry", 0, 1), now)
+    assert seen.expire(now + 60_000) == 0
+    assert seen.origin_of(old) == origin_key("pcc.telemetry", 0, 1)
 
 
 def test_vehicle_state_keys_are_compact_and_distinct() -> None:
