@@ -23,13 +23,12 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, overload, runtime_checkable
 
 from pipelines import canonical, merkle
+from pipelines.access.verify import envelope_from_row
 from pipelines.errors import PccError, PccValueError
-from pipelines.events.envelope import format_time
 from serving.passport.errors import ChainUnavailableError
 
 
@@ -122,30 +121,16 @@ class Verification:
         return asdict(self)
 
 
-def _time(value: Any) -> str:
-    if isinstance(value, datetime):
-        return format_time(value)
-    return str(value)
-
-
 def envelope_of(row: Mapping[str, Any]) -> dict[str, Any]:
     """The hashed part of the envelope (no proof), rebuilt from a ``vehicle_history`` row."""
+    payload = row.get("payload")
     try:
-        payload = row["payload"]
-        return {
-            "event_id": str(row["event_id"]),
-            "event_type": str(row["event_type"]),
-            "schema_version": int(row["schema_version"]),
-            "source_id": str(row["source_id"]),
-            "vehicle": str(row["vehicle"]),
-            "event_time": _time(row["event_time"]),
-            "ingestion_time": _time(row["ingestion_time"]),
-            "payload": json.loads(payload) if isinstance(payload, str | bytes) else dict(payload),
-        }
-    except KeyError as exc:
-        raise PccValueError(f"event {row.get('event_id')}: row lacks column {exc}") from None
+        plain = json.loads(payload) if isinstance(payload, str | bytes) else dict(payload or {})
     except (ValueError, TypeError) as exc:
         raise PccValueError(f"event {row.get('event_id')}: payload is not a JSON object ({exc})") from None
+    if "payload" not in row:
+        raise PccValueError(f"event {row.get('event_id')}: row lacks column 'payload'")
+    return envelope_from_row(row, plain)
 
 
 def _sealed(row: Mapping[str, Any]) -> bool:
