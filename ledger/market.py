@@ -121,6 +121,20 @@ class MarketApi:
         return amount
 
 
+#: On-chain grantor kinds (``AccessRegistry.GRANTOR_OWNER`` / ``GRANTOR_PRODUCER``).
+GRANTOR_KINDS = {"owner": 1, "producer": 2}
+
+
+@dataclass(frozen=True)
+class GrantRecord:
+    """A grant as the AccessRegistry stores it (hashes and kinds only, no personal data)."""
+
+    expiry: int
+    epoch: int
+    grantor_kind: str
+    grant_hash: bytes
+
+
 class AccessApi:
     """Per vehicle pseudonym and data category: grants to a consumer public key."""
 
@@ -135,11 +149,33 @@ class AccessApi:
         fn = self.registry.functions.registerVehicles([keys.vehicle_key(p) for p in pseudonyms])
         return self._c.transact(fn, f"registering {len(pseudonyms)} vehicle pseudonyms", as_)
 
+    def is_vehicle(self, pseudonym: str) -> bool:
+        fn = self.registry.functions.isVehicle(keys.vehicle_key(pseudonym))
+        return bool(self._c.view(fn, f"looking up vehicle {pseudonym}"))
+
     def grant(
-        self, pseudonym: str, category: str, consumer_key: bytes, expiry: int, as_: Key = None
+        self,
+        pseudonym: str,
+        category: str,
+        consumer_key: bytes,
+        expiry: int,
+        *,
+        epoch: int,
+        grantor_kind: str,
+        grant_hash: bytes,
+        as_: Key = None,
     ) -> TxReceipt:
+        """Record a grant made at key ``epoch`` by an ``owner`` or ``producer`` (hash of its signed message)."""
+        if grantor_kind not in GRANTOR_KINDS:
+            raise LedgerRuleError(f"grantor kind {grantor_kind!r} must be one of {', '.join(GRANTOR_KINDS)}")
         fn = self.registry.functions.grant(
-            keys.vehicle_key(pseudonym), keys.category_key(category), _key32(consumer_key), expiry
+            keys.vehicle_key(pseudonym),
+            keys.category_key(category),
+            _key32(consumer_key),
+            expiry,
+            epoch,
+            GRANTOR_KINDS[grantor_kind],
+            _hash32(grant_hash),
         )
         return self._c.transact(fn, f"granting {category} of {pseudonym}", as_)
 
@@ -149,12 +185,42 @@ class AccessApi:
         )
         return self._c.transact(fn, f"revoking {category} of {pseudonym}", as_)
 
+    def rotate(self, pseudonym: str, category: str, as_: Key = None) -> TxReceipt:
+        """Start the next key epoch of (vehicle, category) without revoking a grant."""
+        fn = self.registry.functions.rotate(keys.vehicle_key(pseudonym), keys.category_key(category))
+        return self._c.transact(fn, f"rotating the {category} key of {pseudonym}", as_)
+
+    def epoch(self, pseudonym: str, category: str) -> int:
+        fn = self.registry.functions.epochOf(keys.vehicle_key(pseudonym), keys.category_key(category))
+        return int(self._c.view(fn, f"reading the {category} key epoch of {pseudonym}"))
+
+    def grant_of(self, pseudonym: str, category: str, consumer_key: bytes) -> GrantRecord | None:
+        """The stored grant, or None."""
+        fn = self.registry.functions.grantOf(
+            keys.vehicle_key(pseudonym), keys.category_key(category), _key32(consumer_key)
+        )
+        expiry, epoch, kind, exists, grant_hash = self._c.view(
+            fn, f"reading the grant of {category} of {pseudonym}"
+        )
+        if not exists:
+            return None
+        return GrantRecord(int(expiry), int(epoch), _KIND_NAMES[int(kind)], bytes(grant_hash))
+
     def check(self, pseudonym: str, category: str, consumer_key: bytes) -> Grant:
         fn = self.registry.functions.check(
             keys.vehicle_key(pseudonym), keys.category_key(category), _key32(consumer_key)
         )
         allowed, expiry, epoch = self._c.view(fn, f"checking {category} of {pseudonym}")
         return Grant(bool(allowed), int(expiry), int(epoch))
+
+
+_KIND_NAMES = {v: k for k, v in GRANTOR_KINDS.items()}
+
+
+def _hash32(grant_hash: bytes) -> bytes:
+    if not isinstance(grant_hash, bytes | bytearray) or len(grant_hash) != 32:
+        raise LedgerRuleError("a grant hash is 32 bytes (SHA-256 of the signed grant message)")
+    return bytes(grant_hash)
 
 
 def _key32(consumer_key: bytes) -> bytes:

@@ -434,36 +434,73 @@ class LedgerContractTests:
 
     # -- access grants ---------------------------------------------------------------
 
+    GRANT_HASH = keccak(text="a signed grant message")
+
+    def grant(self, client: LedgerClient, vehicle: str, key: bytes, expiry: int, **kw) -> None:
+        args = {"epoch": 0, "grantor_kind": "owner", "grant_hash": self.GRANT_HASH, **kw}
+        client.access.grant(vehicle, "mileage", key, expiry, **args)
+
     def test_grants_expire_and_revocation_bumps_the_epoch(self, client: LedgerClient):
         vehicle = "v-" + "ab" * 16
         consumer_key = os.urandom(32)
         client.access.register_vehicles([vehicle])
         expiry = int(time.time()) + 3_600
-        client.access.grant(vehicle, "mileage", consumer_key, expiry)
+        self.grant(client, vehicle, consumer_key, expiry)
         assert client.access.check(vehicle, "mileage", consumer_key).allowed
         assert client.access.check(vehicle, "mileage", consumer_key).epoch == 0
         assert not client.access.check(vehicle, "accident", consumer_key).allowed
+        stored = client.access.grant_of(vehicle, "mileage", consumer_key)
+        assert stored is not None
+        assert (stored.expiry, stored.epoch, stored.grantor_kind, stored.grant_hash) == (
+            expiry, 0, "owner", self.GRANT_HASH,
+        )  # fmt: skip
         client.access.revoke(vehicle, "mileage", consumer_key)
         after = client.access.check(vehicle, "mileage", consumer_key)
         assert (after.allowed, after.epoch) == (False, 1)
+        assert client.access.grant_of(vehicle, "mileage", consumer_key) is None
         self.expect(
             LedgerNotFoundError, "NoSuchGrant", client.access.revoke, vehicle, "mileage", consumer_key
         )
         self.expect(
-            LedgerRuleError, "ExpiryInPast", client.access.grant, vehicle, "mileage", consumer_key, 1_000
+            LedgerRuleError, "ExpiryInPast", self.grant, client, vehicle, consumer_key, 1_000, epoch=1
         )
+
+    def test_a_grant_names_the_epoch_its_grantor_signed_a_kind_and_a_hash(self, client: LedgerClient):
+        vehicle = "v-" + "ab" * 16
+        key, expiry = os.urandom(32), int(time.time()) + 3_600
+        client.access.register_vehicles([vehicle])
+        client.access.rotate(vehicle, "mileage")
+        assert client.access.epoch(vehicle, "mileage") == 1
+        err = self.expect(LedgerRuleError, "StaleEpoch", self.grant, client, vehicle, key, expiry, epoch=0)
+        assert "signed at key epoch 0, the current epoch is 1" in str(err)
+        fn = client.access.registry.functions.grant
+        vk, ck = keccak(text=vehicle), keccak(text="mileage")
+        self.expect(LedgerRuleError, "InvalidGrantorKind", client.transact,
+                    fn(vk, ck, key, expiry, 1, 3, self.GRANT_HASH), "granting")  # fmt: skip
+        self.expect(LedgerRuleError, "EmptyGrantHash", client.transact,
+                    fn(vk, ck, key, expiry, 1, 2, bytes(32)), "granting")  # fmt: skip
+        self.grant(client, vehicle, key, expiry, epoch=1, grantor_kind="producer")
+        assert client.access.check(vehicle, "mileage", key).allowed
+
+    def test_only_a_grantor_grants_revokes_and_rotates(self, client: LedgerClient):
+        vehicle = "v-" + "ab" * 16
+        key, expiry = os.urandom(32), int(time.time()) + 3_600
+        client.access.register_vehicles([vehicle])
+        self.expect(LedgerPermissionError, "AccessControlUnauthorizedAccount", self.grant,
+                    client, vehicle, key, expiry, as_=OUTSIDER)  # fmt: skip
+        self.expect(LedgerPermissionError, "AccessControlUnauthorizedAccount",
+                    client.access.rotate, vehicle, "mileage", OUTSIDER)  # fmt: skip
+        self.grant(client, vehicle, key, expiry)
+        self.expect(LedgerPermissionError, "AccessControlUnauthorizedAccount",
+                    client.access.revoke, vehicle, "mileage", key, OUTSIDER)  # fmt: skip
+        assert client.access.epoch(vehicle, "mileage") == 0
+        self.expect(LedgerNotFoundError, "UnknownVehicle", client.access.rotate, "v-" + "cd" * 16, "mileage")
 
     def test_a_grant_for_an_unknown_pseudonym_is_rejected(self, client: LedgerClient):
         unknown = "v-" + "cd" * 16
         key = os.urandom(32)
         err = self.expect(
-            LedgerNotFoundError,
-            "UnknownVehicle",
-            client.access.grant,
-            unknown,
-            "mileage",
-            key,
-            int(time.time()) + 60,
+            LedgerNotFoundError, "UnknownVehicle", self.grant, client, unknown, key, int(time.time()) + 60
         )
         assert "not registered" in str(err)
         assert not client.access.check(unknown, "mileage", key).allowed
