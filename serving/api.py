@@ -232,10 +232,10 @@ def create_app(
     async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
         return JSONResponse(exc.detail(), status_code=http_status(exc))
 
-    async def consumer_of(request: Request) -> Consumer:
+    async def consumer_of(request: Request, deferred: bool = False) -> Consumer:
         body = await request.body()
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return auth.verify(request.method, target, body, request.headers)
+        return auth.verify(request.method, target, body, request.headers, deferred)
 
     def charge(consumer: Consumer, sql: str, quote: Quote) -> dict[str, Any]:
         available = billing.available(consumer.account) - receipts.pending_cents(consumer.account)
@@ -245,7 +245,7 @@ def create_app(
                 quote.as_dict(),
             )
         query_hash = hashlib.sha256(sql.encode()).hexdigest()
-        return receipts.issue(consumer.account, consumer.nonce, query_hash, quote)
+        return receipts.issue(consumer.account, consumer.nonce, query_hash, quote, consumer.expires)
 
     @app.post(
         "/v1/query",
@@ -253,14 +253,22 @@ def create_app(
         openapi_extra=_body_doc(QueryRequest),
     )
     async def query(request: Request) -> Response:
-        consumer = await consumer_of(request)
+        # the nonce is written with the receipt (one commit), or alone if the query fails
+        consumer = await consumer_of(request, deferred=True)
+        issued: dict[str, Any] = {}
+        try:
+            return await answer(request, consumer, issued)
+        finally:
+            if not issued:
+                receipts.record_nonce(consumer.account, consumer.nonce, consumer.expires)
+
+    async def answer(request: Request, consumer: Consumer, issued: dict[str, Any]) -> Response:
         body = parse_body(QueryRequest, await request.body())
         if body.grant_key is not None:
             try:
                 parse_public_key(body.grant_key)
             except PccError as exc:
                 raise MalformedRequestError(f"grant_key: {exc.message}") from None
-        issued: dict[str, Any] = {}
 
         def before_return(quote: Quote) -> None:
             issued.update(charge(consumer, body.sql, quote))

@@ -5,10 +5,18 @@ version, how many rows of each producer it used and what that cost.  It is
 written once per signed request (``(consumer, nonce)`` is unique), so a query
 is never charged twice; settlement marks it with the transaction hash.
 The service's signature is EIP-191 over the receipt's RFC 8785 canonical JSON.
+
+Spent nonces are held in memory (a set pruned as they expire, so it holds at most
+the requests of the last ``max_request_age_s``) and in the file (reloaded on
+start).  A paid query's nonce is written in the same transaction as its receipt
+(:meth:`ReceiptStore.issue`): one commit per query, durable before the response
+says what it was charged.  ``synchronous=NORMAL`` in WAL mode: a commit survives
+a crash of the service; a power loss may lose the last commits, never corrupt.
 """
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 import threading
@@ -19,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 import rfc8785
-from eth_account import Account
-from eth_account.messages import encode_defunct
 
+from serving.eip191 import SignatureError, Signer, recover
 from serving.pricing import Quote
 
 _SCHEMA = """
@@ -65,9 +72,10 @@ def receipt_body(row: sqlite3.Row) -> dict[str, Any]:
 def verify_receipt(receipt: dict[str, Any]) -> str:
     """The address that signed a receipt (compare it with the service's published signer)."""
     body = {k: receipt[k] for k in RECEIPT_FIELDS}
-    return str(
-        Account.recover_message(encode_defunct(primitive=rfc8785.dumps(body)), signature=receipt["signature"])
-    )
+    try:
+        return recover(rfc8785.dumps(body), str(receipt["signature"]))
+    except SignatureError:
+        return ""  # no account signed it
 
 
 class ReceiptStore:
@@ -81,29 +89,64 @@ class ReceiptStore:
         self._db.execute("PRAGMA synchronous=NORMAL")  # WAL: no fsync per receipt, never corrupt
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
-        self._account = Account.from_key(signing_key)
+        self._signer = Signer(signing_key)
         self._spent = 0
         #: unsettled cents per consumer, kept in step with the file (this process writes it alone)
         self._pending: dict[str, int] = {}
+        now = int(time.time())
+        #: spent, unexpired nonces: (account, nonce) → expiry, and the same keys in expiry order
+        self._nonces: dict[tuple[str, str], int] = {
+            (a, n): e
+            for a, n, e in self._db.execute(
+                "SELECT account, nonce, expires FROM nonces WHERE expires >= ?", (now,)
+            )
+        }
+        self._expiry = [(e, k) for k, e in self._nonces.items()]
+        heapq.heapify(self._expiry)
+        row = self._db.execute("SELECT coalesce(max(receipt_no), 0) FROM receipts").fetchone()
+        self._next_no = int(row[0]) + 1
 
     @property
     def signer(self) -> str:
-        return str(self._account.address)
+        return self._signer.address
 
-    def spend_nonce(self, account: str, nonce: str, expires: int) -> bool:
-        """Record a nonce; False if it was already spent."""
+    def spend_nonce(self, account: str, nonce: str, expires: int, durable: bool = True) -> bool:
+        """Record a nonce; False if it was already spent.
+
+        With ``durable=False`` it is spent in memory only: the caller writes it with the
+        request's receipt (:meth:`issue`) or alone (:meth:`record_nonce`) before answering.
+        """
+        key = (account.lower(), nonce)
         with self._lock:
+            now = int(time.time())
+            while self._expiry and self._expiry[0][0] < now:
+                _, old = heapq.heappop(self._expiry)
+                self._nonces.pop(old, None)
+            if key in self._nonces:
+                return False
+            self._nonces[key] = expires
+            heapq.heappush(self._expiry, (expires, key))
             self._spent += 1
             if self._spent % 1000 == 0:
-                self._db.execute("DELETE FROM nonces WHERE expires < ?", (int(time.time()),))
-            try:
-                self._db.execute(
-                    "INSERT INTO nonces (account, nonce, expires) VALUES (?, ?, ?)",
-                    (account.lower(), nonce, expires),
-                )
-            except sqlite3.IntegrityError:
-                return False
+                self._db.execute("DELETE FROM nonces WHERE expires < ?", (now,))
+            if durable:
+                self._write_nonce(key, expires)
             return True
+
+    def record_nonce(self, account: str, nonce: str, expires: int) -> None:
+        """Write a nonce spent with ``durable=False`` whose request ends without a receipt."""
+        with self._lock:
+            self._write_nonce((account.lower(), nonce), expires)
+
+    def _write_nonce(self, key: tuple[str, str], expires: int) -> None:
+        self._db.execute(
+            "INSERT OR IGNORE INTO nonces (account, nonce, expires) VALUES (?, ?, ?)", (*key, expires)
+        )
+
+    def spent_nonces(self) -> int:
+        """Unexpired nonces held in memory (bounded by the requests of the last max request age)."""
+        with self._lock:
+            return len(self._nonces)
 
     def pending_cents(self, consumer: str) -> int:
         """What ``consumer``'s unsettled receipts owe (read from the file once, then kept up to date)."""
@@ -120,37 +163,42 @@ class ReceiptStore:
             cents = self._pending[consumer] = int(row[0])
         return cents
 
-    def issue(self, consumer: str, nonce: str, query_hash: str, quote: Quote) -> dict[str, Any]:
-        """Write and sign the receipt of one paid query."""
+    def issue(
+        self, consumer: str, nonce: str, query_hash: str, quote: Quote, expires: int | None = None
+    ) -> dict[str, Any]:
+        """Write and sign the receipt of one paid query (one transaction, committed on return).
+
+        ``expires``: the request's nonce was spent with ``durable=False``; it is written too.
+        """
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        rows_json = json.dumps(quote.by_producer, sort_keys=True)
+        by_producer = json.loads(json.dumps(quote.by_producer, sort_keys=True))
+        rows_json = json.dumps(by_producer, sort_keys=True)
         with self._lock:
+            receipt_no = self._next_no
+            body = {
+                "receipt_no": receipt_no, "consumer": consumer, "query_hash": query_hash,
+                "batch_version": quote.version, "by_producer": by_producer,
+                "amount_cents": quote.amount_cents, "fee_bps": quote.fee_bps, "created_at": created,
+            }  # fmt: skip
+            sig_hex = self._signer.sign(rfc8785.dumps(body))
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                cur = self._db.execute(
-                    "INSERT INTO receipts (consumer, nonce, query_hash, batch_version, rows_json, amount_cents,"
-                    " fee_bps, created_at, signer, signature, settled_tx) VALUES (?,?,?,?,?,?,?,?,?,'',?)",
+                if expires is not None:
+                    self._write_nonce((consumer.lower(), nonce), expires)
+                self._db.execute(
+                    "INSERT INTO receipts (receipt_no, consumer, nonce, query_hash, batch_version, rows_json,"
+                    " amount_cents, fee_bps, created_at, signer, signature, settled_tx)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
                     (
-                        consumer, nonce, query_hash, quote.version, rows_json, quote.amount_cents,
-                        quote.fee_bps, created, self.signer, "free" if quote.amount_cents == 0 else None,
+                        receipt_no, consumer, nonce, query_hash, quote.version, rows_json, quote.amount_cents,
+                        quote.fee_bps, created, self.signer, sig_hex, "free" if quote.amount_cents == 0 else None,
                     ),
                 )  # fmt: skip
-                body = {
-                    "receipt_no": cur.lastrowid, "consumer": consumer, "query_hash": query_hash,
-                    "batch_version": quote.version, "by_producer": json.loads(rows_json),
-                    "amount_cents": quote.amount_cents, "fee_bps": quote.fee_bps, "created_at": created,
-                }  # fmt: skip
-                signature = self._account.sign_message(
-                    encode_defunct(primitive=rfc8785.dumps(body))
-                ).signature
-                sig_hex = "0x" + bytes(signature).hex()
-                self._db.execute(
-                    "UPDATE receipts SET signature = ? WHERE receipt_no = ?", (sig_hex, cur.lastrowid)
-                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+            self._next_no += 1
             if quote.amount_cents and consumer in self._pending:
                 self._pending[consumer] += quote.amount_cents
         return {**body, "signer": self.signer, "signature": sig_hex, "settled_tx": None}
