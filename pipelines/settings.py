@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -103,6 +103,13 @@ class ServingSettings(_Section):
     gdpr_operators: tuple[str, ...] = ()  # accounts acting for authenticated owners (grants, GDPR)
 
 
+class AccessSettings(_Section):
+    # grants and key epochs: on the ledger's AccessRegistry (chain), in a SQLite file beside the
+    # vault (sqlite), or auto = chain when a ledger deployment manifest exists, else sqlite
+    grant_store: Literal["auto", "chain", "sqlite"] = "auto"
+    cache_s: float = 1.0  # how stale on-chain grants and key epochs may be when read
+
+
 class Settings(BaseSettings):
     """Every setting of the platform, grouped by layer."""
 
@@ -121,6 +128,7 @@ class Settings(BaseSettings):
     speed: SpeedSettings = Field(default_factory=SpeedSettings)
     batch: BatchSettings = Field(default_factory=BatchSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    access: AccessSettings = Field(default_factory=AccessSettings)
 
     @classmethod
     def settings_customise_sources(

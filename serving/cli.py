@@ -46,7 +46,7 @@ def serve(
     """Serve paid SQL over the merged views (OpenAPI at /docs)."""
     import uvicorn
 
-    from pipelines.access import AccessService, SqliteGrantStore
+    from pipelines.access import AccessService, open_grant_store
     from pipelines.vault import IdentityVault
     from serving.api import create_app
     from serving.chain import chain_billing
@@ -58,7 +58,7 @@ def serve(
     logs = settings.data_dir / "producers"
     paths = LeafFilePaths({d.name: d for d in logs.iterdir() if d.is_dir()}) if logs.is_dir() else None
     access = AccessService(
-        IdentityVault(settings), SqliteGrantStore(settings.path("vault", "grants.sqlite")), key_cache_s=1.0
+        IdentityVault(settings), open_grant_store(settings), key_cache_s=settings.access.cache_s
     )
     app = create_app(config, billing, audit_paths=paths, access=access)
     client = getattr(billing, "client", None)  # ChainBilling: its ledger client reads anchored roots

@@ -35,6 +35,7 @@ class SpeedConfig:
     vault_path: Path | None = None  # identity vault (data keys); default data_dir/vault/identity.sqlite
     vault_key_file: Path | None = None  # default beside the vault file
     grants_path: Path | None = None  # grant store (key epochs); default data_dir/vault/grants.sqlite
+    settings: Settings | None = None  # opens the grant store (the ledger's); None: SQLite at grants_path
     pipeline_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -86,6 +87,7 @@ class SpeedConfig:
             vault_path=settings.vault.path or settings.path("vault", "identity.sqlite"),
             vault_key_file=settings.vault.key_file or settings.path("vault", "vault.key"),
             grants_path=settings.path("vault", "grants.sqlite"),
+            settings=settings,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]

@@ -29,7 +29,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipelines import canonical, merkle
-from pipelines.access import AccessDenied, KeyRing, SqliteGrantStore, row_aad, seal_payload
+from pipelines.access import (
+    AccessDenied,
+    KeyRing,
+    SqliteGrantStore,
+    open_grant_store,
+    row_aad,
+    seal_payload,
+)
 from pipelines.dataset import region
 from pipelines.errors import PccValidationError
 from pipelines.events import parse_event, parse_time_ms, validate_envelope
@@ -106,7 +113,13 @@ class EventProcessor:
             vault = IdentityVault(
                 self._config.vault_path or data / "identity.sqlite", self._config.vault_key_file
             )
-            grants = SqliteGrantStore(self._config.grants_path or data / "grants.sqlite")
+            grants_path = self._config.grants_path or data / "grants.sqlite"
+            settings = self._config.settings
+            grants = (
+                SqliteGrantStore(grants_path)
+                if settings is None
+                else open_grant_store(settings, sqlite_path=grants_path)
+            )
             self._keys = KeyRing(vault, grants, cache_s=1.0)
         return self._keys
 

@@ -41,7 +41,15 @@ from pipelines.access.grants import (
     revoke_message,
 )
 from pipelines.access.keys import EpochStore, KeyRing
-from pipelines.access.store import Grant, GrantStore, InMemoryGrantStore, SqliteGrantStore
+from pipelines.access.store import (
+    ClosableGrantStore,
+    Grant,
+    GrantStore,
+    InMemoryGrantStore,
+    SqliteGrantStore,
+    grant_store_kind,
+    open_grant_store,
+)
 from pipelines.access.verify import envelope_from_row, verify_opened_row, verify_row_inclusion
 from pipelines.access.views import ParquetRows, check_sealed
 from pipelines.access.wrap import (
@@ -57,6 +65,7 @@ __all__ = [
     "DEFAULT_GRANTORS",
     "AccessDenied",
     "AccessService",
+    "ClosableGrantStore",
     "ConsumerKeyPair",
     "EpochStore",
     "ErasableStore",
@@ -79,8 +88,10 @@ __all__ = [
     "export_subject",
     "fingerprint",
     "grant_message",
+    "grant_store_kind",
     "is_token",
     "needed_keys",
+    "open_grant_store",
     "open_payload",
     "owner_grantor",
     "parse_public_key",

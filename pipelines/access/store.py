@@ -4,9 +4,10 @@ A :class:`GrantStore` keeps the current grants and the current key epoch of
 every (vehicle, category); revoking a grant deletes it *and* starts the next
 epoch in one step, like ``AccessRegistry.revoke`` on the ledger.  Two
 implementations live here: :class:`InMemoryGrantStore` (tests, one process)
-and :class:`SqliteGrantStore` (the CLI and a single serving node).  The
-on-chain one wraps the ledger client and belongs to ``ledger/``; it satisfies
-the same protocol.
+and :class:`SqliteGrantStore` (a platform without a ledger).  The on-chain
+one, on the ledger's AccessRegistry, belongs to ``ledger/`` (``ledger.grants``)
+and is found through the entry point group ``pcc.grant_stores``:
+:func:`open_grant_store` is what the layers call.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipelines.errors import PccNotFoundError
+from pipelines.errors import PccConfigError, PccNotFoundError
+from pipelines.settings import Settings
 
 from .wrap import fingerprint
 
@@ -291,3 +293,48 @@ class SqliteGrantStore:
         conn.execute("VACUUM")  # secure_delete zeroes the rows; VACUUM and the checkpoint drop old pages
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return int(gone)
+
+
+class ClosableGrantStore(GrantStore, Protocol):
+    """A grant store holding files or connections: close it (or use it in ``with``)."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ClosableGrantStore: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+def grant_store_kind(settings: Settings) -> str:
+    """``chain`` or ``sqlite``: ``access.grant_store``, where ``auto`` means chain when a ledger is deployed.
+
+    A ledger is deployed when ``ledger.manifest`` is set, or the default manifest
+    (``<data_dir>/ledger/deployment.json``, written by ``pcc ledger deploy``) exists.
+    """
+    kind = settings.access.grant_store
+    if kind != "auto":
+        return kind
+    deployed = settings.ledger.manifest is not None or settings.path("ledger", "deployment.json").is_file()
+    return "chain" if deployed else "sqlite"
+
+
+def open_grant_store(
+    settings: Settings, *, sqlite_path: str | os.PathLike[str] | None = None
+) -> ClosableGrantStore:
+    """The platform's grant store: the AccessRegistry (entry point ``pcc.grant_stores: chain``) or SQLite.
+
+    ``sqlite_path`` overrides where the SQLite store lives (default ``<data_dir>/vault/grants.sqlite``).
+    """
+    kind = grant_store_kind(settings)
+    if kind == "sqlite":
+        return SqliteGrantStore(sqlite_path or settings.path("vault", "grants.sqlite"))
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="pcc.grant_stores"):
+        if ep.name == kind:
+            store: ClosableGrantStore = ep.load()(settings)
+            return store
+    raise PccConfigError(
+        f"access.grant_store is {kind!r} but no such grant store is installed "
+        "(entry point group pcc.grant_stores); install pcc[ledger] or set access.grant_store = 'sqlite'"
+    )

@@ -2,7 +2,8 @@
 
 Grants made here are the owner's, signed by the vault with the owner's
 delegated key: the operator running the command acts for an owner it has
-authenticated.  Grants live in ``<data_dir>/vault/grants.sqlite``.
+authenticated.  Grants live on the ledger's AccessRegistry when a ledger is
+deployed, else in ``<data_dir>/vault/grants.sqlite`` (``access.grant_store``).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import typer
 
 from pipelines.access import (
     AccessService,
+    ClosableGrantStore,
     ConsumerKeyPair,
     ParquetRows,
-    SqliteGrantStore,
     erase_vehicle,
     export_subject,
+    open_grant_store,
     parse_public_key,
 )
 from pipelines.cli.main import settings_from
@@ -37,8 +39,8 @@ VinOpt = Annotated[str | None, typer.Option("--vin", help="The vehicle's VIN.")]
 VehicleOpt = Annotated[str | None, typer.Option("--vehicle", help="Or its pseudonym v-...")]
 
 
-def _grants(settings: Settings) -> SqliteGrantStore:
-    return SqliteGrantStore(settings.path("vault", "grants.sqlite"))
+def _grants(settings: Settings) -> ClosableGrantStore:
+    return open_grant_store(settings)
 
 
 def _views(settings: Settings) -> list[ParquetRows]:

@@ -85,9 +85,9 @@ def _default_ownership_hook(settings: Settings, vault: Pseudonymizer) -> Ownersh
 
     if not isinstance(vault, IdentityVault):
         return None
-    from pipelines.access import AccessService, SqliteGrantStore
+    from pipelines.access import AccessService, open_grant_store
 
-    service = AccessService(vault, SqliteGrantStore(settings.path("vault", "grants.sqlite")))
+    service = AccessService(vault, open_grant_store(settings))
     return service.ownership_changed
 
 
