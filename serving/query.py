@@ -56,6 +56,8 @@ class Plan:
     run: str | None
     meter: str | None
     shaped: bool
+    #: the metering reads only the snapshot (no volatile function): its result is kept per snapshot
+    stable_meter: bool = False
 
 
 _UNSHAPED = Plan("other", frozenset(), False, None, None, False)
@@ -108,9 +110,15 @@ class QueryRunner:
         self.config = config
         self.watchdog = Watchdog()
         self.shapes: ShapeCache[Plan] = ShapeCache()
+        #: metered usage per (snapshot generation, metering SQL): an aggregate or a join over data
+        #: that did not change is metered once, not by a second scan each time (LRU, 256 entries)
+        self.meters: ShapeCache[list[Usage]] = ShapeCache(256)
         self._items: dict[tuple[str, bool, frozenset[str]], list[Any]] = {}
         with store.pin() as (cur, _):
             self.sandbox = Sandbox(cur)
+            rows = cur.execute("SELECT function_name, stability FROM duckdb_functions()").fetchall()
+        unstable = {name.lower() for name, stability in rows if stability != "CONSISTENT"}
+        self._stable_functions = frozenset(name.lower() for name, _ in rows) - unstable
 
     def check(self, sql: str) -> CheckedQuery:
         with self.store.pin() as (cur, _):
@@ -142,11 +150,12 @@ class QueryRunner:
         for text in (plan.run, plan.meter):
             if text is not None and not renders_cleanly(text, len(values)):
                 return _UNSHAPED
-        return Plan(plan.kind, plan.views, plan.location, plan.run, plan.meter, True)
+        return Plan(plan.kind, plan.views, plan.location, plan.run, plan.meter, True, plan.stable_meter)
 
     def _build(self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection) -> Plan:
         location = bool(q.columns & LOCATION_COLUMNS)
         run: str | None = None
+        stable = q.kind == "other"  # a full scan of each view read
         meter: str | None
         if q.kind == "rows":
             ast = copy.deepcopy(q.ast)
@@ -171,6 +180,7 @@ class QueryRunner:
                 aggregate_handling="STANDARD_HANDLING",
             )
             meter = self._usage_sql(self._to_sql(ast, cur), view)
+            stable = self._stable(ast.get("where_clause"))
         else:
             parts = [
                 f"SELECT '{view}' AS {_VIEW}, * FROM ({self._to_sql(self._scan_ast(view, location, cur), cur)})"
@@ -182,7 +192,21 @@ class QueryRunner:
                 if parts
                 else None
             )
-        return Plan(q.kind, q.views, location, run, meter, False)
+        return Plan(q.kind, q.views, location, run, meter, False, stable)
+
+    def _stable(self, node: Any) -> bool:
+        """True if every function under ``node`` gives the same answer on the same snapshot."""
+        if isinstance(node, list):
+            return all(self._stable(n) for n in node)
+        if not isinstance(node, dict):
+            return True
+        if node.get("class") in ("FUNCTION", "WINDOW") and (
+            str(node.get("function_name", "")).lower() not in self._stable_functions
+        ):
+            return False
+        if node.get("class") == "SUBQUERY":
+            return False
+        return all(self._stable(v) for v in node.values())
 
     def _meter_items(self, view: str, location: bool, cur: duckdb.DuckDBPyConnection) -> list[Any]:
         """Select-list items naming a row's producer, quality and event type (the category's input)."""
@@ -240,8 +264,14 @@ class QueryRunner:
         if plan.meter is None:
             return []
         sql = _render(plan, plan.meter, values)
-        rows = self._timed(cur, lambda: cur.execute(sql).fetchall())
-        return _usages(((v, s, t, n, qs) for v, s, t, n, qs in rows), plan.location)
+
+        def scan() -> list[Usage]:
+            rows = self._timed(cur, lambda: cur.execute(sql).fetchall())
+            return _usages(((v, s, t, n, qs) for v, s, t, n, qs in rows), plan.location)
+
+        if not plan.stable_meter:
+            return scan()
+        return self.meters.get((self.store.pinned_generation(), plan.location, sql), scan)
 
     def _quote(self, usage: list[Usage], kind: str, version: str | None) -> Quote:
         return price_usage(

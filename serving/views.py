@@ -185,6 +185,9 @@ class ServingStore:
         self._columns: dict[str, list[tuple[str, str]]] = {}
         #: changes whenever the views are recreated (cached query shapes are keyed by it)
         self.epoch = 0
+        #: changes with every commit that changes what the views hold (a new version, new segments)
+        self.generation = 0
+        self._pinned = threading.local()
         self._create_views()
 
     # -- reading -------------------------------------------------------------------------------
@@ -211,6 +214,7 @@ class ServingStore:
             cur.execute("BEGIN TRANSACTION READ ONLY")
             # touching a table of each database starts its transaction now: the snapshot is taken under the lock
             cur.execute(self._touch).fetchall()
+            self._pinned.generation = self.generation
         try:
             yield cur, pinned.manifest.version if pinned else None
         finally:
@@ -221,6 +225,10 @@ class ServingStore:
                 if pinned:
                     pinned.readers -= 1
                 self._detach_retired()
+
+    def pinned_generation(self) -> int:
+        """The :attr:`generation` whose state this thread's pinned snapshot sees (inside :meth:`pin`)."""
+        return int(self._pinned.generation)
 
     def interrupt_handle(self, cur: duckdb.DuckDBPyConnection) -> Any:
         return cur.interrupt
@@ -250,6 +258,7 @@ class ServingStore:
                         f"(SELECT event_id FROM {_quote(alias)}.vehicle_history)"
                     )
                 cur.execute("COMMIT")
+                self.generation += 1
             except BaseException:
                 cur.execute("ROLLBACK")
                 raise
@@ -355,6 +364,7 @@ class ServingStore:
                 cur.execute(f"INSERT OR IGNORE INTO rt SELECT {cols} FROM stage")
                 cur.execute("DROP TABLE stage")
                 cur.execute("COMMIT")
+                self.generation += 1
             except BaseException:
                 with contextlib.suppress(duckdb.Error):
                     cur.execute("ROLLBACK")
