@@ -87,8 +87,14 @@ def _default_ownership_hook(settings: Settings, vault: Pseudonymizer) -> Ownersh
         return None
     from pipelines.access import AccessService, open_grant_store
 
-    service = AccessService(vault, open_grant_store(settings))
-    return service.ownership_changed
+    services: list[AccessService] = []
+
+    def ownership_changed(vehicle: str) -> object:
+        if not services:  # opened on the first sale: the grant store may be the ledger's
+            services.append(AccessService(vault, open_grant_store(settings)))
+        return services[0].ownership_changed(vehicle)
+
+    return ownership_changed
 
 
 class Producer:
