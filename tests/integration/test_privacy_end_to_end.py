@@ -32,8 +32,9 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from infra.chain.node import NodeInfo
 from ledger.client import LedgerClient
+from ledger.grants import ChainGrantStore
 from ledger.onboarding import deploy_consortium, register_source
-from pipelines.access import AccessService, ConsumerKeyPair, SqliteGrantStore, token_info
+from pipelines.access import AccessService, ConsumerKeyPair, open_grant_store, token_info
 from pipelines.errors import PccNotFoundError
 from pipelines.events import format_time
 from pipelines.producer import Producer, load_anchor
@@ -73,6 +74,7 @@ class Platform:
             kafka={**broker.settings.kafka.model_dump(), "topic_prefix": self.prefix},
             ledger={"rpc_url": node.url, "chain": "anvil"},
             producer={"checkpoint_every": 64, "checkpoint_seconds": 3600},
+            access={"cache_s": 0.0},  # this process reads grants the CLI and the producer just wrote
         )
         deploy_consortium(self.settings)
         self.source = f"garage-net-{uuid.uuid4().hex[:6]}"
@@ -174,7 +176,9 @@ def test_grant_revoke_sale_and_erasure_end_to_end(platform: Platform) -> None:
     publish_batch(platform.data, "v1", master_table(platform.data))  # the batch layer's part
 
     vault = IdentityVault(platform.settings)
-    grants = SqliteGrantStore(platform.data / "vault" / "grants.sqlite")
+    grants = open_grant_store(platform.settings)  # a ledger is deployed: the AccessRegistry
+    assert isinstance(grants, ChainGrantStore)
+    chain = LedgerClient.from_settings(platform.settings)
     access = AccessService(vault, grants)
     vehicle = vault.find_vehicle(VIN)
     assert vehicle is not None and {r["vehicle"] for r in master} == {vehicle}
@@ -197,6 +201,7 @@ def test_grant_revoke_sale_and_erasure_end_to_end(platform: Platform) -> None:
         for category in ("precise_location", "commercial"):
             op.owner("owner/grants", {"vehicle": vehicle, "category": category,
                                       "grantee": insurer.public_key.hex(), "expiry_s": 4_000_000_000})  # fmt: skip
+        assert chain.access.check(vehicle, "precise_location", insurer.public_key).allowed
         (first,) = maintenance_rows(client)
         assert first["payload"]["location"] == PARIS and first["payload"]["cost_cents"] == 18_990
         assert (first["lat"], first["lon"]) == (48.9, 2.4)  # the public region
@@ -211,6 +216,7 @@ def test_grant_revoke_sale_and_erasure_end_to_end(platform: Platform) -> None:
         deadline = time.monotonic() + 10
         while len(rows := maintenance_rows(client)) < 2 and time.monotonic() < deadline:
             time.sleep(0.1)
+        assert chain.access.epoch(vehicle, "precise_location") == 2  # the speed process seals under it
         later = rows[-1]["payload"]
         assert (
             isinstance(later["location"], str) and token_info(later["location"])[1] == 2
@@ -221,6 +227,7 @@ def test_grant_revoke_sale_and_erasure_end_to_end(platform: Platform) -> None:
         assert {g.category for g in grants.grants(vehicle=vehicle)} == {"commercial"}
         platform.produce([sale(now - 5 * DAY, BRUNO, 42_500)])
         assert grants.grants(vehicle=vehicle) == []
+        assert chain.access.grant_of(vehicle, "commercial", insurer.public_key) is None
         assert all(isinstance(r["payload"]["cost_cents"], str) for r in maintenance_rows(client))
 
         # 4. erasure: nothing left anywhere, every proof still verifies against the chain
@@ -231,7 +238,6 @@ def test_grant_revoke_sale_and_erasure_end_to_end(platform: Platform) -> None:
         report = json.loads(platform.pcc("gdpr", "erase", "--vin", VIN).stdout)
         assert report["stores"]["master dataset"] == 4
         assert leaks(platform.data) == {}
-        chain = LedgerClient.from_settings(platform.settings)
         for event_id in event_ids:
             proof = client._http.get(f"/v1/proof/{event_id}").json()
             assert proof["path_from"] == "dataset"
