@@ -315,15 +315,16 @@ class ChainGrantStore:
         with self._lock:
             self.refresh(force=True)
             key = _vehicle_key(vehicle)
-            live = [(c, k) for (v, c, k) in self._live if v == key]
-            for category_key, consumer in live:
+            revoked = 0
+            for v, category_key, consumer in list(self._live):
                 category = _CATEGORY_NAMES.get(category_key)
-                if category is None:  # not a platform category: nothing of ours can be read with it
+                if v != key or category is None:  # not a platform category: nothing of ours reads with it
                     continue
                 self.client.access.revoke(vehicle, category, consumer, as_=self._signer)
+                revoked += 1
             self._details.erase(vehicle)
             self.refresh(force=True)
-        return len(live)
+        return revoked
 
     # --- audit ----------------------------------------------------------------------------
 
