@@ -90,7 +90,10 @@ def _frame(view: str, path: Path, spark: SparkSession | None, pandas_max_rows: i
 
             return "pandas", pd.DataFrame({c: [] for c in columns})
         return "pandas", pq.read_table(files, columns=columns).to_pandas()
-    return "spark", spark.read.parquet(str(path))
+    # only the suite's columns, cached once: GX runs one Spark job per metric
+    frame = spark.read.parquet(str(path)).select(*suite_columns(load_suite(view))).cache()
+    frame.count()
+    return "spark", frame
 
 
 def audit_views(
@@ -98,12 +101,15 @@ def audit_views(
     parameters: dict[str, int],
     project_dir: Path,
     spark: SparkSession | None = None,
-    pandas_max_rows: int = 1_000_000,
+    pandas_max_rows: int = 20_000_000,
 ) -> AuditResult:
     """Validate each written view with its stored suite; build the data docs; say what failed.
 
     Views up to ``pandas_max_rows`` rows are validated in pandas (only the
-    columns the suite names), larger ones with Spark.
+    columns the suite names; about 0.8 GB of driver memory per million rows of
+    ``vehicle_history``), larger ones with Spark over the suite's columns,
+    cached once.  GX runs one Spark job per metric: at 1M rows the pandas path
+    took 11-16 s where Spark took 40 s cached and 91 s uncached on 2 cores.
     """
     gx = require_gx()
     project_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +146,8 @@ def audit_views(
             batch_parameters={"dataframe": frame},
             expectation_parameters={k: int(v) for k, v in parameters.items()},
         )
+        if engine == "spark":
+            frame.unpersist()
         for validation in run.run_results.values():
             for res in validation.results:
                 result.checked += 1

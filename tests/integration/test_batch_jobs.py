@@ -150,3 +150,32 @@ def test_the_audit_blocks_wrong_data_and_bad_files_are_quarantined(
     }
     assert last["rows_in"] == len(fleet.fleet_rows()) + 1  # the run went on over the readable files
     assert all("quality" in f for f in err.value.failures)
+
+
+@pytest.mark.parametrize("engine", ["pandas", "spark"])
+def test_both_audit_engines_pass_the_published_views_and_block_a_wrong_score(
+    spark: Any, published: tuple[BatchConfig, Any], tmp_path: Path, engine: str
+) -> None:
+    from batch.audit import audit_views
+    from batch.config import VIEWS
+
+    config, (record, _) = published
+    version_dir = config.version_dir(record.version)
+    params = json.loads((version_dir / "_audit.json").read_text())["parameters"]
+    limit = 0 if engine == "spark" else 10**9  # views above the limit are audited with Spark
+    good = audit_views({v: version_dir / v for v in VIEWS}, params, tmp_path / "good", spark, limit)
+    assert good.success and good.checked == record.audit["checked"]
+
+    wrong = {v: version_dir / v for v in VIEWS}
+    scores = pq.read_table(sorted((version_dir / "fraud_scores").glob("*.parquet")))
+    tampered = scores.set_column(
+        scores.schema.get_field_index("score"), "score", pa.array([1.5] + [0.0] * (scores.num_rows - 1))
+    )
+    (tmp_path / "fraud_scores").mkdir()
+    pq.write_table(tampered, tmp_path / "fraud_scores" / "part-0.parquet")
+    wrong["fraud_scores"] = tmp_path / "fraud_scores"
+    bad = audit_views(wrong, params, tmp_path / "bad", spark, limit)
+    assert not bad.success
+    assert [f.split(" {")[0] for f in bad.failures] == [
+        "fraud_scores: expect_column_values_to_be_between score"
+    ]
