@@ -87,6 +87,15 @@ def _tester_revert_data(exc: Exception) -> bytes:
     return b""
 
 
+#: How many times a transaction is signed again when its nonce was taken by another client of the key.
+NONCE_RETRIES = 3
+
+
+def _nonce_taken(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return "nonce too low" in text or "nonce has already been used" in text or "already known" in text
+
+
 class Signer:
     """One local key that signs transactions, with its own nonce counter."""
 
@@ -138,21 +147,27 @@ class Signer:
         hashes = []
         for fn in fns:
             limit = gas if gas is not None else self.estimate(fn, context)
-            params: TxParams = {
-                "from": self.account.address,
-                "gas": limit,
-                "nonce": self._next_nonce(),
-                **fees,
-            }  # type: ignore[typeddict-item]
-            with translating(context):
-                tx = fn.build_transaction(params)
-            signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
-            try:
+            for attempt in range(NONCE_RETRIES + 1):
+                params: TxParams = {
+                    "from": self.account.address,
+                    "gas": limit,
+                    "nonce": self._next_nonce(),
+                    **fees,
+                }  # type: ignore[typeddict-item]
                 with translating(context):
-                    hashes.append(self.w3.eth.send_raw_transaction(signed.raw_transaction))
-            except (LedgerError, Web3RPCError, ValueError):
-                self.reset_nonce()
-                raise
+                    tx = fn.build_transaction(params)
+                signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
+                try:
+                    with translating(context):
+                        hashes.append(self.w3.eth.send_raw_transaction(signed.raw_transaction))
+                    break
+                except (LedgerError, Web3RPCError, ValueError) as exc:
+                    self.reset_nonce()
+                    # another client signing with the same key (a second process, the grant
+                    # store) took this nonce: count again from the chain and sign anew
+                    if attempt < NONCE_RETRIES and _nonce_taken(exc):
+                        continue
+                    raise
         return hashes
 
     def transfer_eth(self, to: str, wei: int) -> TxReceipt:

@@ -32,6 +32,18 @@ class TestLedgerAnvil(LedgerContractTests):
         assert client.anchors.latest("cc-aurora") == checkpoints[-1]
         assert client.anchors.checkpoint_count("cc-aurora") == 40
 
+    def test_two_clients_signing_with_one_key_do_not_refuse_each_other(self, client: LedgerClient):
+        """The operator key is shared (grant store, batch publisher, demo): a nonce taken by the
+        other client is counted again from the chain, not an error."""
+        first = client.signer
+        second = Signer(first.w3, DEV_KEYS[0])
+        accounts = [Web3.to_checksum_address(f"0x{i:040x}") for i in (0xA1, 0xA2, 0xA3)]
+        client.sources.register("cc-borealis", "connected_car", accounts[0], 1)  # first's nonce cached
+        other = LedgerClient(first.w3, client.deployment, second)
+        other.sources.register("cc-cassini", "connected_car", accounts[1], 1)  # takes that nonce
+        client.sources.register("ins-allianz", "insurer", accounts[2], 2)  # stale: signs anew
+        assert client.sources.get("ins-allianz").tier == 2
+
 
 def test_node_lifecycle_is_idempotent_and_checks_its_port(anvil_node: node.NodeInfo, tmp_path):
     state = tmp_path / "chain"
