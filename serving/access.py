@@ -18,6 +18,7 @@ real-time view, then the vault).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
@@ -38,8 +39,7 @@ from pipelines.access import (
     check_sealed,
     erase_vehicle,
     export_subject,
-    needed_keys,
-    open_payload,
+    open_held,
     parse_public_key,
     row_aad,
 )
@@ -63,22 +63,41 @@ def _loads(payload: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+#: The head of an ``enc:v1`` token at the start of a JSON string: ``"enc:v1:<category>:<epoch>:``.
+_TOKEN_HEAD = re.compile(r'"enc:v1:([a-z_]{1,32}:(?:0|[1-9][0-9]{0,9})):')
+
+
 def needed_by_vehicle(table: pa.Table) -> dict[str, set[tuple[str, int]]]:
-    """The (category, epoch) keys each vehicle's rows of an answer need to be opened."""
-    if any(c not in table.column_names for c in OPEN_COLUMNS):
+    """The (category, epoch) keys each vehicle's rows of an answer need to be opened.
+
+    Read from the payload column's JSON text, not from parsed payloads: the
+    head of every ``enc:v1`` token in a row that has the columns to be opened.
+    (A regex over the text is several times faster than parsing each payload
+    and walking its schema; Arrow's own regex kernels are slower on answers of
+    a few hundred rows and no faster on large ones.)  What is found only
+    selects which keys to *ask* for: each is still checked against the
+    consumer's grants, and opening checks every token against the schema.
+    """
+    if any(c not in table.column_names for c in OPEN_COLUMNS) or table.num_rows == 0:
         return {}
-    out: dict[str, set[tuple[str, int]]] = {}
-    cols = [table.column(c).to_pylist() for c in ("vehicle", "event_type", "schema_version", "payload")]
-    for vehicle, event_type, version, payload in zip(*cols, strict=True):
-        sealed = _loads(payload)
-        if vehicle is None or event_type is None or sealed is None:
+    cols = [table.column(c).to_pylist() for c in OPEN_COLUMNS]
+    findall = _TOKEN_HEAD.findall
+    heads: dict[str, set[str]] = {}
+    for vehicle, event_id, event_type, version, payload in zip(*cols, strict=True):
+        if vehicle is None or None in (event_id, event_type, version, payload):
             continue
-        try:
-            keys = needed_keys(str(event_type), int(version), sealed)
-        except PccError:
-            continue  # a row that is not a sealed event row: nothing to wrap
-        if keys:
-            out.setdefault(str(vehicle), set()).update(keys)
+        found = findall(payload if isinstance(payload, str) else bytes(payload).decode(errors="replace"))
+        if found:
+            held = heads.get(vehicle)
+            if held is None:
+                held = heads[vehicle] = set()
+            held.update(found)
+    out: dict[str, set[tuple[str, int]]] = {}
+    for vehicle, found in heads.items():
+        pairs = out[str(vehicle)] = set()
+        for head in found:
+            category, epoch = head.split(":")
+            pairs.add((category, int(epoch)))
     return out
 
 
@@ -116,7 +135,9 @@ def open_rows(
     """The consumer side: rows with every protected field it holds keys for opened (the rest sealed).
 
     ``payload`` becomes the (partly) opened object.  A token that does not
-    authenticate raises :class:`TamperedCiphertext`.
+    authenticate raises :class:`TamperedCiphertext`.  Each wrapped key is
+    opened once and gets one AES-GCM object for all the rows it opens; each
+    payload is parsed once.
     """
     rings: dict[str, GranteeKeys] = {}
     for vehicle, by_category in wrapped.items():
@@ -126,17 +147,18 @@ def open_rows(
     for row in rows:
         row = dict(row)
         sealed = _loads(row.get("payload"))
-        ring = rings.get(str(row.get("vehicle")))
-        if sealed is not None and ring is not None and all(row.get(c) is not None for c in OPEN_COLUMNS):
-            event_type, version = str(row["event_type"]), int(row["schema_version"])
-            needed = needed_keys(event_type, version, sealed)
-            held = {c for c, _ in needed if all(ring.has(c2, e) for c2, e in needed if c2 == c)}
-            row["payload"] = open_payload(
-                event_type, version, sealed, ring, row_aad(str(row["vehicle"]), str(row["event_id"])),
-                categories=held,
-            )  # fmt: skip
-        elif sealed is not None:
-            row["payload"] = sealed
+        if sealed is None:
+            out.append(row)
+            continue
+        vehicle, event_id, event_type, version = (
+            row.get("vehicle"), row.get("event_id"), row.get("event_type"), row.get("schema_version")
+        )  # fmt: skip
+        ring = rings.get(str(vehicle))
+        if ring is not None and None not in (vehicle, event_id, event_type, version):
+            sealed = open_held(
+                str(event_type), int(version), sealed, ring.ciphers, row_aad(str(vehicle), str(event_id))
+            )
+        row["payload"] = sealed
         out.append(row)
     return out
 

@@ -145,14 +145,14 @@ def _fresh(n: int) -> bytes:
 
 #: What sealing and opening need per (category, epoch, key): the cipher, the token prefix
 #: ``enc:v1:<category>:<epoch>:`` and the epoch as it ends the AAD.
-_Cipher = tuple[AESGCM, str, bytes]
+Cipher = tuple[AESGCM, str, bytes]
 
 
 @lru_cache(maxsize=4096, typed=True)
-def _cipher(category: str, epoch: int, key: bytes) -> _Cipher:
-    if type(epoch) is not int or epoch < 0 or len(key) != KEY_SIZE:
-        raise PccValueError(f"key for {category}: need a 32-byte key and an epoch >= 0")
-    return AESGCM(key), f"{TOKEN_PREFIX}{category}:{epoch}:", b"%d" % epoch
+def _cipher(category: str, epoch: int, key: bytes) -> Cipher:
+    if type(epoch) is not int:
+        raise PccValueError(f"key for {category}: the epoch must be an integer")
+    return cipher_of(category, epoch, bytes(key))
 
 
 def forget_ciphers() -> None:
@@ -231,8 +231,10 @@ def seal_payload(
     out = dict(payload)
     slots = _plan(event_type, version)[0]
     nonces, at = b"", 0
-    cipher_of = ""  # the plan keeps one category's fields together: one key_for call each
-    cipher: _Cipher
+    sealing = ""  # the plan keeps one category's fields together: one key_for call each
+    aead: AESGCM
+    prefix = ""
+    tail = b""
     for field, nested, name, category, aad_mid in slots:
         if not nested:
             if name not in out:
@@ -245,8 +247,9 @@ def seal_payload(
             parent = _copy_path(out, field.keys)
         if not nonces:  # a fresh random 96-bit nonce per field, drawn once per event
             nonces = _fresh(_NONCE * len(slots))
-        if category != cipher_of:
-            cipher_of, cipher = category, _current_cipher(category, key_for)
+        if category != sealing:
+            sealing = category
+            aead, prefix, tail = _current_cipher(category, key_for)
         value = parent[name]
         try:
             plain: bytes | None = orjson.dumps(value)
@@ -256,17 +259,17 @@ def seal_payload(
             plain = _strict_bytes(value, field)
         nonce = nonces[at : at + _NONCE]
         at += _NONCE
-        aead, prefix, epoch_aad = cipher
-        sealed = nonce + aead.encrypt(nonce, plain, aad + aad_mid + epoch_aad)
+        sealed = nonce + aead.encrypt(nonce, plain, aad + aad_mid + tail)
         parent[name] = prefix + binascii.b2a_base64(sealed, newline=False).decode("ascii")
     return out
 
 
-def _current_cipher(category: str, key_for: KeyFor) -> _Cipher:
+def _current_cipher(category: str, key_for: KeyFor) -> Cipher:
     epoch, key = key_for(category)
-    if type(epoch) is not int:
-        raise PccValueError(f"key for {category}: the epoch must be an integer")
-    return _cipher(category, epoch, key if type(key) is bytes else bytes(key))
+    try:
+        return _cipher(category, epoch, key)  # typed: an epoch that is not an int is its own entry
+    except TypeError:  # an unhashable key (bytearray, memoryview)
+        return _cipher(category, epoch, bytes(key))
 
 
 def _tokens(event_type: str, version: int, payload: Mapping[str, Any]) -> list[tuple[_Slot, str]]:
@@ -299,6 +302,69 @@ def needed_keys(event_type: str, version: int, payload: Mapping[str, Any]) -> se
     return out
 
 
+def cipher_of(category: str, epoch: int, key: bytes) -> Cipher:
+    """The AES-GCM object (and token prefix, AAD tail) of one data key: made once, used for many rows."""
+    if type(epoch) is not int or epoch < 0 or len(key) != KEY_SIZE:
+        raise PccValueError(f"key for {category}: need a 32-byte key and an epoch >= 0")
+    return AESGCM(bytes(key)), f"{TOKEN_PREFIX}{category}:{epoch}:", b"%d" % epoch
+
+
+def open_held(
+    event_type: str,
+    version: int,
+    payload: Mapping[str, Any],
+    ciphers: Mapping[tuple[str, int], Cipher],
+    aad: bytes,
+) -> dict[str, Any]:
+    """The payload with every category whose keys are all held opened; the others stay sealed.
+
+    One pass over the tokens (what :func:`needed_keys` and :func:`open_payload`
+    with ``categories`` do in two).  ``ciphers`` maps ``(category, epoch)`` to
+    the cipher of a held key (:func:`cipher_of`, made once per key for all the
+    rows it opens); a category is opened only when every epoch its tokens name
+    in this payload is held.  Every token is checked for form and label, held
+    or not; a held one that does not authenticate raises
+    :class:`TamperedCiphertext` and nothing is returned.
+    """
+    pending: list[tuple[SealedField, bool, str, str, bytes, Cipher, str]] = []
+    missing: set[str] = set()
+    for field, nested, name, expected, aad_mid in _plan(event_type, version)[0]:
+        holder = _locate(payload, field.keys) if nested else payload
+        if holder is None or name not in holder:
+            continue
+        token = holder[name]
+        match = _TOKEN.match(token) if type(token) is str else None
+        if match is None:
+            if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
+                raise TamperedCiphertext(f"{field.path}: expected a sealed field, found a plain value")
+            raise TamperedCiphertext(f"{field.path}: not an enc:v1 token")
+        category = match[1]
+        if category != expected or category not in CATEGORIES:
+            raise TamperedCiphertext(
+                f"{field.path}: token labelled {category!r}, the schema says {expected!r}"
+            )
+        cipher = ciphers.get((category, int(match[2])))
+        if cipher is None:
+            missing.add(category)
+        else:
+            pending.append((field, nested, name, category, aad_mid, cipher, match[3]))
+    out = dict(payload)
+    for field, nested, name, category, aad_mid, cipher, text in pending:
+        if category in missing:
+            continue
+        try:
+            blob = binascii.a2b_base64(text, strict_mode=True)
+            value = orjson.loads(cipher[0].decrypt(blob[:_NONCE], blob[_NONCE:], aad + aad_mid + cipher[2]))
+        except (InvalidTag, binascii.Error, ValueError):
+            raise TamperedCiphertext(
+                f"{field.path}: {category} epoch {cipher[2].decode()} does not authenticate "
+                "(altered, moved from another row or field, or sealed under another key)"
+            ) from None
+        parent = _copy_path(out, field.keys) if nested else out
+        parent[name] = value
+    return out
+
+
 def open_payload(
     event_type: str,
     version: int,
@@ -316,7 +382,7 @@ def open_payload(
     is malformed, relabelled, moved or altered; nothing is returned then.
     """
     out = dict(payload)
-    ciphers: dict[tuple[str, int], _Cipher] = {}
+    ciphers: dict[tuple[str, int], Cipher] = {}
     for (field, nested, name, expected, aad_mid), token in _tokens(event_type, version, payload):
         match = _TOKEN.match(token)
         if match is None:

@@ -41,7 +41,7 @@ from pipelines.vault import IdentityVault
 from .errors import AccessDenied
 from .keys import KeyRing
 from .store import Grant, GrantStore
-from .wrap import fingerprint, parse_public_key, wrap_key
+from .wrap import fingerprint, parse_public_key
 
 GrantorKind = Literal["owner", "producer"]
 _OWNER_IN_TEXT = re.compile(r"o-[0-9a-f]{32}")
@@ -323,9 +323,12 @@ class AccessService:
                 continue
             allowed.append((category, epoch))
         out: dict[str, dict[int, str]] = {}
-        for category, epoch in allowed:
+        for (
+            category,
+            epoch,
+        ) in allowed:  # the grant was checked above, the key is read now: see KeyRing.wrapped
             key = self.keys.key(vehicle, category, epoch)
-            out.setdefault(category, {})[epoch] = wrap_key(key, grantee, vehicle, category, epoch)
+            out.setdefault(category, {})[epoch] = self.keys.wrapped(grantee, vehicle, category, epoch, key)
         if allowed:
             self._audit(
                 "key_release", vehicle, fingerprint(grantee), " ".join(f"{c}@{e}" for c, e in allowed)

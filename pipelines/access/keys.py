@@ -11,12 +11,25 @@ The speed layer seals with ``KeyRing.key_for(vehicle)``; a ring shared by many
 events may cache current keys for ``cache_s`` seconds, so a revocation made in
 another process takes effect in the speed layer after at most that long (one
 made through this ring's :meth:`rotate` at once).
+
+The serving layer wraps keys for grantees with :meth:`KeyRing.wrapped`, which
+keeps each HPKE-wrapped key for ``wrap_cache_s`` seconds (at most
+``wrap_cache_size`` of them) per (consumer key, vehicle, category, epoch), so
+a grantee's repeated queries do not pay an X25519 key agreement per key and
+request.  The cache only saves that work; it never decides access: the grant
+is checked on every request before the cache is asked (a revoked, expired or
+previous owner's grant is refused at once, whatever is cached), and a hit is
+used only if the key it wrapped is the vault's key for that epoch, read on
+every request (an erased vehicle has none).  Erasure drops the vehicle's
+entries with the other key caches (:meth:`erase_vehicle`).
 """
 
 from __future__ import annotations
 
+import hmac
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import partial
 from types import MappingProxyType
@@ -28,6 +41,7 @@ from pipelines.vault import IdentityVault
 
 from .errors import AccessDenied
 from .fields import KeyFor, KeyLookup, forget_ciphers
+from .wrap import wrap_key
 
 _NOTHING: Mapping[str, tuple[float, tuple[int, bytes]]] = MappingProxyType({})
 
@@ -51,14 +65,20 @@ class KeyRing:
         epochs: EpochStore,
         *,
         cache_s: float = 0.0,
+        wrap_cache_s: float = 60.0,
+        wrap_cache_size: int = 4096,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.vault = vault
         self.epochs = epochs
         self.cache_s = cache_s
+        self.wrap_cache_s = wrap_cache_s
+        self.wrap_cache_size = wrap_cache_size
         self._clock = clock
         #: vehicle -> category -> (when fetched, (epoch, key)); read without the lock (dict ops are atomic)
         self._cache: dict[str, dict[str, tuple[float, tuple[int, bytes]]]] = {}
+        #: (grantee, vehicle, category, epoch) -> (when wrapped, data key, wrapped key), oldest first
+        self._wrapped: OrderedDict[tuple[bytes, str, str, int], tuple[float, bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
 
     def _vault_key(self, vehicle: str, category: str, epoch: int) -> bytes:
@@ -96,6 +116,30 @@ class KeyRing:
         self._vault_key(vehicle, category, epoch)  # create it now, not on the hot path
         return epoch
 
+    def wrapped(self, grantee: bytes, vehicle: str, category: str, epoch: int, key: bytes) -> str:
+        """``key`` (this vehicle's data key of ``category`` at ``epoch``) wrapped to ``grantee``.
+
+        The caller has checked the grant and read ``key`` from :meth:`key` for
+        this request; a wrapping made within ``wrap_cache_s`` for the same
+        consumer key and the same data key is reused.
+        """
+        slot = (grantee, vehicle, category, epoch)
+        now = self._clock()
+        hit = self._wrapped.get(slot)
+        if hit is not None and now - hit[0] < self.wrap_cache_s and hmac.compare_digest(hit[1], key):
+            return hit[2]
+        token = wrap_key(key, grantee, vehicle, category, epoch)
+        if self.wrap_cache_s > 0 and self.wrap_cache_size > 0:
+            with self._lock:
+                self._wrapped[slot] = (now, key, token)
+                self._wrapped.move_to_end(slot)
+                while self._wrapped and (  # oldest first: drop the expired and the excess
+                    len(self._wrapped) > self.wrap_cache_size
+                    or now - next(iter(self._wrapped.values()))[0] >= self.wrap_cache_s
+                ):
+                    self._wrapped.popitem(last=False)
+        return token
+
     def invalidate(self, vehicle: str, category: str | None = None) -> None:
         """Forget cached current keys of a vehicle (one category or all)."""
         with self._lock:
@@ -118,5 +162,8 @@ class KeyRing:
     def erase_vehicle(self, vehicle: str) -> int:
         with self._lock:
             cached = len(self._cache.pop(vehicle, {}))
+            wrapped = [slot for slot in self._wrapped if slot[1] == vehicle]
+            for slot in wrapped:
+                del self._wrapped[slot]
         forget_ciphers()
-        return cached
+        return cached + len(wrapped)

@@ -18,6 +18,7 @@ import hashlib
 import os
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -28,7 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption,
 from pipelines.errors import PccConfigError, PccValueError
 
 from .errors import AccessDenied, TamperedCiphertext
-from .fields import KEY_SIZE
+from .fields import KEY_SIZE, Cipher, cipher_of
 
 WRAP_PREFIX = "wk:v1:"
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -122,6 +123,11 @@ def unwrap_key(wrapped: str, keys: ConsumerKeyPair, vehicle: str, category: str,
     return key
 
 
+#: The consumer side: the service hands out the same wrapping of a key for a while
+#: (``KeyRing.wrap_cache_s``), so a client's repeated queries open it once.
+_unwrap_again = lru_cache(maxsize=1024)(unwrap_key)
+
+
 class GranteeKeys:
     """The consumer side: unwrapped data keys of one vehicle, usable as ``open_payload``'s key_lookup."""
 
@@ -129,9 +135,12 @@ class GranteeKeys:
         self.keys = keys
         self.vehicle = vehicle
         self._data: dict[tuple[str, int], bytes] = {}
+        self._ciphers: dict[tuple[str, int], Cipher] = {}
 
     def add(self, category: str, epoch: int, wrapped: str) -> None:
-        self._data[(category, epoch)] = unwrap_key(wrapped, self.keys, self.vehicle, category, epoch)
+        key = _unwrap_again(wrapped, self.keys, self.vehicle, category, epoch)
+        self._data[(category, epoch)] = key
+        self._ciphers[(category, epoch)] = cipher_of(category, epoch, key)
 
     def add_all(self, wrapped: Mapping[str, Mapping[int, str]]) -> None:
         """Add ``{category: {epoch: wrapped}}`` as the serving layer returns it."""
@@ -142,6 +151,12 @@ class GranteeKeys:
     def has(self, category: str, epoch: int) -> bool:
         """Whether the key of this category and epoch was received."""
         return (category, epoch) in self._data
+
+    @property
+    def ciphers(self) -> Mapping[tuple[str, int], Cipher]:
+        """``{(category, epoch): cipher}`` of the received keys, one AES-GCM object each:
+        :func:`~pipelines.access.fields.open_held`'s ``ciphers``."""
+        return self._ciphers
 
     def __call__(self, category: str, epoch: int) -> bytes:
         key = self._data.get((category, epoch))
