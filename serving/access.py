@@ -130,17 +130,20 @@ def decode_wrapped(text: str | bytes | None) -> WrappedKeys:
 
 
 def open_rows(
-    rows: Iterable[dict[str, Any]], keys: ConsumerKeyPair, wrapped: WrappedKeys
+    rows: Iterable[dict[str, Any]], keys: ConsumerKeyPair | None, wrapped: WrappedKeys
 ) -> list[dict[str, Any]]:
     """The consumer side: rows with every protected field it holds keys for opened (the rest sealed).
 
     ``payload`` becomes the (partly) opened object.  A token that does not
-    authenticate raises :class:`TamperedCiphertext`.  Each wrapped key is
+    authenticate raises :class:`TamperedCiphertext`.  Without ``keys`` (a
+    consumer with no grant key) payloads are only parsed.  Each wrapped key is
     opened once and gets one AES-GCM object for all the rows it opens; each
     payload is parsed once.
     """
     rings: dict[str, GranteeKeys] = {}
-    for vehicle, by_category in wrapped.items():
+    if wrapped and keys is None:
+        raise PccValueError("wrapped keys given without the consumer key pair to open them")
+    for vehicle, by_category in wrapped.items() if keys is not None else ():
         ring = rings[vehicle] = GranteeKeys(keys, vehicle)
         ring.add_all(by_category)
     out = []

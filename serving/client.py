@@ -56,7 +56,7 @@ class ClientResult:
     def opened(self) -> list[dict[str, Any]]:
         """The rows with ``payload`` as an object, protected fields opened where a grant allows."""
         if self.grant_keys is None:
-            return open_rows(self.rows, ConsumerKeyPair.generate(), {})
+            return open_rows(self.rows, None, {})
         return open_rows(self.rows, self.grant_keys, self.wrapped_keys)
 
 
