@@ -80,11 +80,20 @@ def needed_by_vehicle(table: pa.Table) -> dict[str, set[tuple[str, int]]]:
     """
     if any(c not in table.column_names for c in OPEN_COLUMNS) or table.num_rows == 0:
         return {}
-    cols = [table.column(c).to_pylist() for c in OPEN_COLUMNS]
+    pairs: Iterable[tuple[Any, Any]]
+    if all(table.column(c).null_count == 0 for c in OPEN_COLUMNS):  # the usual answer: no row to skip
+        pairs = zip(table.column("vehicle").to_pylist(), table.column("payload").to_pylist(), strict=True)
+    else:
+        cols = [table.column(c).to_pylist() for c in OPEN_COLUMNS]
+        pairs = zip(
+            (v if None not in (v, e, t, n) else None for v, e, t, n in zip(*cols[:4], strict=True)),
+            cols[4],
+            strict=True,
+        )
     findall = _TOKEN_HEAD.findall
     heads: dict[str, set[str]] = {}
-    for vehicle, event_id, event_type, version, payload in zip(*cols, strict=True):
-        if vehicle is None or None in (event_id, event_type, version, payload):
+    for vehicle, payload in pairs:
+        if vehicle is None or payload is None:
             continue
         found = findall(payload if isinstance(payload, str) else bytes(payload).decode(errors="replace"))
         if found:
@@ -93,11 +102,11 @@ def needed_by_vehicle(table: pa.Table) -> dict[str, set[tuple[str, int]]]:
                 held = heads[vehicle] = set()
             held.update(found)
     out: dict[str, set[tuple[str, int]]] = {}
-    for vehicle, found in heads.items():
-        pairs = out[str(vehicle)] = set()
-        for head in found:
+    for vehicle, texts in heads.items():
+        keys = out[str(vehicle)] = set()
+        for head in texts:
             category, epoch = head.split(":")
-            pairs.add((category, int(epoch)))
+            keys.add((category, int(epoch)))
     return out
 
 
@@ -141,11 +150,12 @@ def open_rows(
     payload is parsed once.
     """
     rings: dict[str, GranteeKeys] = {}
-    if wrapped and keys is None:
+    if keys is not None:
+        for pseudonym, by_category in wrapped.items():
+            rings[pseudonym] = GranteeKeys(keys, pseudonym)
+            rings[pseudonym].add_all(by_category)
+    elif wrapped:
         raise PccValueError("wrapped keys given without the consumer key pair to open them")
-    for vehicle, by_category in wrapped.items() if keys is not None else ():
-        ring = rings[vehicle] = GranteeKeys(keys, vehicle)
-        ring.add_all(by_category)
     out = []
     for row in rows:
         row = dict(row)
@@ -157,9 +167,9 @@ def open_rows(
             row.get("vehicle"), row.get("event_id"), row.get("event_type"), row.get("schema_version")
         )  # fmt: skip
         ring = rings.get(str(vehicle))
-        if ring is not None and None not in (vehicle, event_id, event_type, version):
+        if ring is not None and event_id is not None and event_type is not None and version is not None:
             sealed = open_held(
-                str(event_type), int(version), sealed, ring.ciphers, row_aad(str(vehicle), str(event_id))
+                str(event_type), int(version), sealed, ring.ciphers, row_aad(ring.vehicle, str(event_id))
             )
         row["payload"] = sealed
         out.append(row)
