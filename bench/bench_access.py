@@ -11,7 +11,10 @@ Two figures, each a ratio against a reference measured in the same run:
   (signed request, sandbox, metering, receipt, wrapped keys for the rows' epochs,
   client-side opening of every protected field) vs the same query by the same
   consumer without a grant key, read the same way (rows with the payload parsed),
-  protected fields left sealed.
+  protected fields left sealed.  Run over each grant store of ``--grant-store``:
+  ``sqlite`` (recorded as ``access.query``) and ``chain`` (``access.query.chain``:
+  grants on the AccessRegistry through ``ChainGrantStore`` on the in-process EVM,
+  read from its in-memory index), each with its own public reference.
   Target: ratio (p50 with / without) <= 1.20.
 """
 
