@@ -179,3 +179,35 @@ def test_both_audit_engines_pass_the_published_views_and_block_a_wrong_score(
     assert [f.split(" {")[0] for f in bad.failures] == [
         "fraud_scores: expect_column_values_to_be_between score"
     ]
+
+
+def test_a_since_run_redoes_the_touched_vehicles_and_equals_a_full_rebuild(
+    spark: Any, tmp_path: Path
+) -> None:
+    master = tmp_path / "master"
+    fleet.write_fleet(master)
+    config = BatchConfig(master_dataset=master, batch_dir=tmp_path / "batch", spark_master="local[2]")
+    first = run_batch(config, spark=spark)
+    # a late reading of the clean car, wound back, arrives after the first run
+    late = event_row(fleet.CLEAN, "odometer_reading", fleet.day(400), "garage-ind-05", 2_000)
+    write_master_dataset([late], master, segment="seg-late")
+
+    incremental = run_batch(config, spark=spark, since=late["processed_time"])
+    assert incremental.status == "published" and incremental.version != first.version
+    assert incremental.rows_in == len(fleet.fleet_rows()) + 1
+    reference = BatchConfig(master_dataset=master, batch_dir=tmp_path / "full", spark_master="local[2]")
+    run_batch(reference, spark=spark, full=True)
+    for name, key in (
+        ("vehicle_history", ["event_id"]),
+        ("mileage_timeline", ["event_id"]),
+        ("fraud_scores", ["vehicle"]),
+        ("source_reputation", ["source_id"]),
+    ):
+        a = view(config, name).sort_values(key).reset_index(drop=True)
+        b = view(reference, name).sort_values(key).reset_index(drop=True)
+        pd.testing.assert_frame_equal(a, b, check_like=True)
+    scores = view(config, "fraud_scores").set_index("vehicle")
+    assert "odometer_rollback" in list(scores.loc[fleet.CLEAN, "flags"])
+    # the untouched vehicles' rows are the first version's, carried over
+    before = view(config, "fraud_scores", first.version).set_index("vehicle")
+    assert scores.loc[fleet.ROLLBACK, "score"] == before.loc[fleet.ROLLBACK, "score"]
