@@ -51,7 +51,7 @@ from serving.errors import MalformedRequestError, PaymentRequiredError, ServingE
 from serving.passport.verify import AuditPaths
 from serving.pricing import Billing, Quote, view_categories
 from serving.proof import proof_router
-from serving.query import QueryRunner
+from serving.query import QueryResult, QueryRunner
 from serving.receipts import ReceiptStore
 from serving.settlement import SettlementLoop, Settler
 from serving.views import ServingStore
@@ -237,13 +237,17 @@ def create_app(
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return auth.verify(request.method, target, body, request.headers, deferred)
 
-    def charge(consumer: Consumer, sql: str, quote: Quote) -> dict[str, Any]:
+    def payable(consumer: Consumer, quote: Quote) -> None:
+        """402 with the quote unless the consumer can pay it (funds minus unsettled receipts)."""
         available = billing.available(consumer.account) - receipts.pending_cents(consumer.account)
         if available < quote.amount_cents:
             raise PaymentRequiredError(
                 f"the query costs {quote.amount_cents} cents; account {consumer.account} can pay {available}",
                 quote.as_dict(),
             )
+
+    def charge(consumer: Consumer, sql: str, quote: Quote) -> dict[str, Any]:
+        payable(consumer, quote)
         query_hash = hashlib.sha256(sql.encode()).hexdigest()
         return receipts.issue(consumer.account, consumer.nonce, query_hash, quote, consumer.expires)
 
@@ -264,25 +268,29 @@ def create_app(
 
     async def answer(request: Request, consumer: Consumer, issued: dict[str, Any]) -> Response:
         body = parse_body(QueryRequest, await request.body())
-        if body.grant_key is not None:
+        grant_key = body.grant_key
+        if grant_key is not None:
             try:
-                parse_public_key(body.grant_key)
+                parse_public_key(grant_key)
             except PccError as exc:
                 raise MalformedRequestError(f"grant_key: {exc.message}") from None
-
-        def before_return(quote: Quote) -> None:
-            issued.update(charge(consumer, body.sql, quote))
-
-        result = await run_in_threadpool(runner.run, body.sql, before_return)
-        wrapped: WrappedKeys | None = None
-        if body.grant_key is not None:
             if access is None:
                 raise MalformedRequestError("grant_key: this service has no access service (identity vault)")
-            grant_key = body.grant_key
-            try:
-                wrapped = await run_in_threadpool(wrapped_keys_for, access, grant_key, result.table)
-            except PccError as exc:
-                raise AccessError(exc) from None
+
+        def run() -> tuple[QueryResult, WrappedKeys | None]:
+            # everything that can fail runs before the receipt: a failed answer costs nothing
+            result = runner.run(body.sql, lambda quote: payable(consumer, quote))
+            wrapped: WrappedKeys | None = None
+            if grant_key is not None:
+                assert access is not None
+                try:
+                    wrapped = wrapped_keys_for(access, grant_key, result.table)
+                except PccError as exc:
+                    raise AccessError(exc) from None
+            issued.update(charge(consumer, body.sql, result.quote))  # durable before the answer leaves
+            return result, wrapped
+
+        result, wrapped = await run_in_threadpool(run)
         headers = {
             "X-PCC-Receipt": str(issued["receipt_no"]),
             "X-PCC-Price-Cents": str(issued["amount_cents"]),
