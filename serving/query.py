@@ -38,6 +38,8 @@ _SRC, _Q, _TYPE, _VIEW = "__pcc_source", "__pcc_quality", "__pcc_event_type", "_
 _META = [_SRC, _Q, _TYPE]
 #: rows above which the metering columns of a row query are grouped by Arrow instead of Python
 _ARROW_GROUP_ROWS = 4096
+#: the view columns a row's metering reads (producer, quality, event type), when a ``*`` returns them
+_OWN_METER = ("source_id", "quality", "event_type")
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class Plan:
     shaped: bool
     #: the metering reads only the snapshot (no volatile function): its result is kept per snapshot
     stable_meter: bool = False
+    #: a row query whose own columns carry the metering (``SELECT *``): producer, quality and event
+    #: type are read from them and the query runs as written (None: metering columns appended)
+    own_meter: tuple[str, str, str] | None = None
 
 
 _UNSHAPED = Plan("other", frozenset(), False, None, None, False)
@@ -150,18 +155,31 @@ class QueryRunner:
         for text in (plan.run, plan.meter):
             if text is not None and not renders_cleanly(text, len(values)):
                 return _UNSHAPED
-        return Plan(plan.kind, plan.views, plan.location, plan.run, plan.meter, True, plan.stable_meter)
+        return Plan(
+            plan.kind,
+            plan.views,
+            plan.location,
+            plan.run,
+            plan.meter,
+            True,
+            plan.stable_meter,
+            plan.own_meter,
+        )
 
     def _build(self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection) -> Plan:
         location = bool(q.columns & LOCATION_COLUMNS)
         run: str | None = None
         stable = q.kind == "other"  # a full scan of each view read
+        own: tuple[str, str, str] | None = None
         meter: str | None
         if q.kind == "rows":
+            view = next(iter(q.views))
             ast = copy.deepcopy(q.ast)
-            ast["select_list"] = [*ast["select_list"], *self._meter_items(next(iter(q.views)), location, cur)]
-            run = self._to_sql(ast, cur)
-            meter = self._usage_sql(run, next(iter(q.views)))
+            ast["select_list"] = [*ast["select_list"], *self._meter_items(view, location, cur)]
+            metered = self._to_sql(ast, cur)
+            meter = self._usage_sql(metered, view)  # a quote's metering
+            own = self._own_meter(q, view)
+            run = None if own else metered
         elif q.kind == "aggregate":
             view = next(iter(q.views))
             ast = copy.deepcopy(q.ast)
@@ -192,7 +210,32 @@ class QueryRunner:
                 if parts
                 else None
             )
-        return Plan(q.kind, q.views, location, run, meter, False, stable)
+        return Plan(q.kind, q.views, location, run, meter, False, stable, own)
+
+    def _own_meter(self, q: CheckedQuery, view: str) -> tuple[str, str, str] | None:
+        """The metering columns of a bare ``SELECT *`` over ``vehicle_history``: its own, as returned.
+
+        Only a lone, unqualified ``*`` with no ``EXCLUDE``/``REPLACE``/``RENAME``/``COLUMNS``
+        qualifies: the result then holds each view column once under its own name, so
+        ``source_id``, ``quality`` and ``event_type`` are exactly what appended metering
+        columns would hold, without widening the query.
+        """
+        items = q.ast.get("select_list") or []
+        if view != "vehicle_history" or len(items) != 1:
+            return None
+        star = items[0]
+        bare = (
+            star.get("class") == "STAR"
+            and not star.get("relation_name")
+            and not star.get("alias")
+            and not star.get("columns")
+            and star.get("expr") is None
+            and not any(
+                star.get(k) for k in ("exclude_list", "replace_list", "qualified_exclude_list", "rename_list")
+            )
+        )
+        names = {c for c, _ in self.store.columns().get(view, [])}
+        return _OWN_METER if bare and names.issuperset(_OWN_METER) else None
 
     def _stable(self, node: Any) -> bool:
         """True if every function under ``node`` gives the same answer on the same snapshot."""
@@ -295,7 +338,9 @@ class QueryRunner:
             plan, values = self._plan(cur, sql)
             run_sql = sql if plan.run is None else _render(plan, plan.run, values)
             table = self._timed(cur, lambda: self._fetch(cur, run_sql))
-            if plan.kind == "rows":
+            if plan.kind == "rows" and plan.own_meter is not None:
+                usage = self._usage_from_table(table, next(iter(plan.views)), plan.location, plan.own_meter)
+            elif plan.kind == "rows":
                 usage = self._usage_from_table(table, next(iter(plan.views)), plan.location)
                 table = table.drop_columns(_META)
             else:
@@ -318,14 +363,17 @@ class QueryRunner:
             batches.append(batch)
         return pa.Table.from_batches(batches, schema=reader.schema)
 
-    def _usage_from_table(self, table: pa.Table, view: str, location: bool) -> list[Usage]:
+    def _usage_from_table(
+        self, table: pa.Table, view: str, location: bool, columns: tuple[str, str, str] = (_SRC, _Q, _TYPE)
+    ) -> list[Usage]:
         if table.num_rows == 0:
             return []
+        src, qual, etype = columns
         weighted = self.config.quality_weight_bps != 0
         if table.num_rows <= _ARROW_GROUP_ROWS:
             counts: dict[tuple[str, Any], list[int]] = {}
-            sources, types = table[_SRC].to_pylist(), table[_TYPE].to_pylist()
-            qualities = table[_Q].to_pylist() if weighted else itertools.repeat(None)
+            sources, types = table[src].to_pylist(), table[etype].to_pylist()
+            qualities = table[qual].to_pylist() if weighted else itertools.repeat(None)
             for s, t, q in zip(sources, types, qualities, strict=False):
                 acc = counts.setdefault((s, t), [0, 0])
                 acc[0] += 1
@@ -333,11 +381,11 @@ class QueryRunner:
                     acc[1] += round(float(q) * 10000)
             rows = ((view, s, t, n, qs) for (s, t), (n, qs) in counts.items())
             return _usages(rows, location)
-        qbps = pc.round(pc.multiply(table[_Q].cast(pa.float64()), 10000.0)) if weighted else None
+        qbps = pc.round(pc.multiply(table[qual].cast(pa.float64()), 10000.0)) if weighted else None
         t = pa.table(
             {
-                "s": table[_SRC],
-                "t": table[_TYPE],
+                "s": table[src],
+                "t": table[etype],
                 "q": pc.fill_null(qbps, 0.0) if qbps is not None else pa.nulls(table.num_rows, pa.float64()),
             }
         )

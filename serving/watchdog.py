@@ -15,6 +15,9 @@ class Watchdog:
 
     Deadlines sit in a heap watched by one daemon thread (started on first use);
     a query that ends removes its entry, so a late wake-up never interrupts it.
+    The thread is woken only when a new deadline is earlier than the one it
+    already sleeps until: with one time limit for every query that is almost
+    never (each new deadline is later), so a query costs no thread switch.
     """
 
     def __init__(self) -> None:
@@ -23,6 +26,8 @@ class Watchdog:
         self._live: dict[int, Callable[[], object]] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
+        #: the monotonic time the thread sleeps until (inf: until notified)
+        self._wake_at = float("inf")
         self.fired = 0
 
     @contextlib.contextmanager
@@ -33,9 +38,11 @@ class Watchdog:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="pcc-query-watchdog", daemon=True)
                 self._thread.start()
-            heapq.heappush(self._heap, (time.monotonic() + seconds, key))
+            deadline = time.monotonic() + seconds
+            heapq.heappush(self._heap, (deadline, key))
             self._live[key] = interrupt
-            if self._heap[0][1] == key:
+            if deadline < self._wake_at:
+                self._wake_at = deadline  # the thread recomputes it when it wakes
                 self._cond.notify()
         try:
             yield
@@ -59,9 +66,11 @@ class Watchdog:
                 while self._heap and self._heap[0][1] not in self._live:
                     heapq.heappop(self._heap)
                 if not self._heap:
+                    self._wake_at = float("inf")
                     self._cond.wait()
                     continue
-                wait = self._heap[0][0] - time.monotonic()
+                self._wake_at = self._heap[0][0]
+                wait = self._wake_at - time.monotonic()
                 if wait > 0:
                     self._cond.wait(wait)
                     continue

@@ -167,3 +167,35 @@ def test_one_watchdog_interrupts_only_what_outlives_its_limit() -> None:
 def _limited(dog: Watchdog, fired: list[str], k: int) -> None:
     with dog.limit(0.05 if k % 2 else 5.0, lambda: fired.append(f"q{k}")):
         time.sleep(0.2 if k % 2 else 0.0)
+
+
+@pytest.mark.parametrize("weight_bps", [0, 5_000])
+def test_a_star_query_is_metered_on_its_own_columns_as_a_column_list_is(
+    store: ServingStore, weight_bps: int
+) -> None:
+    runner = runner_for(store, quality_weight_bps=weight_bps)
+    star = "SELECT * FROM vehicle_history WHERE vehicle = '{v}' ORDER BY event_time"
+    listed = "SELECT event_id, lat, layer FROM vehicle_history WHERE vehicle = '{v}' ORDER BY event_time"
+    excluded = "SELECT * EXCLUDE (source_id, quality) FROM vehicle_history WHERE vehicle = '{v}'"
+    for i in range(6):
+        a, b = runner.run(star.format(v=vehicle_id(i))), runner.run(listed.format(v=vehicle_id(i)))
+        c = runner.run(excluded.format(v=vehicle_id(i)))
+        assert a.quote == b.quote == c.quote and a.quote.amount_cents > 0
+        names = [c for c, _ in store.columns()["vehicle_history"]]
+        assert a.table.column_names == names and a.table.num_rows == 20
+        assert "source_id" not in c.table.column_names and not any(
+            n.startswith("__pcc") for n in c.table.column_names
+        )
+        assert runner.quote(star.format(v=vehicle_id(i)))[1] == a.quote
+
+
+def test_a_shorter_limit_after_a_longer_one_still_fires_on_time() -> None:
+    dog = Watchdog()
+    fired: list[str] = []
+    with dog.limit(30.0, lambda: fired.append("long")):
+        pass  # the watchdog thread now sleeps towards a deadline 30 s away
+    start = time.monotonic()
+    with dog.limit(0.05, lambda: fired.append("short")):
+        while not fired and time.monotonic() - start < 5:
+            time.sleep(0.01)
+    assert fired == ["short"] and time.monotonic() - start < 2
