@@ -59,6 +59,8 @@ _FIRST_COPY = [("vehicle", "ascending"), ("event_id", "ascending"), ("processed_
 _RULE_ORDER = [("vehicle", "ascending"), ("event_time", "ascending"), ("source_id", "ascending"), ("log_index", "ascending"), ("event_id", "ascending")]  # fmt: skip
 #: Rows per chunk handed to :func:`annotate_table` (whole vehicles, so a chunk may be larger).
 CHUNK_ROWS = 50_000
+#: Rows per Arrow batch handed back to Spark (a wide row is ~1 kB: the JVM reads ~10 MB at a time).
+OUT_ROWS = 10_000
 
 
 def epoch_ms(times: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -245,11 +247,11 @@ def annotate_batches(
         cut = _runs(vehicles)[-2]
         if cut == 0:
             continue  # one vehicle so far: wait for more
-        yield from annotate_table(table.slice(0, cut), engine).to_batches()
+        yield from annotate_table(table.slice(0, cut), engine).to_batches(max_chunksize=OUT_ROWS)
         rest = table.slice(cut)
         pending, rows = rest.to_batches(), rest.num_rows
     if pending:
-        yield from annotate_table(pa.Table.from_batches(pending), engine).to_batches()
+        yield from annotate_table(pa.Table.from_batches(pending), engine).to_batches(max_chunksize=OUT_ROWS)
 
 
 def make_annotator(
