@@ -222,7 +222,9 @@ def run_batch(
                 touched = _touched(master, since)  # type: ignore[arg-type]
                 master = master.join(_broadcast(touched), "vehicle", "left_semi")
             partitions = build.partitions_for(scan.rows, cores)
-            annotated = build.annotate(master, partitions, engine).persist(StorageLevel.MEMORY_AND_DISK)
+            # cached on disk, streamed block by block: kept in memory, two wide ranges (~0.5 GB each)
+            # ran a 3 GB driver out of heap at 10M events, and at 1M disk was faster (39 s vs 50 s)
+            annotated = build.annotate(master, partitions, engine).persist(StorageLevel.DISK_ONLY)
             views = _build(annotated, config.timely_lag_s)
             if incremental:
                 views = _carry_over(spark, config, views, current, touched)  # type: ignore[arg-type]
