@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import rfc8785
 
 from serving.eip191 import SignatureError, Signer, recover
@@ -60,6 +61,32 @@ CREATE TABLE IF NOT EXISTS nonces (
 RECEIPT_FIELDS = (
     "receipt_no", "consumer", "query_hash", "batch_version", "by_producer", "amount_cents", "fee_bps", "created_at",
 )  # fmt: skip
+
+
+def _plain(value: Any) -> bool:
+    """True if orjson writes ``value`` exactly as RFC 8785 does: printable-ASCII strings, safe integers."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return -(2**53) < value < 2**53
+    if isinstance(value, str):
+        return value.isascii() and value.isprintable()
+    if isinstance(value, dict):
+        return all(isinstance(k, str) and _plain(k) and _plain(v) for k, v in value.items())
+    return False
+
+
+def canonical_json(body: dict[str, Any]) -> bytes:
+    """The RFC 8785 (JCS) bytes of a receipt body.
+
+    For printable-ASCII keys and strings and integers within ±2^53 — every receipt
+    of ASCII producer ids — JCS is keys sorted, no whitespace, ``"`` and ``\\``
+    escaped: orjson's sorted output, ~80× cheaper than ``rfc8785``.  Anything
+    else (non-ASCII, control characters, floats, large integers) goes to ``rfc8785``.
+    """
+    if _plain(body):
+        return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
+    return rfc8785.dumps(body)
 
 
 def receipt_body(row: sqlite3.Row) -> dict[str, Any]:
@@ -171,7 +198,7 @@ class ReceiptStore:
         ``expires``: the request's nonce was spent with ``durable=False``; it is written too.
         """
         created = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        by_producer = json.loads(json.dumps(quote.by_producer, sort_keys=True))
+        by_producer = orjson.loads(orjson.dumps(quote.by_producer, option=orjson.OPT_SORT_KEYS))
         rows_json = json.dumps(by_producer, sort_keys=True)
         with self._lock:
             receipt_no = self._next_no
@@ -180,7 +207,7 @@ class ReceiptStore:
                 "batch_version": quote.version, "by_producer": by_producer,
                 "amount_cents": quote.amount_cents, "fee_bps": quote.fee_bps, "created_at": created,
             }  # fmt: skip
-            sig_hex = self._signer.sign(rfc8785.dumps(body))
+            sig_hex = self._signer.sign(canonical_json(body))
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 if expires is not None:

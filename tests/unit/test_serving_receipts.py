@@ -1,0 +1,65 @@
+"""A receipt's signed bytes are RFC 8785 whatever the producer ids, amounts or batch version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import rfc8785
+
+from serving.pricing import Quote
+from serving.receipts import RECEIPT_FIELDS, ReceiptStore, canonical_json, verify_receipt
+
+SERVICE = "0x" + "5a" * 32
+
+
+def _body(producer: str, cents: int, version: str | None) -> dict[str, Any]:
+    return {
+        "receipt_no": 7,
+        "consumer": "0x" + "Ab" * 20,
+        "query_hash": "9f" * 32,
+        "batch_version": version,
+        "by_producer": {producer: {"rows": 3, "cents": cents}, "garage-net-03": {"rows": 1, "cents": 2}},
+        "amount_cents": cents + 2,
+        "fee_bps": 1000,
+        "created_at": "2026-01-01T00:00:00.000Z",
+    }
+
+
+@pytest.mark.parametrize(
+    ("producer", "cents", "version"),
+    [
+        ("cc-aurora", 300, "2026-01-01T00"),
+        ('quote"and\\backslash', 0, None),
+        ("garage-münchen", 5, "v1"),  # non-ASCII: JCS sorts keys by UTF-16 units
+        ("\U0001f697-fleet", 5, "v1"),  # beyond the BMP
+        ("tab\there", 5, "line\nbreak"),  # control characters: JCS's own escapes
+    ],
+)
+def test_canonical_json_is_rfc8785(producer: str, cents: int, version: str | None) -> None:
+    body = _body(producer, cents, version)
+    assert canonical_json(body) == rfc8785.dumps(body)
+
+
+def test_an_amount_beyond_exact_json_numbers_is_refused_as_rfc8785_refuses_it() -> None:
+    body = _body("cc-aurora", 2**60, "v1")
+    with pytest.raises(rfc8785.IntegerDomainError):
+        rfc8785.dumps(body)
+    with pytest.raises(rfc8785.IntegerDomainError):
+        canonical_json(body)
+
+
+@pytest.mark.parametrize("producer", ["cc-aurora", "garage-münchen", "\U0001f697-fleet"])
+def test_issued_receipt_verifies_against_the_published_signer(tmp_path: Path, producer: str) -> None:
+    store = ReceiptStore(tmp_path / "receipts.sqlite", SERVICE)
+    quote = Quote(
+        7, 1000, {producer: {"rows": 2, "cents": 5}, "ins-mutua": {"rows": 1, "cents": 2}}, "rows", "v1"
+    )
+    receipt = store.issue("0x" + "Ab" * 20, "nonce-0001", "9f" * 32, quote)
+    assert verify_receipt(receipt) == store.signer
+    stored = store.for_consumer("0x" + "Ab" * 20)[0]
+    assert {k: stored[k] for k in RECEIPT_FIELDS} == {k: receipt[k] for k in RECEIPT_FIELDS}
+    assert verify_receipt(stored) == store.signer
+    assert verify_receipt({**receipt, "by_producer": {producer: {"rows": 2, "cents": 4}}}) != store.signer
+    store.close()
