@@ -270,7 +270,7 @@ class ChainGrantStore:
         key = _vehicle_key(vehicle)
         self.refresh()
         if key not in self._registered:
-            self.client.access.register_vehicles([vehicle], as_=self._signer)
+            self._absorb(self.client.access.register_vehicles([vehicle], as_=self._signer))
             self._registered.add(key)
 
     def put(self, grant: Grant) -> Grant:
@@ -306,9 +306,23 @@ class ChainGrantStore:
     def bump(self, vehicle: str, category: str) -> int:
         with self._lock:
             self._ensure_vehicle(vehicle)
-            self.client.access.rotate(vehicle, category, as_=self._signer)
-            self.refresh(force=True)
+            receipt = self.client.access.rotate(vehicle, category, as_=self._signer)
+            # the new epoch is in the receipt's own event: no index refresh (six calls) per rotation
+            self._absorb(receipt)
             return self._epochs[(_vehicle_key(vehicle), _category_key(category))]
+
+    def _absorb(self, receipt: Any) -> None:
+        """Apply the registry events of one of our own transactions (a later refresh re-applies them alike)."""
+        from web3.logs import DISCARD
+
+        registry = self.client.access.registry
+        found = [
+            (log["logIndex"], name, log["args"])
+            for name in EVENTS
+            for log in registry.events[name]().process_receipt(receipt, errors=DISCARD)
+        ]
+        for _, name, args in sorted(found, key=lambda f: f[0]):
+            self._apply(name, args)
 
     def erase_vehicle(self, vehicle: str) -> int:
         """Revoke every grant of ``vehicle`` on chain (with or without details here), delete its details."""
