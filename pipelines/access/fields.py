@@ -352,17 +352,22 @@ def open_held(
     for field, nested, name, category, aad_mid, cipher, text in pending:
         if category in missing:
             continue
-        try:
-            blob = binascii.a2b_base64(text, strict_mode=True)
-            value = orjson.loads(cipher[0].decrypt(blob[:_NONCE], blob[_NONCE:], aad + aad_mid + cipher[2]))
-        except (InvalidTag, binascii.Error, ValueError):
-            raise TamperedCiphertext(
-                f"{field.path}: {category} epoch {cipher[2].decode()} does not authenticate "
-                "(altered, moved from another row or field, or sealed under another key)"
-            ) from None
+        value = _decrypt(cipher, text, aad + aad_mid, field.path, category)
         parent = _copy_path(out, field.keys) if nested else out
         parent[name] = value
     return out
+
+
+def _decrypt(cipher: Cipher, text: str, aad: bytes, path: str, category: str) -> Any:
+    """One token's value; :class:`TamperedCiphertext` naming the field when it does not authenticate."""
+    try:
+        blob = binascii.a2b_base64(text, strict_mode=True)
+        return orjson.loads(cipher[0].decrypt(blob[:_NONCE], blob[_NONCE:], aad + cipher[2]))
+    except (InvalidTag, binascii.Error, ValueError):
+        raise TamperedCiphertext(
+            f"{path}: {category} epoch {cipher[2].decode()} does not authenticate "
+            "(altered, moved from another row or field, or sealed under another key)"
+        ) from None
 
 
 def open_payload(
@@ -400,15 +405,7 @@ def open_payload(
             if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
                 raise AccessDenied(f"{field.path}: no usable key for {category} epoch {epoch}")
             cipher = ciphers[(category, epoch)] = _cipher(category, epoch, bytes(key))
-        try:
-            blob = binascii.a2b_base64(text, strict_mode=True)
-            plain = cipher[0].decrypt(blob[:_NONCE], blob[_NONCE:], aad + aad_mid + cipher[2])
-            value = orjson.loads(plain)
-        except (InvalidTag, binascii.Error, ValueError):
-            raise TamperedCiphertext(
-                f"{field.path}: {category} epoch {epoch} does not authenticate "
-                "(altered, moved from another row or field, or sealed under another key)"
-            ) from None
+        value = _decrypt(cipher, text, aad + aad_mid, field.path, category)
         parent = _copy_path(out, field.keys) if nested else out
         parent[name] = value
     return out

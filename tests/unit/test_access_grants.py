@@ -32,27 +32,7 @@ from pipelines.access import (
 )
 from pipelines.errors import PccNotFoundError, PccValueError
 from pipelines.vault import IdentityVault
-
-VIN = "1HGCM82633A004352"
-ANA = {"name": "Ana Lima", "id_number": "X1234567"}
-BRUNO = {"name": "Bruno Costa", "id_number": "Y7654321"}
-NOW = 1_800_000_000
-PAYLOAD = {
-    "odometer_km": 41300,
-    "service_type": "oil_change",
-    "in_network": True,
-    "cost_cents": 18990,
-    "invoice_ref": "INV-2026-0042",
-    "location": {"lat": 48.856613, "lon": 2.352222},
-}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(NOW)
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.access_data import ANA, BRUNO, NOW, PAYLOAD, VIN, Clock
 
 
 @pytest.fixture

@@ -29,24 +29,7 @@ from pipelines.access.wrap import wrap_key
 from pipelines.vault import IdentityVault
 from pipelines.vin import with_check_digit
 from serving.access import needed_by_vehicle, open_rows, wrapped_keys_for
-
-NOW = 1_800_000_000
-PAYLOAD = {
-    "odometer_km": 41300,
-    "service_type": "oil_change",
-    "in_network": True,
-    "cost_cents": 18990,
-    "invoice_ref": "INV-2026-0042",
-    "location": {"lat": 48.856613, "lon": 2.352222},
-}
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = float(NOW)
-
-    def __call__(self) -> float:
-        return self.now
+from tests.fixtures.access_data import NOW, PAYLOAD, Clock
 
 
 @pytest.fixture

@@ -41,28 +41,10 @@ from pipelines.access import (
 from pipelines.errors import PccNotFoundError
 from pipelines.settings import Settings
 from pipelines.vault import IdentityVault
+from tests.fixtures.access_data import ANA, BRUNO, PAYLOAD, VIN, Clock
 
 OP, OUTSIDER = DEV_KEYS[0], DEV_KEYS[6]
-VIN = "1HGCM82633A004352"
-ANA = {"name": "Ana Lima", "id_number": "X1234567"}
-BRUNO = {"name": "Bruno Costa", "id_number": "Y7654321"}
-PAYLOAD = {
-    "odometer_km": 41300,
-    "service_type": "oil_change",
-    "in_network": True,
-    "cost_cents": 18990,
-    "invoice_ref": "INV-2026-0042",
-    "location": {"lat": 48.856613, "lon": 2.352222},
-}
 CAR = "v-" + "a1" * 16
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
@@ -187,7 +169,7 @@ def test_an_expiry_in_the_past_is_refused(store: ChainGrantStore, client: Ledger
 
 
 def test_reads_are_cached_for_refresh_s_then_follow_the_chain(client: LedgerClient, tmp_path: Path) -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     g = grant(b"\x01" * 32)
     with ChainGrantStore(client, tmp_path / "d.sqlite", refresh_s=1.0, clock=clock) as reader, ChainGrantStore(
         client, tmp_path / "d.sqlite", refresh_s=0.0
