@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,4 +65,54 @@ def test_issued_receipt_verifies_against_the_published_signer(tmp_path: Path, pr
     assert {k: stored[k] for k in RECEIPT_FIELDS} == {k: receipt[k] for k in RECEIPT_FIELDS}
     assert verify_receipt(stored) == store.signer
     assert verify_receipt({**receipt, "by_producer": {producer: {"rows": 2, "cents": 4}}}) != store.signer
+    store.close()
+
+
+def _issue(store: ReceiptStore, k: int) -> dict[str, Any]:
+    quote = Quote(5, 1000, {"cc-aurora": {"rows": 2, "cents": 5}}, "rows", "v1")
+    return store.issue("0x" + "Ab" * 20, f"nonce-{k:08d}", "9f" * 32, quote, 2**31)
+
+
+def test_the_log_is_copied_back_between_requests_and_does_not_grow(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.sqlite"
+    store = ReceiptStore(path, SERVICE, checkpoint_s=0.01)
+    wal = path.with_name(path.name + "-wal")
+    sizes = []
+    for round_ in range(6):
+        for k in range(100):
+            _issue(store, round_ * 100 + k)
+        deadline = time.monotonic() + 10  # the copy after the round's last commit
+        while not store._checkpointer.caught_up and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sizes.append(wal.stat().st_size)
+    assert store._checkpointer.checkpoints >= 6
+    # the log is reused from its start once copied back: it holds about one round, not six
+    assert sizes[-1] <= 2 * sizes[0], sizes
+    store.close()
+    reopened = ReceiptStore(path, SERVICE)
+    assert len(reopened.for_consumer("0x" + "Ab" * 20, limit=1000)) == 600
+    reopened.close()
+
+
+def test_receipts_not_yet_copied_back_survive_the_service_dying(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.sqlite"
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from serving.pricing import Quote\n"
+        "from serving.receipts import ReceiptStore\n"
+        f"store = ReceiptStore(Path({str(path)!r}), {SERVICE!r}, checkpoint_s=3600)\n"
+        "q = Quote(5, 1000, {'cc-aurora': {'rows': 2, 'cents': 5}}, 'rows', 'v1')\n"
+        "for k in range(50):\n"
+        "    store.issue('0x' + 'Ab' * 20, f'nonce-{k:08d}', '9f' * 32, q, 2**31)\n"
+        "os._exit(0)  # no close, no checkpoint: the receipts are in the log only\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run([sys.executable, "-c", script], check=True, cwd=root, timeout=60)
+    assert path.with_name(path.name + "-wal").stat().st_size > 0
+    store = ReceiptStore(path, SERVICE)
+    receipts = store.for_consumer("0x" + "Ab" * 20, limit=100)
+    assert sorted(r["receipt_no"] for r in receipts) == list(range(1, 51))
+    assert all(verify_receipt(r) == store.signer for r in receipts)
+    assert not store.spend_nonce("0x" + "Ab" * 20, "nonce-00000007", 2**31)  # a replay is still refused
     store.close()
