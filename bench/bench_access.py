@@ -182,11 +182,8 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int, store
     )
     sql = f"SELECT * FROM vehicle_history WHERE vehicle = '{cars[0]}' ORDER BY event_time"
     with TestClient(app) as http:
-        granted, public = (
-            PccClient("http://bench", CONSUMER_KEY, grant_keys=keys),
-            PccClient("http://b", CONSUMER_KEY),
-        )
-        granted._http, public._http = http, http
+        granted = PccClient("http://bench", CONSUMER_KEY, grant_keys=keys, http=http)
+        public = PccClient("http://bench", CONSUMER_KEY, http=http)
 
         def with_grant() -> None:
             opened = granted.query(sql).opened

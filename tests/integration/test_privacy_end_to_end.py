@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import httpx
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -239,12 +240,12 @@ def test_grant_revoke_sale_and_erasure_end_to_end(platform: Platform) -> None:
         assert report["stores"]["master dataset"] == 4
         assert leaks(platform.data) == {}
         for event_id in event_ids:
-            proof = client._http.get(f"/v1/proof/{event_id}").json()
+            proof = client.proof(event_id)
             assert proof["path_from"] == "dataset"
             check = check_proof(proof, chain.anchors)
             assert check.ok and check.inclusion, check.detail
         assert all(isinstance(r["payload"]["location"], str) for r in maintenance_rows(client))
-        export = op._http.post("/v1/gdpr/export", content=orjson.dumps({"vin": VIN}))
+        export = httpx.post(f"{op.base_url}/v1/gdpr/export", content=orjson.dumps({"vin": VIN}))
         assert export.status_code in (401, 404)  # unsigned: 401; signed, below: 404
         with pytest.raises(PccNotFoundError, match="no such vehicle"):
             op.owner("gdpr/export", {"vin": VIN})

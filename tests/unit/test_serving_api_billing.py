@@ -44,11 +44,8 @@ def app(tmp_path: Path) -> Iterator[Any]:
 
 
 def _client(app: Any, grant: bool) -> PccClient:
-    client = PccClient(
-        "http://testserver", CONSUMER_KEY, grant_keys=ConsumerKeyPair.generate() if grant else None
-    )
-    client._http = TestClient(app)
-    return client
+    keys = ConsumerKeyPair.generate() if grant else None
+    return PccClient("http://testserver", CONSUMER_KEY, grant_keys=keys, http=TestClient(app))
 
 
 def test_a_failing_wrapped_key_step_charges_nothing(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
