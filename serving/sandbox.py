@@ -192,10 +192,18 @@ class Sandbox:
         return False
 
 
-def engine_settings(memory_limit: str, threads: int, allowed_dirs: list[str]) -> list[str]:
-    """The statements that lock the engine down, in the order they must run."""
+def engine_settings(
+    memory_limit: str, threads: int, allowed_dirs: list[str], spill_dir: str | None = None
+) -> list[str]:
+    """The statements that lock the engine down, in the order they must run.
+
+    ``spill_dir``: where DuckDB writes what a query cannot hold within ``memory_limit``
+    (by default ``.tmp`` under the process's working directory).
+    """
     dirs = ", ".join("'" + d.replace("'", "''") + "'" for d in allowed_dirs)
+    spill = [f"SET temp_directory = '{spill_dir.replace(chr(39), chr(39) * 2)}'"] if spill_dir else []
     return [
+        *spill,
         "SET autoinstall_known_extensions = false",
         "SET autoload_known_extensions = false",
         "SET allow_community_extensions = false",

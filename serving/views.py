@@ -175,7 +175,8 @@ class ServingStore:
             d.mkdir(parents=True, exist_ok=True)
         self._db = duckdb.connect(":memory:")
         allowed = [str(config.realtime_dir) + "/", str(config.state_dir / "versions") + "/"]
-        for statement in engine_settings(config.memory_limit, config.threads, allowed):
+        spill = str(config.state_dir / "spill")
+        for statement in engine_settings(config.memory_limit, config.threads, allowed, spill):
             self._db.execute(statement)
         self._db.execute(rt_table_ddl())
         self._lock = threading.RLock()

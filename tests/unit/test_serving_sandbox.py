@@ -143,3 +143,22 @@ def test_allowed_queries_pass(runner: QueryRunner) -> None:
     ]
     for sql in ok:
         assert runner.run(sql).table.num_rows > 0, sql
+
+
+def test_a_query_beyond_the_memory_limit_spills_under_the_state_dir_not_the_working_dir(
+    tmp_path, monkeypatch
+) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    config = ServingConfig(data_dir=tmp_path / "data", memory_limit="64MB")
+    store = ServingStore(config)
+    with store.pin() as (cur, _):
+        big = "SELECT count(*) FROM (SELECT i, md5(i::VARCHAR) AS m FROM range(3000000) t(i) ORDER BY m)"
+        assert cur.sql(big).fetchall() == [(3_000_000,)]
+        assert cur.sql("SELECT current_setting('temp_directory')").fetchall() == [
+            (str(config.state_dir / "spill"),)
+        ]
+    assert (config.state_dir / "spill").is_dir()
+    assert list(cwd.iterdir()) == []
+    store.close()
