@@ -46,6 +46,7 @@ class ServingApi:
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True
         self._thread.join(timeout=15)
+        self.app.state.receipts.close()  # frees the data dir for a `pcc serve` (--keep-running)
         self.app.state.store.close()
 
     @property

@@ -96,6 +96,12 @@ class SettlementError(ServingError, PccTransientError):
     status = 502
 
 
+class ReceiptsInUseError(ServingError, PccStateError):
+    """Another serving process writes this data directory's receipts (one service per data dir)."""
+
+    status = 500
+
+
 class EventNotFoundError(ServingError, PccNotFoundError):
     """No event with that id is in the serving views."""
 

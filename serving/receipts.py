@@ -17,20 +17,23 @@ a crash of the service; a power loss may lose the last commits, never corrupt.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import heapq
 import json
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import rfc8785
 
 from serving.eip191 import SignatureError, Signer, recover
+from serving.errors import ReceiptsInUseError
 from serving.pricing import Quote
 
 _SCHEMA = """
@@ -175,11 +178,33 @@ class Checkpointer:
         self._thread.join(timeout=5)
 
 
+def _hold(lock_path: Path) -> IO[str]:
+    """An exclusive lock on ``lock_path`` for this process, else :class:`ReceiptsInUseError` naming the holder."""
+    fh = open(lock_path, "a+", encoding="ascii")  # noqa: SIM115 (held until close)
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "?"
+        fh.close()
+        raise ReceiptsInUseError(
+            f"{lock_path.with_suffix('')} is in use by another serving process (pid {holder}): "
+            "one `pcc serve` per data directory"
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(str(os.getpid()))
+    fh.flush()
+    return fh
+
+
 class ReceiptStore:
     """Receipts and spent nonces in one SQLite file (thread-safe)."""
 
     def __init__(self, path: Path, signing_key: str, checkpoint_s: float = 0.5) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # one writer per file: receipt numbers, pending cents and spent nonces are kept in memory too
+        self._owner = _hold(path.with_name(path.name + ".lock"))
         self._db = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -341,3 +366,4 @@ class ReceiptStore:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
+        self._owner.close()  # releases the lock

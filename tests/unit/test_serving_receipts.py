@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 import rfc8785
 
+from serving.errors import ReceiptsInUseError
 from serving.pricing import Quote
 from serving.receipts import RECEIPT_FIELDS, ReceiptStore, canonical_json, verify_receipt
 
@@ -116,3 +118,16 @@ def test_receipts_not_yet_copied_back_survive_the_service_dying(tmp_path: Path) 
     assert all(verify_receipt(r) == store.signer for r in receipts)
     assert not store.spend_nonce("0x" + "Ab" * 20, "nonce-00000007", 2**31)  # a replay is still refused
     store.close()
+
+
+def test_a_second_service_on_the_same_receipts_is_refused_until_the_first_closes(tmp_path: Path) -> None:
+    path = tmp_path / "receipts.sqlite"
+    first = ReceiptStore(path, SERVICE)
+    _issue(first, 1)
+    with pytest.raises(ReceiptsInUseError, match=rf"pid {os.getpid()}.*one `pcc serve` per data directory"):
+        ReceiptStore(path, SERVICE)
+    assert len(first.for_consumer("0x" + "Ab" * 20)) == 1  # the first is unharmed
+    first.close()
+    second = ReceiptStore(path, SERVICE)
+    assert _issue(second, 2)["receipt_no"] == 2
+    second.close()
