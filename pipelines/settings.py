@@ -98,6 +98,9 @@ class ServingSettings(_Section):
     threads: int = 2  # DuckDB worker threads
     max_request_age_s: int = 300  # a signed request may not expire later than this
     refresh_s: float = 0.25  # how often new real-time segments and batch versions are picked up
+    # an idle service answers query shapes that have been fast in its event loop (no thread hand-off),
+    # stopping such a run at this budget and finishing it in a worker thread; 0 turns this off
+    inline_budget_ms: float = 20.0
     quality_weight_bps: int = 0  # 0: flat price per row; 10000: price proportional to the quality index
     settle_every_s: float = 30.0  # how often pending receipts are settled on the Marketplace
     gdpr_operators: tuple[str, ...] = ()  # accounts acting for authenticated owners (grants, GDPR)

@@ -22,7 +22,8 @@ import hashlib
 import io
 import secrets
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal, NamedTuple, TypeVar
@@ -50,10 +51,11 @@ from serving.access import (
 from serving.auth import Authenticator, Consumer
 from serving.config import ServingConfig
 from serving.errors import MalformedRequestError, PaymentRequiredError, ServingError, http_status
+from serving.inline import InlineGate
 from serving.passport.verify import AuditPaths
 from serving.pricing import Billing, Quote, view_categories
 from serving.proof import proof_router
-from serving.query import QueryRunner
+from serving.query import OverBudget, QueryRunner
 from serving.receipts import ReceiptStore
 from serving.settlement import SettlementLoop, Settler
 from serving.views import ServingStore
@@ -151,6 +153,15 @@ class Answer(NamedTuple):
         return Response(self.body, status_code=self.status, media_type=self.media_type, headers=self.headers)
 
 
+class Ticket(NamedTuple):
+    """An admitted paid query: its signature checked, its nonce spent (in memory), its body parsed."""
+
+    consumer: Consumer
+    body: QueryRequest
+    #: its shape, when it was tried inline (:mod:`serving.inline`)
+    shape: Hashable | None = None
+
+
 def error_answer(exc: ServingError | AccessError) -> Answer:
     """The JSON error body and status of a refused request (as the app's exception handlers give it)."""
     if isinstance(exc, AccessError):
@@ -219,10 +230,17 @@ class ServingApp(FastAPI):
     query.  Here the body is read, then signature check, query, receipt and
     encoding run in one hop to a worker thread (``answer_query``), and the bytes
     are sent.  Everything else (and a query under a ``root_path``) goes through
-    FastAPI, whose ``/v1/query`` route calls the same ``answer_query``.
+    FastAPI, whose ``/v1/query`` route calls the same ``answer_query``.  When no
+    other paid query is in flight and the query's shape has been fast, the event
+    loop answers it itself within a time budget (:mod:`serving.inline`).
     """
 
     answer_query: Callable[[str, str, Mapping[str, str], bytes], Answer] | None = None
+    #: the loop's own attempt and the worker's finish of a stopped one (:mod:`serving.inline`)
+    answer_inline: Callable[[str, str, Mapping[str, str], bytes], Answer | Ticket | None] | None = None
+    finish: Callable[[Ticket], Answer | None] | None = None
+    #: paid queries being answered (read and written by the event loop only)
+    active_queries = 0
 
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         answer = self.answer_query
@@ -248,7 +266,25 @@ class ServingApp(FastAPI):
         query = scope.get("query_string", b"")
         target = QUERY_PATH + (f"?{query.decode('latin-1')}" if query else "")
         loop = asyncio.get_running_loop()
-        result = await loop.run_in_executor(_WORKERS, answer, "POST", target, headers, body)
+        self.active_queries += 1
+        try:
+            result: Answer | Ticket | None = None
+            if self.answer_inline is not None:
+                await asyncio.sleep(0)  # requests that arrived with this one count themselves first
+                if self.active_queries == 1:
+                    result = self.answer_inline("POST", target, headers, body)
+            if isinstance(result, Ticket):  # stopped at the budget, nothing charged: a worker finishes it
+                assert self.finish is not None
+                result = await loop.run_in_executor(_WORKERS, self.finish, result)
+            elif result is None:
+                result = await loop.run_in_executor(_WORKERS, answer, "POST", target, headers, body)
+            assert isinstance(result, Answer)  # without a budget a run is never stopped early
+            await self._send(send, result)
+        finally:
+            self.active_queries -= 1
+
+    @staticmethod
+    async def _send(send: _Send, result: Answer) -> None:
         raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in result.headers.items()]
         await send(
             {
@@ -282,6 +318,8 @@ def create_app(
     store = store or ServingStore(config)
     store.refresh()
     runner = QueryRunner(store, billing, config)
+    inline_budget_s = config.inline_budget_ms / 1000
+    gate = InlineGate(inline_budget_s if inline_budget_s < config.query_timeout_s else 0.0)
     receipts = ReceiptStore(config.state_dir / "receipts.sqlite", service_key(config))
     auth = Authenticator(receipts, config.max_request_age_s)
     settler = Settler(receipts, billing)
@@ -312,6 +350,7 @@ def create_app(
         receipts,
         settler,
     )
+    app.state.inline = gate
 
     install_access_errors(app)
 
@@ -338,50 +377,94 @@ def create_app(
         query_hash = hashlib.sha256(sql.encode()).hexdigest()
         return receipts.issue(consumer.account, consumer.nonce, query_hash, quote, consumer.expires)
 
-    def answer_query(method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Answer:
-        """One paid query, from its signed bytes to its encoded answer, in the calling (worker) thread.
-
-        The signature and nonce are checked before anything runs; everything that can fail
-        runs before the receipt (a failed answer costs nothing); the receipt is committed,
-        with the nonce, before the answer is returned — or the nonce alone if it failed.
-        """
+    def admit(method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Ticket | Answer:
+        """Signature and nonce checked (the nonce spent in memory), body parsed; else the error's answer."""
         try:
             consumer = auth.verify(method, target, raw, headers, deferred=True)
         except ServingError as exc:
             return error_answer(exc)
-        issued: dict[str, Any] = {}
         try:
             body = parse_body(QueryRequest, raw)
-            grant_key = body.grant_key
-            if grant_key is not None:
+            if body.grant_key is not None:
                 try:
-                    parse_public_key(grant_key)
+                    parse_public_key(body.grant_key)
                 except PccError as exc:
                     raise MalformedRequestError(f"grant_key: {exc.message}") from None
                 if access is None:
                     raise MalformedRequestError(
                         "grant_key: this service has no access service (identity vault)"
                     )
-            result = runner.run(body.sql, lambda quote: payable(consumer, quote))
+        except ServingError as exc:
+            receipts.record_nonce(consumer.account, consumer.nonce, consumer.expires)
+            return error_answer(exc)
+        return Ticket(consumer, body)
+
+    def execute(ticket: Ticket, budget_s: float | None = None) -> Answer | None:
+        """Run an admitted query, charge it and encode its answer, in the calling thread.
+
+        Everything that can fail runs before the receipt (a failed answer costs nothing);
+        the receipt is committed, with the nonce, before the answer is returned — or the
+        nonce alone if it failed.  With ``budget_s``: None when the run was stopped at the
+        budget (nothing charged, the nonce still pending: run it again without one).
+        """
+        consumer, body = ticket.consumer, ticket.body
+        started = time.perf_counter()
+        issued: dict[str, Any] = {}
+        stopped = False
+        try:
+            result = runner.run(body.sql, lambda quote: payable(consumer, quote), budget_s)
             wrapped: WrappedKeys | None = None
-            if grant_key is not None:
+            if body.grant_key is not None:
                 assert access is not None
                 try:
-                    wrapped = wrapped_keys_for(access, grant_key, result.table)
+                    wrapped = wrapped_keys_for(access, body.grant_key, result.table)
                 except PccError as exc:
                     raise AccessError(exc) from None
             issued.update(charge(consumer, body.sql, result.quote))  # durable before the answer leaves
+        except OverBudget:
+            stopped = True
+            return None
         except (ServingError, AccessError) as exc:
             return error_answer(exc)
         finally:
-            if not issued:
+            if not issued and not stopped:
                 receipts.record_nonce(consumer.account, consumer.nonce, consumer.expires)
         headers_out = {
             "X-PCC-Receipt": str(issued["receipt_no"]),
             "X-PCC-Price-Cents": str(issued["amount_cents"]),
             "X-PCC-Batch-Version": str(result.version or ""),
         }
-        return encode_result(result.table, body.format, headers_out, issued, wrapped)
+        answer = encode_result(result.table, body.format, headers_out, issued, wrapped)
+        gate.record(ticket.shape, time.perf_counter() - started)
+        return answer
+
+    def answer_query(method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Answer:
+        """One paid query, from its signed bytes to its encoded answer, in the calling (worker) thread."""
+        ticket = admit(method, target, headers, raw)
+        if isinstance(ticket, Answer):
+            return ticket
+        answer = execute(ticket._replace(shape=gate.shape_of(raw)) if gate.enabled else ticket)
+        assert answer is not None  # no budget: never stopped early
+        return answer
+
+    def answer_inline(
+        method: str, target: str, headers: Mapping[str, str], raw: bytes
+    ) -> Answer | Ticket | None:
+        """The event loop's own attempt: None if the query's shape is not known to be fast (nothing
+        was done); a :class:`Ticket` if its run was stopped at the budget (to finish in a worker)."""
+        shape = gate.shape_of(raw)
+        if not gate.eligible(shape):
+            return None
+        ticket = admit(method, target, headers, raw)
+        if isinstance(ticket, Answer):
+            return ticket
+        ticket = ticket._replace(shape=shape)
+        answer = execute(ticket, gate.budget_s)
+        if answer is None:
+            gate.stopped(shape)
+            return ticket
+        gate.inline_answers += 1
+        return answer
 
     @app.post(
         "/v1/query",
@@ -396,6 +479,8 @@ def create_app(
         return answer.response()
 
     app.answer_query = answer_query
+    if gate.enabled:
+        app.answer_inline, app.finish = answer_inline, execute
 
     @app.post(
         "/v1/quote",

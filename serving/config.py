@@ -21,6 +21,8 @@ class ServingConfig:
     threads: int = 2
     max_request_age_s: int = 300
     refresh_s: float = 0.25
+    #: the event loop answers an idle service's fast query shapes itself, stopping them at this budget (0: never)
+    inline_budget_ms: float = 20.0
     quality_weight_bps: int = 0
     settle_every_s: float = 30.0
     signing_key: str | None = None  # hex private key that signs receipts
@@ -58,6 +60,7 @@ class ServingConfig:
             threads=s.threads,
             max_request_age_s=s.max_request_age_s,
             refresh_s=s.refresh_s,
+            inline_budget_ms=s.inline_budget_ms,
             quality_weight_bps=s.quality_weight_bps,
             settle_every_s=s.settle_every_s,
             signing_key=s.signing_key.get_secret_value() if s.signing_key else None,

@@ -75,6 +75,24 @@ class QueryResult:
     version: str | None
 
 
+#: a stopped query is interrupted again this often until it returns (a first interrupt can land
+#: while DuckDB still binds the statement, and is then lost)
+_INTERRUPT_AGAIN_S = 0.005
+
+
+class OverBudget(Exception):
+    """A run given ``budget_s`` was stopped at it: nothing was returned or charged."""
+
+
+def _streamed_error(message: str) -> duckdb.Error:
+    """The DuckDB error behind an Arrow stream's ``OSError`` ("INTERRUPT Error: Interrupted!", ...)."""
+    if message.startswith("INTERRUPT Error"):
+        return duckdb.InterruptException(message)
+    if message.startswith("Out of Memory Error"):
+        return duckdb.OutOfMemoryException(message)
+    return duckdb.Error(message)
+
+
 def _engine_error(exc: duckdb.Error) -> ServingError:
     if isinstance(exc, duckdb.InterruptException):
         return QueryTimeoutError("the query ran past the time limit and was stopped")
@@ -296,20 +314,31 @@ class QueryRunner:
         )
 
     # -- running -------------------------------------------------------------------------------
-    def _timed(self, cur: duckdb.DuckDBPyConnection, fn: Callable[[], _T]) -> _T:
+    def _timed(
+        self, cur: duckdb.DuckDBPyConnection, fn: Callable[[], _T], budget_s: float | None = None
+    ) -> _T:
+        limit = (
+            self.config.query_timeout_s if budget_s is None else min(budget_s, self.config.query_timeout_s)
+        )
         try:
-            with self.watchdog.limit(self.config.query_timeout_s, cur.interrupt):
+            with self.watchdog.limit(limit, cur.interrupt, repeat_s=_INTERRUPT_AGAIN_S):
                 return fn()
+        except duckdb.InterruptException:
+            if budget_s is not None and budget_s < self.config.query_timeout_s:
+                raise OverBudget from None
+            raise _engine_error(duckdb.InterruptException()) from None
         except duckdb.Error as exc:
             raise _engine_error(exc) from None
 
-    def _meter(self, plan: Plan, values: list[str], cur: duckdb.DuckDBPyConnection) -> list[Usage]:
+    def _meter(
+        self, plan: Plan, values: list[str], cur: duckdb.DuckDBPyConnection, budget_s: float | None = None
+    ) -> list[Usage]:
         if plan.meter is None:
             return []
         sql = _render(plan, plan.meter, values)
 
         def scan() -> list[Usage]:
-            rows = self._timed(cur, lambda: cur.execute(sql).fetchall())
+            rows = self._timed(cur, lambda: cur.execute(sql).fetchall(), budget_s)
             return _usages(((v, s, t, n, qs) for v, s, t, n, qs in rows), plan.location)
 
         if not plan.stable_meter:
@@ -328,23 +357,27 @@ class QueryRunner:
             plan, values = self._plan(cur, sql)
             return plan.kind, self._quote(self._meter(plan, values, cur), plan.kind, version)
 
-    def run(self, sql: str, before_return: Callable[[Quote], None] | None = None) -> QueryResult:
+    def run(
+        self, sql: str, before_return: Callable[[Quote], None] | None = None, budget_s: float | None = None
+    ) -> QueryResult:
         """Run a query within the limits and price the rows it used.
 
         ``before_return`` sees the final price before any row leaves (the payment
-        check); if it raises, nothing is returned and nothing is charged.
+        check); if it raises, nothing is returned and nothing is charged.  With
+        ``budget_s`` (below the time limit) each engine call is stopped at that
+        many seconds and :class:`OverBudget` raised, to be run again elsewhere.
         """
         with self.store.pin() as (cur, version):
             plan, values = self._plan(cur, sql)
             run_sql = sql if plan.run is None else _render(plan, plan.run, values)
-            table = self._timed(cur, lambda: self._fetch(cur, run_sql))
+            table = self._timed(cur, lambda: self._fetch(cur, run_sql), budget_s)
             if plan.kind == "rows" and plan.own_meter is not None:
                 usage = self._usage_from_table(table, next(iter(plan.views)), plan.location, plan.own_meter)
             elif plan.kind == "rows":
                 usage = self._usage_from_table(table, next(iter(plan.views)), plan.location)
                 table = table.drop_columns(_META)
             else:
-                usage = self._meter(plan, values, cur)
+                usage = self._meter(plan, values, cur, budget_s)
             quote = self._quote(usage, plan.kind, version)
         if before_return is not None:
             before_return(quote)
@@ -354,13 +387,16 @@ class QueryRunner:
         reader = cur.sql(sql).to_arrow_reader(8192)
         batches: list[pa.RecordBatch] = []
         n = 0
-        for batch in reader:
-            n += batch.num_rows
-            if n > self.config.max_rows:
-                raise ResultTooLargeError(
-                    f"the query returns more than {self.config.max_rows} rows; add a LIMIT or aggregate"
-                )
-            batches.append(batch)
+        try:
+            for batch in reader:
+                n += batch.num_rows
+                if n > self.config.max_rows:
+                    raise ResultTooLargeError(
+                        f"the query returns more than {self.config.max_rows} rows; add a LIMIT or aggregate"
+                    )
+                batches.append(batch)
+        except OSError as exc:  # the engine's own error, through Arrow's stream: as DuckDB raises it
+            raise _streamed_error(str(exc)) from None
         return pa.Table.from_batches(batches, schema=reader.schema)
 
     def _usage_from_table(

@@ -23,7 +23,7 @@ class Watchdog:
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._heap: list[tuple[float, int]] = []
-        self._live: dict[int, Callable[[], object]] = {}
+        self._live: dict[int, tuple[Callable[[], object], float | None]] = {}
         self._ids = itertools.count()
         self._thread: threading.Thread | None = None
         #: the monotonic time the thread sleeps until (inf: until notified)
@@ -31,8 +31,12 @@ class Watchdog:
         self.fired = 0
 
     @contextlib.contextmanager
-    def limit(self, seconds: float, interrupt: Callable[[], object]) -> Iterator[None]:
-        """Run the block under a time limit: past it, ``interrupt`` is called (once)."""
+    def limit(
+        self, seconds: float, interrupt: Callable[[], object], repeat_s: float | None = None
+    ) -> Iterator[None]:
+        """Run the block under a time limit: past it, ``interrupt`` is called once, or with
+        ``repeat_s`` again every ``repeat_s`` seconds until the block ends (DuckDB drops an
+        interrupt that arrives while a statement is still being bound)."""
         key = next(self._ids)
         with self._cond:
             if self._thread is None:
@@ -40,7 +44,7 @@ class Watchdog:
                 self._thread.start()
             deadline = time.monotonic() + seconds
             heapq.heappush(self._heap, (deadline, key))
-            self._live[key] = interrupt
+            self._live[key] = (interrupt, repeat_s)
             if deadline < self._wake_at:
                 self._wake_at = deadline  # the thread recomputes it when it wakes
                 self._cond.notify()
@@ -75,7 +79,11 @@ class Watchdog:
                     self._cond.wait(wait)
                     continue
                 _, key = heapq.heappop(self._heap)
-                interrupt = self._live.pop(key)
+                interrupt, repeat_s = self._live[key]
+                if repeat_s is None:
+                    del self._live[key]
+                else:  # stays live until its block ends
+                    heapq.heappush(self._heap, (time.monotonic() + repeat_s, key))
                 self.fired += 1
             with contextlib.suppress(Exception):  # the cursor may have closed meanwhile
                 interrupt()

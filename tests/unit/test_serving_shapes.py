@@ -11,7 +11,7 @@ import pytest
 from serving.config import ServingConfig
 from serving.errors import ForbiddenQueryError, InvalidQueryError, QueryTimeoutError
 from serving.pricing import InMemoryBilling
-from serving.query import QueryRunner
+from serving.query import OverBudget, QueryRunner
 from serving.shapes import fill, split_literals
 from serving.views import ServingStore
 from serving.watchdog import Watchdog
@@ -145,6 +145,49 @@ def test_the_time_limit_stops_a_slow_query(store: ServingStore) -> None:
         runner.run(slow)
     assert time.monotonic() - start < 5
     assert runner.run("SELECT count(*) AS n FROM vehicle_history").table.to_pylist() == [{"n": 120}]
+
+
+_QUADRUPLE = (
+    "SELECT count(*) FROM vehicle_history a, vehicle_history b, vehicle_history c, vehicle_history d "
+    "WHERE hash(a.event_id || b.event_id || c.event_id || d.event_id) = 0"
+)
+
+
+@pytest.mark.parametrize("limit_s", [0.0005, 0.002, 0.01, 0.05])
+def test_a_stopped_query_is_a_time_limit_error_wherever_the_stop_lands(
+    store: ServingStore, limit_s: float
+) -> None:
+    """A stop can land while DuckDB binds (where it is lost: it is repeated), while it runs, or while
+    rows stream through Arrow (where it surfaces as an OSError): each is a 408, never a 500."""
+    streamed = "SELECT a.event_id, b.event_id FROM vehicle_history a, vehicle_history b, vehicle_history c"
+    for sql in (_QUADRUPLE, streamed):
+        with pytest.raises(QueryTimeoutError):
+            runner_for(store, query_timeout_s=limit_s, max_rows=10**9).run(sql)
+    assert runner_for(store).run("SELECT count(*) AS n FROM vehicle_history").table.to_pylist() == [
+        {"n": 120}
+    ]
+
+
+@pytest.mark.parametrize("budget_s", [0.0005, 0.005])
+def test_a_run_over_its_budget_is_stopped_and_says_so_instead_of_failing(
+    store: ServingStore, budget_s: float
+) -> None:
+    runner = runner_for(store, query_timeout_s=60)
+    for _ in range(3):
+        with pytest.raises(OverBudget):
+            runner.run(_QUADRUPLE, budget_s=budget_s)
+    assert runner.run("SELECT count(*) AS n FROM vehicle_history").table.to_pylist() == [{"n": 120}]
+
+
+def test_a_repeating_limit_interrupts_again_until_its_block_ends() -> None:
+    dog = Watchdog()
+    fired: list[float] = []
+    with dog.limit(0.02, lambda: fired.append(time.monotonic()), repeat_s=0.02):
+        time.sleep(0.3)
+    ended = len(fired)
+    time.sleep(0.1)
+    assert ended >= 3 and len(fired) == ended  # again and again while it ran, never after
+    assert dog.pending() == 0
 
 
 def test_one_watchdog_interrupts_only_what_outlives_its_limit() -> None:
