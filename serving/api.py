@@ -365,7 +365,10 @@ def create_app(
 
     def payable(consumer: Consumer, quote: Quote) -> None:
         """402 with the quote unless the consumer can pay it (funds minus unsettled receipts)."""
-        available = billing.available(consumer.account) - receipts.pending_cents(consumer.account)
+        pending = receipts.pending_cents(consumer.account)
+        available = billing.available(consumer.account) - pending
+        if available < quote.amount_cents:  # never refused on a cached read: read the chain again
+            available = billing.available(consumer.account, fresh=True) - pending
         if available < quote.amount_cents:
             raise PaymentRequiredError(
                 f"the query costs {quote.amount_cents} cents; account {consumer.account} can pay {available}",
@@ -459,6 +462,8 @@ def create_app(
         if isinstance(ticket, Answer):
             return ticket
         ticket = ticket._replace(shape=shape)
+        if not billing.ready(ticket.consumer.account):
+            return ticket  # its prices or funds need the chain: no network I/O on the event loop
         answer = execute(ticket, gate.budget_s)
         if answer is None:
             gate.stopped(shape)
@@ -490,8 +495,13 @@ def create_app(
     async def quote(request: Request) -> dict[str, Any]:
         consumer = await consumer_of(request)
         body = parse_body(QuoteRequest, await request.body())
-        _, q = await run_in_threadpool(runner.quote, body.sql)
-        available = billing.available(consumer.account) - receipts.pending_cents(consumer.account)
+
+        def priced() -> tuple[Quote, int]:  # a worker thread: the funds may be read from the chain
+            _, q = runner.quote(body.sql)
+            pending = receipts.pending_cents(consumer.account)
+            return q, billing.available(consumer.account, fresh=True) - pending
+
+        q, available = await run_in_threadpool(priced)
         return {**q.as_dict(), "available_cents": available, "sufficient": available >= q.amount_cents}
 
     @app.get("/v1/catalog", summary="Views, columns, data categories and prices")

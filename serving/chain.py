@@ -3,7 +3,10 @@
 * prices: ``Parameters.pricePerCategory(keccak256(category))`` and ``feeBps()``,
   read at most every ``cache_s`` seconds (not nine calls per query);
 * what a consumer can pay: its Marketplace deposit plus the part of its
-  PCC_token allowance to the Marketplace that its balance covers;
+  PCC_token allowance to the Marketplace that its balance covers, read at most
+  every ``funds_cache_s`` seconds per consumer (three calls otherwise on every
+  query); a stale read never refuses anyone (the service reads again before a
+  402), and a settlement drops the cache (the chain's funds moved);
 * settlement: ``MarketApi.settle`` with each receipt's per-producer cents as the
   share weights; producers are resolved from ``source_id`` to their account in
   the SourceRegistry.  Receipts the Marketplace already marks settled are
@@ -27,12 +30,21 @@ CATEGORIES: tuple[str, ...] = tuple(
 )
 
 
+#: consumers whose funds are cached (the cache starts over beyond it)
+_MAX_CACHED_CONSUMERS = 100_000
+
+
 class ChainBilling:
     """A :class:`Billing` over a deployed PCC ledger."""
 
-    def __init__(self, client: Any, cache_s: float = 5.0) -> None:  # ledger.client.LedgerClient
+    def __init__(
+        self, client: Any, cache_s: float = 5.0, funds_cache_s: float = 2.0
+    ) -> None:  # ledger.client.LedgerClient
         self.client = client
         self.cache_s = cache_s
+        self.funds_cache_s = funds_cache_s
+        #: consumer (lowercase) → (monotonic time read, cents)
+        self._funds: dict[str, tuple[float, int]] = {}
         self._accounts: dict[str, str] = {}
         self._cached: dict[str, tuple[float, Any]] = {}
 
@@ -66,11 +78,28 @@ class ChainBilling:
         params = self.client.contract("Parameters")
         return int(self.client.view(params.functions.feeBps(), "reading the treasury fee"))
 
-    def available(self, consumer: str) -> int:
-        market = self.client.market
-        allowance = self.client.tokens.allowance(consumer, market.address)
-        balance = self.client.tokens.balance(consumer)
-        return int(market.deposit_of(consumer)) + min(int(allowance), int(balance))
+    def available(self, consumer: str, fresh: bool = False) -> int:
+        key = consumer.lower()
+        hit = self._funds.get(key)
+        now = time.monotonic()
+        if fresh or hit is None or now - hit[0] > self.funds_cache_s:
+            market = self.client.market
+            allowance = self.client.tokens.allowance(consumer, market.address)
+            balance = self.client.tokens.balance(consumer)
+            hit = (now, int(market.deposit_of(consumer)) + min(int(allowance), int(balance)))
+            if len(self._funds) >= _MAX_CACHED_CONSUMERS:
+                self._funds.clear()
+            self._funds[key] = hit
+        return hit[1]
+
+    def ready(self, consumer: str, for_s: float = 0.1) -> bool:
+        """True if prices, fee and ``consumer``'s funds are answered from memory for ``for_s`` more seconds."""
+        now = time.monotonic()
+        params = [self._cached.get("prices"), self._cached.get("fee_bps")]
+        if any(hit is None or now + for_s - hit[0] > self.cache_s for hit in params):
+            return False
+        funds = self._funds.get(consumer.lower())
+        return funds is not None and now + for_s - funds[0] <= self.funds_cache_s
 
     def _account(self, source_id: str) -> str:
         if source_id == CONSORTIUM:  # rows the consortium derived: paid to the treasury
@@ -103,6 +132,7 @@ class ChainBilling:
             )
         if not todo:
             return "already-settled"
+        self._funds.clear()  # the settlement moves the consumers' funds
         tx = self.client.market.settle(todo)
         return "0x" + bytes(tx["transactionHash"]).hex()
 

@@ -154,8 +154,14 @@ class PriceBook(Protocol):
 class Billing(PriceBook, Protocol):
     """What the serving layer needs from the chain."""
 
-    def available(self, consumer: str) -> int:
-        """Cents the Marketplace can collect from ``consumer`` (deposit + usable allowance)."""
+    def available(self, consumer: str, fresh: bool = False) -> int:
+        """Cents the Marketplace can collect from ``consumer`` (deposit + usable allowance);
+        ``fresh``: read now, not from a cache."""
+        ...
+
+    def ready(self, consumer: str, for_s: float = 0.1) -> bool:
+        """True if prices, fee and ``consumer``'s funds are answered from memory for ``for_s`` more seconds
+        (no I/O: the event loop may answer the query itself)."""
         ...
 
     def settle(self, receipts: Sequence[Mapping[str, Any]]) -> str:
@@ -183,8 +189,11 @@ class InMemoryBilling:
     def fund(self, account: str, cents: int) -> None:
         self.balances[account.lower()] = self.balances.get(account.lower(), 0) + cents
 
-    def available(self, consumer: str) -> int:
+    def available(self, consumer: str, fresh: bool = False) -> int:
         return self.balances.get(consumer.lower(), 0)
+
+    def ready(self, consumer: str, for_s: float = 0.1) -> bool:
+        return True
 
     def settle(self, receipts: Sequence[Mapping[str, Any]]) -> str:
         from serving.errors import SettlementError

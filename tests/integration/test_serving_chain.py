@@ -142,3 +142,26 @@ def test_a_consumer_cannot_spend_more_than_the_marketplace_can_collect(market: M
         pytest.raises(PaymentRequiredError, match="can pay 0"),
     ):
         stranger.query("SELECT * FROM vehicle_history")
+
+
+def test_a_consumer_funded_after_a_refusal_is_served_at_once_and_a_drained_one_is_refused(
+    market: Market, monkeypatch: pytest.MonkeyPatch
+):
+    """Funds are cached between reads, but a refusal always reads the chain again first."""
+    from serving.errors import PaymentRequiredError
+
+    late = DEV_KEYS[7]
+    sql = f"SELECT * FROM vehicle_history WHERE vehicle = '{vehicle_id(1)}'"
+    with PccClient(market.server.url, late) as consumer:
+        with pytest.raises(PaymentRequiredError, match="can pay 0"):
+            consumer.query(sql)
+        market.client.tokens.mint(address_of(late), 10_000, "SEPA-late-consumer")
+        market.client.tokens.approve(market.client.market.address, 10_000, late)
+        paid = consumer.query(sql)  # within the cache window of the refused read
+        assert paid.price_cents > 0
+        market.client.tokens.approve(market.client.market.address, 0, late)  # the consumer withdraws
+        # the cached funds may still allow what they allowed a moment ago, never more; once the cache
+        # window passes, the chain's zero allowance refuses it
+        monkeypatch.setattr(market.billing, "funds_cache_s", 0)
+        with pytest.raises(PaymentRequiredError, match=rf"can pay -{paid.price_cents}$"):  # owes that one
+            consumer.query(sql)
