@@ -154,12 +154,8 @@ class KeepAliveWire:
             else:
                 with self._lock:
                     self._idle.append(conn)
-            return httpx.Response(
-                reply.status,
-                headers=reply.getheaders(),
-                content=content,
-                request=self._request(method, target),
-            )
+            # no httpx.Request attached: parsing the URL again would cost more than the rest of the answer
+            return httpx.Response(reply.status, headers=reply.getheaders(), content=content)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _request(self, method: str, target: str) -> httpx.Request:
