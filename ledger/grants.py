@@ -33,7 +33,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -310,6 +310,15 @@ class ChainGrantStore:
             # the new epoch is in the receipt's own event: no index refresh (six calls) per rotation
             self._absorb(receipt)
             return self._epochs[(_vehicle_key(vehicle), _category_key(category))]
+
+    def bump_many(self, vehicle: str, categories: Sequence[str]) -> dict[str, int]:
+        """One ``rotateMany`` transaction (a sale rotates every protected category: one, not three)."""
+        with self._lock:
+            self._ensure_vehicle(vehicle)
+            receipt = self.client.access.rotate_many(vehicle, list(categories), as_=self._signer)
+            self._absorb(receipt)
+            key = _vehicle_key(vehicle)
+            return {c: self._epochs[(key, _category_key(c))] for c in categories}
 
     def _absorb(self, receipt: Any) -> None:
         """Apply the registry events of one of our own transactions (a later refresh re-applies them alike)."""

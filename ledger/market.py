@@ -190,6 +190,13 @@ class AccessApi:
         fn = self.registry.functions.rotate(keys.vehicle_key(pseudonym), keys.category_key(category))
         return self._c.transact(fn, f"rotating the {category} key of {pseudonym}", as_)
 
+    def rotate_many(self, pseudonym: str, categories: Sequence[str], as_: Key = None) -> TxReceipt:
+        """Start the next key epoch of each of ``categories`` of one vehicle, in one transaction."""
+        fn = self.registry.functions.rotateMany(
+            keys.vehicle_key(pseudonym), [keys.category_key(c) for c in categories]
+        )
+        return self._c.transact(fn, f"rotating the {', '.join(categories)} keys of {pseudonym}", as_)
+
     def epoch(self, pseudonym: str, category: str) -> int:
         fn = self.registry.functions.epochOf(keys.vehicle_key(pseudonym), keys.category_key(category))
         return int(self._c.view(fn, f"reading the {category} key epoch of {pseudonym}"))

@@ -102,6 +102,17 @@ contract AccessRegistry is AccessControl {
         emit Rotated(vehicle, category, epoch);
     }
 
+    /// Start the next key epoch of several categories of one vehicle in one transaction
+    /// (an ownership change rotates every protected category).
+    function rotateMany(bytes32 vehicle, bytes32[] calldata categories) external onlyRole(GRANTOR_ROLE) {
+        if (!isVehicle[vehicle]) revert UnknownVehicle(vehicle);
+        for (uint256 i = 0; i < categories.length; ++i) {
+            uint32 epoch = epochOf[vehicle][categories[i]] + 1;
+            epochOf[vehicle][categories[i]] = epoch;
+            emit Rotated(vehicle, categories[i], epoch);
+        }
+    }
+
     /// The stored grant (all zero when there is none).
     function grantOf(bytes32 vehicle, bytes32 category, bytes32 consumerKey) external view returns (Grant memory) {
         return _grants[vehicle][category][consumerKey];

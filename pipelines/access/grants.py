@@ -266,8 +266,8 @@ class AccessService:
         for g in revoked:
             self._revoke(g.grantee, vehicle, g.category, "ownership_change")
             rotated.add(g.category)
-        for category in sorted(PROTECTED_CATEGORIES - rotated):
-            self.keys.rotate(vehicle, category)
+        if unrotated := sorted(PROTECTED_CATEGORIES - rotated):
+            self.keys.rotate_many(vehicle, unrotated)
         self._audit("ownership_change", vehicle, "ownership_change", f"grants revoked: {len(revoked)}")
         return revoked
 

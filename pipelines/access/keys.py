@@ -30,7 +30,7 @@ import hmac
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
 from typing import Protocol
@@ -53,6 +53,10 @@ class EpochStore(Protocol):
 
     def bump(self, vehicle: str, category: str) -> int:
         """Start the next epoch; returns it."""
+        ...
+
+    def bump_many(self, vehicle: str, categories: Sequence[str]) -> dict[str, int]:
+        """Start the next epoch of each category at once; returns them."""
         ...
 
 
@@ -115,6 +119,14 @@ class KeyRing:
         self.invalidate(vehicle, category)
         self._vault_key(vehicle, category, epoch)  # create it now, not on the hot path
         return epoch
+
+    def rotate_many(self, vehicle: str, categories: Sequence[str]) -> dict[str, int]:
+        """Start a new epoch of each category at once (an ownership change: one ledger transaction)."""
+        epochs = self.epochs.bump_many(vehicle, categories)
+        for category, epoch in epochs.items():
+            self.invalidate(vehicle, category)
+            self._vault_key(vehicle, category, epoch)
+        return epochs
 
     def wrapped(self, grantee: bytes, vehicle: str, category: str, epoch: int, key: bytes) -> str:
         """``key`` (this vehicle's data key of ``category`` at ``epoch``) wrapped to ``grantee``.

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -71,6 +71,10 @@ class GrantStore(Protocol):
 
     def bump(self, vehicle: str, category: str) -> int: ...
 
+    def bump_many(self, vehicle: str, categories: Sequence[str]) -> dict[str, int]:
+        """Start the next epoch of each category of one vehicle at once; returns the new epochs."""
+        ...
+
     def put(self, grant: Grant) -> Grant:
         """Record (or replace) a grant at the current epoch; returns it as stored."""
         ...
@@ -109,6 +113,9 @@ class InMemoryGrantStore:
         with self._lock:
             epoch = self._epochs[(vehicle, category)] = self._epochs.get((vehicle, category), 0) + 1
         return epoch
+
+    def bump_many(self, vehicle: str, categories: Sequence[str]) -> dict[str, int]:
+        return {category: self.bump(vehicle, category) for category in categories}
 
     def put(self, grant: Grant) -> Grant:
         with self._lock:
@@ -232,6 +239,10 @@ class SqliteGrantStore:
     def bump(self, vehicle: str, category: str) -> int:
         with self._tx() as tx:
             return self._bump(tx, vehicle, category)
+
+    def bump_many(self, vehicle: str, categories: Sequence[str]) -> dict[str, int]:
+        with self._tx() as tx:
+            return {category: self._bump(tx, vehicle, category) for category in categories}
 
     def put(self, grant: Grant) -> Grant:
         with self._tx() as tx:

@@ -496,6 +496,31 @@ class LedgerContractTests:
         assert client.access.epoch(vehicle, "mileage") == 0
         self.expect(LedgerNotFoundError, "UnknownVehicle", client.access.rotate, "v-" + "cd" * 16, "mileage")
 
+    def test_rotate_many_starts_the_next_epoch_of_each_category_in_one_transaction(
+        self, client: LedgerClient
+    ):
+        vehicle = "v-" + "ef" * 16
+        client.access.register_vehicles([vehicle])
+        client.access.rotate(vehicle, "commercial")
+        receipt = client.access.rotate_many(vehicle, ["commercial", "precise_location", "owner_identity"])
+        assert [
+            client.access.epoch(vehicle, c) for c in ("commercial", "precise_location", "owner_identity")
+        ] == [
+            2,
+            1,
+            1,
+        ]
+        rotated = client.access.registry.events.Rotated().process_receipt(receipt)
+        assert [(e["args"]["category"], e["args"]["newEpoch"]) for e in rotated] == [
+            (keccak(text="commercial"), 2),
+            (keccak(text="precise_location"), 1),
+            (keccak(text="owner_identity"), 1),
+        ]
+        self.expect(LedgerPermissionError, "AccessControlUnauthorizedAccount",
+                    client.access.rotate_many, vehicle, ["commercial"], OUTSIDER)  # fmt: skip
+        self.expect(LedgerNotFoundError, "UnknownVehicle", client.access.rotate_many, "v-" + "cd" * 16, ["x"])
+        assert client.access.epoch(vehicle, "commercial") == 2
+
     def test_a_grant_for_an_unknown_pseudonym_is_rejected(self, client: LedgerClient):
         unknown = "v-" + "cd" * 16
         key = os.urandom(32)

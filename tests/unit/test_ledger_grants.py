@@ -248,6 +248,29 @@ def test_access_service_grants_revokes_and_ownership_change_on_chain(
     assert vault.current_owner(car).encode() not in chain_text(client)  # type: ignore[union-attr]
 
 
+def test_a_sale_rotates_every_protected_category_in_one_transaction(
+    store: ChainGrantStore, client: LedgerClient, vault: IdentityVault
+) -> None:
+    service = AccessService(vault, store)
+    car = vault.pseudonymize_vehicle(VIN)
+    vault.record_ownership(car, vault.pseudonymize_owner(ANA), since_ms=1)
+    service.keys.rotate(car, "commercial")  # registered on chain, epoch 1
+    sent = client.w3.eth.get_transaction_count(client.signer.address)
+    vault.record_ownership(car, vault.pseudonymize_owner(BRUNO), since_ms=2)
+    assert service.ownership_changed(car) == []
+    assert client.w3.eth.get_transaction_count(client.signer.address) == sent + 1
+    assert {c: client.access.epoch(car, c) for c in ("commercial", "owner_identity", "precise_location")} == {
+        "commercial": 2,
+        "owner_identity": 1,
+        "precise_location": 1,
+    }
+    assert {c: store.epoch(car, c) for c in ("commercial", "owner_identity", "precise_location")} == {
+        "commercial": 2,
+        "owner_identity": 1,
+        "precise_location": 1,
+    }
+
+
 def test_erasure_revokes_the_vehicles_grants_on_chain(
     store: ChainGrantStore, client: LedgerClient, tmp_path: Path
 ) -> None:
