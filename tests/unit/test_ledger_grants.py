@@ -203,12 +203,19 @@ def vault(tmp_path: Path) -> Iterator[IdentityVault]:
         yield v
 
 
-def test_access_service_grants_revokes_and_ownership_change_on_chain(
-    store: ChainGrantStore, client: LedgerClient, vault: IdentityVault
-) -> None:
+@pytest.fixture
+def anas_car(store: ChainGrantStore, vault: IdentityVault) -> tuple[AccessService, str]:
+    """The access service over the chain store, and a car Ana owns."""
     service = AccessService(vault, store)
     car = vault.pseudonymize_vehicle(VIN)
     vault.record_ownership(car, vault.pseudonymize_owner(ANA), since_ms=1)
+    return service, car
+
+
+def test_access_service_grants_revokes_and_ownership_change_on_chain(
+    anas_car: tuple[AccessService, str], client: LedgerClient, vault: IdentityVault
+) -> None:
+    service, car = anas_car
     insurer = ConsumerKeyPair.generate()
 
     def write(event_id: str) -> dict:
@@ -249,11 +256,9 @@ def test_access_service_grants_revokes_and_ownership_change_on_chain(
 
 
 def test_a_sale_rotates_every_protected_category_in_one_transaction(
-    store: ChainGrantStore, client: LedgerClient, vault: IdentityVault
+    anas_car: tuple[AccessService, str], store: ChainGrantStore, client: LedgerClient, vault: IdentityVault
 ) -> None:
-    service = AccessService(vault, store)
-    car = vault.pseudonymize_vehicle(VIN)
-    vault.record_ownership(car, vault.pseudonymize_owner(ANA), since_ms=1)
+    service, car = anas_car
     service.keys.rotate(car, "commercial")  # registered on chain, epoch 1
     sent = client.w3.eth.get_transaction_count(client.signer.address)
     vault.record_ownership(car, vault.pseudonymize_owner(BRUNO), since_ms=2)
