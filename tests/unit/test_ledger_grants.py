@@ -213,7 +213,7 @@ def anas_car(store: ChainGrantStore, vault: IdentityVault) -> tuple[AccessServic
 
 
 def test_access_service_grants_revokes_and_ownership_change_on_chain(
-    anas_car: tuple[AccessService, str], client: LedgerClient, vault: IdentityVault
+    anas_car: tuple[AccessService, str], store: ChainGrantStore, client: LedgerClient, vault: IdentityVault
 ) -> None:
     service, car = anas_car
     insurer = ConsumerKeyPair.generate()
