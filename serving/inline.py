@@ -10,6 +10,8 @@ What bounds the harm when a fast shape meets a slow value: the inline run is
 given ``budget_s`` (20 ms by default), after which DuckDB is interrupted, the
 query is run again by a worker as usual (nothing was charged: the receipt is
 written only after a run completes) and the shape waits for fast runs again.
+Nor does an inline run wait for the engine while new data is being loaded
+(``ServingStore.pin(wait=False)``): it goes to a worker at once.
 
 A shape is *(SQL template with its string literals taken out, format)*; it is
 eligible after its last three answers each took at most ``fast_s`` (half the

@@ -30,7 +30,7 @@ from serving.errors import (
 from serving.pricing import CONSORTIUM, LOCATION_COLUMNS, PriceBook, Quote, Usage, price_usage, row_categories
 from serving.sandbox import CheckedQuery, Sandbox
 from serving.shapes import ShapeCache, fill, renders_cleanly, same_tree, split_literals
-from serving.views import ServingStore
+from serving.views import ServingStore, StoreBusy
 from serving.watchdog import Watchdog
 
 _T = TypeVar("_T")
@@ -82,7 +82,8 @@ _INTERRUPT_AGAIN_S = 0.005
 
 
 class OverBudget(Exception):
-    """A run given ``budget_s`` was stopped at it: nothing was returned or charged."""
+    """A run given ``budget_s`` was stopped at it, or did not start because the engine was
+    loading new data: nothing was returned or charged."""
 
 
 def _streamed_error(message: str) -> duckdb.Error:
@@ -368,18 +369,23 @@ class QueryRunner:
         ``budget_s`` (below the time limit) each engine call is stopped at that
         many seconds and :class:`OverBudget` raised, to be run again elsewhere.
         """
-        with self.store.pin() as (cur, version):
-            plan, values = self._plan(cur, sql)
-            run_sql = sql if plan.run is None else _render(plan, plan.run, values)
-            table = self._timed(cur, lambda: self._fetch(cur, run_sql), budget_s)
-            if plan.kind == "rows" and plan.own_meter is not None:
-                usage = self._usage_from_table(table, next(iter(plan.views)), plan.location, plan.own_meter)
-            elif plan.kind == "rows":
-                usage = self._usage_from_table(table, next(iter(plan.views)), plan.location)
-                table = table.drop_columns(_META)
-            else:
-                usage = self._meter(plan, values, cur, budget_s)
-            quote = self._quote(usage, plan.kind, version)
+        try:
+            with self.store.pin(wait=budget_s is None) as (cur, version):  # StoreBusy only on entering
+                plan, values = self._plan(cur, sql)
+                run_sql = sql if plan.run is None else _render(plan, plan.run, values)
+                table = self._timed(cur, lambda: self._fetch(cur, run_sql), budget_s)
+                if plan.kind == "rows" and plan.own_meter is not None:
+                    usage = self._usage_from_table(
+                        table, next(iter(plan.views)), plan.location, plan.own_meter
+                    )
+                elif plan.kind == "rows":
+                    usage = self._usage_from_table(table, next(iter(plan.views)), plan.location)
+                    table = table.drop_columns(_META)
+                else:
+                    usage = self._meter(plan, values, cur, budget_s)
+                quote = self._quote(usage, plan.kind, version)
+        except StoreBusy:
+            raise OverBudget from None  # new data is being loaded: not worth waiting for here
         if before_return is not None:
             before_return(quote)
         return QueryResult(table, quote, version)

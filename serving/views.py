@@ -97,6 +97,10 @@ class BatchManifest:
             raise ViewNotFoundError(f"{path} lacks key {exc}") from None
 
 
+class StoreBusy(Exception):
+    """The engine is loading new data and the caller asked not to wait (:meth:`ServingStore.pin`)."""
+
+
 @dataclass
 class _Version:
     manifest: BatchManifest
@@ -180,6 +184,8 @@ class ServingStore:
             self._db.execute(statement)
         self._db.execute(rt_table_ddl())
         self._lock = threading.RLock()
+        #: guards each version's reader count (taken briefly, never while loading)
+        self._readers_lock = threading.Lock()
         self._loaded: set[str] = set()
         self._current: _Version | None = None
         self._retired: list[_Version] = []
@@ -205,27 +211,44 @@ class ServingStore:
         return dict(self._columns)
 
     @contextlib.contextmanager
-    def pin(self) -> Iterator[tuple[duckdb.DuckDBPyConnection, str | None]]:
-        """A cursor inside a READ ONLY transaction that sees one version and one real-time state."""
+    def pin(self, wait: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, str | None]]:
+        """A cursor inside a READ ONLY transaction that sees one version and one real-time state.
+
+        ``wait=False``: :class:`StoreBusy` at once, instead of waiting, while a new version or
+        new real-time segments are being loaded (the event loop must not wait for a load).
+        """
+        if not self._lock.acquire(blocking=wait):
+            raise StoreBusy("the engine is loading new data")
         cur = self._db.cursor()
-        with self._lock:
+        try:
             pinned = self._current
             if pinned:
-                pinned.readers += 1
+                with self._readers_lock:
+                    pinned.readers += 1
             cur.execute("BEGIN TRANSACTION READ ONLY")
             # touching a table of each database starts its transaction now: the snapshot is taken under the lock
             cur.execute(self._touch).fetchall()
             self._pinned.generation = self.generation
+        except BaseException:
+            cur.close()
+            raise
+        finally:
+            self._lock.release()
         try:
             yield cur, pinned.manifest.version if pinned else None
         finally:
             with contextlib.suppress(duckdb.Error):
                 cur.execute("ROLLBACK")
             cur.close()
-            with self._lock:
-                if pinned:
+            if pinned:
+                with self._readers_lock:
                     pinned.readers -= 1
-                self._detach_retired()
+            # retired versions nobody reads are detached by whoever next finds the engine free
+            if self._lock.acquire(blocking=wait):
+                try:
+                    self._detach_retired()
+                finally:
+                    self._lock.release()
 
     def pinned_generation(self) -> int:
         """The :attr:`generation` whose state this thread's pinned snapshot sees (inside :meth:`pin`)."""
@@ -273,7 +296,9 @@ class ServingStore:
     def _detach_retired(self) -> None:
         keep = []
         for old in self._retired:
-            if old.readers == 0 and old.alias != (self._current.alias if self._current else None):
+            with self._readers_lock:
+                readers = old.readers
+            if readers == 0 and old.alias != (self._current.alias if self._current else None):
                 self._db.execute(f"DETACH DATABASE IF EXISTS {_quote(old.alias)}")
             else:
                 keep.append(old)

@@ -13,7 +13,7 @@ from serving.errors import ForbiddenQueryError, InvalidQueryError, QueryTimeoutE
 from serving.pricing import InMemoryBilling
 from serving.query import OverBudget, QueryRunner
 from serving.shapes import fill, split_literals
-from serving.views import ServingStore
+from serving.views import ServingStore, StoreBusy
 from serving.watchdog import Watchdog
 from tests.fixtures.serving import PRICES, make_events, publish_batch, vehicle_id, write_segment
 
@@ -242,3 +242,37 @@ def test_a_shorter_limit_after_a_longer_one_still_fires_on_time() -> None:
         while not fired and time.monotonic() - start < 5:
             time.sleep(0.01)
     assert fired == ["short"] and time.monotonic() - start < 2
+
+
+def test_a_run_with_a_budget_does_not_wait_for_a_load_and_one_without_does(store: ServingStore) -> None:
+    runner = runner_for(store, query_timeout_s=60)
+    loading, release = threading.Event(), threading.Event()
+
+    def load() -> None:  # holds the engine as loading a segment or a version does
+        with store._lock:
+            loading.set()
+            release.wait(10)
+
+    loader = threading.Thread(target=load)
+    loader.start()
+    loading.wait(10)
+    try:
+        with pytest.raises(StoreBusy), store.pin(wait=False):
+            pass
+        with pytest.raises(OverBudget):
+            runner.run("SELECT count(*) AS n FROM vehicle_history", budget_s=1.0)
+        waited: list[object] = []
+        waiter = threading.Thread(
+            target=lambda: waited.append(runner.run("SELECT count(*) AS n FROM vehicle_history").table)
+        )
+        waiter.start()
+        time.sleep(0.1)
+        assert waited == []  # still waiting for the load
+    finally:
+        release.set()
+        loader.join()
+    waiter.join(10)
+    assert [t.to_pylist() for t in waited] == [[{"n": 120}]]  # type: ignore[attr-defined]
+    assert runner.run("SELECT count(*) AS n FROM vehicle_history", budget_s=1.0).table.to_pylist() == [
+        {"n": 120}
+    ]
