@@ -158,7 +158,7 @@ class Ticket(NamedTuple):
 
     consumer: Consumer
     body: QueryRequest
-    #: its shape, when it was tried inline (:mod:`serving.inline`)
+    #: its shape (:mod:`serving.inline`), None when inline answers are off
     shape: Hashable | None = None
 
 
@@ -380,7 +380,9 @@ def create_app(
         query_hash = hashlib.sha256(sql.encode()).hexdigest()
         return receipts.issue(consumer.account, consumer.nonce, query_hash, quote, consumer.expires)
 
-    def admit(method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Ticket | Answer:
+    def admit(
+        method: str, target: str, headers: Mapping[str, str], raw: bytes, shape: Hashable | None
+    ) -> Ticket | Answer:
         """Signature and nonce checked (the nonce spent in memory), body parsed; else the error's answer."""
         try:
             consumer = auth.verify(method, target, raw, headers, deferred=True)
@@ -400,7 +402,7 @@ def create_app(
         except ServingError as exc:
             receipts.record_nonce(consumer.account, consumer.nonce, consumer.expires)
             return error_answer(exc)
-        return Ticket(consumer, body)
+        return Ticket(consumer, body, shape)
 
     def execute(ticket: Ticket, budget_s: float | None = None) -> Answer | None:
         """Run an admitted query, charge it and encode its answer, in the calling thread.
@@ -443,10 +445,10 @@ def create_app(
 
     def answer_query(method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Answer:
         """One paid query, from its signed bytes to its encoded answer, in the calling (worker) thread."""
-        ticket = admit(method, target, headers, raw)
+        ticket = admit(method, target, headers, raw, gate.shape_of(raw) if gate.enabled else None)
         if isinstance(ticket, Answer):
             return ticket
-        answer = execute(ticket._replace(shape=gate.shape_of(raw)) if gate.enabled else ticket)
+        answer = execute(ticket)
         assert answer is not None  # no budget: never stopped early
         return answer
 
@@ -458,10 +460,9 @@ def create_app(
         shape = gate.shape_of(raw)
         if not gate.eligible(shape):
             return None
-        ticket = admit(method, target, headers, raw)
+        ticket = admit(method, target, headers, raw, shape)
         if isinstance(ticket, Answer):
             return ticket
-        ticket = ticket._replace(shape=shape)
         if not billing.ready(ticket.consumer.account):
             return ticket  # its prices or funds need the chain: no network I/O on the event loop
         answer = execute(ticket, gate.budget_s)

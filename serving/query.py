@@ -325,10 +325,10 @@ class QueryRunner:
         try:
             with self.watchdog.limit(limit, cur.interrupt, repeat_s=_INTERRUPT_AGAIN_S):
                 return fn()
-        except duckdb.InterruptException:
+        except duckdb.InterruptException as exc:
             if budget_s is not None and budget_s < self.config.query_timeout_s:
                 raise OverBudget from None
-            raise _engine_error(duckdb.InterruptException()) from None
+            raise _engine_error(exc) from None
         except duckdb.Error as exc:
             raise _engine_error(exc) from None
 

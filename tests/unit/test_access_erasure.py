@@ -32,6 +32,7 @@ from pipelines.dataset import MASTER_SCHEMA, region
 from pipelines.errors import PccNotFoundError, PccStateError
 from pipelines.events import new_event_id, parse_time_ms
 from pipelines.vault import IdentityVault
+from tests.fixtures.access_data import PAYLOAD
 
 VIN = "1HGCM82633A004352"
 OTHER_VIN = "1M8GDM9AXKP042788"
@@ -67,17 +68,7 @@ def producer_events(vehicle: str, owner: str) -> list[dict[str, Any]]:
             "ownership_change",
             {"odometer_km": 40000, "new_owner": owner, "sale_price_cents": 1450000, "country": "PT"},
         ),
-        (
-            "maintenance",
-            {
-                "odometer_km": 41300,
-                "service_type": "oil_change",
-                "in_network": True,
-                "cost_cents": 18990,
-                "invoice_ref": "INV-2026-0042",
-                "location": {"lat": 48.856613, "lon": 2.352222},
-            },
-        ),
+        ("maintenance", PAYLOAD),
         ("accident_declaration", {"severity": "minor", "claim_ref": "CLM-77-1234"}),
         ("odometer_reading", {"odometer_km": 41500}),
     ]
