@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,9 +13,10 @@ from hypothesis import strategies as st
 
 from pipelines.canonical import canonical_bytes, envelope_without_proof, leaf_data, leaf_hash
 from pipelines.errors import PccValueError
+from tests.fixtures import vectors
 
-JCS_VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "jcs"
-JCS_FILES = sorted(p.name for p in (JCS_VECTORS / "input").glob("*.json"))
+JCS_VECTORS = vectors.VECTORS / "jcs"
+JCS_FILES = vectors.vector_files(JCS_VECTORS / "input")
 
 ENVELOPE: dict[str, Any] = {
     "event_id": "01936f0e-8a4b-7c3d-9e2f-0123456789ab",

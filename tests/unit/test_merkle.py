@@ -27,10 +27,13 @@ from pipelines.merkle import (
     verify_consistency,
     verify_inclusion,
 )
+from tests.fixtures import vectors
 
-VECTORS = Path(__file__).resolve().parents[2].parent / "shared" / "vectors" / "rfc6962"
-INCLUSION_FILES = sorted(str(p.relative_to(VECTORS)) for p in (VECTORS / "inclusion").rglob("*.json"))
-CONSISTENCY_FILES = sorted(str(p.relative_to(VECTORS)) for p in (VECTORS / "consistency").rglob("*.json"))
+VECTORS = vectors.VECTORS / "rfc6962"
+INCLUSION_FILES = [f"inclusion/{n}" for n in vectors.vector_files(VECTORS / "inclusion", recursive=True)]
+CONSISTENCY_FILES = [
+    f"consistency/{n}" for n in vectors.vector_files(VECTORS / "consistency", recursive=True)
+]
 
 # The RFC 6962 test leaves used by the reference vectors.
 RFC_LEAVES = [bytes.fromhex(h) for h in ["", "00", "10", "2021", "3031", "40414243", "5051525354555657",
