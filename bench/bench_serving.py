@@ -48,8 +48,8 @@ from pipelines.dataset import MASTER_SCHEMA
 from serving.api import create_app
 from serving.client import PccClient
 from serving.config import ServingConfig
+from serving.engine.views import ServingStore
 from serving.pricing import InMemoryBilling
-from serving.views import ServingStore
 from tests.fixtures.serving import CONSUMER_KEY, PRICES, free_port, write_segment
 
 EVENTS_PER_VEHICLE = 100

@@ -46,7 +46,7 @@ from pipelines.access import (
 from pipelines.errors import PccError, PccNotFoundError, PccPermissionError, PccValueError
 from serving.auth import Consumer
 from serving.config import ServingConfig
-from serving.views import ServingStore
+from serving.engine.views import ServingStore
 
 #: ``{vehicle: {category: {epoch: "wk:v1:…"}}}`` (epochs as strings in JSON)
 WrappedKeys = dict[str, dict[str, dict[int, str]]]

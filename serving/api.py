@@ -1,7 +1,7 @@
 """The SQL HTTP API (``pcc serve``): the entry module of the serving layer.
 
-``create_app(config, billing)`` wires the engine (:mod:`serving.views`), the
-sandbox and metering (:mod:`serving.query`), signed requests
+``create_app(config, billing)`` wires the engine (:mod:`serving.engine.views`), the
+sandbox and metering (:mod:`serving.engine.query`), signed requests
 (:mod:`serving.auth`), receipts and settlement.  OpenAPI at ``/docs``.
 
 Endpoints: ``POST /v1/query``, ``POST /v1/quote``, ``GET /v1/catalog``,
@@ -50,15 +50,15 @@ from serving.access import (
 )
 from serving.auth import Authenticator, Consumer
 from serving.config import ServingConfig
+from serving.engine.query import OverBudget, QueryRunner
+from serving.engine.views import ServingStore
 from serving.errors import MalformedRequestError, PaymentRequiredError, ServingError, http_status
 from serving.inline import InlineGate
 from serving.passport.verify import AuditPaths
 from serving.pricing import Billing, Quote, view_categories
 from serving.proof import proof_router
-from serving.query import OverBudget, QueryRunner
 from serving.receipts import ReceiptStore
 from serving.settlement import SettlementLoop, Settler
-from serving.views import ServingStore
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 _M = TypeVar("_M", bound=BaseModel)

@@ -27,7 +27,7 @@ from collections.abc import Hashable
 
 import orjson
 
-from serving.shapes import split_literals
+from serving.engine.shapes import split_literals
 
 #: answers a shape needs, each within ``fast_s``, before the loop answers it itself
 RUNS_TO_QUALIFY = 3

@@ -26,9 +26,9 @@ import duckdb
 from fastapi import APIRouter
 
 from pipelines import merkle
+from serving.engine.views import ServingStore
 from serving.errors import EventNotFoundError, ProofMismatchError
 from serving.passport.verify import AuditPaths, RootLookup
-from serving.views import ServingStore
 
 _FIELDS = ("event_id", "source_id", "leaf_hash", "log_index", "tree_size", "root")
 

@@ -84,7 +84,7 @@ def parquet_ids(files: list[Path]) -> list[str]:
 def serving_view_ids(settings: Settings) -> list[str]:
     """Event ids of the serving layer's merged ``vehicle_history`` (batch + real time), as it serves them."""
     from serving.config import ServingConfig
-    from serving.views import ServingStore
+    from serving.engine.views import ServingStore
 
     store = ServingStore(ServingConfig.from_settings(settings))
     try:

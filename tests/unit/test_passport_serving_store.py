@@ -11,6 +11,7 @@ from fastapi import FastAPI
 
 from pipelines.dataset import MASTER_SCHEMA
 from serving.config import ServingConfig
+from serving.engine.views import ServingStore
 from serving.passport import (
     DuckDBPassportSource,
     InMemoryPassportSource,
@@ -19,7 +20,6 @@ from serving.passport import (
     mount_passport,
     verify_event,
 )
-from serving.views import ServingStore
 from tests.fixtures.passport_history import VEHICLE, build_history
 from tests.fixtures.serving import publish_batch, write_segment
 

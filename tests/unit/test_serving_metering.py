@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from serving.config import ServingConfig
+from serving.engine.query import QueryRunner
+from serving.engine.views import ServingStore
 from serving.pricing import InMemoryBilling, Quote
-from serving.query import QueryRunner
-from serving.views import ServingStore
 from tests.fixtures.serving import PRICES, make_events, publish_batch, vehicle_id, write_segment
 
 FLEET = "SELECT event_type, count(*) AS n, avg(odometer_km) AS km FROM vehicle_history GROUP BY 1"

@@ -9,12 +9,12 @@ import time
 import pytest
 
 from serving.config import ServingConfig
+from serving.engine.query import OverBudget, QueryRunner
+from serving.engine.shapes import fill, split_literals
+from serving.engine.views import ServingStore, StoreBusy
+from serving.engine.watchdog import Watchdog
 from serving.errors import ForbiddenQueryError, InvalidQueryError, QueryTimeoutError
 from serving.pricing import InMemoryBilling
-from serving.query import OverBudget, QueryRunner
-from serving.shapes import fill, split_literals
-from serving.views import ServingStore, StoreBusy
-from serving.watchdog import Watchdog
 from tests.fixtures.serving import PRICES, make_events, publish_batch, vehicle_id, write_segment
 
 

@@ -8,11 +8,11 @@ Two walls, both required:
    functions (``read_csv``, ``glob``, ``query`` ...), no replacement scans of
    files (``FROM '/etc/passwd'``), no metadata (``DESCRIBE``, ``SHOW``), no
    functions that read settings or the environment.  A refusal names the rule.
-2. The engine itself (see :mod:`serving.views`) runs with external access off
+2. The engine itself (see :mod:`serving.engine.views`) runs with external access off
    except for the data directories, its configuration locked, extensions never
    installed or loaded, memory and threads capped, and every consumer query in a
    ``READ ONLY`` transaction on its own cursor, interrupted at the time limit
-   by the service's one watchdog thread (:mod:`serving.watchdog`).
+   by the service's one watchdog thread (:mod:`serving.engine.watchdog`).
 
 The parse also classifies the query for metering (see :mod:`serving.pricing`):
 a plain row query over one view, an aggregate over one view, or anything else.

@@ -20,6 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from serving.config import ServingConfig
+from serving.engine.sandbox import CheckedQuery, Sandbox
+from serving.engine.shapes import ShapeCache, fill, renders_cleanly, same_tree, split_literals
+from serving.engine.views import ServingStore, StoreBusy
+from serving.engine.watchdog import Watchdog
 from serving.errors import (
     ForbiddenQueryError,
     InvalidQueryError,
@@ -28,10 +32,6 @@ from serving.errors import (
     ServingError,
 )
 from serving.pricing import CONSORTIUM, LOCATION_COLUMNS, PriceBook, Quote, Usage, price_usage, row_categories
-from serving.sandbox import CheckedQuery, Sandbox
-from serving.shapes import ShapeCache, fill, renders_cleanly, same_tree, split_literals
-from serving.views import ServingStore, StoreBusy
-from serving.watchdog import Watchdog
 
 _T = TypeVar("_T")
 
@@ -50,7 +50,7 @@ class Plan:
     ``run`` is the row query with the metering columns appended (``rows`` kind;
     None: the query's own SQL); ``meter`` counts the rows used, grouped by
     (view, producer, event type).  Both may hold literal sentinels
-    (:mod:`serving.shapes`) when ``shaped``.
+    (:mod:`serving.engine.shapes`) when ``shaped``.
     """
 
     kind: str

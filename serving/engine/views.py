@@ -40,8 +40,8 @@ import duckdb
 
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
 from serving.config import ServingConfig
+from serving.engine.sandbox import engine_settings
 from serving.errors import ViewNotFoundError
-from serving.sandbox import engine_settings
 
 #: The serving views in the order the catalog lists them.
 SERVING_VIEWS: tuple[str, ...] = ("vehicle_history", "mileage_timeline", "fraud_scores", "source_reputation")
