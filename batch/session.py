@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.errors import SparkUnavailableError
@@ -16,6 +17,11 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 _INSTALL_HINT = "install the spark extra: pip install 'pcc[spark]'"
+
+#: The driver's log4j2 configuration: warnings and errors, less those a user cannot act on.
+LOG4J2_CONFIG = Path(__file__).with_name("log4j2.properties")
+#: The address the driver binds to and advertises (a local session, or a client of a local cluster).
+DRIVER_HOST = "127.0.0.1"
 
 
 def require_pyspark() -> Any:
@@ -56,8 +62,9 @@ def spark_conf(master: str, driver_memory: str = "2g", shuffle_partitions: int =
         "spark.sql.sources.parallelPartitionDiscovery.threshold": "100000",
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
-        "spark.driver.bindAddress": "127.0.0.1",
-        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": DRIVER_HOST,
+        "spark.driver.host": DRIVER_HOST,
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG4J2_CONFIG.as_uri()}",
         # the executors' Python is this interpreter (a virtualenv on every node of a local cluster)
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
@@ -83,6 +90,9 @@ def get_spark(
     if active is not None:
         return active
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    # Without it the JVM looks the machine's hostname up, and where that resolves to a loopback
+    # address (most laptops and VMs) warns about it on every start; the driver binds here anyway.
+    os.environ.setdefault("SPARK_LOCAL_IP", DRIVER_HOST)
     builder = SparkSession.builder
     for key, value in {**spark_conf(master, driver_memory, shuffle_partitions), **(extra or {})}.items():
         builder = builder.config(key, value)
