@@ -118,7 +118,10 @@ class _LogEnds:
 
         try:
             if self._consumer is None:
-                self._consumer = KafkaConsumer(bootstrap_servers=self._config.bootstrap)
+                # no group: it only reads end offsets (with auto-commit on, the client warns it turns it off)
+                self._consumer = KafkaConsumer(
+                    bootstrap_servers=self._config.bootstrap, enable_auto_commit=False
+                )
             consumer = self._consumer
             tps = [
                 TopicPartition(t, p)

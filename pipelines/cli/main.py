@@ -21,6 +21,7 @@ import typer
 from typer.core import TyperGroup
 
 from pipelines.errors import PccError
+from pipelines.quiet import quiet_expected_warnings
 from pipelines.settings import Settings, load_settings
 
 
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     global _DEBUG
     args = list(sys.argv[1:] if argv is None else argv)
     _DEBUG = "--debug" in args
+    quiet_expected_warnings()
     try:
         # standalone mode: Typer prints usage errors itself and exits with code 2
         app(args=args, standalone_mode=True, prog_name="pcc")
