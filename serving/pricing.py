@@ -41,7 +41,9 @@ VIEW_CATEGORY: dict[str, str] = {
     "fraud_scores": "fraud_score",
     "source_reputation": "source_reputation",
 }
-LOCATION_COLUMNS = frozenset({"lat", "lon", "payload", "*"})
+#: the view whose rows may carry a precise location, and the columns that hold it
+LOCATION_VIEW = "vehicle_history"
+LOCATION_COLUMNS = frozenset({"lat", "lon", "payload"})
 LOCATION_CATEGORY = "precise_location"
 CONSORTIUM = "pcc-consortium"
 BPS = 10_000

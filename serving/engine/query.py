@@ -11,7 +11,7 @@ import copy
 import itertools
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from serving.config import ServingConfig
-from serving.engine.sandbox import CheckedQuery, Sandbox
+from serving.engine.sandbox import CheckedQuery, Sandbox, Source
 from serving.engine.shapes import ShapeCache, fill, renders_cleanly, same_tree, split_literals
 from serving.engine.views import ServingStore, StoreBusy
 from serving.engine.watchdog import Watchdog
@@ -31,7 +31,16 @@ from serving.errors import (
     ResultTooLargeError,
     ServingError,
 )
-from serving.pricing import CONSORTIUM, LOCATION_COLUMNS, PriceBook, Quote, Usage, price_usage, row_categories
+from serving.pricing import (
+    CONSORTIUM,
+    LOCATION_COLUMNS,
+    LOCATION_VIEW,
+    PriceBook,
+    Quote,
+    Usage,
+    price_usage,
+    row_categories,
+)
 
 _T = TypeVar("_T")
 
@@ -105,27 +114,6 @@ def _engine_error(exc: duckdb.Error) -> ServingError:
     return InvalidQueryError(str(exc))
 
 
-def _inline_aliases(node: Any, aliases: dict[str, dict[str, Any]]) -> Any:
-    """``WHERE`` with each reference to a select-list alias replaced by its expression.
-
-    DuckDB lets a ``WHERE`` name a select-list alias; the metering query of an
-    aggregate replaces the select list, so the aliased expressions are put in place.
-    """
-    if isinstance(node, list):
-        return [_inline_aliases(n, aliases) for n in node]
-    if not isinstance(node, dict):
-        return node
-    names = node.get("column_names")
-    if (
-        node.get("class") == "COLUMN_REF"
-        and isinstance(names, list)
-        and len(names) == 1
-        and names[0] in aliases
-    ):
-        return {**copy.deepcopy(aliases[names[0]]), "alias": ""}
-    return {k: _inline_aliases(v, aliases) for k, v in node.items()}
-
-
 class QueryRunner:
     """Checks, meters, prices and runs consumer SQL."""
 
@@ -138,7 +126,7 @@ class QueryRunner:
         #: metered usage per (snapshot generation, metering SQL): an aggregate or a join over data
         #: that did not change is metered once, not by a second scan each time (LRU, 256 entries)
         self.meters: ShapeCache[list[Usage]] = ShapeCache(256)
-        self._items: dict[tuple[str, bool, frozenset[str]], list[Any]] = {}
+        self._items: dict[tuple[str, str, tuple[str, ...]], list[Any]] = {}
         with store.pin() as (cur, _):
             self.sandbox = Sandbox(cur)
             rows = cur.execute("SELECT function_name, stability FROM duckdb_functions()").fetchall()
@@ -160,18 +148,19 @@ class QueryRunner:
             )
             if plan.shaped:
                 return plan, values
-        return self._build(self.sandbox.check(cur, sql, self.store.columns()), cur), []
+        return self._checked(cur, sql), []
 
     def _shape(self, cur: duckdb.DuckDBPyConnection, sql: str, template: str, values: list[str]) -> Plan:
         columns = self.store.columns()
         real = self.sandbox.check(cur, sql, columns)  # raises for a refused query: nothing is cached
+        planned = self.sandbox.check_plan(cur, sql, self.store.base_tables(), real.views)
         try:
             shape = self.sandbox.check(cur, template, columns)
         except ServingError:
             return _UNSHAPED
         if not same_tree(real.ast, shape.ast, values):
             return _UNSHAPED
-        plan = self._build(shape, cur)
+        plan = self._build(shape, cur, planned)
         for text in (plan.run, plan.meter):
             if text is not None and not renders_cleanly(text, len(values)):
                 return _UNSHAPED
@@ -186,42 +175,53 @@ class QueryRunner:
             plan.own_meter,
         )
 
-    def _build(self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection) -> Plan:
-        location = bool(q.columns & LOCATION_COLUMNS)
+    def _checked(self, cur: duckdb.DuckDBPyConnection, sql: str) -> Plan:
+        """The plan of a query that is not a cached shape: checked, its bound plan too, built."""
+        q = self.sandbox.check(cur, sql, self.store.columns())
+        return self._build(q, cur, self.sandbox.check_plan(cur, sql, self.store.base_tables(), q.views))
+
+    def _build(
+        self, q: CheckedQuery, cur: duckdb.DuckDBPyConnection, planned: Mapping[str, set[str]] | None = None
+    ) -> Plan:
+        """What to run and how to meter it, from the resolved query (and the columns its plan reads).
+
+        A location column counts as read if the syntax tree's lineage or the engine's bound
+        plan says so: either one is enough to charge the location surcharge.
+        """
+        read = set(q.reads.get(LOCATION_VIEW, frozenset())) | set((planned or {}).get(LOCATION_VIEW, set()))
+        location = bool(read & LOCATION_COLUMNS)
         run: str | None = None
         stable = q.kind == "other"  # a full scan of each view read
         own: tuple[str, str, str] | None = None
         meter: str | None
         if q.kind == "rows":
-            view = next(iter(q.views))
+            assert q.source is not None
             ast = copy.deepcopy(q.ast)
-            ast["select_list"] = [*ast["select_list"], *self._meter_items(view, location, cur)]
+            ast["select_list"] = [*ast["select_list"], *self._meter_items(q.source, cur)]
             metered = self._to_sql(ast, cur)
-            meter = self._usage_sql(metered, view)  # a quote's metering
-            own = self._own_meter(q, view)
+            meter = self._usage_sql(metered, q.source.view)  # a quote's metering
+            own = self._own_meter(q)
             run = None if own else metered
         elif q.kind == "aggregate":
-            view = next(iter(q.views))
+            assert q.source is not None
+            # the rows its WHERE lets through: the same FROM item, the same filter (every name in it
+            # resolves to a column of the view: Sandbox), metering columns by their resolved names
             ast = copy.deepcopy(q.ast)
-            names = {c for c, _ in self.store.columns()[view]}
-            aliases = {
-                i["alias"]: i for i in ast["select_list"] if i.get("alias") and i["alias"] not in names
-            }
             ast.update(
-                where_clause=_inline_aliases(ast.get("where_clause"), aliases),
-                select_list=self._meter_items(view, location, cur),
+                select_list=self._meter_items(q.source, cur),
                 group_expressions=[],
                 group_sets=[],
                 having=None,
                 qualify=None,
                 modifiers=[],
+                sample=None,
                 aggregate_handling="STANDARD_HANDLING",
             )
-            meter = self._usage_sql(self._to_sql(ast, cur), view)
+            meter = self._usage_sql(self._to_sql(ast, cur), q.source.view)
             stable = self._stable(ast.get("where_clause"))
         else:
             parts = [
-                f"SELECT '{view}' AS {_VIEW}, * FROM ({self._to_sql(self._scan_ast(view, location, cur), cur)})"
+                f"SELECT '{view}' AS {_VIEW}, * FROM ({self._to_sql(self._scan_ast(view, cur), cur)})"
                 for view in sorted(q.views)
             ]
             meter = (
@@ -232,16 +232,22 @@ class QueryRunner:
             )
         return Plan(q.kind, q.views, location, run, meter, False, stable, own)
 
-    def _own_meter(self, q: CheckedQuery, view: str) -> tuple[str, str, str] | None:
+    def _own_meter(self, q: CheckedQuery) -> tuple[str, str, str] | None:
         """The metering columns of a bare ``SELECT *`` over ``vehicle_history``: its own, as returned.
 
         Only a lone, unqualified ``*`` with no ``EXCLUDE``/``REPLACE``/``RENAME``/``COLUMNS``
-        qualifies: the result then holds each view column once under its own name, so
-        ``source_id``, ``quality`` and ``event_type`` are exactly what appended metering
-        columns would hold, without widening the query.
+        over the view's own column names (no ``AS t(...)`` renaming) qualifies: the result
+        then holds each view column once under its own name, so ``source_id``, ``quality``
+        and ``event_type`` are exactly what appended metering columns would hold.
         """
         items = q.ast.get("select_list") or []
-        if view != "vehicle_history" or len(items) != 1:
+        source = q.source
+        if (
+            source is None
+            or source.view != LOCATION_VIEW
+            or len(items) != 1
+            or source.names != source.columns
+        ):
             return None
         star = items[0]
         bare = (
@@ -254,7 +260,7 @@ class QueryRunner:
                 star.get(k) for k in ("exclude_list", "replace_list", "qualified_exclude_list", "rename_list")
             )
         )
-        names = {c for c, _ in self.store.columns().get(view, [])}
+        names = {c for c, _ in self.store.columns().get(source.view, [])}
         return _OWN_METER if bare and names.issuperset(_OWN_METER) else None
 
     def _stable(self, node: Any) -> bool:
@@ -271,15 +277,25 @@ class QueryRunner:
             return False
         return all(self._stable(v) for v in node.values())
 
-    def _meter_items(self, view: str, location: bool, cur: duckdb.DuckDBPyConnection) -> list[Any]:
-        """Select-list items naming a row's producer, quality and event type (the category's input)."""
-        names = frozenset(c for c, _ in self.store.columns()[view])
-        key = (view, location, names)
+    def _meter_items(self, source: Source, cur: duckdb.DuckDBPyConnection) -> list[Any]:
+        """Select-list items naming a row's producer, quality and event type (the category's input).
+
+        Each is the view's own column, qualified by the FROM item and under the name the query's
+        ``AS t(...)`` gave it: whatever the consumer renamed, the producer billed is the row's own.
+        """
+        key = (source.view, source.qualifier, source.names)
         cached = self._items.get(key)
         if cached is None:
-            src = "source_id" if "source_id" in names else f"'{CONSORTIUM}'"
-            quality = "quality" if "quality" in names else "1.0"
-            etype = "event_type" if view == "vehicle_history" and "event_type" in names else "NULL::VARCHAR"
+
+            def ref(column: str, default: str) -> str:
+                name = source.visible(column)
+                if name is None:
+                    return default
+                return f"{_ident(source.qualifier)}.{_ident(name)}"
+
+            src = ref("source_id", f"'{CONSORTIUM}'")
+            quality = ref("quality", "1.0")
+            etype = ref("event_type", "NULL::VARCHAR") if source.view == LOCATION_VIEW else "NULL::VARCHAR"
             template = f"SELECT {src} AS {_SRC}, {quality} AS {_Q}, {etype} AS {_TYPE} FROM x"
             doc = json.loads(
                 cur.execute("SELECT json_serialize_sql(?::VARCHAR)", [template]).fetchall()[0][0]
@@ -287,10 +303,11 @@ class QueryRunner:
             cached = self._items[key] = list(doc["statements"][0]["node"]["select_list"])
         return copy.deepcopy(cached)
 
-    def _scan_ast(self, view: str, location: bool, cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+    def _scan_ast(self, view: str, cur: duckdb.DuckDBPyConnection) -> dict[str, Any]:
+        columns = tuple(c.lower() for c, _ in self.store.columns()[view])
         return {
             "type": "SELECT_NODE", "modifiers": [], "cte_map": {"map": []},
-            "select_list": self._meter_items(view, location, cur),
+            "select_list": self._meter_items(Source(view, view, columns, columns), cur),
             "from_table": {"type": "BASE_TABLE", "alias": "", "sample": None, "schema_name": "",
                            "table_name": view, "column_name_alias": [], "catalog_name": "",
                            "at_clause": None, "query_location": 0, "query_location_length": 0},
@@ -437,6 +454,10 @@ class QueryRunner:
         )
         grouped = t.group_by(["s", "t"]).aggregate([([], "count_all"), ("q", "sum")]).to_pylist()
         return _usages(((view, g["s"], g["t"], g["count_all"], g["q_sum"] or 0) for g in grouped), location)
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _render(plan: Plan, text: str, values: list[str]) -> str:

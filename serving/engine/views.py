@@ -210,6 +210,10 @@ class ServingStore:
         """Each serving view's columns as (name, DuckDB type)."""
         return dict(self._columns)
 
+    def base_tables(self) -> dict[str, frozenset[str]]:
+        """Each table the serving views read, as the engine's plans name it, and the views behind it."""
+        return dict(self._tables)
+
     @contextlib.contextmanager
     def pin(self, wait: bool = True) -> Iterator[tuple[duckdb.DuckDBPyConnection, str | None]]:
         """A cursor inside a READ ONLY transaction that sees one version and one real-time state.
@@ -319,10 +323,12 @@ class ServingStore:
         con = con or self._db
         master = {f.name: _DUCK_TYPES[str(f.type)] for f in MASTER_SCHEMA}
         columns: dict[str, list[tuple[str, str]]] = {}
+        tables: dict[str, set[str]] = {}
         for view in SERVING_VIEWS:
             if version is not None and self._has(version, view):
                 cols = self._batch_columns(version, view, con)
                 batch_sql = f"SELECT *, 'batch' AS layer FROM {_quote(version.alias)}.{_quote(view)}"
+                tables.setdefault(f"{version.alias}.main.{view}", set()).add(view)
             elif view in MERGED_VIEWS:
                 names = MASTER_COLUMNS if view == "vehicle_history" else _MILEAGE_DEFAULT
                 cols = [(n, master[n]) for n in names]
@@ -337,11 +343,13 @@ class ServingStore:
                 where = " WHERE odometer_km IS NOT NULL" if view == "mileage_timeline" else ""
                 rt_sql = f"SELECT {rt_cols}, 'realtime' AS layer FROM rt{where}"
                 body = f"{batch_sql} UNION ALL {rt_sql}" if batch_sql else rt_sql
+                tables.setdefault("memory.main.rt", set()).add(view)
             else:
                 body = batch_sql or ""
             con.execute(f"CREATE OR REPLACE VIEW {_quote(view)} AS {body}")
             columns[view] = [*cols, ("layer", "VARCHAR")]
         self._columns = columns
+        self._tables = {name: frozenset(v) for name, v in tables.items()}
         self.epoch += 1
         # one table of each database the views read starts its transaction (a view would be bound: ~3x dearer)
         tables = ["memory.main.rt"]
