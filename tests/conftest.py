@@ -7,4 +7,6 @@ pytest_plugins: list[str] = [
     "tests.fixtures.kafka",
     "tests.fixtures.serving",
     "tests.fixtures.spark",
+    # fails the session if a test reads a path outside the repository
+    "tests.fixtures.standalone",
 ]
