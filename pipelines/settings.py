@@ -104,6 +104,12 @@ class ServingSettings(_Section):
     quality_weight_bps: int = 0  # 0: flat price per row; 10000: price proportional to the quality index
     settle_every_s: float = 30.0  # how often pending receipts are settled on the Marketplace
     gdpr_operators: tuple[str, ...] = ()  # accounts acting for authenticated owners (grants, GDPR)
+    # the host[:port] (or URL) consumers reach the service at; signed into every request (EIP-712)
+    # so a request cannot be used at another service; default host:port
+    public_host: str | None = None
+    # the EIP-712 chain id of signed requests when billing is offline (no deployment); with a
+    # ledger deployment its own chain id and Marketplace address are used
+    local_chain_id: int = 31337
 
 
 class AccessSettings(_Section):

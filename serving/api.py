@@ -5,7 +5,7 @@ sandbox and metering (:mod:`serving.engine.query`), signed requests
 (:mod:`serving.auth`), receipts and settlement.  OpenAPI at ``/docs``.
 
 Endpoints: ``POST /v1/query``, ``POST /v1/quote``, ``GET /v1/catalog``,
-``GET /v1/receipts``, ``GET /v1/proof/{event_id}``, ``GET /v1/health``; with an
+``GET /v1/domain``, ``GET /v1/receipts``, ``GET /v1/proof/{event_id}``, ``GET /v1/health``; with an
 access service, the owner endpoints of :mod:`serving.access`
 (``/v1/owner/grants``, ``/v1/owner/revoke``, ``/v1/gdpr/export``, ``/v1/gdpr/erase``).
 
@@ -48,7 +48,7 @@ from serving.access import (
     owner_router,
     wrapped_keys_for,
 )
-from serving.auth import Authenticator, Consumer
+from serving.auth import Authenticator, Consumer, service_domain
 from serving.config import ServingConfig
 from serving.engine.query import OverBudget, QueryRunner
 from serving.engine.views import ServingStore
@@ -321,7 +321,7 @@ def create_app(
     inline_budget_s = config.inline_budget_ms / 1000
     gate = InlineGate(inline_budget_s if inline_budget_s < config.query_timeout_s else 0.0)
     receipts = ReceiptStore(config.state_dir / "receipts.sqlite", service_key(config))
-    auth = Authenticator(receipts, config.max_request_age_s)
+    auth = Authenticator(receipts, config.max_request_age_s, service_domain(config, billing))
     settler = Settler(receipts, billing)
     loops = [RefreshLoop(store, config.refresh_s), SettlementLoop(settler, config.settle_every_s)]
 
@@ -340,7 +340,8 @@ def create_app(
     app = ServingApp(
         title="PCC serving API",
         version="1",
-        description="Paid SQL over every car's fresh, scored history. Requests are signed (EIP-191); "
+        description="Paid SQL over every car's fresh, scored history. Requests are signed (EIP-712, "
+        "domain at /v1/domain); "
         "prices are in PCC_token cents.",
         lifespan=lifespan,
     )
@@ -528,6 +529,10 @@ def create_app(
             "receipt_signer": receipts.signer,
             "views": views,
         }
+
+    @app.get("/v1/domain", summary="The EIP-712 domain, host and types requests are signed with")
+    async def domain() -> dict[str, Any]:
+        return auth.document()
 
     @app.get("/v1/receipts", summary="The signed receipts of the calling consumer")
     async def list_receipts(request: Request, limit: int = 100) -> dict[str, Any]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +55,8 @@ def serve(
 
     settings = _settings(ctx)
     config = ServingConfig.from_settings(settings)
+    # the bound address is also the host signed requests name, unless serving.public_host is set
+    config = replace(config, host=host or config.host, port=port or config.port)
     billing: Billing = offline_billing(offline_prices) if offline_prices else chain_billing(settings)
     logs = settings.data_dir / "producers"
     paths = LeafFilePaths({d.name: d for d in logs.iterdir() if d.is_dir()}) if logs.is_dir() else None
@@ -63,7 +66,7 @@ def serve(
     app = create_app(config, billing, audit_paths=paths, access=access)
     client = getattr(billing, "client", None)  # ChainBilling: its ledger client reads anchored roots
     mount_passport(app, roots=client.anchors if client is not None else InMemoryRoots(), paths=paths)
-    uvicorn.run(app, host=host or config.host, port=port or config.port, log_level="info")
+    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
 
 
 def query(
@@ -82,6 +85,14 @@ def query(
             "--grant-key",
             help="Your X25519 consumer key file (pcc grant keygen): open the protected fields your "
             "grants cover, here, on your side.",
+        ),
+    ] = None,
+    chain_id: Annotated[
+        int | None,
+        typer.Option(
+            "--chain-id",
+            help="Sign only for a service on this chain (its EIP-712 domain, GET /v1/domain, is "
+            "checked before anything is signed).",
         ),
     ] = None,
 ) -> None:
@@ -105,7 +116,7 @@ def query(
         from pipelines.access import ConsumerKeyPair
 
         keys = ConsumerKeyPair.load(grant_key)
-    with PccClient(base, key, grant_keys=keys) as client:
+    with PccClient(base, key, grant_keys=keys, chain_id=chain_id) as client:
         if quote:
             q = client.quote(sql)
             console.print_json(json.dumps(q))

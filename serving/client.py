@@ -5,6 +5,11 @@ client.quote("SELECT count(*) FROM vehicle_history")        # dict, price in cen
 result = client.query("SELECT * FROM vehicle_history WHERE vehicle = 'v-…'")
 result.rows, result.receipt                                   # or format="arrow" → result.table
 
+Requests are signed with EIP-712 for the service's domain (chain id, Marketplace
+contract, public host), which the client reads once from ``GET /v1/domain``;
+pass ``domain`` to pin it instead, or ``chain_id`` to refuse a service on
+another chain.
+
 With ``grant_keys`` (the consumer's X25519 key pair, ``pcc grant keygen``) the
 client sends its public key with each query and opens, on its side, the
 protected fields its grants cover (``result.opened``); the service only ever
@@ -28,7 +33,7 @@ import pyarrow.csv as pacsv
 from pipelines.access import AccessDenied, ConsumerKeyPair, TamperedCiphertext
 from pipelines.errors import PccNotFoundError
 from serving.access import WrappedKeys, decode_wrapped, open_rows, wrapped_in
-from serving.auth import sign_request
+from serving.auth import RequestDomain, sign_request
 from serving.eip191 import Signer
 from serving.errors import (
     AuthenticationError,
@@ -180,9 +185,17 @@ class PccClient:
         ttl_s: int = 60,
         grant_keys: ConsumerKeyPair | None = None,
         http: httpx.Client | None = None,
+        domain: RequestDomain | None = None,
+        chain_id: int | None = None,
     ) -> None:
-        """``http``: an ``httpx.Client`` to send through instead (e.g. Starlette's ``TestClient``)."""
+        """``http``: an ``httpx.Client`` to send through instead (e.g. Starlette's ``TestClient``).
+
+        ``domain``: sign for this EIP-712 domain and host instead of the one the service
+        publishes; ``chain_id``: refuse to sign for a service whose domain names another chain.
+        """
         self._signer = Signer(private_key)  # the key loaded once, not per request
+        self._domain = domain
+        self._chain_id = chain_id
         self.grant_keys = grant_keys
         self.account = self._signer.address
         self.base_url = base_url.rstrip("/")
@@ -196,9 +209,23 @@ class PccClient:
         assert self._http is not None
         return self._http.request(method, path, content=body, headers=headers)
 
+    def domain(self) -> RequestDomain:
+        """The EIP-712 domain and host requests are signed for: read once from ``GET /v1/domain``."""
+        if self._domain is None:
+            response = self._send("GET", "/v1/domain", b"", {})
+            raise_for(response)
+            domain = RequestDomain.from_document(response.json())
+            if self._chain_id is not None and domain.chain_id != self._chain_id:
+                raise AuthenticationError(
+                    f"the service at {self.base_url} signs for chain {domain.chain_id}, "
+                    f"not {self._chain_id}: refusing to sign for another deployment"
+                )
+            self._domain = domain
+        return self._domain
+
     def _signed(self, method: str, path: str, payload: dict[str, Any] | None = None) -> httpx.Response:
         body = orjson.dumps(payload) if payload is not None else b""
-        headers = sign_request(self._signer, method, path, body, self._ttl)
+        headers = sign_request(self._signer, method, path, body, self._ttl, domain=self.domain())
         if payload is not None:
             headers["Content-Type"] = "application/json"
         response = self._send(method, path, body, headers)

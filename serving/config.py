@@ -29,6 +29,15 @@ class ServingConfig:
     master_root: Path | None = None  # the master dataset (audit paths, GDPR); default data_dir/master
     #: accounts allowed to act for an owner they authenticated (grant, revoke, export, erase)
     gdpr_operators: tuple[str, ...] = ()
+    #: the host[:port] or URL consumers reach the service at, signed into requests; default host:port
+    public_host: str | None = None
+    #: the chain id of signed requests' EIP-712 domain without a ledger deployment (offline billing)
+    local_chain_id: int = 31337
+
+    @property
+    def request_host(self) -> str:
+        """The host every signed request names (``serving.auth.public_host`` normalises it)."""
+        return self.public_host or f"{self.host}:{self.port}"
 
     @property
     def master_dir(self) -> Path:
@@ -66,4 +75,6 @@ class ServingConfig:
             signing_key=s.signing_key.get_secret_value() if s.signing_key else None,
             master_root=settings.batch.master_dataset,
             gdpr_operators=tuple(a.lower() for a in s.gdpr_operators),
+            public_host=s.public_host,
+            local_chain_id=s.local_chain_id,
         )

@@ -165,3 +165,23 @@ def test_a_consumer_funded_after_a_refusal_is_served_at_once_and_a_drained_one_i
         monkeypatch.setattr(market.billing, "funds_cache_s", 0)
         with pytest.raises(PaymentRequiredError, match=rf"can pay -{paid.price_cents}$"):  # owes that one
             consumer.query(sql)
+
+
+def test_requests_are_signed_for_the_deployment_and_refused_elsewhere(market: Market):
+    """The EIP-712 domain is the deployment's chain and Marketplace; a request signed for an
+    offline service (the zero address) on the same chain and host is refused naming the contract."""
+    import httpx
+
+    from serving.auth import ZERO_ADDRESS, RequestDomain, sign_request
+
+    marketplace = market.client.deployment.address("Marketplace")
+    with PccClient(market.server.url, CONSUMER, chain_id=31337) as consumer:
+        domain = consumer.domain()
+        assert consumer.quote("SELECT count(*) FROM vehicle_history")["fee_bps"] == FEE_BPS
+    assert (domain.chain_id, domain.verifying_contract) == (31337, marketplace)
+    offline = RequestDomain(31337, ZERO_ADDRESS, domain.host)
+    body = b'{"sql": "SELECT count(*) FROM vehicle_history"}'
+    headers = sign_request(CONSUMER, "POST", "/v1/quote", body, domain=offline)
+    refused = httpx.post(market.server.url + "/v1/quote", content=body, headers=headers)
+    assert refused.status_code == 401
+    assert f"verifying contract {ZERO_ADDRESS} (this service: {marketplace})" in refused.json()["message"]
