@@ -1,7 +1,7 @@
 """Producer throughput: the full SDK (validate, pseudonymise, hash, log, anchor, prove, publish)
 against a bare Kafka producer sending the very same bytes, in the same run, on the same broker.
 
-Starts its own broker and anvil node on free ports under a temporary directory.
+Starts its own broker and anvil node on free ports under a temporary directory, and stops them.
 Also reports the process's resident memory after N/2 and after N events (the log keeps
 its compact range, not every leaf, so it should stay flat).
 
@@ -11,6 +11,7 @@ its compact range, not every leaf, so it should stay flat).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import struct
 import tempfile
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from bench.common import record
+from bench.stack import bench_settings, running_broker
 
 
 def _records(count: int, offset: int = 0) -> list[dict]:
@@ -87,67 +89,62 @@ def main(argv: list[str] | None = None) -> int:
     from kafka import KafkaProducer
 
     from infra.chain import node
-    from infra.kafka import Broker, ensure_topics
+    from infra.kafka import ensure_topics
     from infra.procs import free_ports
     from ledger.onboarding import deploy_consortium, register_source
     from pipelines.producer import Producer, load_anchor
     from pipelines.producer.kafka import KafkaPublisher
-    from pipelines.settings import Settings
     from pipelines.vault import IdentityVault
 
-    with tempfile.TemporaryDirectory(prefix="pcc-bench-producer-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="pcc-bench-producer-") as tmp, contextlib.ExitStack() as stack:
         kport, cport, cport2 = free_ports(3)
-        settings = Settings(
-            data_dir=Path(tmp),
+        settings = bench_settings(
+            Path(tmp),
             kafka={"bootstrap": f"127.0.0.1:{kport}", "controller_port": cport},
             ledger={"rpc_url": f"http://127.0.0.1:{cport2}", "chain": "anvil", "port": cport2},
             producer={"checkpoint_every": 1024, "checkpoint_seconds": 5.0},
         )
-        broker = Broker(settings)
-        broker.start(wait=True, timeout=180)
+        stack.enter_context(running_broker(settings))
         chain_state = Path(tmp) / "chain"
         node.start("anvil", cport2, chain_state)
-        try:
-            ensure_topics(settings)
-            deploy_consortium(settings)
-            register_source(settings, "cc-bench", "connected_car", 1)
-            vault = IdentityVault(settings)
-            records = _records(n)
-            publisher = _Capture(KafkaPublisher(settings.kafka.bootstrap), Path(tmp) / "wire.bin")
-            producer = Producer(
-                settings, source_id="cc-bench", source_kind="connected_car", anchor=load_anchor(settings),
-                publisher=publisher, vault=vault,
-            )  # fmt: skip
-            gc.collect()
-            started = time.perf_counter()
-            half = n // 2
-            for raw in records[:half]:
-                producer.submit(raw)
-            producer.flush()
-            gc.collect()
-            mem_half = _rss_kib()
-            for raw in records[half:]:
-                producer.submit(raw)
-            report = producer.close()
-            sdk_s = time.perf_counter() - started
-            gc.collect()
-            mem_full = _rss_kib()
+        stack.callback(node.stop, chain_state)
+        ensure_topics(settings)
+        deploy_consortium(settings)
+        register_source(settings, "cc-bench", "connected_car", 1)
+        vault = IdentityVault(settings)
+        records = _records(n)
+        publisher = _Capture(KafkaPublisher(settings.kafka.bootstrap), Path(tmp) / "wire.bin")
+        producer = Producer(
+            settings, source_id="cc-bench", source_kind="connected_car", anchor=load_anchor(settings),
+            publisher=publisher, vault=vault,
+        )  # fmt: skip
+        gc.collect()
+        started = time.perf_counter()
+        half = n // 2
+        for raw in records[:half]:
+            producer.submit(raw)
+        producer.flush()
+        gc.collect()
+        mem_half = _rss_kib()
+        for raw in records[half:]:
+            producer.submit(raw)
+        report = producer.close()
+        sdk_s = time.perf_counter() - started
+        gc.collect()
+        mem_full = _rss_kib()
 
-            # reference: a bare producer sending the same bytes to the same broker
-            bare = KafkaProducer(
-                bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
-                linger_ms=5, batch_size=256 * 1024,
-            )  # fmt: skip
-            started = time.perf_counter()
-            futures = [bare.send("pcc.telemetry", key=k, value=v) for k, v in publisher.values()]
-            bare.flush()
-            for f in futures:
-                f.get(timeout=60)
-            bare_s = time.perf_counter() - started
-            bare.close()
-        finally:
-            node.stop(chain_state)
-            broker.stop()
+        # reference: a bare producer sending the same bytes to the same broker
+        bare = KafkaProducer(
+            bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
+            linger_ms=5, batch_size=256 * 1024,
+        )  # fmt: skip
+        started = time.perf_counter()
+        futures = [bare.send("pcc.telemetry", key=k, value=v) for k, v in publisher.values()]
+        bare.flush()
+        for f in futures:
+            f.get(timeout=60)
+        bare_s = time.perf_counter() - started
+        bare.close()
 
     sdk_rate = report.published / sdk_s
     bare_rate = publisher.count / bare_s

@@ -1,6 +1,7 @@
 """Speed layer: ``python -m bench.bench_speed [--scale F] [--bootstrap HOST:PORT]``.
 
-Needs a running broker (``pcc kafka up``, or ``--bootstrap``).  Four figures:
+Starts its own Kafka broker on free ports under a temporary directory and stops it
+at the end (``--bootstrap`` uses a running one instead).  Four figures:
 
 1. **Throughput, end to end** (Kafka -> verify/score/flag -> real-time view and
    master dataset durable): the Beam pipeline on ``FnApiRunner`` versus, in the
@@ -23,6 +24,7 @@ Needs a running broker (``pcc kafka up``, or ``--bootstrap``).  Four figures:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import multiprocessing as mp
 import os
@@ -38,7 +40,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from bench.common import record
-from pipelines.settings import load_settings
+from bench.stack import bench_settings, running_broker
 from speed.config import SpeedConfig
 from speed.metrics import METRICS
 from speed.pipeline import SpeedRun
@@ -123,7 +125,10 @@ def _master_files(config: SpeedConfig) -> int:
 def _publish(bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]]) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1)
+    # acks=1 without idempotence, said so (else the client warns that it turns idempotence off)
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap, linger_ms=20, batch_size=512 * 1024, acks=1, enable_idempotence=False
+    )
     for key, value in messages:
         producer.send(topic, key=key, value=value)
     producer.flush()
@@ -206,7 +211,7 @@ def _steady_producer(
 ) -> None:
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1)
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1, enable_idempotence=False)
     stamps: list[tuple[int, int, int]] = []
     futures = []
     start = time.monotonic()
@@ -301,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_speed", description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0)
     parser.add_argument(
-        "--bootstrap", default=None, help="Kafka bootstrap (default: settings.kafka.bootstrap)"
+        "--bootstrap", default=None, help="a running Kafka broker (default: start one for the run)"
     )
     parser.add_argument(
         "--rate", type=float, default=2000.0, help="steady input rate for freshness (events/s)"
@@ -314,87 +319,93 @@ def main(argv: list[str] | None = None) -> int:
         help="which figures to measure (default: all)",
     )
     args = parser.parse_args(argv)
-    bootstrap = args.bootstrap or load_settings().kafka.bootstrap
     work = Path(tempfile.mkdtemp(prefix="bench-speed-"))
     try:
-        if "throughput" in args.figures:
-            n = max(2_000, int(40_000 * args.scale))
-            roots = InMemoryRoots()
-            prefix = _topics(bootstrap)
-            messages = _generate(n, roots)
-            _publish(bootstrap, prefix + "telemetry", messages)
-            plain = plain_loop(_config(bootstrap, prefix, work / "plain"), roots, n)
-            beam = beam_run(_config(bootstrap, prefix, work / "beam", until_idle_s=2.0), roots, n)
-            record(
-                "speed.throughput",
-                {"beam_events_per_s": round(beam), "events": n, "ratio_is": "beam FnApiRunner / plain loop"},
-                {"plain_loop_events_per_s": round(plain)},
-                beam / plain,
-            )
-        if "backlog" in args.figures:
-            n = max(5_000, int(100_000 * args.scale))
-            roots = InMemoryRoots()
-            prefix = _topics(bootstrap)
-            for topic, messages in _generate_backlog(n, roots).items():
-                _publish(bootstrap, prefix + topic, messages)
-            plain_config = _config(bootstrap, prefix, work / "backlog-plain")
-            plain = plain_loop(plain_config, roots, n)
-            beam_config = _config(bootstrap, prefix, work / "backlog-beam", until_idle_s=2.0)
-            beam = beam_run(beam_config, roots, n)
-            record(
-                "speed.backlog",
-                {
-                    "beam_events_per_s": round(beam),
-                    "events": n,
-                    "event_dates": 730,
-                    "master_files": _master_files(beam_config),
-                    "realtime_segments": sum(1 for _ in beam_config.realtime_dir.glob("*.parquet")),
-                    "ratio_is": "beam FnApiRunner / plain loop",
-                },
-                {"plain_loop_events_per_s": round(plain), "plain_master_files": _master_files(plain_config)},
-                beam / plain,
-            )
-        if "freshness" in args.figures:
-            fresh_n = max(2_000, int(args.rate * 20 * args.scale))
-            fresh_roots = InMemoryRoots()
-            fresh_prefix = _topics(bootstrap)
-            fresh_messages = _generate(fresh_n, fresh_roots)
-            # master writes every 5 s (not 60): the measured window includes several of them
-            p50, p99, achieved = freshness(
-                _config(
-                    bootstrap, fresh_prefix, work / "fresh", max_events=fresh_n, master_flush_interval_s=5.0
-                ),
-                fresh_roots,
-                fresh_messages,
-                args.rate,
-            )
-            record(
-                "speed.freshness",
-                {
-                    "p50_ms": round(p50),
-                    "p99_ms": round(p99),
-                    "rate_events_per_s": round(achieved),
-                    "events": fresh_n,
-                },
-                {"target_p99_ms": 1000},
-                p99 / 1000,
-            )
-        if "memory" in args.figures:
-            vehicles = max(10_000, int(1_000_000 * args.scale))
-            mb = state_memory(vehicles)
-            record(
-                "speed.state_memory",
-                {
-                    "vehicles": vehicles,
-                    "state_mb": round(mb, 1),
-                    "bytes_per_vehicle": round(mb * 1e6 / vehicles),
-                },
-                {"target_mb_per_million": 1024},
-                (mb * 1_000_000 / vehicles) / 1024,
-            )
+        with contextlib.ExitStack() as stack:
+            bootstrap = args.bootstrap
+            if bootstrap is None and set(args.figures) - {"memory"}:
+                bootstrap = stack.enter_context(running_broker(bench_settings(work / "stack")))
+            _measure(args, bootstrap or "", work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0
+
+
+def _measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
+    """The figures asked for, against the broker at ``bootstrap``."""
+    if "throughput" in args.figures:
+        n = max(2_000, int(40_000 * args.scale))
+        roots = InMemoryRoots()
+        prefix = _topics(bootstrap)
+        messages = _generate(n, roots)
+        _publish(bootstrap, prefix + "telemetry", messages)
+        plain = plain_loop(_config(bootstrap, prefix, work / "plain"), roots, n)
+        beam = beam_run(_config(bootstrap, prefix, work / "beam", until_idle_s=2.0), roots, n)
+        record(
+            "speed.throughput",
+            {"beam_events_per_s": round(beam), "events": n, "ratio_is": "beam FnApiRunner / plain loop"},
+            {"plain_loop_events_per_s": round(plain)},
+            beam / plain,
+        )
+    if "backlog" in args.figures:
+        n = max(5_000, int(100_000 * args.scale))
+        roots = InMemoryRoots()
+        prefix = _topics(bootstrap)
+        for topic, messages in _generate_backlog(n, roots).items():
+            _publish(bootstrap, prefix + topic, messages)
+        plain_config = _config(bootstrap, prefix, work / "backlog-plain")
+        plain = plain_loop(plain_config, roots, n)
+        beam_config = _config(bootstrap, prefix, work / "backlog-beam", until_idle_s=2.0)
+        beam = beam_run(beam_config, roots, n)
+        record(
+            "speed.backlog",
+            {
+                "beam_events_per_s": round(beam),
+                "events": n,
+                "event_dates": 730,
+                "master_files": _master_files(beam_config),
+                "realtime_segments": sum(1 for _ in beam_config.realtime_dir.glob("*.parquet")),
+                "ratio_is": "beam FnApiRunner / plain loop",
+            },
+            {"plain_loop_events_per_s": round(plain), "plain_master_files": _master_files(plain_config)},
+            beam / plain,
+        )
+    if "freshness" in args.figures:
+        fresh_n = max(2_000, int(args.rate * 20 * args.scale))
+        fresh_roots = InMemoryRoots()
+        fresh_prefix = _topics(bootstrap)
+        fresh_messages = _generate(fresh_n, fresh_roots)
+        # master writes every 5 s (not 60): the measured window includes several of them
+        p50, p99, achieved = freshness(
+            _config(bootstrap, fresh_prefix, work / "fresh", max_events=fresh_n, master_flush_interval_s=5.0),
+            fresh_roots,
+            fresh_messages,
+            args.rate,
+        )
+        record(
+            "speed.freshness",
+            {
+                "p50_ms": round(p50),
+                "p99_ms": round(p99),
+                "rate_events_per_s": round(achieved),
+                "events": fresh_n,
+            },
+            {"target_p99_ms": 1000},
+            p99 / 1000,
+        )
+    if "memory" in args.figures:
+        vehicles = max(10_000, int(1_000_000 * args.scale))
+        mb = state_memory(vehicles)
+        record(
+            "speed.state_memory",
+            {
+                "vehicles": vehicles,
+                "state_mb": round(mb, 1),
+                "bytes_per_vehicle": round(mb * 1e6 / vehicles),
+            },
+            {"target_mb_per_million": 1024},
+            (mb * 1_000_000 / vehicles) / 1024,
+        )
 
 
 if __name__ == "__main__":
