@@ -54,3 +54,15 @@ def mine(w3: Web3, blocks: int = 1) -> None:
     else:
         for _ in range(blocks):
             w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+
+
+def advance_time(w3: Web3, seconds: int) -> None:
+    """Move a development chain's clock ``seconds`` ahead and mine a block there (timelock delays)."""
+    version = str(w3.client_version).lower()
+    if "anvil" in version or "hardhat" in version:
+        w3.provider.make_request("evm_increaseTime", [int(seconds)])  # type: ignore[arg-type]
+        w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
+    else:  # the in-process EVM
+        latest = int(w3.eth.get_block("latest")["timestamp"])
+        w3.provider.make_request("testing_timeTravel", [latest + int(seconds)])  # type: ignore[arg-type]
+        mine(w3)

@@ -6,7 +6,9 @@ signer; its parts are small objects beside it:
 - ``client.sources`` / ``client.anchors`` (this module): register producers,
   anchor and read checkpoints;
 - ``client.tokens`` (:mod:`ledger.tokens`): PCC_token mint/burn/balances,
-  PCC_gold revenue claims, governance proposals;
+  PCC_gold revenue claims;
+- ``client.governance`` (:mod:`ledger.governance`): proposals through the
+  Governor and its timelock, and the operator's handover of every admin role;
 - ``client.market`` / ``client.access`` (:mod:`ledger.market`): settle query
   receipts, access grants.
 
@@ -42,8 +44,9 @@ class LedgerClient:
     """Contracts of one deployment, signing as ``signer`` unless a call names another."""
 
     def __init__(self, w3: Web3, deployment: Deployment, signer: Signer) -> None:
+        from ledger.governance import GovernanceApi
         from ledger.market import AccessApi, MarketApi
-        from ledger.tokens import GovernanceApi, TokenApi
+        from ledger.tokens import TokenApi
 
         self.w3 = w3
         self.deployment = deployment

@@ -35,6 +35,7 @@ GENERATED_BY = "ledger/compile.py (solc-js {solc}, evmVersion {evm}, optimizer r
 CONTRACTS = (
     "PCCToken",
     "PCCGold",
+    "PCCTimelock",
     "PCCGovernor",
     "Parameters",
     "SourceRegistry",

@@ -4,10 +4,13 @@ The manifest (JSON) records the chain id, the block of the deployment, the
 operator address and each contract's address; clients load it instead of
 redeploying.  Roles after :func:`deploy`:
 
-- the operator (deployer) is admin, PCC_token treasury, source registrar,
-  reputation publisher, query settler, vehicle registrar and grantor;
-- the Governor (PCC_gold votes) holds every GOVERNANCE role (pause, fee, prices,
-  tiers) and admits members (mints PCC_gold);
+- the operator (deployer) is PCC_token treasury, source registrar, reputation
+  publisher, query settler, vehicle registrar and grantor, and, until
+  :func:`ledger.governance.handover`, the bootstrap admin of every contract;
+- the PCCTimelock holds every GOVERNANCE role (pause, fee, prices, withdrawal
+  delay, tiers) and admits members (mints PCC_gold); it runs what the Governor
+  (PCC_gold votes) accepted, once the timelock delay has passed; the Governor is
+  its only proposer, canceller and executor;
 - the Marketplace may notify revenue to PCC_gold.
 """
 
@@ -31,6 +34,9 @@ from ledger.tx import Signer, wait
 GOVERNANCE_ROLE = keccak(text="GOVERNANCE_ROLE")
 MINTER_ROLE = keccak(text="MINTER_ROLE")
 REVENUE_ROLE = keccak(text="REVENUE_ROLE")
+PROPOSER_ROLE = keccak(text="PROPOSER_ROLE")
+CANCELLER_ROLE = keccak(text="CANCELLER_ROLE")
+EXECUTOR_ROLE = keccak(text="EXECUTOR_ROLE")
 
 
 @dataclass(frozen=True)
@@ -39,6 +45,11 @@ class GovernanceParams:
     voting_period_blocks: int = 20
     quorum_percent: int = 10
     fee_bps: int = 1_000  # the consortium keeps 10 % of each settled query
+    #: an accepted proposal waits this long in the PCCTimelock before it can run
+    timelock_delay_s: int = 60
+    #: a consumer's deposit stays reserved this long after it asks for it back (longer than
+    #: the serving layer's settlement period, `serving.settle_every_s`)
+    withdrawal_delay_s: int = 86_400
 
 
 @dataclass(frozen=True)
@@ -117,17 +128,19 @@ def deploy(
     start_block = w3.eth.block_number
     token = _deploy_one(w3, signer, "PCCToken", op, op, op)
     gold = _deploy_one(w3, signer, "PCCGold", op, token.address)
+    timelock = _deploy_one(w3, signer, "PCCTimelock", params.timelock_delay_s, [], [], op)
     governor = _deploy_one(
         w3,
         signer,
         "PCCGovernor",
         gold.address,
+        timelock.address,
         params.voting_delay_blocks,
         params.voting_period_blocks,
         params.quorum_percent,
     )
-    gov = governor.address
-    parameters = _deploy_one(w3, signer, "Parameters", op, gov, params.fee_bps)
+    gov = timelock.address  # what governance decides runs from the timelock
+    parameters = _deploy_one(w3, signer, "Parameters", op, gov, params.fee_bps, params.withdrawal_delay_s)
     sources = _deploy_one(w3, signer, "SourceRegistry", op, op, gov, op)
     anchors = _deploy_one(w3, signer, "AnchorRegistry", sources.address)
     market = _deploy_one(
@@ -135,6 +148,13 @@ def deploy(
     )
     access = _deploy_one(w3, signer, "AccessRegistry", op, op, op)
 
+    for role, what in ((PROPOSER_ROLE, "propose"), (CANCELLER_ROLE, "cancel"), (EXECUTOR_ROLE, "execute")):
+        _call(
+            w3,
+            signer,
+            timelock.functions.grantRole(role, governor.address),
+            f"letting the Governor {what} in the timelock",
+        )
     _call(w3, signer, sources.functions.setAnchorRegistry(anchors.address), "linking the AnchorRegistry")
     _call(w3, signer, token.functions.grantRole(GOVERNANCE_ROLE, gov), "granting governance of PCC_token")
     _call(w3, signer, token.functions.revokeRole(GOVERNANCE_ROLE, op), "handing PCC_token governance over")
@@ -161,7 +181,8 @@ def deploy(
         contracts={
             "PCCToken": token.address,
             "PCCGold": gold.address,
-            "PCCGovernor": gov,
+            "PCCTimelock": timelock.address,
+            "PCCGovernor": governor.address,
             "Parameters": parameters.address,
             "SourceRegistry": sources.address,
             "AnchorRegistry": anchors.address,

@@ -63,7 +63,7 @@ NOT_FOUND_ERRORS = frozenset(
         "UnknownSource",
         "UnknownVehicle",
         "NoSuchGrant",
-        "UnknownProducer",
+        "NoWithdrawalRequested",
         "NothingToWithdraw",
         "NothingToClaim",
     }
@@ -88,10 +88,11 @@ RULES: dict[str, str] = {
     "InvalidReputation": "reputation {reputationBps} is above 10000 basis points",
     "ReceiptAlreadySettled": "receipt {receiptNo} is already settled",
     "EmptyReceipt": "receipt {receiptNo} has no amount or no producer share",
-    "UnknownProducer": "producer {producer} is not an active registered source account",
     "ProducerIndexOutOfRange": "receipt {receiptNo} names producer #{index}, beyond the producer list",
     "ZeroWeight": "receipt {receiptNo} has producer shares that weigh nothing",
     "InsufficientDeposit": "consumer {consumer} has {deposit} cents deposited, {needed} needed",
+    "NoWithdrawalRequested": "consumer {consumer} has not asked for its deposit back",
+    "WithdrawalNotReady": "the deposit of {consumer} can be withdrawn from unix time {readyAt}, not before",
     "ERC20InsufficientAllowance": "allowance of {spender} is {allowance} cents, {needed} needed",
     "ERC20InsufficientBalance": "balance of {sender} is {balance} cents, {needed} needed",
     "EnforcedPause": "PCC_token is paused by governance",
@@ -123,6 +124,9 @@ ROLE_NAMES = {
         "REPUTATION_ROLE",
         "SETTLER_ROLE",
         "GRANTOR_ROLE",
+        "PROPOSER_ROLE",
+        "CANCELLER_ROLE",
+        "EXECUTOR_ROLE",
     )
 }
 ROLE_NAMES[bytes(32)] = "DEFAULT_ADMIN_ROLE"

@@ -1,4 +1,13 @@
-"""The Marketplace (settling query receipts) and the AccessRegistry (grants)."""
+"""The Marketplace (settling query receipts, consumers' deposits) and the AccessRegistry (grants).
+
+Settlement is per receipt: :meth:`MarketApi.settle_receipts` sends a batch and
+reads back which receipts the Marketplace left unsettled and why
+(``ReceiptFailed``: an unknown or suspended producer, a consumer that cannot
+pay).  A consumer's deposit is its reserve for unsettled receipts: it asks for
+it back (:meth:`MarketApi.request_withdrawal`) and takes it after the
+withdrawal delay (:meth:`MarketApi.withdraw_deposit`); settlements may draw on
+it meanwhile.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from eth_utils import keccak
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
@@ -35,6 +45,39 @@ class QueryReceipt:
     consumer: str
     amount_cents: int
     shares: dict[str, int]
+
+
+#: Why the Marketplace left a receipt unsettled (``Marketplace.FAIL_*`` of ``ReceiptFailed``).
+FAIL_REASONS = {1: "unknown_producer", 2: "suspended_producer", 3: "consumer_funds"}
+_RECEIPT_FAILED = keccak(text="ReceiptFailed(uint256,uint8,address)")
+
+
+@dataclass(frozen=True)
+class FailedReceipt:
+    """A receipt the Marketplace did not settle: ``reason`` (:data:`FAIL_REASONS`) and who caused it."""
+
+    receipt_no: int
+    reason: str
+    party: str  # the producer's or the consumer's account
+
+
+@dataclass(frozen=True)
+class Settlement:
+    """What one settlement transaction did, receipt by receipt."""
+
+    tx_hash: str
+    block: int
+    gas_used: int
+    settled: tuple[int, ...]
+    failed: tuple[FailedReceipt, ...]
+
+
+@dataclass(frozen=True)
+class Withdrawal:
+    """A consumer's pending request to take ``amount_cents`` of its deposit back from ``ready_at`` (unix s)."""
+
+    amount_cents: int
+    ready_at: int
 
 
 @dataclass(frozen=True)
@@ -84,13 +127,40 @@ class MarketApi:
         return list(consumers), list(producers), words
 
     def settle(self, receipts: Sequence[QueryReceipt], as_: Key = None) -> TxReceipt:
-        """Settle receipts in one transaction (settler role); all or nothing."""
+        """Settle receipts in one transaction (settler role), each on its own (see :meth:`failures`)."""
         if not receipts:
             raise LedgerRuleError("no receipt to settle")
         consumers, producers, words = self.encode(receipts)
         fn = self.market.functions.settle(consumers, producers, words)
         nos = sorted(r.receipt_no for r in receipts)
         return self._c.transact(fn, f"settling {len(receipts)} receipts ({nos[0]}..{nos[-1]})", as_)
+
+    def settle_receipts(self, receipts: Sequence[QueryReceipt], as_: Key = None) -> Settlement:
+        """Settle receipts in one transaction; which settled, which failed and why."""
+        tx = self.settle(receipts, as_)
+        failed = self.failures(tx)
+        bad = {f.receipt_no for f in failed}
+        return Settlement(
+            tx_hash="0x" + bytes(tx["transactionHash"]).hex(),
+            block=int(tx["blockNumber"]),
+            gas_used=int(tx["gasUsed"]),
+            settled=tuple(sorted(r.receipt_no for r in receipts if r.receipt_no not in bad)),
+            failed=tuple(failed),
+        )
+
+    def failures(self, tx: TxReceipt) -> list[FailedReceipt]:
+        """The receipts a settlement transaction left unsettled (its ``ReceiptFailed`` logs)."""
+        event = self.market.events.ReceiptFailed()
+        out = []
+        for log in tx["logs"]:
+            if Web3.to_checksum_address(log["address"]) != self.market.address:
+                continue
+            if not log["topics"] or bytes(log["topics"][0]) != _RECEIPT_FAILED:
+                continue
+            args = event.process_log(log)["args"]
+            reason = FAIL_REASONS.get(int(args["reason"]), f"reason {args['reason']}")
+            out.append(FailedReceipt(int(args["receiptNo"]), reason, str(args["party"])))
+        return out
 
     def is_settled(self, receipt_no: int) -> bool:
         return bool(
@@ -106,10 +176,44 @@ class MarketApi:
         fn = self.market.functions.deposits(Web3.to_checksum_address(consumer))
         return int(self._c.view(fn, f"reading the deposit of {consumer}"))
 
+    def spendable(self, consumer: str) -> int:
+        """Cents of ``consumer``'s deposit that new receipts may use: the deposit less what it asked back."""
+        fn = self.market.functions.spendable(Web3.to_checksum_address(consumer))
+        return int(self._c.view(fn, f"reading the spendable deposit of {consumer}"))
+
     def deposit(self, amount_cents: int, as_: Key) -> TxReceipt:
-        """Escrow cents for future queries (approve the Marketplace first)."""
+        """Deposit cents for future queries (approve the Marketplace first)."""
         fn = self.market.functions.deposit(keys.cents(amount_cents))
         return self._c.transact(fn, f"depositing {amount_cents} cents", as_)
+
+    def request_withdrawal(self, amount_cents: int, as_: Key) -> Withdrawal:
+        """Ask for part of the deposit back; it can be withdrawn after the withdrawal delay."""
+        signer = self._c.signer_for(as_)
+        fn = self.market.functions.requestWithdrawal(keys.cents(amount_cents))
+        self._c.transact(fn, f"asking {amount_cents} cents of the deposit of {signer.address} back", signer)
+        pending = self.withdrawal_of(signer.address)
+        assert pending is not None
+        return pending
+
+    def cancel_withdrawal(self, as_: Key) -> TxReceipt:
+        return self._c.transact(
+            self.market.functions.cancelWithdrawal(), "cancelling a withdrawal request", as_
+        )
+
+    def withdraw_deposit(self, as_: Key) -> int:
+        """Take back what was asked for once its delay has passed; returns the cents received."""
+        signer = self._c.signer_for(as_)
+        before = self.deposit_of(signer.address)
+        self._c.transact(
+            self.market.functions.withdrawDeposit(), f"withdrawing the deposit of {signer.address}", signer
+        )
+        return before - self.deposit_of(signer.address)
+
+    def withdrawal_of(self, consumer: str) -> Withdrawal | None:
+        """``consumer``'s pending withdrawal request, or None."""
+        fn = self.market.functions.withdrawals(Web3.to_checksum_address(consumer))
+        amount, ready_at = self._c.view(fn, f"reading the withdrawal request of {consumer}")
+        return Withdrawal(int(amount), int(ready_at)) if ready_at else None
 
     def withdraw(self, as_: Key) -> int:
         """A producer pulls its credits; returns the cents received."""

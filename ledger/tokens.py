@@ -1,19 +1,15 @@
-"""PCC_token (euro cents) and PCC_gold (votes and revenue share), and the Governor."""
+"""PCC_token (euro cents) and PCC_gold (votes and revenue share)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from eth_utils import keccak
 from pydantic import SecretStr
 from web3 import Web3
 from web3.contract import Contract
 from web3.types import TxReceipt
 
 from ledger import keys
-from ledger.chain import mine
-from ledger.errors import LedgerRuleError
 from ledger.tx import Signer
 
 if TYPE_CHECKING:
@@ -101,73 +97,3 @@ class TokenApi:
         amount = self.claimable(signer.address)
         self._c.transact(self.gold.functions.claim(), f"claiming the revenue of {signer.address}", signer)
         return amount
-
-
-class GovernanceApi:
-    """Proposals of PCC_gold holders through the Governor."""
-
-    STATES = ("Pending", "Active", "Canceled", "Defeated", "Succeeded", "Queued", "Expired", "Executed")
-
-    def __init__(self, client: LedgerClient) -> None:
-        self._c = client
-
-    @property
-    def governor(self) -> Contract:
-        return self._c.contract("PCCGovernor")
-
-    def call_data(self, contract_name: str, function: str, *args: Any) -> tuple[str, bytes]:
-        """(target, calldata) of a call the Governor will make."""
-        target = self._c.contract(contract_name)
-        data = target.encode_abi(function, args=list(args))
-        return str(target.address), bytes.fromhex(data[2:])
-
-    def propose(self, actions: Sequence[tuple[str, bytes]], description: str, as_: Key) -> int:
-        targets = [t for t, _ in actions]
-        datas = [d for _, d in actions]
-        values = [0] * len(actions)
-        fn = self.governor.functions.propose(targets, values, datas, description)
-        self._c.transact(fn, f"proposing {description!r}", as_)
-        pid = self._c.view(
-            self.governor.functions.hashProposal(targets, values, datas, keccak(text=description)),
-            "hashing a proposal",
-        )
-        return int(pid)
-
-    def vote(self, proposal_id: int, support: int, as_: Key) -> TxReceipt:
-        """support: 0 against, 1 for, 2 abstain."""
-        return self._c.transact(
-            self.governor.functions.castVote(proposal_id, support), f"voting on {proposal_id}", as_
-        )
-
-    def state(self, proposal_id: int) -> str:
-        return self.STATES[
-            int(self._c.view(self.governor.functions.state(proposal_id), "reading a proposal"))
-        ]
-
-    def execute(self, actions: Sequence[tuple[str, bytes]], description: str, as_: Key = None) -> TxReceipt:
-        fn = self.governor.functions.execute(
-            [t for t, _ in actions], [0] * len(actions), [d for _, d in actions], keccak(text=description)
-        )
-        return self._c.transact(fn, f"executing {description!r}", as_)
-
-    def enact(self, actions: Sequence[tuple[str, bytes]], description: str, voters: Sequence[Key]) -> str:
-        """Propose, vote for with ``voters``, wait out the vote (mining blocks) and execute.
-
-        For development chains, where blocks can be mined on demand.
-        """
-        pid = self.propose(actions, description, voters[0])
-        mine(
-            self._c.w3,
-            int(self._c.view(self.governor.functions.votingDelay(), "reading the voting delay")) + 1,
-        )
-        for voter in voters:
-            self.vote(pid, 1, voter)
-        mine(
-            self._c.w3,
-            int(self._c.view(self.governor.functions.votingPeriod(), "reading the voting period")) + 1,
-        )
-        state = self.state(pid)
-        if state != "Succeeded":
-            raise LedgerRuleError(f"proposal {description!r} ended {state}, not Succeeded")
-        self.execute(actions, description)
-        return self.state(pid)

@@ -13,8 +13,9 @@ import time
 import pytest
 from eth_utils import keccak
 from web3 import Web3
+from web3.logs import DISCARD
 
-from ledger.chain import in_process_web3
+from ledger.chain import advance_time, in_process_web3, mine
 from ledger.client import LedgerClient
 from ledger.config import DEV_KEYS
 from ledger.deploy import Deployment, GovernanceParams, deploy
@@ -25,15 +26,18 @@ from ledger.errors import (
     LedgerRevert,
     LedgerRuleError,
 )
+from ledger.governance import ADMIN_ROLE, ROLE_CONTRACTS
 from ledger.indexer import LedgerIndexer, OnChainRootSource
 from ledger.keys import address_of, source_key
-from ledger.market import TREASURY, QueryReceipt
+from ledger.market import TREASURY, FailedReceipt, QueryReceipt
 from ledger.tx import Signer
 from pipelines.errors import PccNotFoundError, PccPermissionError, PccValueError
 
-OP, M1, M2, SRC, SRC2, CONSUMER, OUTSIDER = (DEV_KEYS[i] for i in range(7))
+OP, M1, M2, SRC, SRC2, CONSUMER, OUTSIDER, CONSUMER2 = (DEV_KEYS[i] for i in range(8))
 ADDR = {k: address_of(k) for k in DEV_KEYS}
 GOLD = 10**18
+#: small delays: anvil's clock only moves forward, and the session's other tests share it
+TIMELOCK_DELAY_S, WITHDRAWAL_DELAY_S = 5, 30
 
 
 def root(n: int) -> bytes:
@@ -51,7 +55,12 @@ class LedgerContractTests:
     def client(self, w3: Web3) -> LedgerClient:
         op = Signer(w3, OP)
         params = GovernanceParams(
-            voting_delay_blocks=1, voting_period_blocks=5, quorum_percent=10, fee_bps=1_000
+            voting_delay_blocks=1,
+            voting_period_blocks=5,
+            quorum_percent=10,
+            fee_bps=1_000,
+            timelock_delay_s=TIMELOCK_DELAY_S,
+            withdrawal_delay_s=WITHDRAWAL_DELAY_S,
         )
         deployment = deploy(w3, op, {ADDR[M1]: 600 * GOLD, ADDR[M2]: 400 * GOLD}, params)
         c = LedgerClient(w3, deployment, op)
@@ -371,15 +380,21 @@ class LedgerContractTests:
         self.expect(LedgerRuleError, "ReceiptAlreadySettled", client.market.settle, twice)
         assert not client.market.is_settled(900) and client.tokens.balance(ADDR[CONSUMER]) == 9_600
 
-    def test_settling_beyond_the_allowance_is_rejected(self, client: LedgerClient):
+    def test_a_receipt_beyond_the_consumer_funds_fails_alone(self, client: LedgerClient):
         self._fund(client, 1_000)
         receipts = [
             QueryReceipt(1, ADDR[CONSUMER], 600, {ADDR[SRC]: 1}),
             QueryReceipt(2, ADDR[CONSUMER], 600, {ADDR[SRC]: 1}),
         ]
-        self.expect(LedgerRuleError, "ERC20InsufficientAllowance", client.market.settle, receipts)
-        assert not client.market.is_settled(1) and client.tokens.balance(ADDR[CONSUMER]) == 1_000
-        assert client.market.credit(ADDR[SRC]) == 0
+        outcome = client.market.settle_receipts(receipts)
+        assert outcome.settled == (1,)
+        assert outcome.failed == (FailedReceipt(2, "consumer_funds", ADDR[CONSUMER]),)
+        assert client.market.is_settled(1) and not client.market.is_settled(2)
+        assert client.tokens.balance(ADDR[CONSUMER]) == 400 and client.market.credit(ADDR[SRC]) == 540
+        client.tokens.mint(ADDR[CONSUMER], 200, "SEPA-topup")
+        client.tokens.approve(client.market.address, 600, CONSUMER)
+        # a failed receipt can settle later
+        assert client.market.settle_receipts(receipts[1:]).settled == (2,)
 
     def test_escrowed_deposit_pays_first(self, client: LedgerClient):
         self._fund(client, 3_000)
@@ -388,7 +403,9 @@ class LedgerContractTests:
         assert client.market.deposit_of(ADDR[CONSUMER]) == 500
         assert client.tokens.allowance(ADDR[CONSUMER], client.market.address) == 1_000  # untouched
 
-    def test_settling_needs_the_settler_and_registered_producers(self, client: LedgerClient):
+    def test_settling_needs_the_settler_and_a_receipt_of_an_unknown_producer_fails_alone(
+        self, client: LedgerClient
+    ):
         self._fund(client, 1_000)
         receipt = QueryReceipt(1, ADDR[CONSUMER], 100, {ADDR[SRC]: 1})
         self.expect(
@@ -399,8 +416,82 @@ class LedgerContractTests:
             OUTSIDER,
         )
         stranger = QueryReceipt(2, ADDR[CONSUMER], 100, {ADDR[OUTSIDER]: 1})
-        self.expect(LedgerNotFoundError, "UnknownProducer", client.market.settle, [stranger])
-        assert not client.market.is_settled(1) and not client.market.is_settled(2)
+        outcome = client.market.settle_receipts([receipt, stranger])
+        assert outcome.settled == (1,)
+        assert outcome.failed == (FailedReceipt(2, "unknown_producer", ADDR[OUTSIDER]),)
+        assert client.market.is_settled(1) and not client.market.is_settled(2)
+        assert client.tokens.balance(ADDR[CONSUMER]) == 900  # the failed receipt is not charged
+
+    def test_one_batch_settles_around_a_suspended_producer_and_a_consumer_whose_funds_are_gone(
+        self, client: LedgerClient
+    ):
+        """Neither a producer suspended after the query nor a consumer pulling its funds stops the batch."""
+        # CONSUMER pays from a deposit and asks for it back; CONSUMER2 pays through an allowance it revokes
+        client.tokens.mint(ADDR[CONSUMER], 2_000, "SEPA-consumer")
+        client.tokens.approve(client.market.address, 2_000, CONSUMER)
+        client.market.deposit(2_000, CONSUMER)
+        client.tokens.mint(ADDR[CONSUMER2], 2_000, "SEPA-consumer-2")
+        client.tokens.approve(client.market.address, 2_000, CONSUMER2)
+        receipts = [
+            QueryReceipt(1, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1}),
+            QueryReceipt(2, ADDR[CONSUMER2], 500, {ADDR[SRC]: 1}),
+            QueryReceipt(3, ADDR[CONSUMER], 500, {ADDR[SRC]: 3, ADDR[SRC2]: 1}),
+            QueryReceipt(4, ADDR[CONSUMER], 200, {ADDR[SRC]: 1, TREASURY: 1}),
+        ]
+        client.market.request_withdrawal(2_000, CONSUMER)
+        self.expect(LedgerRuleError, "WithdrawalNotReady", client.market.withdraw_deposit, CONSUMER)
+        client.tokens.approve(client.market.address, 0, CONSUMER2)
+        client.sources.set_active("garage-ind-12", False)
+
+        tx = client.market.settle(receipts)
+
+        failed = client.market.failures(tx)
+        assert failed == [
+            FailedReceipt(2, "consumer_funds", ADDR[CONSUMER2]),
+            FailedReceipt(3, "suspended_producer", ADDR[SRC2]),
+        ]
+        settled = client.market.market.events.Settled().process_receipt(tx, errors=DISCARD)[0]["args"]
+        assert (settled["receipts"], settled["failed"], settled["amount"]) == (2, 2, 1_200)
+        assert [client.market.is_settled(n) for n in (1, 2, 3, 4)] == [True, False, False, True]
+        # receipts 1 and 4 came out of the reserved deposit; nothing was taken for 2 and 3
+        assert client.market.deposit_of(ADDR[CONSUMER]) == 800
+        assert client.tokens.balance(ADDR[CONSUMER2]) == 2_000
+        assert client.market.credit(ADDR[SRC]) == 900 + 90 and client.market.credit(ADDR[SRC2]) == 0
+        client.sources.set_active("garage-ind-12", True)  # reinstated: its receipt settles on a retry
+        assert client.market.settle_receipts([receipts[2]]).settled == (3,)
+        assert client.market.credit(ADDR[SRC2]) == 450 // 4
+
+    def test_a_deposit_is_reserved_for_the_withdrawal_delay_and_settlements_may_use_it(
+        self, client: LedgerClient
+    ):
+        self._fund(client, 2_000)
+        client.market.deposit(2_000, CONSUMER)
+        assert client.market.spendable(ADDR[CONSUMER]) == 2_000
+        self.expect(LedgerNotFoundError, "NoWithdrawalRequested", client.market.withdraw_deposit, CONSUMER)
+        self.expect(LedgerRuleError, "InsufficientDeposit", client.market.request_withdrawal, 2_001, CONSUMER)
+        asked = client.market.request_withdrawal(1_500, CONSUMER)
+        assert asked.amount_cents == 1_500
+        assert asked.ready_at >= client.w3.eth.get_block("latest")["timestamp"] + WITHDRAWAL_DELAY_S
+        assert client.market.spendable(ADDR[CONSUMER]) == 500  # what new receipts may be issued against
+        err = self.expect(LedgerRuleError, "WithdrawalNotReady", client.market.withdraw_deposit, CONSUMER)
+        assert str(asked.ready_at) in str(err)
+        client.market.settle([QueryReceipt(1, ADDR[CONSUMER], 1_000, {ADDR[SRC]: 1})])  # during the delay
+        assert client.market.deposit_of(ADDR[CONSUMER]) == 1_000
+        advance_time(client.w3, WITHDRAWAL_DELAY_S)
+        assert client.market.withdraw_deposit(CONSUMER) == 1_000  # what the settlement left of the 1,500
+        assert (
+            client.market.deposit_of(ADDR[CONSUMER]) == 0
+            and client.market.withdrawal_of(ADDR[CONSUMER]) is None
+        )
+        assert client.tokens.balance(ADDR[CONSUMER]) == 1_000
+        client.tokens.approve(client.market.address, 1_000, CONSUMER)
+        client.market.deposit(1_000, CONSUMER)
+        client.market.request_withdrawal(1_000, CONSUMER)
+        client.market.cancel_withdrawal(CONSUMER)
+        assert (
+            client.market.spendable(ADDR[CONSUMER]) == 1_000
+            and client.market.withdrawal_of(ADDR[CONSUMER]) is None
+        )
 
     # -- governance ------------------------------------------------------------------
 
@@ -431,6 +522,71 @@ class LedgerContractTests:
         assert client.tokens.gold_balance(ADDR[OUTSIDER]) == 100 * GOLD
         self.expect(LedgerRuleError, "FeeTooHigh", client.governance.enact,
                     [client.governance.call_data("Parameters", "setFeeBps", 10_001)], "Fee above 100 %", [M1])  # fmt: skip
+
+    def test_a_parameter_change_goes_propose_vote_queue_execute(self, client: LedgerClient):
+        gov = client.governance
+        client.tokens.delegate(ADDR[M1], M1)
+        actions = [gov.call_data("Parameters", "setWithdrawalDelay", 3_600)]
+        about = "Consumers' deposits stay reserved one hour after a withdrawal request"
+        pid = gov.propose(actions, about, M1)
+        assert gov.state(pid) == "Pending"
+        mine(client.w3, 2)
+        assert gov.state(pid) == "Active"
+        gov.vote(pid, 1, M1)
+        # still voting: nothing to queue yet
+        self.expect(LedgerRuleError, "GovernorUnexpectedProposalState", gov.queue, actions, about)
+        mine(client.w3, 6)
+        assert gov.state(pid) == "Succeeded"
+        gov.queue(actions, about)
+        assert gov.state(pid) == "Queued"
+        assert gov.eta(pid) >= client.w3.eth.get_block("latest")["timestamp"] + TIMELOCK_DELAY_S - 1
+        # queued, but the timelock delay has not passed
+        self.expect(LedgerRuleError, "TimelockUnexpectedOperationState", gov.execute, actions, about)
+        advance_time(client.w3, TIMELOCK_DELAY_S)
+        gov.execute(actions, about)
+        assert gov.state(pid) == "Executed"
+        assert client.view(client.contract("Parameters").functions.withdrawalDelay(), "delay") == 3_600
+        # the calls ran from the timelock: neither the operator nor the Governor itself may make them
+        for who in (OP, M1):
+            self.expect(LedgerPermissionError, "AccessControlUnauthorizedAccount", client.transact,
+                        client.contract("Parameters").functions.setWithdrawalDelay(1), "setting the delay", who)  # fmt: skip
+        schedule = gov.timelock.functions.schedule(actions[0][0], 0, actions[0][1], bytes(32), bytes(32), 0)
+        self.expect(
+            LedgerPermissionError, "AccessControlUnauthorizedAccount", client.transact, schedule, "scheduling"
+        )
+
+    def test_after_the_handover_the_operator_cannot_grant_any_role(self, client: LedgerClient):
+        gov = client.governance
+        assert not gov.handed_over() and all(h.operator and not h.timelock for h in gov.admins()
+                                             if h.contract != "PCCTimelock")  # fmt: skip
+        assert gov.handover() == list(ROLE_CONTRACTS)
+        assert gov.handed_over() and gov.handover() == []
+        for name in ROLE_CONTRACTS:
+            c = client.contract(name)
+            roles = [f["name"] for f in c.abi if f["type"] == "function" and f["name"].endswith("_ROLE")]
+            assert "DEFAULT_ADMIN_ROLE" in roles and len(roles) >= 2, name
+            for role_name in roles:
+                role = client.view(getattr(c.functions, role_name)(), role_name)
+                # one admin for every role, so no other role-admin power is left behind
+                admin = client.view(c.functions.getRoleAdmin(role), "role admin")
+                assert admin == ADMIN_ROLE, (name, role_name)
+                self.expect(LedgerPermissionError, "AccessControlUnauthorizedAccount", client.transact,
+                            c.functions.grantRole(role, ADDR[OP]), f"granting {role_name} on {name}")  # fmt: skip
+            self.expect(LedgerPermissionError, "AccessControlUnauthorizedAccount", client.transact,
+                        c.functions.grantRole(ADMIN_ROLE, ADDR[OUTSIDER]), f"granting admin on {name}")  # fmt: skip
+        # the operator still does its daily work with the roles it was given
+        client.sources.register("ins-mutua", "insurer", ADDR[OUTSIDER], 2)
+        self._fund(client, 100)
+        client.market.settle([QueryReceipt(1, ADDR[CONSUMER], 100, {ADDR[SRC]: 1})])
+        # and roles change only by a vote: here a second settler is appointed
+        client.tokens.delegate(ADDR[M1], M1)
+        settler = keccak(text="SETTLER_ROLE")
+        appoint = [gov.call_data("Marketplace", "grantRole", settler, ADDR[M2])]
+        assert gov.enact(appoint, "A second settler", [M1]) == "Executed"
+        client.tokens.approve(client.market.address, 100, CONSUMER)
+        client.tokens.mint(ADDR[CONSUMER], 100, "SEPA-more")
+        client.market.settle([QueryReceipt(2, ADDR[CONSUMER], 100, {ADDR[SRC]: 1})], M2)
+        assert client.market.is_settled(2)
 
     # -- access grants ---------------------------------------------------------------
 
