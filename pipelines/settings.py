@@ -104,6 +104,14 @@ class ServingSettings(_Section):
     quality_weight_bps: int = 0  # 0: flat price per row; 10000: price proportional to the quality index
     settle_every_s: float = 30.0  # how often pending receipts are settled on the Marketplace
     gdpr_operators: tuple[str, ...] = ()  # accounts acting for authenticated owners (grants, GDPR)
+    max_body_bytes: int = 64 * 1024  # a larger request body is refused (413) before it is read further
+    # funds held from a consumer's free balance before its query runs, when neither the request's
+    # max_cents nor an earlier run of the same query shape says more; at the end the hold is topped
+    # up to the price from what is still free, atomically, else the query is refused (402)
+    hold_cents: int = 1
+    max_in_flight: int = 4  # queries one consumer may have running at once (429 past it)
+    rate_per_s: float = 50.0  # requests per second one consumer may send, with bursts of rate_burst (429)
+    rate_burst: int = 100
     # the host[:port] (or URL) consumers reach the service at; signed into every request (EIP-712)
     # so a request cannot be used at another service; default host:port
     public_host: str | None = None

@@ -18,78 +18,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import io
 import secrets
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Hashable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal, NamedTuple, TypeVar
+from typing import Any
 
-import orjson
-import pyarrow as pa
-import pyarrow.csv as pacsv
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel
 
-from pipelines.access import AccessService, parse_public_key
-from pipelines.errors import PccError
-from serving.access import (
-    ARROW_METADATA_KEY,
-    HEADER_WRAPPED,
-    AccessError,
-    WrappedKeys,
-    encode_wrapped,
-    install_access_errors,
-    owner_router,
-    wrapped_keys_for,
-)
+from pipelines.access import AccessService
+from serving.access import install_access_errors, owner_router
 from serving.auth import Authenticator, Consumer, service_domain
 from serving.config import ServingConfig
-from serving.engine.query import OverBudget, QueryRunner
+from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
-from serving.errors import MalformedRequestError, PaymentRequiredError, ServingError, http_status
+from serving.errors import RequestTooLargeError, ServingError, http_status
 from serving.inline import InlineGate
+from serving.market.reservations import Reservations
+from serving.paid import Answer, PaidQueries, QueryRequest, QuoteRequest, Ticket, error_answer, parse_body
 from serving.passport.verify import AuditPaths
 from serving.pricing import Billing, Quote, view_categories
 from serving.proof import proof_router
 from serving.receipts import ReceiptStore
 from serving.settlement import SettlementLoop, Settler
-
-ARROW_STREAM = "application/vnd.apache.arrow.stream"
-_M = TypeVar("_M", bound=BaseModel)
-
-
-class QueryRequest(BaseModel):
-    sql: str = Field(
-        description="One SELECT over the serving views.", examples=["SELECT count(*) FROM vehicle_history"]
-    )
-    format: Literal["json", "csv", "arrow"] = Field("json", description="Result encoding.")
-    grant_key: str | None = Field(
-        None,
-        description="The consumer's X25519 public key (64 hex): the answer also carries the data keys "
-        "its grants allow, wrapped to it, to open protected fields client-side.",
-    )
-
-
-class QuoteRequest(BaseModel):
-    sql: str = Field(description="The query to price without running it for its rows.")
-
-
-def parse_body(model: type[_M], raw: bytes) -> _M:
-    """The request body as ``model``, else :class:`MalformedRequestError` naming each problem."""
-    try:
-        return model.model_validate_json(raw)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        )
-        raise MalformedRequestError(f"malformed request body ({problems})") from None
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
@@ -137,85 +92,32 @@ class RefreshLoop:
         self._thread.join(timeout=5)
 
 
-def _json_default(value: Any) -> Any:
-    return str(value)
-
-
-class Answer(NamedTuple):
-    """An HTTP answer built off the event loop: status, body, media type, extra headers."""
-
-    status: int
-    body: bytes
-    media_type: str
-    headers: dict[str, str]
-
-    def response(self) -> Response:
-        return Response(self.body, status_code=self.status, media_type=self.media_type, headers=self.headers)
-
-
-class Ticket(NamedTuple):
-    """An admitted paid query: its signature checked, its nonce spent (in memory), its body parsed."""
-
-    consumer: Consumer
-    body: QueryRequest
-    #: its shape (:mod:`serving.inline`), None when inline answers are off
-    shape: Hashable | None = None
-
-
-def error_answer(exc: ServingError | AccessError) -> Answer:
-    """The JSON error body and status of a refused request (as the app's exception handlers give it)."""
-    if isinstance(exc, AccessError):
-        return Answer(
-            exc.status, orjson.dumps({"error": exc.kind, "message": exc.message}), "application/json", {}
-        )
-    return Answer(http_status(exc), orjson.dumps(exc.detail(), default=_json_default), "application/json", {})
-
-
-def encode_result(
-    table: pa.Table,
-    fmt: str,
-    headers: dict[str, str],
-    receipt: dict[str, Any],
-    wrapped: WrappedKeys | None = None,
-) -> Answer:
-    if wrapped is not None and fmt == "arrow":
-        table = table.replace_schema_metadata(
-            {**(table.schema.metadata or {}), ARROW_METADATA_KEY: encode_wrapped(wrapped).encode()}
-        )
-    elif wrapped is not None and fmt == "csv":
-        headers = {**headers, HEADER_WRAPPED: encode_wrapped(wrapped)}
-    if fmt == "arrow":
-        # written into Arrow's own growing buffer (half the cost of a BytesIO), copied out once
-        stream = pa.BufferOutputStream()
-        with pa.ipc.new_stream(stream, table.schema) as writer:
-            writer.write_table(table)
-        return Answer(200, stream.getvalue().to_pybytes(), ARROW_STREAM, headers)
-    if fmt == "csv":
-        sink = io.BytesIO()
-        pacsv.write_csv(table, sink)
-        return Answer(200, sink.getvalue(), "text/csv; charset=utf-8", headers)
-    columns = table.column_names
-    data = table.to_pydict()
-    rows = [list(r) for r in zip(*(data[c] for c in columns), strict=True)] if columns else []
-    body = {
-        "columns": columns,
-        "types": [str(t) for t in table.schema.types],
-        "rows": rows,
-        "receipt": receipt,
-    }
-    if wrapped is not None:
-        body["wrapped_keys"] = wrapped
-    return Answer(
-        200,
-        orjson.dumps(body, default=_json_default, option=orjson.OPT_NON_STR_KEYS),
-        "application/json",
-        headers,
+def _response(answer: Answer) -> Response:
+    return Response(
+        answer.body, status_code=answer.status, media_type=answer.media_type, headers=answer.headers
     )
 
 
 _Scope = MutableMapping[str, Any]
 _Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+def _bounded(receive: _Receive, limit: int) -> _Receive:
+    """``receive`` that raises :class:`RequestTooLargeError` once the body passes ``limit`` bytes."""
+    size = 0
+
+    async def bounded() -> MutableMapping[str, Any]:
+        nonlocal size
+        message = await receive()
+        size += len(message.get("body", b""))
+        if size > limit:
+            raise RequestTooLargeError(f"the request body exceeds {limit} bytes")
+        return message
+
+    return bounded
+
+
 #: the worker threads of paid queries (as many as anyio's default thread pool), shared by every app
 _WORKERS = ThreadPoolExecutor(max_workers=40, thread_name_prefix="pcc-query")
 #: the paid query's path, answered by :class:`ServingApp` without FastAPI's routing
@@ -242,23 +144,43 @@ class ServingApp(FastAPI):
     #: paid queries being answered (read and written by the event loop only)
     active_queries = 0
 
+    #: request bodies larger than this are refused (413) before the rest is read
+    max_body_bytes = 64 * 1024
+
     async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
         answer = self.answer_query
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
+        if declared is not None and (not declared.isdigit() or int(declared) > limit):
+            await self._send(
+                send, error_answer(RequestTooLargeError(f"the request body exceeds {limit} bytes"))
+            )
+            return
         if (
             answer is None
-            or scope["type"] != "http"
             or scope["path"] != QUERY_PATH
             or scope["method"] != "POST"
             or scope.get("root_path")
         ):
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, _bounded(receive, limit), send)
             return
         chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return  # the client left before sending its body: nothing was checked or run
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                await self._send(
+                    send, error_answer(RequestTooLargeError(f"the request body exceeds {limit} bytes"))
+                )
+                return
+            chunks.append(chunk)
             if not message.get("more_body"):
                 break
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -273,7 +195,7 @@ class ServingApp(FastAPI):
                 await asyncio.sleep(0)  # requests that arrived with this one count themselves first
                 if self.active_queries == 1:
                     result = self.answer_inline("POST", target, headers, body)
-            if isinstance(result, Ticket):  # stopped at the budget, nothing charged: a worker finishes it
+            if isinstance(result, Ticket):  # admitted, funds held, nothing charged: a worker finishes it
                 assert self.finish is not None
                 result = await loop.run_in_executor(_WORKERS, self.finish, result)
             elif result is None:
@@ -323,6 +245,9 @@ def create_app(
     receipts = ReceiptStore(config.state_dir / "receipts.sqlite", service_key(config))
     auth = Authenticator(receipts, config.max_request_age_s, service_domain(config, billing))
     settler = Settler(receipts, billing)
+    reservations = Reservations(
+        billing.available, config.hold_cents, config.max_in_flight, config.rate_per_s, config.rate_burst
+    )
     loops = [RefreshLoop(store, config.refresh_s), SettlementLoop(settler, config.settle_every_s)]
 
     @contextlib.asynccontextmanager
@@ -364,114 +289,9 @@ def create_app(
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return auth.verify(request.method, target, body, request.headers, deferred)
 
-    def payable(consumer: Consumer, quote: Quote) -> None:
-        """402 with the quote unless the consumer can pay it (funds minus unsettled receipts)."""
-        pending = receipts.pending_cents(consumer.account)
-        available = billing.available(consumer.account) - pending
-        if available < quote.amount_cents:  # never refused on a cached read: read the chain again
-            available = billing.available(consumer.account, fresh=True) - pending
-        if available < quote.amount_cents:
-            raise PaymentRequiredError(
-                f"the query costs {quote.amount_cents} cents; account {consumer.account} can pay {available}",
-                quote.as_dict(),
-            )
-
-    def charge(consumer: Consumer, sql: str, quote: Quote) -> dict[str, Any]:
-        payable(consumer, quote)
-        query_hash = hashlib.sha256(sql.encode()).hexdigest()
-        return receipts.issue(consumer.account, consumer.nonce, query_hash, quote, consumer.expires)
-
-    def admit(
-        method: str, target: str, headers: Mapping[str, str], raw: bytes, shape: Hashable | None
-    ) -> Ticket | Answer:
-        """Signature and nonce checked (the nonce spent in memory), body parsed; else the error's answer."""
-        try:
-            consumer = auth.verify(method, target, raw, headers, deferred=True)
-        except ServingError as exc:
-            return error_answer(exc)
-        try:
-            body = parse_body(QueryRequest, raw)
-            if body.grant_key is not None:
-                try:
-                    parse_public_key(body.grant_key)
-                except PccError as exc:
-                    raise MalformedRequestError(f"grant_key: {exc.message}") from None
-                if access is None:
-                    raise MalformedRequestError(
-                        "grant_key: this service has no access service (identity vault)"
-                    )
-        except ServingError as exc:
-            receipts.record_nonce(consumer.account, consumer.nonce, consumer.expires)
-            return error_answer(exc)
-        return Ticket(consumer, body, shape)
-
-    def execute(ticket: Ticket, budget_s: float | None = None) -> Answer | None:
-        """Run an admitted query, charge it and encode its answer, in the calling thread.
-
-        Everything that can fail runs before the receipt (a failed answer costs nothing);
-        the receipt is committed, with the nonce, before the answer is returned — or the
-        nonce alone if it failed.  With ``budget_s``: None when the run was stopped at the
-        budget (nothing charged, the nonce still pending: run it again without one).
-        """
-        consumer, body = ticket.consumer, ticket.body
-        started = time.perf_counter()
-        issued: dict[str, Any] = {}
-        stopped = False
-        try:
-            result = runner.run(body.sql, lambda quote: payable(consumer, quote), budget_s)
-            wrapped: WrappedKeys | None = None
-            if body.grant_key is not None:
-                assert access is not None
-                try:
-                    wrapped = wrapped_keys_for(access, body.grant_key, result.table)
-                except PccError as exc:
-                    raise AccessError(exc) from None
-            issued.update(charge(consumer, body.sql, result.quote))  # durable before the answer leaves
-        except OverBudget:
-            stopped = True
-            return None
-        except (ServingError, AccessError) as exc:
-            return error_answer(exc)
-        finally:
-            if not issued and not stopped:
-                receipts.record_nonce(consumer.account, consumer.nonce, consumer.expires)
-        headers_out = {
-            "X-PCC-Receipt": str(issued["receipt_no"]),
-            "X-PCC-Price-Cents": str(issued["amount_cents"]),
-            "X-PCC-Batch-Version": str(result.version or ""),
-        }
-        answer = encode_result(result.table, body.format, headers_out, issued, wrapped)
-        gate.record(ticket.shape, time.perf_counter() - started)
-        return answer
-
-    def answer_query(method: str, target: str, headers: Mapping[str, str], raw: bytes) -> Answer:
-        """One paid query, from its signed bytes to its encoded answer, in the calling (worker) thread."""
-        ticket = admit(method, target, headers, raw, gate.shape_of(raw) if gate.enabled else None)
-        if isinstance(ticket, Answer):
-            return ticket
-        answer = execute(ticket)
-        assert answer is not None  # no budget: never stopped early
-        return answer
-
-    def answer_inline(
-        method: str, target: str, headers: Mapping[str, str], raw: bytes
-    ) -> Answer | Ticket | None:
-        """The event loop's own attempt: None if the query's shape is not known to be fast (nothing
-        was done); a :class:`Ticket` if its run was stopped at the budget (to finish in a worker)."""
-        shape = gate.shape_of(raw)
-        if not gate.eligible(shape):
-            return None
-        ticket = admit(method, target, headers, raw, shape)
-        if isinstance(ticket, Answer):
-            return ticket
-        if not billing.ready(ticket.consumer.account):
-            return ticket  # its prices or funds need the chain: no network I/O on the event loop
-        answer = execute(ticket, gate.budget_s)
-        if answer is None:
-            gate.stopped(shape)
-            return ticket
-        gate.inline_answers += 1
-        return answer
+    app.max_body_bytes = config.max_body_bytes
+    paid = PaidQueries(config, runner, billing, receipts, auth, reservations, gate, access)
+    app.state.paid = paid
 
     @app.post(
         "/v1/query",
@@ -482,12 +302,12 @@ def create_app(
         # reached under a root_path only: ServingApp answers POST /v1/query itself, the same way
         body = await request.body()
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        answer = await run_in_threadpool(answer_query, request.method, target, request.headers, body)
-        return answer.response()
+        answer = await run_in_threadpool(paid.answer, request.method, target, request.headers, body)
+        return _response(answer)
 
-    app.answer_query = answer_query
+    app.answer_query = paid.answer
     if gate.enabled:
-        app.answer_inline, app.finish = answer_inline, execute
+        app.answer_inline, app.finish = paid.answer_inline, paid.execute
 
     @app.post(
         "/v1/quote",
@@ -496,10 +316,16 @@ def create_app(
     )
     async def quote(request: Request) -> dict[str, Any]:
         consumer = await consumer_of(request)
+        reservations.admit(consumer.account)
         body = parse_body(QuoteRequest, await request.body())
 
         def priced() -> tuple[Quote, int]:  # a worker thread: the funds may be read from the chain
-            _, q = runner.quote(body.sql)
+            # a dry run is engine work too: only for an account with funds free (nothing is charged)
+            hold = reservations.hold(consumer.account, paid.pending(consumer), 1)
+            try:
+                _, q = runner.quote(body.sql)
+            finally:
+                hold.release()
             pending = receipts.pending_cents(consumer.account)
             return q, billing.available(consumer.account, fresh=True) - pending
 
@@ -525,7 +351,15 @@ def create_app(
             "watermark": store.watermark,
             "fee_bps": billing.fee_bps(),
             "quality_weight_bps": config.quality_weight_bps,
-            "limits": {"max_rows": config.max_rows, "timeout_s": config.query_timeout_s},
+            "limits": {
+                "max_rows": config.max_rows,
+                "timeout_s": config.query_timeout_s,
+                "max_body_bytes": config.max_body_bytes,
+                "max_in_flight": config.max_in_flight,
+                "rate_per_s": config.rate_per_s,
+                "hold_cents": config.hold_cents,
+            },
+            "functions": runner.sandbox.functions.catalog(),
             "receipt_signer": receipts.signer,
             "views": views,
         }

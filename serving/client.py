@@ -223,13 +223,16 @@ class PccClient:
             self._domain = domain
         return self._domain
 
-    def _signed(self, method: str, path: str, payload: dict[str, Any] | None = None) -> httpx.Response:
+    def _signed(
+        self, method: str, path: str, payload: dict[str, Any] | None = None, check: bool = True
+    ) -> httpx.Response:
         body = orjson.dumps(payload) if payload is not None else b""
         headers = sign_request(self._signer, method, path, body, self._ttl, domain=self.domain())
         if payload is not None:
             headers["Content-Type"] = "application/json"
         response = self._send(method, path, body, headers)
-        raise_for(response)
+        if check:
+            raise_for(response)
         return response
 
     def _body(self, sql: str, format: str) -> dict[str, Any]:
@@ -260,8 +263,9 @@ class PccClient:
         wrapped = decode_wrapped(orjson.dumps(doc.get("wrapped_keys") or {}))
         return ClientResult(table, doc["receipt"], price, wrapped, keys)
 
-    def query_raw(self, sql: str, format: str) -> httpx.Response:
-        return self._signed("POST", "/v1/query", self._body(sql, format))
+    def query_raw(self, sql: str, format: str, check: bool = True) -> httpx.Response:
+        """The signed query's HTTP answer as it came; ``check=False``: an error answer is returned, not raised."""
+        return self._signed("POST", "/v1/query", self._body(sql, format), check)
 
     def owner(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
         """An owner endpoint (``owner/grants``, ``owner/revoke``, ``gdpr/export``, ``gdpr/erase``).

@@ -29,6 +29,13 @@ class ServingConfig:
     master_root: Path | None = None  # the master dataset (audit paths, GDPR); default data_dir/master
     #: accounts allowed to act for an owner they authenticated (grant, revoke, export, erase)
     gdpr_operators: tuple[str, ...] = ()
+    #: request bodies larger than this are refused (413) before anything is parsed
+    max_body_bytes: int = 64 * 1024
+    #: cents held from a consumer's free funds before its query runs (serving.market.reservations)
+    hold_cents: int = 1
+    max_in_flight: int = 4
+    rate_per_s: float = 50.0
+    rate_burst: int = 100
     #: the host[:port] or URL consumers reach the service at, signed into requests; default host:port
     public_host: str | None = None
     #: the chain id of signed requests' EIP-712 domain without a ledger deployment (offline billing)
@@ -75,6 +82,11 @@ class ServingConfig:
             signing_key=s.signing_key.get_secret_value() if s.signing_key else None,
             master_root=settings.batch.master_dataset,
             gdpr_operators=tuple(a.lower() for a in s.gdpr_operators),
+            max_body_bytes=s.max_body_bytes,
+            hold_cents=s.hold_cents,
+            max_in_flight=s.max_in_flight,
+            rate_per_s=s.rate_per_s,
+            rate_burst=s.rate_burst,
             public_host=s.public_host,
             local_chain_id=s.local_chain_id,
         )

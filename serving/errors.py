@@ -65,6 +65,25 @@ class PaymentRequiredError(ServingError, PccPermissionError):
         return {**super().detail(), "quote": self.quote}
 
 
+class TooManyRequestsError(ServingError, PccTransientError):
+    """The consumer sends faster than its rate, or has too many queries in flight; retry after a while."""
+
+    status = 429
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def detail(self) -> dict[str, Any]:
+        return {**super().detail(), "retry_after_s": self.retry_after_s}
+
+
+class RequestTooLargeError(ServingError, PccValueError):
+    """The request body is larger than the service accepts (checked before anything is parsed)."""
+
+    status = 413
+
+
 class QueryTimeoutError(ServingError, PccTransientError):
     """The query ran longer than the time limit."""
 
@@ -82,6 +101,13 @@ class PriceUnavailableError(ServingError, PccStateError):
     """Governance has not set a price for a category the query needs."""
 
     status = 503
+
+
+class ProducerUnavailableError(ServingError, PccStateError):
+    """A producer whose rows the answer uses is not registered or is suspended on the chain:
+    its rows cannot be sold (the Marketplace would not settle the receipt)."""
+
+    status = 409
 
 
 class ViewNotFoundError(ServingError, PccNotFoundError):
@@ -127,9 +153,12 @@ HTTP_STATUS: dict[type[ServingError], int] = {
         ForbiddenQueryError,
         AuthenticationError,
         PaymentRequiredError,
+        TooManyRequestsError,
+        RequestTooLargeError,
         QueryTimeoutError,
         ResultTooLargeError,
         PriceUnavailableError,
+        ProducerUnavailableError,
         ViewNotFoundError,
         SettlementError,
         EventNotFoundError,

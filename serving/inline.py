@@ -25,8 +25,6 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Hashable
 
-import orjson
-
 from serving.engine.shapes import split_literals
 
 #: answers a shape needs, each within ``fast_s``, before the loop answers it itself
@@ -51,16 +49,9 @@ class InlineGate:
         return self.budget_s > 0
 
     @staticmethod
-    def shape_of(raw: bytes) -> Hashable | None:
-        """The shape of a ``POST /v1/query`` body, or None if it is never answered inline."""
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            return None
-        if not isinstance(body, dict) or body.get("grant_key") is not None:
-            return None
-        sql, fmt = body.get("sql"), body.get("format", "json")
-        if not isinstance(sql, str) or not isinstance(fmt, str):
+    def shape_of(sql: str, fmt: str, grant_key: str | None = None) -> Hashable | None:
+        """The shape of an admitted query's body, or None if it is never answered inline."""
+        if grant_key is not None:
             return None
         split = split_literals(sql)
         return None if split is None else (split[0], fmt)

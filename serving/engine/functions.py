@@ -130,6 +130,31 @@ class FunctionPolicy:
             name for name, _, stability in rows if stability in ("CONSISTENT", "CONSISTENT_WITHIN_QUERY")
         ) | _KEYWORDS - {"unnest"}
 
+        #: names the engine binds to a function when no column has them (``current_user``): a bare
+        #: name that is one of these and not allowed is refused like the function call it becomes
+        self.bare = frozenset(self._bare_names(con)) - self.allowed
+
+    @staticmethod
+    def _bare_names(con: duckdb.DuckDBPyConnection) -> list[str]:
+        candidates = con.execute(
+            "SELECT DISTINCT lower(function_name) FROM duckdb_functions() "
+            "WHERE function_type IN ('scalar', 'macro') AND len(parameters) = 0"
+        ).fetchall()
+        out = []
+        cur = con.cursor()
+        try:
+            for (name,) in candidates:
+                if not name.replace("_", "").isalnum():
+                    continue
+                try:
+                    cur.execute(f'SELECT "{name}"').fetchall()
+                except duckdb.Error:
+                    continue
+                out.append(name)
+        finally:
+            cur.close()
+        return out
+
     def allows(self, name: str) -> bool:
         return name.lower() in self.allowed
 

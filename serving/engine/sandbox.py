@@ -420,8 +420,13 @@ class _Resolver:
         if "class" in node and isinstance(alias, str) and alias:
             self._reserved(alias, "an alias")
         if node.get("class") == "COLUMN_REF":
-            for part in node.get("column_names") or []:
-                self._reserved(str(part), "a column name")
+            parts = [str(p) for p in node.get("column_names") or []]
+            for part in parts:
+                self._reserved(part, "a column name")
+            if len(parts) == 1 and parts[0].lower() in self.sandbox.functions.bare:
+                raise ForbiddenQueryError(
+                    "allowed_functions", f"'{parts[0]}' is the function {parts[0]}(), which is not allowed"
+                )
 
     def _check_function(self, node: dict[str, Any]) -> None:
         path = _path(node, "function_name")

@@ -155,5 +155,16 @@ class ShapeCache(Generic[_V]):
                 self._items.popitem(last=False)
         return value
 
+    def peek(self, key: Hashable) -> _V | None:
+        with self._lock:
+            return self._items.get(key)
+
+    def put(self, key: Hashable, value: _V) -> None:
+        with self._lock:
+            self._items[key] = value
+            self._items.move_to_end(key)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
     def __len__(self) -> int:
         return len(self._items)

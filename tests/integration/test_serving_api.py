@@ -114,11 +114,13 @@ def test_forged_and_unsigned_requests_are_refused(serving_service: RunningServer
     assert unsigned.status_code == 401 and "must be signed" in unsigned.json()["message"]
 
 
-def test_unfunded_account_gets_402_with_the_quote_and_no_receipt(serving_service: RunningServer) -> None:
+def test_unfunded_account_gets_402_before_any_work_and_no_receipt(serving_service: RunningServer) -> None:
     with PccClient(serving_service.url, POOR_KEY) as poor:
         with pytest.raises(PaymentRequiredError) as info:
             poor.query(ONE_VEHICLE)
-        assert info.value.quote["amount_cents"] > 0 and info.value.quote["rows"] == 30
+        assert info.value.quote["available_cents"] == 0 and "no funds free" in str(info.value)
+        with pytest.raises(PaymentRequiredError):
+            poor.quote(ONE_VEHICLE)  # a dry run is engine work too
         assert poor.receipts() == []
 
 

@@ -83,9 +83,7 @@ def test_a_run_past_the_inline_budget_is_finished_by_a_worker_and_charged_once(s
     with PccClient(server.url, CONSUMER_KEY) as client:
         for _ in range(3):  # qualifies the shape (each run well within fast_s)
             client.query(HEAVY.format(p="v-%"))
-        assert gate.eligible(
-            gate.shape_of(b'{"sql": "' + HEAVY.format(p="x").encode() + b'", "format": "arrow"}')
-        )
+        assert gate.eligible(gate.shape_of(HEAVY.format(p="x"), "arrow"))
         pending = app.state.receipts.pending_cents(consumer)
         gate.budget_s = 0.002  # the next inline run is stopped after 2 ms (each run takes ~10 ms or more)
         result = client.query(HEAVY.format(p="v-%"))

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("eth_account")
 
-import serving.api
+import serving.paid
 from pipelines.access import AccessDenied, ConsumerKeyPair
 from serving.api import create_app
 from serving.auth import sign_request
@@ -52,7 +52,7 @@ def test_a_failing_wrapped_key_step_charges_nothing(app: Any, monkeypatch: pytes
     def refuse(*_: object) -> dict[str, Any]:
         raise AccessDenied("the grant store is unreachable")
 
-    monkeypatch.setattr(serving.api, "wrapped_keys_for", refuse)
+    monkeypatch.setattr(serving.paid, "wrapped_keys_for", refuse)
     with _client(app, grant=True) as client, pytest.raises(AccessDenied, match="unreachable"):
         client.query(ONE)
     assert app.state.receipts.for_consumer(ACCOUNT) == []
@@ -69,7 +69,7 @@ def test_a_failed_grantee_query_still_spends_its_nonce(app: Any, monkeypatch: py
     def refuse(*_: object) -> dict[str, Any]:
         raise AccessDenied("no grant")
 
-    monkeypatch.setattr(serving.api, "wrapped_keys_for", refuse)
+    monkeypatch.setattr(serving.paid, "wrapped_keys_for", refuse)
     body = b'{"sql": "%s", "grant_key": "%s"}' % (
         ONE.encode(),
         ConsumerKeyPair.generate().public_key.hex().encode(),
