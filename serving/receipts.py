@@ -53,6 +53,13 @@ CREATE TABLE IF NOT EXISTS receipts (
     UNIQUE (consumer, nonce)
 );
 CREATE INDEX IF NOT EXISTS receipts_pending ON receipts (settled_tx, consumer);
+CREATE TABLE IF NOT EXISTS failed_receipts (
+    receipt_no INTEGER PRIMARY KEY,
+    reason     TEXT NOT NULL,
+    party      TEXT,
+    tx         TEXT,
+    failed_at  TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS nonces (
     account TEXT NOT NULL,
     nonce   TEXT NOT NULL,
@@ -61,6 +68,9 @@ CREATE TABLE IF NOT EXISTS nonces (
 );
 """
 
+
+#: ``settled_tx`` of a receipt the Marketplace could not settle (why: table ``failed_receipts``)
+FAILED = "failed"
 
 RECEIPT_FIELDS = (
     "receipt_no", "consumer", "query_hash", "batch_version", "by_producer", "amount_cents", "fee_bps", "created_at",
@@ -360,6 +370,39 @@ class ReceiptStore:
             self._checkpointer.committed()
             self._pending.clear()  # recounted from the file on next use
 
+    def mark_failed(
+        self, failures: Sequence[tuple[int, str, str | None]], tx_hash: str | None = None
+    ) -> None:
+        """Take receipts out of settlement: ``(receipt_no, reason, party at fault)``, by ``tx_hash`` if one was sent.
+
+        Their ``settled_tx`` becomes :data:`FAILED`: they are no longer pending, nor owed.
+        """
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for receipt_no, reason, party in failures:
+                    cur = self._db.execute(
+                        "UPDATE receipts SET settled_tx = ? WHERE receipt_no = ? AND settled_tx IS NULL",
+                        (FAILED, receipt_no),
+                    )
+                    if cur.rowcount:
+                        self._db.execute(
+                            "INSERT OR REPLACE INTO failed_receipts VALUES (?, ?, ?, ?, ?)",
+                            (receipt_no, reason, party, tx_hash, now),
+                        )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._checkpointer.committed()
+            self._pending.clear()  # recounted from the file on next use
+
+    def failed(self, limit: int = 100) -> list[dict[str, Any]]:
+        """Receipts settlement gave up on, newest first, with the reason."""
+        with self._lock:
+            return failed_receipts(self._db, limit)
+
     def close(self) -> None:
         self._checkpointer.close()
         with self._lock:
@@ -367,3 +410,27 @@ class ReceiptStore:
                 self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._db.close()
         self._owner.close()  # releases the lock
+
+
+def failed_receipts(db: sqlite3.Connection, limit: int = 100) -> list[dict[str, Any]]:
+    """Failed receipts in ``db``, newest first: number, consumer, cents, reason, party, tx, time."""
+    rows = db.execute(
+        "SELECT r.receipt_no, r.consumer, r.amount_cents, r.created_at, f.reason, f.party, f.tx, f.failed_at"
+        " FROM failed_receipts f JOIN receipts r USING (receipt_no) ORDER BY r.receipt_no DESC LIMIT ?",
+        (limit,),
+    ).fetchall()
+    names = ("receipt_no", "consumer", "amount_cents", "created_at", "reason", "party", "tx", "failed_at")
+    return [dict(zip(names, tuple(r), strict=True)) for r in rows]
+
+
+def read_failed_receipts(path: Path, limit: int = 100) -> list[dict[str, Any]]:
+    """:func:`failed_receipts` of a receipts file, read-only (while its service runs, too)."""
+    if not path.is_file():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'failed_receipts'").fetchone():
+            return []  # written by a service from before failed receipts were recorded
+        return failed_receipts(db, limit)
+    finally:
+        db.close()

@@ -92,7 +92,7 @@ def test_governance_prices_and_fee_are_what_the_service_charges(market: Market):
     with PccClient(market.server.url, CONSUMER) as consumer:
         quote = consumer.quote("SELECT count(*) FROM vehicle_history")
     assert quote["fee_bps"] == FEE_BPS
-    # 20,000 deposited + min(approved 0, held 30,000)
+    # the 20,000 deposited; the 30,000 held in the wallet do not count
     assert quote["available_cents"] == 20_000
 
 
@@ -139,49 +139,34 @@ def test_a_consumer_cannot_spend_more_than_the_marketplace_can_collect(market: M
 
     with (
         PccClient(market.server.url, DEV_KEYS[6]) as stranger,  # gas, but no PCC_token
-        pytest.raises(PaymentRequiredError, match="can pay 0"),
+        pytest.raises(PaymentRequiredError, match="0 cents on chain"),
     ):
         stranger.query("SELECT * FROM vehicle_history")
 
 
-def test_a_consumer_funded_after_a_refusal_is_served_at_once_and_a_drained_one_is_refused(
+def test_only_a_deposit_pays_and_a_consumer_asking_it_back_is_refused_at_once(
     market: Market, monkeypatch: pytest.MonkeyPatch
 ):
-    """Funds are cached between reads, but a refusal always reads the chain again first."""
+    """Funds are cached between reads, but a refusal always reads the chain again first; an allowance
+    is not spendable (the consumer could lower it under its receipts), the deposit not asked back is."""
     from serving.errors import PaymentRequiredError
 
     late = DEV_KEYS[7]
     sql = f"SELECT * FROM vehicle_history WHERE vehicle = '{vehicle_id(1)}'"
     with PccClient(market.server.url, late) as consumer:
-        with pytest.raises(PaymentRequiredError, match="can pay 0"):
+        with pytest.raises(PaymentRequiredError):
             consumer.query(sql)
         market.client.tokens.mint(address_of(late), 10_000, "SEPA-late-consumer")
         market.client.tokens.approve(market.client.market.address, 10_000, late)
+        with pytest.raises(PaymentRequiredError):  # approved, not deposited
+            consumer.query(sql)
+        market.client.market.deposit(10_000, late)
         paid = consumer.query(sql)  # within the cache window of the refused read
         assert paid.price_cents > 0
-        market.client.tokens.approve(market.client.market.address, 0, late)  # the consumer withdraws
+        market.client.market.request_withdrawal(10_000, late)  # the consumer asks its deposit back
         # the cached funds may still allow what they allowed a moment ago, never more; once the cache
-        # window passes, the chain's zero allowance refuses it
+        # window passes, the chain says nothing is spendable: refused, though the deposit is still there
         monkeypatch.setattr(market.billing, "funds_cache_s", 0)
-        with pytest.raises(PaymentRequiredError, match=rf"can pay -{paid.price_cents}$"):  # owes that one
+        with pytest.raises(PaymentRequiredError):
             consumer.query(sql)
-
-
-def test_requests_are_signed_for_the_deployment_and_refused_elsewhere(market: Market):
-    """The EIP-712 domain is the deployment's chain and Marketplace; a request signed for an
-    offline service (the zero address) on the same chain and host is refused naming the contract."""
-    import httpx
-
-    from serving.auth import ZERO_ADDRESS, RequestDomain, sign_request
-
-    marketplace = market.client.deployment.address("Marketplace")
-    with PccClient(market.server.url, CONSUMER, chain_id=31337) as consumer:
-        domain = consumer.domain()
-        assert consumer.quote("SELECT count(*) FROM vehicle_history")["fee_bps"] == FEE_BPS
-    assert (domain.chain_id, domain.verifying_contract) == (31337, marketplace)
-    offline = RequestDomain(31337, ZERO_ADDRESS, domain.host)
-    body = b'{"sql": "SELECT count(*) FROM vehicle_history"}'
-    headers = sign_request(CONSUMER, "POST", "/v1/quote", body, domain=offline)
-    refused = httpx.post(market.server.url + "/v1/quote", content=body, headers=headers)
-    assert refused.status_code == 401
-    assert f"verifying contract {ZERO_ADDRESS} (this service: {marketplace})" in refused.json()["message"]
+        assert market.client.market.deposit_of(address_of(late)) == 10_000  # reserved for its receipt
