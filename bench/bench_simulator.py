@@ -1,4 +1,4 @@
-"""Fleet simulator and fraud-rule costs: ``python -m bench.bench_simulator [--vehicles N] [--days D]``.
+"""Fleet simulator and fraud-rule costs: ``python -m bench.bench_simulator [--scale F] [--vehicles N] [--days D]``.
 
 * ``simulator.write``: events/s of :func:`write_fleet` (generation + JSON Lines
   writing, one core) for a fleet of about 200k events (target: >= 50k events/s),
@@ -113,12 +113,17 @@ def _state_bytes(states: int) -> tuple[float, float, float]:
     return per_state, check_rate, build_rate
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--vehicles", type=int, default=1_300, help="fleet for the rate (~200k events)")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiplies the default sizes")
+    parser.add_argument("--vehicles", type=int, default=None, help="fleet for the rate (1,300: ~200k events)")
     parser.add_argument("--days", type=int, default=365)
-    parser.add_argument("--states", type=int, default=50_000, help="vehicle states measured for rules.state")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--states", type=int, default=None, help="vehicle states measured for rules.state (50,000)"
+    )
+    args = parser.parse_args(argv)
+    args.vehicles = args.vehicles or max(50, int(1_300 * args.scale))
+    args.states = args.states or max(5_000, int(50_000 * args.scale))
 
     events, seconds, sample = _write_rate(args.vehicles, args.days)
     rate = events / seconds
@@ -158,7 +163,8 @@ def main() -> None:
         {"fields_from_events_per_s": round(build_rate)},
         check_rate / build_rate,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())
