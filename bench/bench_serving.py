@@ -9,6 +9,9 @@ Measured in one run, over one published batch version plus real-time segments:
 * ``serving.concurrency``: queries/s with 16 concurrent clients, errors, and the
   server's RSS before/after up to 10,000 queries (every 1,000; capped by ``--max-seconds``).
 * ``serving.load_version``: seconds to load the published version into the service.
+* ``serving.unsigned_flood``: p99 of one paying consumer's vehicle histories while another
+  process sends 1,000 unsigned 64 KiB requests in a row, against its p99 without them (blocks
+  interleaved) — ratio = p99 with / p99 without (target: at most 1.2).
 
 The API and the direct reference run alternately in blocks, so both see the same machine
 load.  The first query of each block is not timed, on either side: it pays for the switch
@@ -131,7 +134,26 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
 
 
 def _config(data: Path) -> ServingConfig:
-    return ServingConfig(data_dir=data, max_rows=1_000_000, query_timeout_s=60, settle_every_s=3600)
+    # one consumer key plays 16 clients here: its own in-flight and rate limits are lifted
+    return ServingConfig(
+        data_dir=data,
+        max_rows=1_000_000,
+        query_timeout_s=60,
+        settle_every_s=3600,
+        max_in_flight=64,
+        rate_per_s=1e9,
+        rate_burst=10**9,
+    )
+
+
+def flood(url: str, count: int) -> None:
+    """``count`` unsigned requests of the largest accepted body, one after another (the child process)."""
+    body = b'{"sql": "SELECT 1 /*' + b"x" * (64 * 1024 - 26) + b'*/"}'
+    refused = 0
+    with httpx.Client(timeout=30) as http:
+        for _ in range(count):
+            refused += http.post(f"{url}/v1/query", content=body).status_code == 401
+    print(json.dumps({"sent": count, "refused_401": refused}))
 
 
 def serve(data: Path, port: int) -> None:
@@ -183,7 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=180.0, help="cap of the 16-client run")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)  # the child: serve this data dir
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--flood", help=argparse.SUPPRESS)  # the child: unsigned requests to this URL
     args = parser.parse_args(argv)
+    if args.flood is not None:
+        flood(args.flood, 1000)
+        return 0
     if args.serve is not None:
         serve(args.serve, args.port)
         return 0
@@ -260,6 +286,33 @@ def main(argv: list[str] | None = None) -> int:
                     dp,
                     ap["p99_ms"] / dp["p99_ms"],
                 )
+            quiet: list[float] = []
+            flooded: list[float] = []
+            refused = 0
+            root = Path(__file__).resolve().parent.parent
+            for _ in range(3):  # interleaved: without, then with 1,000 unsigned 64 KiB requests
+                quiet += api(one, 150)
+                child = subprocess.Popen(
+                    [sys.executable, "-m", "bench.bench_serving", "--flood", server.url],
+                    cwd=root,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                while child.poll() is None:
+                    flooded += api(one, 10)
+                refused += json.loads(child.stdout.read() if child.stdout else "{}").get("refused_401", 0)
+            qp, fp = _percentiles(quiet), _percentiles(flooded)
+            record(
+                "serving.unsigned_flood",
+                {
+                    **fp,
+                    "unsigned_requests": 3000,
+                    "refused_401": refused,
+                    "ratio_is": "paying consumer's p99 during the unsigned flood / without it (target <= 1.2)",
+                },
+                qp,
+                fp["p99_ms"] / qp["p99_ms"],
+            )
             proc = psutil.Process(server.proc.pid)
             errors: list[str] = []
             done = [0]

@@ -290,7 +290,9 @@ def create_app(
         return auth.verify(request.method, target, body, request.headers, deferred)
 
     app.max_body_bytes = config.max_body_bytes
-    paid = PaidQueries(config, runner, billing, receipts, auth, reservations, gate, access)
+    # a receipt may only pay producers the Marketplace can pay (registered and active)
+    producer_check = getattr(billing, "require_active_producers", None)
+    paid = PaidQueries(config, runner, billing, receipts, auth, reservations, gate, access, producer_check)
     app.state.paid = paid
 
     @app.post(

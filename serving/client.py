@@ -32,7 +32,7 @@ import pyarrow.csv as pacsv
 
 from pipelines.access import AccessDenied, ConsumerKeyPair, TamperedCiphertext
 from pipelines.errors import PccNotFoundError
-from serving.access import WrappedKeys, decode_wrapped, open_rows, wrapped_in
+from serving.sealed import WrappedKeys, decode_wrapped, open_rows, wrapped_in
 from serving.auth import RequestDomain, sign_request
 from serving.eip191 import Signer
 from serving.errors import (

@@ -33,14 +33,6 @@ from pydantic import BaseModel, Field, ValidationError
 
 from pipelines.access import AccessService, parse_public_key
 from pipelines.errors import PccError
-from serving.access import (
-    ARROW_METADATA_KEY,
-    HEADER_WRAPPED,
-    AccessError,
-    WrappedKeys,
-    encode_wrapped,
-    wrapped_keys_for,
-)
 from serving.auth import Authenticator, Consumer
 from serving.config import ServingConfig
 from serving.engine.query import OverBudget, QueryRunner
@@ -50,6 +42,14 @@ from serving.inline import InlineGate
 from serving.market.reservations import Hold, Reservations
 from serving.pricing import Billing
 from serving.receipts import ReceiptStore
+from serving.sealed import (
+    ARROW_METADATA_KEY,
+    HEADER_WRAPPED,
+    AccessError,
+    WrappedKeys,
+    encode_wrapped,
+    wrapped_keys_for,
+)
 
 ARROW_STREAM = "application/vnd.apache.arrow.stream"
 _M = TypeVar("_M", bound=BaseModel)
@@ -287,6 +287,9 @@ class PaidQueries:
                     quote.as_dict(),
                 )
             if self.producer_check is not None:
+                ready = getattr(self.billing, "producers_ready", None)
+                if budget_s is not None and ready is not None and not ready(quote.by_producer):
+                    raise OverBudget  # the registry must be read: not on the event loop
                 self.producer_check(quote.by_producer)
             hold.cover(quote.amount_cents, self.pending(consumer))
             query_hash = hashlib.sha256(body.sql.encode()).hexdigest()

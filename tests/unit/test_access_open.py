@@ -28,7 +28,7 @@ from pipelines.access.fields import cipher_of
 from pipelines.access.wrap import wrap_key
 from pipelines.vault import IdentityVault
 from pipelines.vin import with_check_digit
-from serving.access import needed_by_vehicle, open_rows, wrapped_keys_for
+from serving.sealed import needed_by_vehicle, open_rows, wrapped_keys_for
 from tests.fixtures.access_data import NOW, PAYLOAD, Clock
 
 

@@ -39,3 +39,20 @@ def test_the_serving_layer_never_imports_a_heavy_engine(engine):
 def test_the_speed_and_batch_layers_do_not_import_each_other():
     assert [(f, m) for f, m in imported_modules("speed") if m == "batch"] == []
     assert [(f, m) for f, m in imported_modules("batch") if m == "speed"] == []
+
+
+@pytest.mark.parametrize(
+    ("module", "absent"),
+    [
+        ("serving.client", ("fastapi", "starlette", "uvicorn", "duckdb")),  # a consumer installs neither
+        ("serving.paid", ("fastapi", "starlette", "uvicorn")),  # the paid path knows no web framework
+        ("serving.sealed", ("fastapi", "starlette", "duckdb")),
+    ],
+)
+def test_what_a_module_pulls_in_at_import(module: str, absent: tuple[str, ...]) -> None:
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == ""
