@@ -32,11 +32,19 @@ from pydantic import BaseModel
 
 from pipelines.access import AccessService
 from serving.access import install_access_errors, owner_router
-from serving.auth import Authenticator, Consumer, service_domain
+from serving.auth import (
+    HEADER_ACCOUNT,
+    HEADER_EXPIRES,
+    HEADER_NONCE,
+    HEADER_SIGNATURE,
+    Authenticator,
+    Consumer,
+    service_domain,
+)
 from serving.config import ServingConfig
 from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
-from serving.errors import RequestTooLargeError, ServingError, http_status
+from serving.errors import AuthenticationError, RequestTooLargeError, ServingError, http_status
 from serving.inline import InlineGate
 from serving.market.reservations import Reservations
 from serving.paid import Answer, PaidQueries, QueryRequest, QuoteRequest, Ticket, error_answer, parse_body
@@ -103,6 +111,17 @@ _Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
 _Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
+_SIGNED_HEADERS = tuple(
+    (h.lower().encode("latin-1"), h) for h in (HEADER_ACCOUNT, HEADER_NONCE, HEADER_EXPIRES, HEADER_SIGNATURE)
+)
+
+
+def _unsigned(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The first signing header a request lacks (None: it has them all, to be checked in full later)."""
+    present = {k for k, v in headers if v}
+    return next((name for raw, name in _SIGNED_HEADERS if raw not in present), None)
+
+
 def _bounded(receive: _Receive, limit: int) -> _Receive:
     """``receive`` that raises :class:`RequestTooLargeError` once the body passes ``limit`` bytes."""
     size = 0
@@ -166,6 +185,12 @@ class ServingApp(FastAPI):
             or scope.get("root_path")
         ):
             await super().__call__(scope, _bounded(receive, limit), send)
+            return
+        missing = _unsigned(scope["headers"])
+        if missing is not None:  # refused on the loop before its body is read: an unsigned request is cheap
+            await self._send(
+                send, error_answer(AuthenticationError(f"missing header {missing}: requests must be signed"))
+            )
             return
         chunks: list[bytes] = []
         size = 0
