@@ -30,12 +30,19 @@ from typing import Any
 from pipelines.errors import PccStateError
 from pipelines.settings import Settings
 from serving.errors import ProducerUnavailableError
-from serving.pricing import CONSORTIUM, EVENT_CATEGORY, LOCATION_CATEGORY, VIEW_CATEGORY, Billing
+from serving.pricing import (
+    CONSORTIUM,
+    EVENT_CATEGORY,
+    LOCATION_CATEGORY,
+    PASSPORT_REPORT_CATEGORY,
+    VIEW_CATEGORY,
+    Billing,
+)
 from serving.settlement import Failure, SettlementOutcome
 
-#: Every category a serving view prices.
+#: Every category the serving layer prices: a serving view's rows, and a passport report.
 CATEGORIES: tuple[str, ...] = tuple(
-    sorted({*EVENT_CATEGORY.values(), LOCATION_CATEGORY, *VIEW_CATEGORY.values()})
+    sorted({*EVENT_CATEGORY.values(), LOCATION_CATEGORY, *VIEW_CATEGORY.values(), PASSPORT_REPORT_CATEGORY})
 )
 
 

@@ -46,6 +46,8 @@ LOCATION_VIEW = "vehicle_history"
 LOCATION_COLUMNS = frozenset({"lat", "lon", "payload"})
 LOCATION_CATEGORY = "precise_location"
 CONSORTIUM = "pcc-consortium"
+#: the price of one car passport report, in cents per report (not per row): serving/passport/sales.py
+PASSPORT_REPORT_CATEGORY = "passport_report"
 BPS = 10_000
 
 
