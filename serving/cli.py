@@ -65,7 +65,12 @@ def serve(
     )
     app = create_app(config, billing, audit_paths=paths, access=access)
     client = getattr(billing, "client", None)  # ChainBilling: its ledger client reads anchored roots
-    mount_passport(app, roots=client.anchors if client is not None else InMemoryRoots(), paths=paths)
+    mount_passport(
+        app,
+        roots=client.anchors if client is not None else InMemoryRoots(),
+        paths=paths,
+        current_owner=access.vault.current_owner,  # a sale ends the seller's share links
+    )
     uvicorn.run(app, host=config.host, port=config.port, log_level="info")
 
 

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pipelines.access import AccessDenied, ConsumerKeyPair, TamperedCiphertext
-from pipelines.errors import PccNotFoundError
+from pipelines.errors import PccNotFoundError, PccValueError
 from serving.sealed import WrappedKeys, decode_wrapped, open_rows, wrapped_in
 from serving.auth import RequestDomain, sign_request
 from serving.eip191 import Signer
@@ -66,6 +66,21 @@ class ClientResult:
         if self.grant_keys is None:
             return open_rows(self.rows, None, {})
         return open_rows(self.rows, self.grant_keys, self.wrapped_keys)
+
+
+@dataclass(frozen=True)
+class PassportReport:
+    """One bought passport report: the page (HTML) or its data (JSON), and what it cost."""
+
+    content: bytes
+    media_type: str
+    receipt_no: int
+    price_cents: int
+
+    @property
+    def data(self) -> dict[str, Any]:
+        """The report's data (a ``json`` report)."""
+        return dict(orjson.loads(self.content))
 
 
 def raise_for(response: httpx.Response) -> None:
@@ -290,6 +305,23 @@ class PccClient:
         response = self._send("GET", f"/v1/proof/{quote(event_id, safe='')}", b"", {})
         raise_for(response)
         return dict(response.json())
+
+    def passport(self, vehicle: str, format: str = "json") -> PassportReport:
+        """Buy one passport report of ``vehicle`` (its pseudonym): ``json`` (data.json) or ``html`` (the page).
+
+        Charged at governance's price per report; refused (402) before anything is read
+        if the account cannot pay it.
+        """
+        if format not in ("json", "html"):
+            raise PccValueError(f"format must be json or html, not {format!r}")
+        path = f"/passport/{quote(vehicle, safe='')}" + ("/data.json" if format == "json" else "")
+        response = self._signed("GET", path)
+        return PassportReport(
+            response.content,
+            response.headers.get("content-type", ""),
+            int(response.headers["X-PCC-Receipt"]),
+            int(response.headers.get("X-PCC-Price-Cents", "0")),
+        )
 
     def close(self) -> None:
         if self._wire is not None:

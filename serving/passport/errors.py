@@ -29,6 +29,19 @@ class OwnerOnlyError(PassportError, PccPermissionError):
     status = 403
 
 
+class ShareLinkError(PassportError, PccPermissionError):
+    """A share link that does not open this passport now: malformed, altered, made for another
+    vehicle, expired, unknown, revoked, or ended by the car's sale."""
+
+    status = 403
+
+
+class PassportClosedError(PassportError, PccPermissionError):
+    """Neither a share link nor a signed, paid request, on a service that sells no reports."""
+
+    status = 401
+
+
 class ServingViewMissingError(PassportError, PccTransientError):
     """The serving database has no ``vehicle_history`` view (nothing published or loaded yet)."""
 

@@ -1,4 +1,5 @@
-"""The car passport page in a real headless Chromium, served by uvicorn over a DuckDB file."""
+"""The car passport page in a real headless Chromium, served by uvicorn over a DuckDB file,
+opened through the owner's share link."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import duckdb
 import pytest
 from fastapi import FastAPI
 
-from serving.passport import DuckDBPassportSource, LeafFilePaths, passport_router
+from serving.passport import DuckDBPassportSource, LeafFilePaths, ShareLinks, ShareStore, passport_router
 from tests.fixtures.browser import serve_asgi
 from tests.fixtures.passport_history import READINGS, ROLLBACK_MONTH, VEHICLE, History, build_history
 
@@ -23,14 +24,18 @@ def history() -> History:
 
 
 @pytest.fixture(scope="module")
-def site(history: History, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def links(tmp_path_factory: pytest.TempPathFactory) -> ShareLinks:
+    return ShareLinks(bytes(range(32)), ShareStore(tmp_path_factory.mktemp("shares") / "shares.sqlite"))
+
+
+@pytest.fixture(scope="module")
+def site(history: History, links: ShareLinks, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("passport")
     con = duckdb.connect(str(history.write_duckdb(tmp / "serving.duckdb")), read_only=True)
     app = FastAPI()
     source = DuckDBPassportSource.from_connection(con)
-    app.include_router(
-        passport_router(source, history.roots, LeafFilePaths(history.write_leaf_files(tmp / "logs")))
-    )
+    paths = LeafFilePaths(history.write_leaf_files(tmp / "logs"))
+    app.include_router(passport_router(source, history.roots, paths, shares=links))
     try:
         with serve_asgi(app) as base:
             yield base
@@ -39,11 +44,13 @@ def site(history: History, tmp_path_factory: pytest.TempPathFactory) -> Iterator
 
 
 def test_page_shows_the_curve_the_reasons_and_verifies_an_event(
-    site: str, page: Any, history: History, artifacts_dir: Path
+    site: str, links: ShareLinks, page: Any, history: History, artifacts_dir: Path
 ) -> None:
-    response = page.goto(f"{site}/passport/{VEHICLE}")
+    link = links.create(VEHICLE, 3600)  # the owner's share link
+    response = page.goto(link.url(site))
     assert response is not None and response.status == 200
     assert page.locator("h1").inner_text() == f"Vehicle {VEHICLE}"
+    assert "Shared by the owner" in page.locator("#access-note").inner_text()
     assert "Suspicious" in page.locator("#score-badge").inner_text()
 
     # one point per odometer value, oldest first, unverified ones drawn differently
@@ -109,13 +116,25 @@ def test_page_shows_the_curve_the_reasons_and_verifies_an_event(
     )
     assert unanchored.locator(".verify-result").inner_text() == "unanchored"
 
+    # the page's data link carries the share token: the browser opens it too
+    data = page.evaluate("fetch(document.querySelector('footer a').href).then(r => r.status)")
+    assert data == 200
+
     row.scroll_into_view_if_needed()
     page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(artifacts_dir / "passport.png"), full_page=True)
     assert (artifacts_dir / "passport.png").stat().st_size > 20_000
 
 
-def test_unknown_vehicle_page_says_so(site: str, page: Any) -> None:
-    response = page.goto(f"{site}/passport/v-{'0' * 32}")
+def test_unknown_vehicle_page_says_so(site: str, links: ShareLinks, page: Any) -> None:
+    unknown = f"v-{'0' * 32}"
+    response = page.goto(links.create(unknown, 3600).url(site))
     assert response is not None and response.status == 404
     assert "no events for vehicle" in page.locator("#error").inner_text()
+
+
+def test_without_a_share_link_the_page_shows_no_history(site: str, page: Any, history: History) -> None:
+    response = page.goto(f"{site}/passport/{VEHICLE}")
+    assert response is not None and response.status == 401
+    assert "share link" in page.locator("#error").inner_text()
+    assert page.locator("#mileage-chart").count() == 0 and page.locator("#timeline").count() == 0
