@@ -57,13 +57,18 @@ def demo_command(
         console.print(
             f"[bold]still running[/]: Kafka {settings.kafka.bootstrap}, chain {settings.ledger.rpc_url}, "
             f"serving API {result.api_url}\n"
-            f"passport of a flagged car: {result.passport_url}\n"
+            f"passport of a flagged car (the owner's share link, 7 days): {result.share_url}\n"
+            f"buy its report: pcc --config {config} passport buy --key-file {demo_dir / 'consumer.key'} "
+            f"{result.flagged_vehicle}\n"
             f"query it: pcc --config {config} query --key-file {demo_dir / 'consumer.key'} "
             f"\"SELECT * FROM fraud_scores WHERE label <> 'clean'\"\n"
             f"stop it: make down (or pcc demo down)"
         )
     else:
-        console.print(f"passport of a flagged car (with --keep-running or make up): {result.passport_url}")
+        console.print(
+            f"passport of a flagged car (the owner's share link; with --keep-running or make up): "
+            f"{result.share_url}"
+        )
 
 
 @app.command("down")

@@ -31,10 +31,11 @@ from typing import Any
 from pipelines.errors import PccStateError
 from pipelines.settings import Settings
 
-#: Serving prices per data category, cents per row, voted by governance at start.
+#: Serving prices per data category, cents per row (a passport report: cents per report), voted by
+#: governance at start.
 PRICES: dict[str, int] = {
     "mileage": 1, "maintenance": 2, "inspection": 2, "accident": 3, "owner_identity": 5,
-    "precise_location": 4, "fraud_score": 10, "source_reputation": 1,
+    "precise_location": 4, "fraud_score": 10, "source_reputation": 1, "passport_report": 50,
 }  # fmt: skip
 CONSUMER_FUNDS = 5_000_000  # PCC_token cents minted to the demo consumer (play money)
 CONSUMER_DEPOSIT = 2_000_000  # of which escrowed on the Marketplace
@@ -93,6 +94,7 @@ class DemoResult:
     phases: list[tuple[str, float]] = field(default_factory=list)
     flagged_vehicle: str | None = None
     passport_url: str | None = None
+    share_url: str | None = None  # the owner's share link to the flagged car's passport (7 days)
     api_url: str | None = None
     chart: Path | None = None
     kept_running: bool = False
@@ -427,7 +429,7 @@ def run_demo(
         with phase("evaluate the fraud scores against the injected frauds"):
             result.evaluation = evaluate_fraud(settings, fleet_dir)
         ids = [s["id"] for s in sources]
-        with phase("serve, run paid queries, settle them on the Marketplace"):
+        with phase("serve, run paid queries and a passport report, settle them on the Marketplace"):
             with market.ServingApi(settings, client) as api:
                 result.api_url = api.url
                 result.serving_rows, result.serving_events, flagged = market.view_counts(api)
@@ -438,6 +440,14 @@ def run_demo(
                 for name, sql in market.demo_queries(flagged):
                     say(f"  paid query: {name}")
                     result.queries.append(market.paid_query(api, client, consumer_key(), ids, name, sql))
+                report = market.paid_passport(api, client, consumer_key(), ids, flagged)
+                result.queries.append(report)  # settled like the queries
+                say(
+                    f"  paid passport view: unsigned 402, then bought: {report.rows} events, receipt "
+                    f"{report.receipt['receipt_no']} for {report.receipt['amount_cents']} cents, settled"
+                )
+                result.share_url, shown = market.shared_passport(api, flagged)
+                say(f"  share-link view (the owner's, 7 days, free): {shown} events at {result.share_url}")
             end = market.balances(client, ids, "0x" + "00" * 20)
             result.paid = {s: end[s] for s in ids}
             result.treasury = end["treasury"]

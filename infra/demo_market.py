@@ -1,4 +1,5 @@
-"""The demo's serving side: the API over the merged views, paid queries, settlement, balances."""
+"""The demo's serving side: the API over the merged views, paid queries, a paid passport report and
+an owner's share link, settlement, balances."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ class ServingApi:
     def __init__(self, settings: Settings, client: Any) -> None:
         import uvicorn
 
+        from pipelines.vault import IdentityVault
         from serving.api import create_app
         from serving.chain import ChainBilling
         from serving.config import ServingConfig
@@ -26,8 +28,10 @@ class ServingApi:
         config = replace(ServingConfig.from_settings(settings), settle_every_s=3600.0)
         logs = settings.data_dir / "producers"
         paths = LeafFilePaths({d.name: d for d in logs.iterdir() if d.is_dir()}) if logs.is_dir() else None
+        self.config = config
+        self.vault = IdentityVault(settings)
         self.app = create_app(config, ChainBilling(client), audit_paths=paths, background=False)
-        mount_passport(self.app, roots=client.anchors, paths=paths)
+        mount_passport(self.app, roots=client.anchors, paths=paths, current_owner=self.vault.current_owner)
         self.url = f"http://{config.host}:{config.port}"
         self._server = uvicorn.Server(
             uvicorn.Config(self.app, host=config.host, port=config.port, log_level="warning")
@@ -48,6 +52,7 @@ class ServingApi:
         self._thread.join(timeout=15)
         self.app.state.receipts.close()  # frees the data dir for a `pcc serve` (--keep-running)
         self.app.state.store.close()
+        self.vault.close()
 
     @property
     def store(self) -> Any:
@@ -100,10 +105,20 @@ def demo_queries(vehicle: str) -> list[tuple[str, str]]:
     ]
 
 
+def _settle(api: ServingApi, client: Any, key: str, sources: list[str]) -> tuple[str, int, dict[str, int]]:
+    """Settle what is pending: the transaction, its gas and the balance changes it caused."""
+    from ledger.keys import address_of
+
+    before = balances(client, sources, address_of(key))
+    hashes = api.settle_pending()
+    after = balances(client, sources, address_of(key))
+    gas = sum(int(client.w3.eth.get_transaction_receipt(h)["gasUsed"]) for h in hashes)
+    return (hashes[0] if hashes else ""), gas, {k: after[k] - before[k] for k in after}
+
+
 def paid_query(api: ServingApi, client: Any, key: str, sources: list[str], name: str, sql: str) -> Any:
     """Quote, run and settle one query; the balance changes its settlement caused."""
     from infra.demo import PaidQuery
-    from ledger.keys import address_of
     from serving.client import PccClient
 
     with PccClient(api.url, key) as consumer:
@@ -115,15 +130,54 @@ def paid_query(api: ServingApi, client: Any, key: str, sources: list[str], name:
         )
     rows = result.table
     in_rows = dict(Counter(rows.column("source_id").to_pylist())) if "source_id" in rows.column_names else {}
-    before = balances(client, sources, address_of(key))
-    hashes = api.settle_pending()
-    after = balances(client, sources, address_of(key))
-    gas = sum(int(client.w3.eth.get_transaction_receipt(h)["gasUsed"]) for h in hashes)
+    tx, gas, deltas = _settle(api, client, key, sources)
     return PaidQuery(
         name=name, sql=sql, rows=rows.num_rows, sources_in_rows=in_rows, receipt=result.receipt,
-        settle_tx=hashes[0] if hashes else "", settle_gas=gas,
-        deltas={k: after[k] - before[k] for k in after},
+        settle_tx=tx, settle_gas=gas, deltas=deltas,
     )  # fmt: skip
+
+
+def paid_passport(api: ServingApi, client: Any, key: str, sources: list[str], vehicle: str) -> Any:
+    """Buy one passport report of ``vehicle`` (unsigned first: 402 with the price) and settle it."""
+    import httpx
+
+    from infra.demo import PaidQuery
+    from serving.client import PccClient
+
+    path = f"/passport/{vehicle}/data.json"
+    unpaid = httpx.get(api.url + path, timeout=30)
+    if unpaid.status_code != 402:
+        raise PccStateError(f"an unpaid passport view answered {unpaid.status_code}, not 402")
+    with PccClient(api.url, key) as consumer:
+        report = consumer.passport(vehicle)
+        receipt = next(r for r in consumer.receipts(20) if r["receipt_no"] == report.receipt_no)
+    if report.price_cents != int(unpaid.headers["X-PCC-Price-Cents"]):
+        raise PccStateError(
+            f"charged {report.price_cents} for a report priced {unpaid.headers['X-PCC-Price-Cents']}"
+        )
+    events = dict(Counter(e["source_id"] for e in report.data["timeline"]))
+    tx, gas, deltas = _settle(api, client, key, sources)
+    return PaidQuery(
+        name="passport report (paid view)", sql=f"GET {path}", rows=sum(events.values()),
+        sources_in_rows=events, receipt=receipt, settle_tx=tx, settle_gas=gas, deltas=deltas,
+    )  # fmt: skip
+
+
+def shared_passport(api: ServingApi, vehicle: str, ttl_s: int = 7 * 86_400) -> tuple[str, int]:
+    """The owner's share link to ``vehicle``'s passport (as ``pcc passport share`` makes it), opened
+    without a signature or payment: the URL and the number of events the shared page shows."""
+    import httpx
+
+    from serving.passport import ShareLinks
+    from serving.passport.share import SHARE_PARAM, share_passport
+
+    links = ShareLinks.open(api.config.state_dir, api.vault.current_owner)
+    link = share_passport(links, api.vault, vehicle, ttl_s, actor="demo")
+    page = httpx.get(link.url(api.url), timeout=30)
+    data = httpx.get(f"{api.url}/passport/{vehicle}/data.json", params={SHARE_PARAM: link.token}, timeout=30)
+    if page.status_code != 200 or data.status_code != 200:
+        raise PccStateError(f"the share link answered {page.status_code} (page), {data.status_code} (data)")
+    return link.url(api.url), len(data.json()["timeline"])
 
 
 def chain_gas(client: Any, first_block: int) -> int:

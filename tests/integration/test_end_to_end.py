@@ -27,7 +27,7 @@ pytest.importorskip("pyspark")
 from kafka import KafkaConsumer, TopicPartition
 
 from infra.chain.node import NodeInfo, free_port
-from infra.demo import DemoOptions, DemoResult, run_demo
+from infra.demo import PRICES, DemoOptions, DemoResult, run_demo
 from pipelines.settings import Settings
 from pipelines.topics import event_topics
 from tests.fixtures.kafka import KafkaBroker
@@ -166,6 +166,16 @@ def test_a_paid_query_pays_exactly_the_producers_whose_rows_it_returned(demo: De
     assert history.deltas["treasury"] == treasury > 0
     assert history.deltas["consumer"] == -receipt["amount_cents"]
     assert history.settle_gas > 0
+
+    # the passport is sold like a query: one receipt at governance's price per report, shared by the
+    # producers whose events it shows, settled
+    report = demo.queries[-1]
+    assert report.sql == f"GET /passport/{demo.flagged_vehicle}/data.json"
+    assert report.receipt["amount_cents"] == PRICES["passport_report"] == -report.deltas["consumer"]
+    assert {s: p["rows"] for s, p in report.receipt["by_producer"].items()} == report.sources_in_rows
+    assert sum(p["cents"] for p in report.receipt["by_producer"].values()) == PRICES["passport_report"]
+    # and opened free by the owner's share link
+    assert demo.share_url is not None and f"/passport/{demo.flagged_vehicle}?share=" in demo.share_url
 
     # every query is settled, and the credits at the end are the sum of what each settlement paid
     assert all(q.settle_tx for q in demo.queries)
