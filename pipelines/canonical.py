@@ -1,7 +1,8 @@
 """Canonical bytes and the leaf hash of an event envelope.
 
-``leaf_data = SHA-256(JCS(envelope without "proof"))`` with JCS the RFC 8785
-JSON Canonicalization Scheme (the ``rfc8785`` library), and
+``leaf_data = SHA-256(JCS(envelope without "proof" and "sealed"))`` with JCS the RFC 8785
+JSON Canonicalization Scheme (``sealed`` exists in version 2 envelopes only: the
+sealed values of the committed fields, whose commitments the payload carries) (the ``rfc8785`` library), and
 ``leaf_hash = SHA-256(0x00 || leaf_data)`` (RFC 6962 leaf, see
 :mod:`pipelines.merkle`).  Values JSON cannot carry exactly (NaN, infinities,
 integers beyond 2**53-1, non-string keys, lone surrogates, other types) raise
@@ -72,15 +73,19 @@ def canonical_bytes(obj: Any) -> bytes:
         raise PccValueError(f"value cannot be canonicalized as JSON: {problem}") from None
 
 
+#: Envelope members that are not hashed: the inclusion proof, and (version 2) the sealed values.
+UNHASHED = ("proof", "sealed")
+
+
 def envelope_without_proof(env: Mapping[str, Any]) -> dict[str, Any]:
-    """A shallow copy of the envelope without its ``proof`` member (the hashed part)."""
+    """A shallow copy of the envelope without ``proof`` and ``sealed`` (the hashed part)."""
     if not isinstance(env, Mapping):
         raise PccValueError(f"an event envelope must be a JSON object, got {type(env).__name__}")
-    return {k: v for k, v in env.items() if k != "proof"}
+    return {k: v for k, v in env.items() if k not in UNHASHED}
 
 
 def leaf_data(env: Mapping[str, Any]) -> bytes:
-    """``SHA-256(JCS(envelope without "proof"))``: 32 bytes."""
+    """``SHA-256(JCS(envelope without "proof" and "sealed"))``: 32 bytes."""
     return sha256(canonical_bytes(envelope_without_proof(env))).digest()
 
 

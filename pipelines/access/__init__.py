@@ -1,6 +1,7 @@
 """Access control and GDPR for protected payload fields (see docs/access.md).
 
 * :mod:`.fields`: seal/open protected fields (AES-256-GCM per vehicle, category, key epoch).
+* :mod:`.sealing`: version 2 envelopes sealed at the producer (commitments + sealed values).
 * :mod:`.keys`: current key epoch and data keys on top of the identity vault.
 * :mod:`.wrap`: consumer X25519 key pairs, data keys wrapped with HPKE.
 * :mod:`.store`: grant records and the grant store (in memory, SQLite; the ledger's on chain).
@@ -31,6 +32,7 @@ from pipelines.access.fields import (
     seal_payload,
     sealed_categories,
     sealed_fields,
+    token_commitment,
     token_info,
 )
 from pipelines.access.grants import (
@@ -42,6 +44,7 @@ from pipelines.access.grants import (
     revoke_message,
 )
 from pipelines.access.keys import EpochStore, KeyRing
+from pipelines.access.sealing import public_payload, seal_event, stored_payload
 from pipelines.access.store import (
     ClosableGrantStore,
     Grant,
@@ -51,7 +54,13 @@ from pipelines.access.store import (
     grant_store_kind,
     open_grant_store,
 )
-from pipelines.access.verify import envelope_from_row, verify_opened_row, verify_row_inclusion
+from pipelines.access.verify import (
+    envelope_from_row,
+    public_envelope,
+    verify_opened_row,
+    verify_public_row,
+    verify_row_inclusion,
+)
 from pipelines.access.views import ParquetRows, check_sealed
 from pipelines.access.wrap import (
     ConsumerKeyPair,
@@ -98,14 +107,20 @@ __all__ = [
     "owner_grantor",
     "parse_public_key",
     "producer_grantor",
+    "public_envelope",
+    "public_payload",
     "revoke_message",
     "row_aad",
+    "seal_event",
     "seal_payload",
     "sealed_categories",
     "sealed_fields",
+    "stored_payload",
+    "token_commitment",
     "token_info",
     "unwrap_key",
     "verify_opened_row",
+    "verify_public_row",
     "verify_row_inclusion",
     "wrap_key",
 ]

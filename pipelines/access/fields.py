@@ -4,6 +4,13 @@ Each field whose schema category (``x-pcc-category``) is not public is replaced
 by a self-describing token::
 
     enc:v1:<category>:<epoch>:<base64(nonce(12) | AES-256-GCM ciphertext+tag)>
+    enc:v2:<category>:<epoch>:<commitment hex>:<base64(nonce(12) | AES-256-GCM ciphertext+tag)>
+
+Version 1 tokens are sealed by the speed layer from a clear envelope; version 2
+tokens by the producer SDK (:mod:`.sealing`), and their plaintext is ``salt(16)
+|| JCS(value)`` whose SHA-256 is the commitment the hashed envelope carries
+(:mod:`pipelines.events.commitments`).  Opening a version 2 token checks that
+hash: a value that does not match its commitment is :class:`TamperedCiphertext`.
 
 The plaintext is the compact JSON of the field's value (objects such as
 ``location`` are sealed whole); opening gives back exactly the value the
@@ -26,6 +33,7 @@ import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
+from hashlib import sha256
 from typing import Any
 
 import orjson
@@ -40,8 +48,16 @@ from pipelines.events.registry import load_schema
 from .errors import AccessDenied, TamperedCiphertext
 
 TOKEN_PREFIX = "enc:v1:"
-_TOKEN = re.compile(r"^enc:v1:([a-z_]{1,32}):(0|[1-9][0-9]{0,9}):([A-Za-z0-9+/]{38,}={0,2})$")
+TOKEN_PREFIX_V2 = "enc:v2:"
+_TOKEN_PREFIXES = (TOKEN_PREFIX, TOKEN_PREFIX_V2)
+#: groups: category, epoch, commitment (version 2 only), blob; the version is the token's 6th character
+_TOKEN = re.compile(
+    r"^enc:v(?:1(?!:[a-z_]{1,32}:[0-9]{1,10}:[0-9a-f]{64}:)|2(?=:[a-z_]{1,32}:[0-9]{1,10}:[0-9a-f]{64}:)):"
+    r"([a-z_]{1,32}):(0|[1-9][0-9]{0,9}):"
+    r"(?:([0-9a-f]{64}):)?([A-Za-z0-9+/]{38,}={0,2})$"
+)
 _NONCE = 12
+_SALT = 16
 KEY_SIZE = 32
 
 #: ``key_for(category) -> (epoch, 32-byte key)``: the current key, used when sealing.
@@ -161,8 +177,8 @@ def forget_ciphers() -> None:
 
 
 def is_token(value: object) -> bool:
-    """Whether ``value`` looks like a sealed-field token."""
-    return isinstance(value, str) and value.startswith(TOKEN_PREFIX)
+    """Whether ``value`` looks like a sealed-field token (version 1 or 2)."""
+    return isinstance(value, str) and value.startswith(_TOKEN_PREFIXES)
 
 
 def token_info(token: str) -> tuple[str, int]:
@@ -175,9 +191,17 @@ def _parse(token: str) -> tuple[str, int, str]:
     """``(category, epoch, base64 blob)`` of a token; a malformed one raises :class:`TamperedCiphertext`."""
     match = _TOKEN.match(token) if isinstance(token, str) else None
     if match is None:
-        raise TamperedCiphertext("sealed field: not an enc:v1 token")
-    category, epoch, blob = match.groups()
+        raise TamperedCiphertext("sealed field: not an enc:v1 or enc:v2 token")
+    category, epoch, _, blob = match.groups()
     return category, int(epoch), blob
+
+
+def token_commitment(token: str) -> str | None:
+    """The commitment ``cm:<hex>`` a version 2 token carries (None for version 1)."""
+    match = _TOKEN.match(token) if isinstance(token, str) else None
+    if match is None:
+        raise TamperedCiphertext("sealed field: not an enc:v1 or enc:v2 token")
+    return None if match[3] is None else "cm:" + match[3]
 
 
 def _locate(payload: Mapping[str, Any], keys: tuple[str, ...]) -> Mapping[str, Any] | None:
@@ -277,7 +301,7 @@ def _tokens(event_type: str, version: int, payload: Mapping[str, Any]) -> list[t
     for slot in _present(_plan(event_type, version), payload):
         holder = _locate(payload, slot[0].keys) if slot[1] else payload
         value = holder[slot[2]]  # type: ignore[index]
-        if not isinstance(value, str) or not value.startswith(TOKEN_PREFIX):
+        if not isinstance(value, str) or not value.startswith(_TOKEN_PREFIXES):
             raise TamperedCiphertext(f"{slot[0].path}: expected a sealed field, found a plain value")
         out.append((slot, value))
     return out
@@ -297,7 +321,7 @@ def needed_keys(event_type: str, version: int, payload: Mapping[str, Any]) -> se
     for _, token in _tokens(event_type, version, payload):
         match = _TOKEN.match(token)
         if match is None:
-            raise TamperedCiphertext("sealed field: not an enc:v1 token")
+            raise TamperedCiphertext("sealed field: not an enc:v1 or enc:v2 token")
         out.add((match[1], int(match[2])))
     return out
 
@@ -315,6 +339,8 @@ def open_held(
     payload: Mapping[str, Any],
     ciphers: Mapping[tuple[str, int], Cipher],
     aad: bytes,
+    *,
+    salts: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """The payload with every category whose keys are all held opened; the others stay sealed.
 
@@ -323,10 +349,13 @@ def open_held(
     the cipher of a held key (:func:`cipher_of`, made once per key for all the
     rows it opens); a category is opened only when every epoch its tokens name
     in this payload is held.  Every token is checked for form and label, held
-    or not; a held one that does not authenticate raises
-    :class:`TamperedCiphertext` and nothing is returned.
+    or not; a held one that does not authenticate, or (version 2) does not
+    match its commitment, raises :class:`TamperedCiphertext` and nothing is
+    returned.  ``salts``, when given, receives the salt of each opened
+    version 2 field by JSON path (to recompute its commitment:
+    :func:`pipelines.access.verify.verify_opened_row`).
     """
-    pending: list[tuple[SealedField, bool, str, str, bytes, Cipher, str]] = []
+    pending: list[tuple[SealedField, bool, str, str, bytes, Cipher, str, str | None]] = []
     missing: set[str] = set()
     for field, nested, name, expected, aad_mid in _plan(event_type, version)[0]:
         holder = _locate(payload, field.keys) if nested else payload
@@ -335,9 +364,9 @@ def open_held(
         token = holder[name]
         match = _TOKEN.match(token) if type(token) is str else None
         if match is None:
-            if not isinstance(token, str) or not token.startswith(TOKEN_PREFIX):
+            if not isinstance(token, str) or not token.startswith(_TOKEN_PREFIXES):
                 raise TamperedCiphertext(f"{field.path}: expected a sealed field, found a plain value")
-            raise TamperedCiphertext(f"{field.path}: not an enc:v1 token")
+            raise TamperedCiphertext(f"{field.path}: not an enc:v1 or enc:v2 token")
         category = match[1]
         if category != expected or category not in CATEGORIES:
             raise TamperedCiphertext(
@@ -347,27 +376,50 @@ def open_held(
         if cipher is None:
             missing.add(category)
         else:
-            pending.append((field, nested, name, category, aad_mid, cipher, match[3]))
+            pending.append((field, nested, name, category, aad_mid, cipher, match[4], match[3]))
     out = dict(payload)
-    for field, nested, name, category, aad_mid, cipher, text in pending:
+    for field, nested, name, category, aad_mid, cipher, text, commit in pending:
         if category in missing:
             continue
-        value = _decrypt(cipher, text, aad + aad_mid, field.path, category)
+        value = _decrypt(cipher, text, aad + aad_mid, field.path, category, commit, salts)
         parent = _copy_path(out, field.keys) if nested else out
         parent[name] = value
     return out
 
 
-def _decrypt(cipher: Cipher, text: str, aad: bytes, path: str, category: str) -> Any:
-    """One token's value; :class:`TamperedCiphertext` naming the field when it does not authenticate."""
+def _decrypt(
+    cipher: Cipher,
+    text: str,
+    aad: bytes,
+    path: str,
+    category: str,
+    commit: str | None = None,
+    salts: dict[str, bytes] | None = None,
+) -> Any:
+    """One token's value; :class:`TamperedCiphertext` naming the field when it does not authenticate.
+
+    ``commit`` (version 2): the hex commitment the token carries; the plaintext
+    ``salt || JCS(value)`` must hash to it.
+    """
     try:
         blob = binascii.a2b_base64(text, strict_mode=True)
-        return orjson.loads(cipher[0].decrypt(blob[:_NONCE], blob[_NONCE:], aad + cipher[2]))
+        plain = cipher[0].decrypt(blob[:_NONCE], blob[_NONCE:], aad + cipher[2])
+        if commit is None:
+            return orjson.loads(plain)
     except (InvalidTag, binascii.Error, ValueError):
         raise TamperedCiphertext(
             f"{path}: {category} epoch {cipher[2].decode()} does not authenticate "
             "(altered, moved from another row or field, or sealed under another key)"
         ) from None
+    if len(plain) <= _SALT or sha256(plain).hexdigest() != commit:
+        raise TamperedCiphertext(f"{path}: tampered: the sealed value does not match its commitment")
+    try:
+        value = orjson.loads(plain[_SALT:])
+    except ValueError:
+        raise TamperedCiphertext(f"{path}: tampered: the sealed value is not JSON") from None
+    if salts is not None:
+        salts[path] = plain[:_SALT]
+    return value
 
 
 def open_payload(
@@ -378,6 +430,7 @@ def open_payload(
     aad: bytes,
     *,
     categories: Collection[str] | None = None,
+    salts: dict[str, bytes] | None = None,
 ) -> dict[str, Any]:
     """The plaintext payload of a sealed one.
 
@@ -391,8 +444,8 @@ def open_payload(
     for (field, nested, name, expected, aad_mid), token in _tokens(event_type, version, payload):
         match = _TOKEN.match(token)
         if match is None:
-            raise TamperedCiphertext(f"{field.path}: not an enc:v1 token")
-        category, epoch, text = match[1], int(match[2]), match[3]
+            raise TamperedCiphertext(f"{field.path}: not an enc:v1 or enc:v2 token")
+        category, epoch, commit, text = match[1], int(match[2]), match[3], match[4]
         if category != expected or category not in CATEGORIES:
             raise TamperedCiphertext(
                 f"{field.path}: token labelled {category!r}, the schema says {expected!r}"
@@ -405,7 +458,7 @@ def open_payload(
             if not isinstance(key, bytes | bytearray) or len(key) != KEY_SIZE:
                 raise AccessDenied(f"{field.path}: no usable key for {category} epoch {epoch}")
             cipher = ciphers[(category, epoch)] = _cipher(category, epoch, bytes(key))
-        value = _decrypt(cipher, text, aad + aad_mid, field.path, category)
+        value = _decrypt(cipher, text, aad + aad_mid, field.path, category, commit, salts)
         parent = _copy_path(out, field.keys) if nested else out
         parent[name] = value
     return out

@@ -14,9 +14,18 @@ from typing import Any
 from pipelines.events.registry import load_schema
 
 CATEGORIES: frozenset[str] = frozenset(
-    {"mileage", "maintenance", "inspection", "accident", "owner_identity", "precise_location", "commercial"}
+    {
+        "mileage",
+        "maintenance",
+        "inspection",
+        "accident",
+        "region",
+        "owner_identity",
+        "precise_location",
+        "commercial",
+    }
 )
-PUBLIC_CATEGORIES: frozenset[str] = frozenset({"mileage", "maintenance", "inspection", "accident"})
+PUBLIC_CATEGORIES: frozenset[str] = frozenset({"mileage", "maintenance", "inspection", "accident", "region"})
 PROTECTED_CATEGORIES: frozenset[str] = frozenset({"owner_identity", "precise_location", "commercial"})
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")

@@ -19,7 +19,17 @@ from typing import Any
 
 Check = Callable[[Any], bool]
 
-_ANNOTATIONS = {"$schema", "$id", "$comment", "title", "description", "examples", "default", "x-pcc-category"}
+_ANNOTATIONS = {
+    "$schema",
+    "$id",
+    "$comment",
+    "title",
+    "description",
+    "examples",
+    "default",
+    "x-pcc-category",
+    "x-pcc-value",
+}
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
 _TYPES: dict[str, Check] = {
     "integer": lambda x: type(x) is int,
@@ -164,6 +174,8 @@ def _compile(schema: Any) -> Check:
             checks.append(_guard(kind, "array", _len_at_least(value)))
         elif key == "maxItems":
             checks.append(_guard(kind, "array", _len_at_most(value)))
+        elif key == "maxProperties":
+            checks.append(_guard(kind, "object", _len_at_most(value)))
         elif key == "items":
             item = _compile(value)
             checks.append(_guard(kind, "array", _every(item)))

@@ -9,8 +9,16 @@ Beyond the schemas: ``schema_version`` must be a version shipped for the event
 type, times must be real dates and not in the future beyond a tolerance
 (``settings.producer.future_tolerance_s``), ``event_time`` not after
 ``ingestion_time`` (same tolerance), ``proof.log_index < proof.tree_size``,
-and a producer's VIN must pass the ISO 3779 check.  Messages about a VIN or an
-owner identity never echo the value.
+and a producer's VIN must pass the ISO 3779 check.  Messages about a VIN or a
+protected field (owner identity, precise location, commercial) never echo the
+value.
+
+Version 2 (:mod:`pipelines.events.commitments`): a protected payload member
+must be its commitment ``cm:<64 hex>`` - one sent in clear is refused naming
+its path, without its value - and ``sealed`` must hold exactly one token per
+committed member, of the member's category and carrying the same commitment.
+A producer's input stays in clear (the SDK seals it): its payload follows the
+version 1 rules whatever ``schema_version`` it names.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from jsonschema import Draft202012Validator, FormatChecker, validators
 from jsonschema.protocols import Validator
 
 from pipelines.errors import PccValidationError, PccValueError
-from pipelines.events.categories import field_categories
+from pipelines.events.categories import PROTECTED_CATEGORIES, field_categories
+from pipelines.events.commitments import COMMITTED_VERSION
 from pipelines.events.envelope import EVENT_TYPES, UUID7, parse_time_ms
 from pipelines.events.envelope import now_ms as _now_ms
 from pipelines.events.fastcheck import Check, compile_check
@@ -69,7 +78,19 @@ def _validator(name: str, version: int, *, core: bool = False) -> _Compiled:
 
 @cache
 def _sensitive_paths(name: str, version: int) -> tuple[str, ...]:
-    return tuple(p for p, c in field_categories(name, version).items() if c == "owner_identity")
+    return tuple(p for p, c in field_categories(name, version).items() if c in PROTECTED_CATEGORIES)
+
+
+@cache
+def _committed(event_type: str) -> dict[str, str]:
+    """Version 2: each committed payload member by name, and its category."""
+    props = load_schema(event_type, COMMITTED_VERSION)["properties"]
+    return {n: s["x-pcc-category"] for n, s in props.items() if "x-pcc-value" in s}
+
+
+def clear_version(version: int) -> int:
+    """The payload schema a producer's clear input follows for this contract version."""
+    return 1 if version == COMMITTED_VERSION else version
 
 
 def _schema_problems(
@@ -83,6 +104,8 @@ def _schema_problems(
         message = error.message
         if sensitive and path.startswith(sensitive):
             message = message.replace(repr(error.instance), "the value")
+            if len(message) > 200 or "the value" not in message:
+                message = "invalid value (not repeated: a protected field)"
         problems.append(Problem(path, message))
     return problems
 
@@ -94,9 +117,52 @@ def _payload_problems(obj: dict[str, Any], *, producer_input: bool) -> list[Prob
     if version not in schema_versions(event_type):
         known = ", ".join(map(str, schema_versions(event_type)))
         return [Problem("$.schema_version", f"unknown version {version} of {event_type} (known: {known})")]
+    if producer_input:
+        version = clear_version(version)
     name = "ownership_change_input" if producer_input and event_type == "ownership_change" else event_type
+    if version == COMMITTED_VERSION:
+        return _committed_problems(event_type, payload, obj.get("sealed"))
     sensitive = _sensitive_paths(name, version)
     return _schema_problems(_validator(name, version), payload, "$.payload", sensitive)
+
+
+def _committed_problems(event_type: str, payload: dict[str, Any], sealed: Any) -> list[Problem]:
+    """A version 2 payload: its schema, no protected value in clear, one matching token per commitment."""
+    committed = _committed(event_type)
+    problems = []
+    for name, category in committed.items():
+        value = payload.get(name)
+        if name in payload and not (type(value) is str and value.startswith("cm:")):
+            problems.append(
+                Problem(
+                    f"$.payload.{name}",
+                    f"a protected field ({category}) sent in clear: version 2 carries its commitment "
+                    "cm:<64 hex> here and its sealed value in $.sealed (the producer SDK seals it)",
+                )
+            )
+    clear = {p.path for p in problems}
+    for p in _schema_problems(_validator(event_type, COMMITTED_VERSION), payload, "$.payload"):
+        if p.path not in clear:
+            problems.append(p)
+    tokens = sealed if isinstance(sealed, dict) else {}
+    for name, category in committed.items():
+        if name not in payload or f"$.payload.{name}" in clear:
+            continue
+        token = tokens.get(name)
+        if not isinstance(token, str):
+            problems.append(Problem(f"$.sealed.{name}", f"missing: the sealed value of $.payload.{name}"))
+            continue
+        parts = token.split(":", 5)
+        if len(parts) == 6 and parts[2] != category:
+            problems.append(
+                Problem(f"$.sealed.{name}", f"sealed as {parts[2]!r}, the schema says {category!r}")
+            )
+        elif len(parts) == 6 and "cm:" + parts[4] != payload[name]:
+            problems.append(Problem(f"$.sealed.{name}", f"carries another commitment than $.payload.{name}"))
+    for name in tokens:
+        if name not in committed or name not in payload:
+            problems.append(Problem(f"$.sealed.{name}", "no committed payload member of that name"))
+    return problems
 
 
 def _time_ms(obj: dict[str, Any], key: str, problems: list[Problem]) -> int | None:
@@ -141,7 +207,9 @@ def validate_envelope(
     """Every problem of a wire envelope (empty list: valid)."""
     if not isinstance(obj, dict):
         return [Problem("$", f"expected a JSON object, got {type(obj).__name__}")]
-    problems = _schema_problems(_validator("envelope", 1, core=True), obj, "$")
+    problems = _schema_problems(_validator("envelope", COMMITTED_VERSION, core=True), obj, "$")
+    if "sealed" in obj and obj.get("schema_version") != COMMITTED_VERSION:
+        problems.append(Problem("$.sealed", "only a version 2 event carries sealed values"))
     problems += _payload_problems(obj, producer_input=False)
     _time_problems(obj, problems, now_ms, future_tolerance_s)
     proof = obj.get("proof")

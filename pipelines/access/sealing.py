@@ -1,0 +1,116 @@
+"""Sealing at the source: a clear envelope becomes a version 2 envelope (docs/events.md).
+
+The producer SDK calls :func:`seal_event` before anything leaves the member's
+process: every protected payload member is replaced by its commitment
+``cm:hex(SHA-256(salt || JCS(value)))`` and its value and salt are sealed
+together (AES-256-GCM under the vehicle's current data key of the field's
+category, the same AAD as version 1 tokens) into the envelope's ``sealed``
+member::
+
+    sealed[name] = "enc:v2:<category>:<epoch>:<commitment hex>:" + base64(nonce(12) | ciphertext+tag)
+
+A ``location`` also gives the public ``region`` (0.1 degree), which the speed
+layer's rules and the public ``lat``/``lon`` columns use.  The leaf hash covers
+the public members and the commitments (``sealed`` is not hashed).
+"""
+
+from __future__ import annotations
+
+import binascii
+from collections.abc import Callable, Mapping
+from functools import cache
+from hashlib import sha256
+from typing import Any
+
+from pipelines.canonical import canonical_bytes
+from pipelines.dataset import region
+from pipelines.events.commitments import COMMITTED_VERSION, SALT_SIZE
+from pipelines.events.registry import load_schema
+
+from .fields import _NONCE, KeyFor, _current_cipher, _fresh, row_aad
+
+#: ``randbytes(n) -> n random bytes``: the salts and nonces of one event (tests pass fixed ones).
+RandomBytes = Callable[[int], bytes]
+
+
+@cache
+def committed_members(event_type: str) -> tuple[tuple[str, str, bytes], ...]:
+    """Version 2: ``(member, category, AAD middle)`` of each committed payload member, by category."""
+    props = load_schema(event_type, COMMITTED_VERSION)["properties"]
+    members = [
+        (
+            name,
+            sub["x-pcc-category"],
+            b"\x00$.payload.%s\x00%s\x00" % (name.encode(), sub["x-pcc-category"].encode()),
+        )
+        for name, sub in props.items()
+        if "x-pcc-value" in sub
+    ]
+    return tuple(sorted(members, key=lambda m: m[1]))
+
+
+def public_region(location: Any) -> dict[str, float] | None:
+    """``{"lat", "lon"}`` rounded to 0.1 degree (never ``-0.0``), or None without a location."""
+    if not isinstance(location, Mapping) or "lat" not in location or "lon" not in location:
+        return None
+    lat, lon = region(location["lat"]), region(location["lon"])
+    return {"lat": (lat or 0.0) + 0.0, "lon": (lon or 0.0) + 0.0}
+
+
+def seal_event(env: Mapping[str, Any], key_for: KeyFor, *, randbytes: RandomBytes = _fresh) -> dict[str, Any]:
+    """The version 2 envelope of a clear (validated) one: commitments in ``payload``, values in ``sealed``.
+
+    ``key_for(category) -> (epoch, key)`` is called once per protected category
+    present.  Without protected members the envelope only changes version.
+    """
+    payload = dict(env["payload"])
+    out = {k: v for k, v in env.items() if k not in ("payload", "proof", "sealed")}
+    out["schema_version"] = COMMITTED_VERSION
+    if "location" in payload and (place := public_region(payload["location"])) is not None:
+        payload["region"] = place
+    present = [m for m in committed_members(str(env["event_type"])) if m[0] in payload]
+    if not present:
+        out["payload"] = payload
+        return out
+    aad = row_aad(str(env["vehicle"]), str(env["event_id"]))
+    fresh = randbytes((SALT_SIZE + _NONCE) * len(present))
+    sealed: dict[str, str] = {}
+    at = 0
+    current = ""
+    for name, category, aad_mid in present:
+        if category != current:
+            current = category
+            aead, _, tail = _current_cipher(category, key_for)
+            prefix = f"enc:v2:{category}:{tail.decode()}:"
+        plain = fresh[at : at + SALT_SIZE] + canonical_bytes(payload[name])
+        nonce = fresh[at + SALT_SIZE : at + SALT_SIZE + _NONCE]
+        at += SALT_SIZE + _NONCE
+        digest = sha256(plain).hexdigest()
+        blob = nonce + aead.encrypt(nonce, plain, aad + aad_mid + tail)
+        payload[name] = "cm:" + digest
+        sealed[name] = prefix + digest + ":" + binascii.b2a_base64(blob, newline=False).decode("ascii")
+    out["payload"] = payload
+    out["sealed"] = sealed
+    return out
+
+
+def stored_payload(env: Mapping[str, Any]) -> dict[str, Any]:
+    """What a view keeps of a version 2 envelope's payload: each commitment replaced by its sealed token.
+
+    The token carries the commitment, so the public form (:func:`public_payload`)
+    and the leaf hash can be rebuilt from the stored row by anyone.
+    """
+    payload = dict(env["payload"])
+    payload.update(env.get("sealed") or {})
+    return payload
+
+
+def public_payload(event_type: str, payload: Mapping[str, Any]) -> dict[str, Any]:
+    """The hashed payload of a stored version 2 row: each ``enc:v2`` token back to its commitment."""
+    out = dict(payload)
+    for name, _, _ in committed_members(event_type):
+        value = out.get(name)
+        if isinstance(value, str) and value.startswith("enc:v2:"):
+            parts = value.split(":", 5)
+            out[name] = "cm:" + parts[4] if len(parts) == 6 else value
+    return out
