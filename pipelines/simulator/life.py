@@ -64,6 +64,8 @@ class Label:
     start_ms: int
     end_ms: int
     detail: dict[str, object] = field(default_factory=dict)
+    variant: dict[str, str] | None = None  # how this case was drawn (fraud labels only)
+    detectable: bool | None = None  # whether the data on record can show it at all
 
 
 def identity(rng: np.random.Generator, country: str) -> dict[str, str]:
@@ -108,6 +110,10 @@ class Life:
         self.replays: list[Proto] = []
         self.wreck_ms: int | None = None  # honest total loss: the life ends there
         self.allow_total_loss = True
+        self.reporter: str | None = None  # a fraud variant's regular reporter (a source id) ...
+        self.reporter_every: int = 0  # ... and its cadence in days
+        self.variant: dict[str, str] = {}  # the fraud case's variant (simulator.variants)
+        self.variant_values: dict[str, float] = {}  # ... and the exact values drawn for it
 
     # -- the car ---------------------------------------------------------------------
     def _vin(self) -> str:
@@ -171,6 +177,7 @@ class Life:
         self.accidents()
         self.sales()
         self.manual_entries()
+        self.reporter_readings()
 
     def telematics(self, operator: str | None = None) -> None:
         if not self.connected:
@@ -331,6 +338,27 @@ class Life:
                            typo=bool(rng.random() < self.cfg.typo_rate)))  # fmt: skip
             day += int(rng.integers(45, 130))
 
+    def reporter_readings(self) -> None:
+        """Odometer readings at a fraud variant's cadence (an owner's app, a fleet's garage)."""
+        if self.reporter is None or self.reporter_every <= 0:
+            return
+        rng, every = self.rng, self.reporter_every
+        garage = self.reporter != MANUAL
+        day = int(rng.integers(0, every))
+        while day < self.n:
+            if garage:
+                payload: dict[str, object] = {
+                    "service_type": "other",
+                    "in_network": self.reporter in NET_GARAGES,
+                }
+                if rng.random() < 0.6:
+                    payload["location"] = self.near(0.03)
+                self.add(Proto(self.time_in_day(day, 8, 18), "maintenance", self.reporter, payload))
+            else:
+                self.add(Proto(self.time_in_day(day, 18, 23), "odometer_reading", MANUAL, {},
+                               typo=bool(rng.random() < self.cfg.typo_rate)))  # fmt: skip
+            day += max(1, round(every * float(rng.uniform(0.7, 1.3))))
+
     # -- rendering ------------------------------------------------------------------
     def render(self) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
         """The producer-input events (time order, replays last) and the labels."""
@@ -368,10 +396,16 @@ class Life:
             ids_ = [by_proto[id(p)] for p in label.events if id(p) in by_proto]
             if not ids_:
                 continue
-            labels.append({"kind": label.kind, "vin": self.vin, "event_ids": ids_,
-                           "window": {"start": rfc3339_ms(np.array([label.start_ms]))[0],
-                                      "end": rfc3339_ms(np.array([label.end_ms]))[0]},
-                           "detail": label.detail})  # fmt: skip
+            row: dict[str, object] = {
+                "kind": label.kind, "vin": self.vin, "event_ids": ids_,
+                "window": {"start": rfc3339_ms(np.array([label.start_ms]))[0],
+                           "end": rfc3339_ms(np.array([label.end_ms]))[0]},
+                "detail": label.detail,
+            }  # fmt: skip
+            if label.variant is not None:
+                row["variant"] = label.variant
+                row["detectable"] = bool(label.detectable)
+            labels.append(row)
         return events, labels
 
     def _typo(self, value: int) -> int:

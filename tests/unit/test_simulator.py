@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from pipelines.cli.main import main
 from pipelines.errors import PccValueError
 from pipelines.events import event_id_ms, parse_time_ms, validate_input
 from pipelines.simulator import FRAUD_KINDS, LABEL_KINDS, SOURCES, SimulationConfig, simulate, write_fleet
+from pipelines.simulator.variants import VARIANT_FAMILIES
 
 SMALL = SimulationConfig(vehicles=60, days=400, seed=11, fraud_rate=0.5)
 
@@ -179,25 +181,88 @@ def test_cli_writes_the_fleet_and_prints_a_summary(
     assert "--start: expected a date YYYY-MM-DD, got 'March'" in capsys.readouterr().err
 
 
-def test_rollbacks_and_clockings_depart_from_a_history_on_record(fleet: Path) -> None:
-    """A rollback has an honest reading before it; clocking starts after two readings 60+ days apart."""
-    readings: dict[str, list[tuple[int, int]]] = defaultdict(list)
+def _readings_by_vin(fleet: Path) -> dict[str, list[tuple[int, int, str]]]:
+    readings: dict[str, list[tuple[int, int, str]]] = defaultdict(list)
     for lines in read_events(fleet).values():
         for e in lines:
             if "odometer_km" in e["payload"]:
-                readings[e["vin"]].append((parse_time_ms(e["event_time"]), e["payload"]["odometer_km"]))
-    labels = read_labels(fleet)
-    rollbacks = [x for x in labels if x["kind"] == "rollback_before_sale"]
-    clockings = [x for x in labels if x["kind"] == "gradual_clocking"]
-    assert rollbacks and clockings
-    for label in rollbacks:
+                readings[e["vin"]].append(
+                    (parse_time_ms(e["event_time"]), e["payload"]["odometer_km"], e["event_id"])
+                )
+    return {vin: sorted(set(r)) for vin, r in readings.items()}
+
+
+@pytest.fixture(scope="module")
+def frauds(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every vehicle a fraud case: enough cases to see every variant value."""
+    out = tmp_path_factory.mktemp("frauds")
+    write_fleet(SimulationConfig(vehicles=400, days=365, seed=4, fraud_rate=1.0), out)
+    return out
+
+
+def test_every_fraud_label_records_its_variant_and_detectability(frauds: Path) -> None:
+    labels = [x for x in read_labels(frauds) if x["kind"] != "noise"]
+    seen: dict[tuple[str, str], set[str]] = defaultdict(set)
+    for label in labels:
+        family = VARIANT_FAMILIES[label["kind"]]
+        assert set(label["variant"]) <= set(family), label
+        for dimension, value in label["variant"].items():
+            assert value in family[dimension], label
+            seen[(label["kind"], dimension)].add(value)
+        assert isinstance(label["detectable"], bool)
+    for kind, family in VARIANT_FAMILIES.items():  # every value of every dimension is drawn
+        for dimension, values in family.items():
+            assert seen[(kind, dimension)] == set(values), (kind, dimension)
+    for kind in ("rollback_before_sale", "gradual_clocking"):  # some cases the data cannot show
+        of_kind = [x["detectable"] for x in labels if x["kind"] == kind]
+        assert any(of_kind) and not all(of_kind), kind
+
+
+def test_a_rollback_is_detectable_exactly_when_the_odometer_goes_down_on_record(frauds: Path) -> None:
+    readings = _readings_by_vin(frauds)
+    noise = {i for x in read_labels(frauds) if x["kind"] == "noise" for i in x["event_ids"]}
+    for label in (x for x in read_labels(frauds) if x["kind"] == "rollback_before_sale"):
+        start, sale = parse_time_ms(label["window"]["start"]), parse_time_ms(label["window"]["end"])
+        honest = [(t, km) for t, km, i in readings[label["vin"]] if i not in noise]
+        before = [km for t, km in honest if t < start]
+        lowered = [km for t, km in honest if start <= t <= sale]
+        goes_down = bool(before) and bool(lowered) and max(before) - min(lowered) > 50
+        assert label["detectable"] == goes_down, label
+        if label["variant"]["history"] == "none":
+            assert not label["detectable"]
+
+
+def test_a_clone_is_detectable_when_the_two_cars_readings_interleave(frauds: Path) -> None:
+    readings = _readings_by_vin(frauds)
+    by_id = {e["event_id"]: e for e in read_events(frauds)["manual-portal"]}
+    for label in (x for x in read_labels(frauds) if x["kind"] == "cloned_identity"):
+        twin = set(label["event_ids"])
+        series = [i in twin for _, _, i in readings[label["vin"]]]
+        switches = sum(1 for a, b in pairwise(series) if a != b)
+        assert label["detectable"] == (len(twin) >= 2 and switches >= 2), label
+        if label["variant"]["twin_sources"] == "manual":
+            assert all("location" not in by_id[i]["payload"] for i in twin)
+
+
+def test_a_clocking_starts_where_its_variant_says_and_shows_its_share(frauds: Path) -> None:
+    readings = _readings_by_vin(frauds)
+    for label in (x for x in read_labels(frauds) if x["kind"] == "gradual_clocking"):
+        share = label["detail"]["share_counted"]
+        lo, hi = {"20-40%": (0.2, 0.4), "40-60%": (0.4, 0.6), "60-80%": (0.6, 0.8)}[label["variant"]["share"]]
+        assert lo - 0.005 <= share <= hi + 0.005
         start = parse_time_ms(label["window"]["start"])
-        before = [km for t, km in readings[label["vin"]] if t < start]
-        assert before and min(km for t, km in readings[label["vin"]] if t >= start) < max(before)
-    for label in clockings:
-        start = parse_time_ms(label["window"]["start"])
-        before = sorted(t for t, _ in readings[label["vin"]] if t < start)
-        assert before[-1] - before[0] >= 60 * 86_400_000
+        day = (start - parse_time_ms("2024-01-01T00:00:00.000Z")) / 86_400_000
+        lo_d, hi_d = {"early": (0.2, 0.35), "mid": (0.35, 0.55), "late": (0.55, 0.75)}[
+            label["variant"]["start"]
+        ]
+        assert 365 * lo_d - 1 <= day <= 365 * hi_d + 1
+        times = [t for t, _, _ in readings[label["vin"]]]
+        before, after = [t for t in times if t < start], [t for t in times if t >= start]
+        visible = (
+            len(before) >= 2 and len(after) >= 2 and before[-1] - before[0] >= 60 * 86_400_000
+            and after[-1] - start >= 60 * 86_400_000
+        )  # fmt: skip
+        assert label["detectable"] == visible
 
 
 def test_the_odometer_keeps_running_after_the_last_day() -> None:
