@@ -32,7 +32,8 @@ def runner(tmp_path_factory: pytest.TempPathFactory) -> Iterator[QueryRunner]:
     store.close()
 
 
-def _catalog(runner: QueryRunner) -> tuple[list[str], list[str], list[str]]:
+@pytest.fixture(scope="module")
+def catalog(runner: QueryRunner) -> tuple[list[str], list[str], list[str]]:
     """Every relation, table function and scalar/aggregate function name the engine knows."""
     with runner.store.pin() as (cur, _):
         relations = [
@@ -79,10 +80,12 @@ CALLS = (
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_no_relation_outside_the_views_resolves(runner: QueryRunner, data: st.DataObject) -> None:
-    relations, tables, _ = _catalog(runner)
+def test_no_relation_outside_the_views_resolves(
+    runner: QueryRunner, catalog: tuple[list[str], list[str], list[str]], data: st.DataObject
+) -> None:
+    relations, tables, _ = catalog
     name = data.draw(
         st.one_of(
             st.sampled_from(relations),
@@ -95,10 +98,12 @@ def test_no_relation_outside_the_views_resolves(runner: QueryRunner, data: st.Da
         runner.run(sql)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
-def test_no_function_outside_the_allow_list_is_called(runner: QueryRunner, data: st.DataObject) -> None:
-    _, _, functions = _catalog(runner)
+def test_no_function_outside_the_allow_list_is_called(
+    runner: QueryRunner, catalog: tuple[list[str], list[str], list[str]], data: st.DataObject
+) -> None:
+    _, _, functions = catalog
     name = data.draw(st.sampled_from(functions))
     sql = data.draw(st.sampled_from(CALLS)).format(f=name)
     try:
