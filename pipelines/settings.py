@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -55,6 +56,9 @@ class ProducerSettings(_Section):
     checkpoint_seconds: float = 5.0  # ...or every T seconds, whichever comes first
     max_payload_bytes: int = 16 * 1024
     future_tolerance_s: int = 300
+    # 2: protected fields leave the producer only as commitments and sealed values (docs/events.md);
+    # 1: the clear envelope of the first contract (refused by the speed layer after speed.v1_cutover)
+    contract_version: Literal[1, 2] = 2
 
 
 class VaultSettings(_Section):
@@ -77,6 +81,9 @@ class SpeedSettings(_Section):
     poll_max_records: int = 5000  # records per Kafka poll, emitted as one batch
     dedupe_window_s: int = 7 * 24 * 3600  # event ids remembered for replay detection (>= Kafka retention)
     consumer_group: str = "pcc-speed"  # offsets committed here (after durable writes) for lag monitoring
+    # version 1 events (protected fields in clear) ingested at or after this time are refused
+    # (dead letter retired_version); None: version 1 is still accepted
+    v1_cutover: datetime | None = None
 
 
 class BatchSettings(_Section):
@@ -120,6 +127,20 @@ class ServingSettings(_Section):
     local_chain_id: int = 31337
 
 
+class IngestSettings(_Section):
+    """The HTTP ingest bridge (``pcc ingest serve``, or ``pcc serve --ingest`` under /v1/events)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8610
+    # the host[:port] (or URL) producers reach the bridge at, signed into every request; default host:port
+    public_host: str | None = None
+    max_body_bytes: int = 1024 * 1024  # a larger batch is refused (413) before it is read further
+    max_lines: int = 1000  # a batch of more JSON Lines is refused (413) before any is parsed
+    max_queued: int = 4  # batches of one source waiting behind the one being anchored (429 past it)
+    publish_timeout_s: float = 10.0  # how long Kafka may take to acknowledge a batch
+    retry_after_s: int = 5  # Retry-After of a 429 or 503; also how often a down broker is retried
+
+
 class AccessSettings(_Section):
     # grants and key epochs: on the ledger's AccessRegistry (chain), in a SQLite file beside the
     # vault (sqlite), or auto = chain when a ledger deployment manifest exists, else sqlite
@@ -146,6 +167,7 @@ class Settings(BaseSettings):
     batch: BatchSettings = Field(default_factory=BatchSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
 
     @classmethod
     def settings_customise_sources(

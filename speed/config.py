@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from pipelines.settings import Settings
@@ -36,6 +37,7 @@ class SpeedConfig:
     vault_key_file: Path | None = None  # default beside the vault file
     grants_path: Path | None = None  # grant store (key epochs); default data_dir/vault/grants.sqlite
     settings: Settings | None = None  # opens the grant store (the ledger's); None: SQLite at grants_path
+    v1_cutover_ms: int | None = None  # version 1 events ingested from then on are refused (retired_version)
     pipeline_args: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -88,6 +90,12 @@ class SpeedConfig:
             vault_key_file=settings.vault.key_file or settings.path("vault", "vault.key"),
             grants_path=settings.path("vault", "grants.sqlite"),
             settings=settings,
+            v1_cutover_ms=None if s.v1_cutover is None else _utc_ms(s.v1_cutover),
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)  # type: ignore[arg-type]
+
+
+def _utc_ms(value: datetime) -> int:
+    """Unix milliseconds of a settings time; one without a zone is read as UTC."""
+    return int((value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp() * 1000)

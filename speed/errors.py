@@ -22,6 +22,7 @@ REASONS: Final = (
     "unknown_source",  # source_id not in the SourceRegistry
     "duplicate_event",  # an event id already accepted from another Kafka record (replay)
     "unknown_vehicle",  # protected fields of a vehicle the identity vault has no keys for (erased)
+    "retired_version",  # a version 1 event (protected fields in clear) ingested after speed.v1_cutover
 )
 
 

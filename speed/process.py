@@ -11,11 +11,19 @@ checkpoint anchored on the ledger (a checkpoint not seen yet waits up to
 ``proof_wait_s``, then the event is accepted as ``unverified``; a ledger that
 cannot be read makes the event wait without limit) -> replay detection by
 event id -> fraud flags from per-vehicle state -> the quality index -> the
-payload's protected fields sealed (``pipelines.access``: owner identity,
-precise location and commercial details become ``enc:v1`` tokens under the
-vehicle's current data keys; the lifted ``lat``/``lon`` keep only the region).
-The rules see the plaintext; no sink ever does.  (A batch's ready events are sealed in
-one pass before they are accepted: the ciphers stay warm.)
+stored payload.
+
+Version 2 events (sealed at the producer, docs/events.md) arrive with every
+protected field as a commitment and its value sealed: the speed layer never
+holds a protected value in clear and needs no key.  It checks every
+commitment has its sealed value (a clear protected field is ``bad_schema``
+naming its path), stores each sealed token in place of its commitment, takes
+``lat``/``lon`` from the public ``region`` and gives the rules public fields
+only.  Version 1 events (clear) are still read until ``v1_cutover`` (then
+``retired_version``): their protected fields are sealed here into ``enc:v1``
+tokens under the vehicle's current data keys (a batch's ready events in one
+pass: the ciphers stay warm).  Dead letters never carry a protected value in
+clear: protected members of a refused event are replaced by ``"redacted"``.
 
 Order: a batch's verified events are applied to the per-vehicle state sorted
 by ``(event_time, source_id, log_index)``, not by arrival, so that events of
@@ -36,10 +44,13 @@ from pipelines.access import (
     open_grant_store,
     row_aad,
     seal_payload,
+    stored_payload,
 )
 from pipelines.dataset import region
 from pipelines.errors import PccValidationError
-from pipelines.events import parse_event, parse_time_ms, validate_envelope
+from pipelines.events import EVENT_TYPES, format_time, parse_event, parse_time_ms, validate_envelope
+from pipelines.events.categories import PUBLIC_CATEGORIES, top_level_categories
+from pipelines.events.commitments import COMMITTED_VERSION, is_commitment
 from speed.config import SpeedConfig
 from speed.errors import LedgerUnavailable, RejectedEvent
 from speed.roots import RootSource, SourceInfo
@@ -54,6 +65,42 @@ class DeadLetter:
     reason: str
     detail: str
     event_id: str | None = None
+    value: bytes | None = None  # what the dead-letter topic gets; set from the record by redacted()
+
+    def __post_init__(self) -> None:
+        if self.value is None:
+            self.value = redacted(self.record.value)
+
+
+REDACTED = "redacted"
+
+
+def redacted(value: bytes) -> bytes:
+    """The bytes a dead letter keeps: protected payload members in clear replaced by ``"redacted"``.
+
+    Commitments and sealed values are kept (they reveal nothing); bytes that are
+    not a JSON object with a known event type and a payload are kept as they
+    are (there is no field to tell).
+    """
+    try:
+        import orjson
+
+        doc = orjson.loads(value)
+    except Exception:
+        return value
+    if not isinstance(doc, dict) or doc.get("event_type") not in EVENT_TYPES:
+        return value
+    payload = doc.get("payload")
+    if not isinstance(payload, dict):
+        return value
+    event_type = str(doc["event_type"])
+    known = {**top_level_categories(event_type, 1), **top_level_categories(event_type, COMMITTED_VERSION)}
+    # fail closed: a member of no known public category (a typo, an extra field) is hidden too
+    hidden = [n for n, v in payload.items() if known.get(n) not in PUBLIC_CATEGORIES and not is_commitment(v)]
+    if not hidden:
+        return value
+    doc["payload"] = {k: (REDACTED if k in hidden else v) for k, v in payload.items()}
+    return orjson.dumps(doc)
 
 
 @dataclass(slots=True)
@@ -126,6 +173,8 @@ class EventProcessor:
     def _seal(self, env: Mapping[str, Any]) -> str:
         """The payload as stored: canonical JSON with every protected field sealed."""
         vehicle, event_type, version = env["vehicle"], env["event_type"], env["schema_version"]
+        if version == COMMITTED_VERSION:  # sealed at the producer: the tokens take the commitments' place
+            return canonical.canonical_bytes(stored_payload(env)).decode()
         payload = env["payload"]
         try:
             sealed = seal_payload(
@@ -155,6 +204,18 @@ class EventProcessor:
             raise RejectedEvent("future_timestamp" if future else "bad_schema", text)
         if "proof" not in env:
             raise RejectedEvent("bad_schema", "$.proof: missing (the producer SDK adds it)")
+        cutover = self._config.v1_cutover_ms
+        if (
+            cutover is not None
+            and env["schema_version"] == 1
+            and parse_time_ms(env["ingestion_time"]) >= cutover
+        ):
+            raise RejectedEvent(
+                "retired_version",
+                f"event {env['event_id']}: schema_version 1 carries protected fields in clear and is not "
+                f"accepted for events ingested from {format_time(cutover)} (speed.v1_cutover); "
+                "send version 2 (the producer SDK seals by default)",
+            )
         proof = env["proof"]
         leaf = canonical.leaf_hash(env)
         if proof["leaf"] != leaf.hex():
@@ -340,7 +401,8 @@ def _row(
     env = ev.env
     payload = env["payload"]
     proof = env["proof"]
-    location = payload.get("location") or {}
+    # version 2: the public region the producer gave; version 1: rounded here from the clear location
+    location = payload.get("region" if env["schema_version"] == COMMITTED_VERSION else "location") or {}
     rec = ev.record
     return {
         "event_id": env["event_id"],

@@ -22,7 +22,8 @@ class RulesAdapter:
         self, state: fraud.VehicleState | None, env: Mapping[str, Any], event_ms: int, verified: bool
     ) -> tuple[fraud.VehicleState, tuple[str, ...]]:
         payload = env["payload"]
-        location = payload.get("location") or {}
+        # version 2: the public region (the location is only committed to); version 1: the location
+        location = payload.get("region" if env.get("schema_version") == 2 else "location") or {}
         fields = fraud.EventFields(
             event_id=env["event_id"],
             event_type=env["event_type"],

@@ -7,7 +7,8 @@ Three sinks:
 * the master dataset: ``<master>/event_date=YYYY-MM-DD/part-<unix_ms>-<worker>-<n>.parquet``,
   on its own cadence (:mod:`speed.master`): the rows of many segments at once,
   one file per event date;
-* dead letters: the ``pcc.deadletter`` topic, original bytes + ``pcc-reason``,
+* dead letters: the ``pcc.deadletter`` topic, original bytes (protected fields
+  in clear redacted, :func:`speed.process.redacted`) + ``pcc-reason``,
   ``pcc-detail``, ``pcc-origin`` headers.
 
 One flush is one transaction:
@@ -208,7 +209,7 @@ class DeadLetterProducer:
                 self._producer.send(
                     self._topic,
                     key=d.event_id.encode() if d.event_id else None,
-                    value=d.record.value,
+                    value=d.value if d.value is not None else d.record.value,  # protected fields redacted
                     headers=[
                         ("pcc-reason", d.reason.encode()),
                         ("pcc-detail", d.detail[:2000].encode()),

@@ -2,7 +2,11 @@
 
 For each event: validate the producer input against its schema, turn the VIN
 (and any owner identity) into pseudonyms through the identity vault, build the
-envelope, hash it (RFC 8785 + SHA-256, RFC 6962 leaf) and append it to the
+envelope, seal it (contract version 2, ``producer.contract_version``: every
+protected field becomes its commitment, its value and salt are sealed under the
+vehicle's current data key of its category - nothing protected leaves this
+process in clear, not the spool, not Kafka), hash it (RFC 8785 + SHA-256,
+RFC 6962 leaf, over the public fields and commitments) and append it to the
 source's durable transparency log.  Every ``checkpoint_every`` events or
 ``checkpoint_seconds`` seconds the log is checkpointed: the checkpoint
 ``(tree size, root)`` is anchored on the ledger first, then every event of the
@@ -24,9 +28,13 @@ from typing import Any, Protocol
 
 import orjson
 
+from pipelines.access.fields import KeyFor
+from pipelines.access.sealing import seal_event
 from pipelines.canonical import leaf_hash
 from pipelines.errors import PccTransientError, PccValidationError, PccValueError
 from pipelines.events import format_time, new_event_id, now_ms, validate_envelope, validate_input
+from pipelines.events.commitments import COMMITTED_VERSION
+from pipelines.events.validation import clear_version
 from pipelines.producer.log import ProducerLog
 from pipelines.producer.protocols import Anchor, OutgoingEvent, Publisher
 from pipelines.settings import Settings
@@ -46,6 +54,10 @@ class Pseudonymizer(Protocol):
 #: Called with the vehicle pseudonym after an ``ownership_change`` is recorded in the vault:
 #: revoke the previous owner's grants and rotate the data keys (``AccessService.ownership_changed``).
 OwnershipHook = Callable[[str], object]
+
+#: ``keys(vehicle) -> key_for``: the current data keys protected fields of a vehicle are sealed with
+#: (``KeyRing.key_for``; from the platform's vault, or the key service for another organisation).
+SealingKeys = Callable[[str], KeyFor]
 
 #: Called after each published checkpoint: (events published so far, checkpoints anchored).
 ProgressCallback = Callable[[int, int], None]
@@ -79,22 +91,38 @@ def _reason(problem: str) -> str:
     return head if head.startswith("$") or head in {"vin", "event_time", "source_id"} else "invalid"
 
 
-def _default_ownership_hook(settings: Settings, vault: Pseudonymizer) -> OwnershipHook | None:
-    """With the platform's identity vault: the access service over the grant store beside it."""
+class _PlatformAccess:
+    """With the platform's identity vault: the access service over the grant store beside it.
+
+    Opened on first use (the grant store may be the ledger's).  Its key ring
+    seals (current keys cached 1 s, dropped at once by its own rotations on a
+    sale) and rotates the keys on an ownership change.
+    """
+
+    def __init__(self, settings: Settings, vault: Any) -> None:
+        self._settings = settings
+        self._vault = vault
+        self._service: Any = None
+
+    @property
+    def service(self) -> Any:
+        if self._service is None:
+            from pipelines.access import AccessService, open_grant_store
+
+            self._service = AccessService(self._vault, open_grant_store(self._settings), key_cache_s=1.0)
+        return self._service
+
+    def ownership_changed(self, vehicle: str) -> object:
+        return self.service.ownership_changed(vehicle)
+
+    def key_for(self, vehicle: str) -> KeyFor:
+        return lambda category: self.service.keys.current(vehicle, category)
+
+
+def _platform_access(settings: Settings, vault: Pseudonymizer) -> _PlatformAccess | None:
     from pipelines.vault import IdentityVault
 
-    if not isinstance(vault, IdentityVault):
-        return None
-    from pipelines.access import AccessService, open_grant_store
-
-    services: list[AccessService] = []
-
-    def ownership_changed(vehicle: str) -> object:
-        if not services:  # opened on the first sale: the grant store may be the ledger's
-            services.append(AccessService(vault, open_grant_store(settings)))
-        return services[0].ownership_changed(vehicle)
-
-    return ownership_changed
+    return _PlatformAccess(settings, vault) if isinstance(vault, IdentityVault) else None
 
 
 class Producer:
@@ -112,6 +140,7 @@ class Producer:
         on_progress: ProgressCallback | None = None,
         clock: Callable[[], int] = now_ms,
         on_ownership_change: OwnershipHook | None = None,
+        keys: SealingKeys | None = None,
     ) -> None:
         self.settings = settings
         self.source_id = source_id
@@ -119,7 +148,14 @@ class Producer:
         self._anchor = anchor
         self._publisher = publisher
         self._vault = vault
-        self._on_ownership_change = on_ownership_change or _default_ownership_hook(settings, vault)
+        platform = _platform_access(settings, vault)
+        if on_ownership_change is None and platform is not None:
+            on_ownership_change = platform.ownership_changed
+        if keys is None and platform is not None:
+            keys = platform.key_for
+        self._on_ownership_change = on_ownership_change
+        self._keys = keys
+        self._contract = settings.producer.contract_version
         self._on_progress = on_progress
         self._clock = clock
         self._every = settings.producer.checkpoint_every
@@ -156,10 +192,11 @@ class Producer:
             self._vault.record_ownership(vehicle, payload["new_owner"])
             if self._on_ownership_change is not None:
                 self._on_ownership_change(vehicle)
+        version = max(self._contract, raw.get("schema_version", 1))
         envelope = {
             "event_id": raw.get("event_id") or new_event_id(),
             "event_type": raw["event_type"],
-            "schema_version": raw.get("schema_version", 1),
+            "schema_version": clear_version(version),
             "source_id": self.source_id,
             "vehicle": vehicle,
             "event_time": raw["event_time"],
@@ -171,6 +208,13 @@ class Producer:
         )
         if problems:
             raise PccValidationError("event rejected", [str(p) for p in problems])
+        if version == COMMITTED_VERSION:
+            if self._keys is None:
+                raise PccValueError(
+                    "contract version 2 seals protected fields: give the producer its data keys "
+                    "(keys=KeyRing.key_for, or the key service's) or use the platform's IdentityVault"
+                )
+            envelope = seal_event(envelope, self._keys(vehicle))
         return envelope
 
     def submit(self, raw: Mapping[str, Any]) -> str:
