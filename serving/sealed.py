@@ -48,8 +48,8 @@ def _loads(payload: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-#: The head of an ``enc:v1`` token at the start of a JSON string: ``"enc:v1:<category>:<epoch>:``.
-_TOKEN_HEAD = re.compile(r'"enc:v1:([a-z_]{1,32}:(?:0|[1-9][0-9]{0,9})):')
+#: The head of a token at the start of a JSON string: ``"enc:v1:<category>:<epoch>:`` (or ``enc:v2``).
+_TOKEN_HEAD = re.compile(r'"enc:v[12]:([a-z_]{1,32}:(?:0|[1-9][0-9]{0,9})):')
 
 
 def needed_by_vehicle(table: pa.Table) -> dict[str, set[tuple[str, int]]]:
