@@ -25,7 +25,7 @@ KIND_FLAGS: dict[str, frozenset[str]] = {
     "rollback_before_sale": frozenset({"rollback_before_sale"}),
     "gradual_clocking": frozenset({"gradual_clocking"}),
     "wreck_back_on_road": frozenset({"activity_after_wreck"}),
-    "cloned_identity": frozenset({"impossible_travel"}),
+    "cloned_identity": frozenset({"impossible_travel", "interleaved_odometers"}),
     "replay": frozenset({"duplicate_event"}),
 }
 

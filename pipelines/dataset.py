@@ -25,6 +25,7 @@ FRAUD_FLAGS: tuple[str, ...] = (
     "implausible_rate",  # km/day between two readings beyond what a car does
     "activity_after_wreck",  # any event after a total-loss declaration
     "impossible_travel",  # same vehicle in two distant places too quickly
+    "interleaved_odometers",  # readings switching between two odometer series that each go on (a clone)
     "duplicate_event",  # an event id seen before (replay)
     "gradual_clocking",  # batch only: mileage rate dropping below the car's own trend
     "rollback_before_sale",  # batch only: rollback shortly before an ownership change

@@ -108,9 +108,10 @@ def assess_vehicle(
     checked = history_check(events, params)
     standing = odometer_standing(checked, params)
     extra: dict[str, Evidence] = {}
+    clone = any("interleaved_odometers" in c.flags for c in checked)  # two odometers: no one rate to measure
     for event_id, evidence in [
         *rollback_before_sale(checked, params, standing),
-        *gradual_clocking(checked, params, standing),
+        *([] if clone else gradual_clocking(checked, params, standing)),
     ]:
         extra.setdefault(event_id, {}).update(evidence)
     merged = []

@@ -18,15 +18,40 @@ them; the standing only changes how much they weigh in the score
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
+from collections import Counter
 from collections.abc import Sequence
 from itertools import accumulate, pairwise
 
+from pipelines.rules.chains import chain_ids
 from pipelines.rules.stream import DAY_MS, DEFAULT_PARAMS, Checked, Evidence, FraudParams, odometer_problem
 
 #: The per-event flags that say an odometer reading contradicts the history.
 ODOMETER_FLAGS = frozenset({"odometer_rollback", "implausible_rate"})
-#: Standings of an odometer flag that the rest of the history explains as a one-off error.
-ONE_OFF = frozenset({"one_off", "reference_one_off"})
+#: Standings of an odometer flag that the rest of the history explains: a one-off error, or the
+#: jump between the two odometers of a clone (``other_chain``).
+ONE_OFF = frozenset({"one_off", "reference_one_off", "other_chain"})
+
+
+def reading_chains(
+    checked: Sequence[Checked], params: FraudParams = DEFAULT_PARAMS
+) -> dict[tuple[int, int], int]:
+    """``(time, km)`` of each trusted reading -> its odometer chain, when two chains interleave (else empty).
+
+    The same assignment as the speed layer's (:func:`pipelines.rules.chains.track`
+    over the verified readings in order); chain 0 is the one with the most
+    readings, taken for the car's own.
+    """
+    if not any("interleaved_odometers" in c.flags for c in checked):
+        return {}
+    readings = [
+        (c.event.event_time_ms, c.event.odometer_km, c.event.lat, c.event.lon)
+        for c in checked
+        if c.event.odometer_km is not None and c.event.verified and "duplicate_event" not in c.flags
+    ]
+    ids = chain_ids(readings, params.chains)
+    sizes = Counter(i for i in ids if i >= 0)
+    rank = {chain: n for n, (chain, _) in enumerate(sizes.most_common())}
+    return {(t, km): rank.get(i, -1) for (t, km, _, _), i in zip(readings, ids, strict=True)}
 
 
 def _agrees(km: int, t: int, ref_km: int, ref_ms: int, params: FraudParams) -> bool:
@@ -66,7 +91,11 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
     the reference was wrong once (a typo small enough to be accepted).
     ``confirmed``: the next verified reading agrees with the flagged one: the
     odometer really moved.  ``unconfirmed``: no later reading says either way.
+    ``other_chain``: the flagged reading and its reference belong to two
+    odometer chains that interleave (:func:`reading_chains`): one car's reading
+    compared with its clone's.
     """
+    chains = reading_chains(checked, params)
     readings = [c for c in checked if c.event.odometer_km is not None]
     trusted: list[tuple[int, int]] = []  # (time, km) of the readings that became the reference
     out: dict[str, str] = {}
@@ -80,6 +109,9 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
                 trusted.append((t, km))
             continue
         ref_km, ref_ms = int(c.evidence[flag]["previous_km"]), int(c.evidence[flag]["previous_time_ms"])
+        if chains and chains.get((t, km), -1) != chains.get((ref_ms, ref_km), -1):
+            out[e.event_id] = "other_chain"
+            continue
         nxt = next((r.event for r in readings[i + 1 :] if r.event.verified), None)
         before_ref = [p for p in trusted if p[0] < ref_ms]
         if nxt is not None and nxt.odometer_km is not None:
@@ -131,8 +163,10 @@ def rollback_before_sale(
     return out
 
 
-def _segments(checked: Sequence[Checked], standing: dict[str, str]) -> list[list[tuple[int, int, str]]]:
-    """Runs of trusted readings ``(time, km, event id)`` between two odometer jumps."""
+def _segments(
+    checked: Sequence[Checked], standing: dict[str, str], chains: dict[tuple[int, int], int]
+) -> list[list[tuple[int, int, str]]]:
+    """Runs of trusted readings ``(time, km, event id)`` between two odometer jumps, of the car's own chain."""
     wrong_refs = set()  # readings a later one showed to be one-off errors
     for c in checked:
         if standing.get(c.event.event_id) == "reference_one_off":
@@ -143,8 +177,10 @@ def _segments(checked: Sequence[Checked], standing: dict[str, str]) -> list[list
         e = c.event
         if e.odometer_km is None or not e.verified or (e.event_time_ms, e.odometer_km) in wrong_refs:
             continue
+        if chains and chains.get((e.event_time_ms, e.odometer_km), -1) != 0:
+            continue  # the other odometer's reading (a clone's)
         kind = standing.get(e.event_id)
-        if kind == "one_off" or "impossible_travel" in c.flags:
+        if kind in ("one_off", "other_chain") or "impossible_travel" in c.flags:
             continue
         if kind is not None and kind != "reference_one_off":
             if segments[-1]:
@@ -176,7 +212,7 @@ def gradual_clocking(
     the telematics show as rollbacks, which the segments leave out.
     """
     standing = odometer_standing(checked, params) if standing is None else standing
-    segments = _segments(checked, standing)
+    segments = _segments(checked, standing, reading_chains(checked, params))
     if not segments:
         return []
     # increments (start time, end time, km), in time order

@@ -42,6 +42,7 @@ FLAG_PENALTY: dict[str, float] = {
     "activity_after_wreck": 0.8,
     "rollback_before_sale": 0.8,
     "impossible_travel": 0.6,
+    "interleaved_odometers": 0.6,
     "implausible_rate": 0.6,
     "gradual_clocking": 0.5,
     "duplicate_event": 0.3,

@@ -13,6 +13,7 @@ from pipelines.rules.stream import DEFAULT_PARAMS, Evidence, FraudParams
 FLAG_WEIGHTS: dict[str, float] = {
     "rollback_before_sale": 0.8,
     "activity_after_wreck": 0.6,
+    "interleaved_odometers": 0.6,
     "gradual_clocking": 0.5,
     "odometer_rollback": 0.4,
     "duplicate_event": 0.4,
@@ -29,6 +30,7 @@ TIER_FACTOR: dict[int, float] = {1: 1.0, 2: 1.0, 3: 0.8, 4: 0.5}
 STANDING_FACTOR: dict[str, float] = {
     "one_off": 0.25,
     "reference_one_off": 0.25,
+    "other_chain": 0.25,
     "unconfirmed": 0.6,
     "confirmed": 1.0,
 }

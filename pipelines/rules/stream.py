@@ -37,15 +37,17 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 from pipelines.errors import PccValueError
+from pipelines.rules.chains import CHAIN_PARAMS, EMPTY_TRACK, ChainParams, Tracked, haversine_km, track
 
 DAY_MS = 86_400_000
 Evidence = dict[str, dict[str, Any]]
+#: The flags of :func:`odometer_problem`.
+ODOMETER_PROBLEMS = frozenset({"odometer_rollback", "implausible_rate"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,7 @@ class FraudParams:
     clocking_min_span_days: int = 60  # ... each side of the change spans at least this
     clocking_min_rate: float = 5.0  # ... km/day before the change, else too little signal
     far_travel_km: float = 600.0  # impossible_travel counts fully from this distance (batch score)
+    chains: ChainParams = CHAIN_PARAMS  # interleaved_odometers: what one odometer series may do
 
 
 DEFAULT_PARAMS = FraudParams()
@@ -150,6 +153,7 @@ class VehicleState:
     loc_ms: int = 0
     wreck_ms: int | None = None  # earliest total-loss declaration
     recent: bytes = b""  # 8-byte digests of the last ``recent_ids`` event ids
+    chains: Tracked = EMPTY_TRACK  # the odometer chains of the trusted readings (pipelines.rules.chains)
 
 
 EMPTY_STATE = VehicleState()
@@ -166,15 +170,6 @@ def _seen(recent: bytes, digest: bytes) -> bool:
             return True
         at = recent.find(digest, at + 1)
     return False
-
-
-def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    p1, p2 = math.radians(lat1), math.radians(lat2)
-    a = (
-        math.sin((p2 - p1) / 2) ** 2
-        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
-    )
-    return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
 
 
 def odometer_problem(
@@ -244,6 +239,31 @@ def check_event(
             evidence[flag] = {**detail, "odometer_km": km}
             if event.verified:
                 changes.update(cand_km=km, cand_ms=t)
+        if event.verified:
+            step = track(state.chains, km, t, event.lat, event.lon, params.chains)
+            changes["chains"] = step.state
+            if step.interleaved:  # the other series explains the jump: one flag, the clone's
+                other = step.state.b if step.joined == 0 else step.state.a
+                assert other is not None
+                for f in ODOMETER_PROBLEMS.intersection(flags):
+                    flags.remove(f)
+                    del evidence[f]
+                detail = {
+                    "odometer_km": km,
+                    "other_km": other.km,
+                    "other_time_ms": other.ms,
+                    "switches": step.state.switches,
+                    "signal": "odometer_chains",
+                }
+                if (
+                    event.lat is not None
+                    and event.lon is not None
+                    and other.lat is not None
+                    and other.lon is not None
+                ):
+                    detail["distance_km"] = round(haversine_km(event.lat, event.lon, other.lat, other.lon))
+                flags.append("interleaved_odometers")
+                evidence["interleaved_odometers"] = detail
     if not late and event.lat is not None and event.lon is not None:
         if state.lat is not None and state.lon is not None:
             distance = haversine_km(state.lat, state.lon, event.lat, event.lon)

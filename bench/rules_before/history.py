@@ -1,0 +1,211 @@
+"""Batch-only fraud rules: they need a vehicle's whole history, before and after each event.
+
+* :func:`odometer_standing` re-reads every odometer flag of :func:`check_event`
+  with the readings that came *after* it, which the speed layer did not have:
+  a one-off reading (a typo) that the next reading contradicts, a one-off
+  reference that the flagged reading only seems to contradict, a jump the later
+  readings follow (confirmed), or one nothing has followed yet (unconfirmed).
+* :func:`rollback_before_sale`: a sale preceded by a rollback that is not a one-off.
+* :func:`gradual_clocking`: the car's mileage rate dropping well below its own
+  earlier rate, measured on the increments between trusted readings so that a
+  jump of the odometer (a rollback, a swapped cluster) does not count as a rate.
+
+:func:`pipelines.rules.stream.check_event` flags stay as the speed layer raised
+them; the standing only changes how much they weigh in the score
+(:data:`pipelines.rules.scoring.STANDING_FACTOR`).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from itertools import accumulate, pairwise
+
+from bench.rules_before.stream import DAY_MS, DEFAULT_PARAMS, Checked, Evidence, FraudParams, odometer_problem
+
+#: The per-event flags that say an odometer reading contradicts the history.
+ODOMETER_FLAGS = frozenset({"odometer_rollback", "implausible_rate"})
+#: Standings of an odometer flag that the rest of the history explains as a one-off error.
+ONE_OFF = frozenset({"one_off", "reference_one_off"})
+
+
+def _agrees(km: int, t: int, ref_km: int, ref_ms: int, params: FraudParams) -> bool:
+    return odometer_problem(km, t, ref_km, ref_ms, params) is None
+
+
+def _reference_is_off(
+    trusted: Sequence[tuple[int, int]], ref: tuple[int, int], flagged: tuple[int, int], params: FraudParams
+) -> bool:
+    """Whether the flagged reading, not its reference, continues the readings before the reference.
+
+    The flagged reading must agree with the last trusted reading before the
+    reference and, when the readings before show a rate, lie closer than the
+    reference to that rate's extrapolation.
+    """
+    (t0, km0), (t, km) = trusted[-1], flagged
+    if not _agrees(km, t, km0, t0, params):
+        return False
+    first = next((p for p in trusted if t0 - p[0] >= DAY_MS), None)
+    if first is None:
+        return True
+    rate = (km0 - first[1]) / (t0 - first[0])
+
+    def residual(p: tuple[int, int]) -> float:
+        return abs(p[1] - (km0 + rate * (p[0] - t0)))
+
+    return residual(flagged) < residual(ref)
+
+
+def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_PARAMS) -> dict[str, str]:
+    """Event id -> standing of its odometer flag: ``one_off``, ``reference_one_off``, ``confirmed``, ``unconfirmed``.
+
+    ``one_off``: the next verified reading agrees with the reference the flagged
+    one contradicted: the flagged reading was wrong once (or the jump too small
+    to tell from noise).  ``reference_one_off``: the flagged reading continues
+    the trusted readings before its reference better than the reference does:
+    the reference was wrong once (a typo small enough to be accepted).
+    ``confirmed``: the next verified reading agrees with the flagged one: the
+    odometer really moved.  ``unconfirmed``: no later reading says either way.
+    """
+    readings = [c for c in checked if c.event.odometer_km is not None]
+    trusted: list[tuple[int, int]] = []  # (time, km) of the readings that became the reference
+    out: dict[str, str] = {}
+    for i, c in enumerate(readings):
+        e = c.event
+        km, t = e.odometer_km, e.event_time_ms
+        assert km is not None
+        flag = next((f for f in ("odometer_rollback", "implausible_rate") if f in c.flags), None)
+        if flag is None:
+            if e.verified:
+                trusted.append((t, km))
+            continue
+        ref_km, ref_ms = int(c.evidence[flag]["previous_km"]), int(c.evidence[flag]["previous_time_ms"])
+        nxt = next((r.event for r in readings[i + 1 :] if r.event.verified), None)
+        before_ref = [p for p in trusted if p[0] < ref_ms]
+        if nxt is not None and nxt.odometer_km is not None:
+            with_ref = _agrees(nxt.odometer_km, nxt.event_time_ms, ref_km, ref_ms, params)
+            with_this = _agrees(nxt.odometer_km, nxt.event_time_ms, km, t, params)
+        else:
+            with_ref = with_this = False
+        if with_ref and not with_this:
+            out[e.event_id] = "one_off"
+        elif before_ref and _reference_is_off(before_ref, (ref_ms, ref_km), (t, km), params):
+            out[e.event_id] = "reference_one_off"
+        elif with_ref:  # close to both: a jump too small to tell from noise
+            out[e.event_id] = "one_off"
+        elif with_this:
+            out[e.event_id] = "confirmed"
+        else:
+            out[e.event_id] = "unconfirmed"
+    return out
+
+
+def rollback_before_sale(
+    checked: Sequence[Checked],
+    params: FraudParams = DEFAULT_PARAMS,
+    standing: dict[str, str] | None = None,
+) -> list[tuple[str, Evidence]]:
+    """Ownership changes preceded (within ``sale_window_days``, sale included) by an odometer rollback.
+
+    Rollbacks that :func:`odometer_standing` explains as one-off errors do not count.
+    """
+    standing = odometer_standing(checked, params) if standing is None else standing
+    window = params.sale_window_days * DAY_MS
+    rollbacks = [
+        c for c in checked if "odometer_rollback" in c.flags and standing.get(c.event.event_id) not in ONE_OFF
+    ]
+    out: list[tuple[str, Evidence]] = []
+    for sale in checked:
+        if sale.event.event_type != "ownership_change" or "duplicate_event" in sale.flags:
+            continue
+        t = sale.event.event_time_ms
+        before = [r for r in rollbacks if t - window <= r.event.event_time_ms <= t]
+        if before:
+            r = max(before, key=lambda c: c.evidence["odometer_rollback"]["drop_km"])
+            detail = {
+                "rollback_event_id": r.event.event_id,
+                "drop_km": r.evidence["odometer_rollback"]["drop_km"],
+                "days_before_sale": round((t - r.event.event_time_ms) / DAY_MS, 1),
+            }
+            out.append((sale.event.event_id, {"rollback_before_sale": detail}))
+    return out
+
+
+def _segments(checked: Sequence[Checked], standing: dict[str, str]) -> list[list[tuple[int, int, str]]]:
+    """Runs of trusted readings ``(time, km, event id)`` between two odometer jumps."""
+    wrong_refs = set()  # readings a later one showed to be one-off errors
+    for c in checked:
+        if standing.get(c.event.event_id) == "reference_one_off":
+            detail = next(c.evidence[f] for f in ODOMETER_FLAGS if f in c.flags)
+            wrong_refs.add((int(detail["previous_time_ms"]), int(detail["previous_km"])))
+    segments: list[list[tuple[int, int, str]]] = [[]]
+    for c in checked:
+        e = c.event
+        if e.odometer_km is None or not e.verified or (e.event_time_ms, e.odometer_km) in wrong_refs:
+            continue
+        kind = standing.get(e.event_id)
+        if kind == "one_off" or "impossible_travel" in c.flags:
+            continue
+        if kind is not None and kind != "reference_one_off":
+            if segments[-1]:
+                segments.append([])  # the odometer moved: rates restart from here
+            continue
+        run = segments[-1]
+        if run and e.event_time_ms - run[-1][0] < DAY_MS:
+            continue
+        run.append((e.event_time_ms, e.odometer_km, e.event_id))
+    return [s for s in segments if len(s) >= 2]
+
+
+def gradual_clocking(
+    checked: Sequence[Checked],
+    params: FraudParams = DEFAULT_PARAMS,
+    standing: dict[str, str] | None = None,
+) -> list[tuple[str, Evidence]]:
+    """The car's mileage rate dropping well below its own earlier rate.
+
+    Uses the trusted readings (verified, no odometer or travel flag) and the
+    increments between consecutive ones that no odometer jump separates.  For
+    each reading taken as the change point, the rate before is the km of the
+    increments ending by then over their days, the rate after likewise from
+    then on; both sides must span ``clocking_min_span_days`` and the rate before
+    be at least ``clocking_min_rate``.  The latest trusted reading is flagged
+    when the lowest ``rate after / rate before`` is below ``clocking_ratio``.
+    A car whose readings come from several sources (telematics among them) is
+    measured on all of them: clocked garage or manual readings that fall below
+    the telematics show as rollbacks, which the segments leave out.
+    """
+    standing = odometer_standing(checked, params) if standing is None else standing
+    segments = _segments(checked, standing)
+    if not segments:
+        return []
+    # increments (start time, end time, km), in time order
+    steps = [(a[0], b[0], b[1] - a[1]) for run in segments for a, b in pairwise(run)]
+    cuts = sorted({p[0] for run in segments for p in run})
+    span = params.clocking_min_span_days * DAY_MS
+    best: tuple[float, float, float, int] | None = None
+    starts, ends = [s[0] for s in steps], [s[1] for s in steps]
+    days_sum, km_sum = [0, *accumulate(t1 - t0 for t0, t1, _ in steps)], [0, *accumulate(s[2] for s in steps)]
+    for cut in cuts:
+        n_before, n_after = bisect_right(ends, cut), bisect_left(starts, cut)
+        b_days, b_km = days_sum[n_before], km_sum[n_before]
+        a_days, a_km = days_sum[-1] - days_sum[n_after], km_sum[-1] - km_sum[n_after]
+        if b_days < span or a_days < span:
+            continue
+        before, after = b_km / (b_days / DAY_MS), a_km / (a_days / DAY_MS)
+        if before < params.clocking_min_rate:
+            continue
+        ratio = after / before
+        if best is None or ratio < best[0]:
+            best = (ratio, before, after, cut)
+    if best is None or best[0] >= params.clocking_ratio:
+        return []
+    ratio, before, after, since = best
+    latest = max((p for run in segments for p in run), key=lambda p: p[0])
+    detail = {
+        "km_per_day_before": round(before, 1),
+        "km_per_day_after": round(after, 1),
+        "ratio": round(ratio, 3),
+        "since_time_ms": since,
+    }
+    return [(latest[2], {"gradual_clocking": detail})]

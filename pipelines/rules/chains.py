@@ -1,0 +1,190 @@
+"""Odometer chains: a vehicle's readings split into the fewest series that each behave like one odometer.
+
+One car's odometer readings form one *chain*: never lower than the last one
+(beyond the tolerance between sources) and rising at a rate the car keeps up.
+A reading that cannot continue the chain starts another.  What the chains look
+like says what happened:
+
+* one chain: an honest history;
+* a second chain of one reading, the first one going on: a one-off error (a typo);
+* a second chain that goes on while the first stops: a step (a wind-back, a
+  swapped instrument cluster);
+* two chains that each go on (``min_readings`` each, or ``apart_min_readings``
+  when they are seen in two regions), interleaved in time (the readings switch
+  from one to the other and back): two odometers under one identity, a **clone**.
+  Two typos months apart can look like a second odometer seen twice; a third
+  reading, or a second region, tells them apart.
+
+:func:`track` assigns one reading at a time with two chain slots, the speed
+layer's per-vehicle state (:class:`pipelines.rules.stream.VehicleState`), and
+says when the readings switch between two persistent chains; the batch layer
+applies the same function over the whole history
+(:func:`pipelines.rules.stream.history_check`) and reads the chains back with
+:func:`chain_ids` to leave the other car's readings out of the rate rules.
+
+A reading *fits* a chain when it is not below the chain's last reading and
+the distance since is within what the chain's own rate allows
+(``chain_rate_factor`` times its rate, at least ``chain_min_km_per_day``, plus
+``chain_slack_km`` for a long day's drive); among the chains it fits, it joins
+the one whose own rate predicts it best, a chain in another region
+(``region_km``) counting ``region_cost_km`` further; a chain of one reading
+(maybe a typo) takes only a reading the persistent chain cannot.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import NamedTuple
+
+DAY_MS = 86_400_000
+
+
+class Chain(NamedTuple):
+    """One odometer series: its first and last reading, how many, where it was last seen."""
+
+    first_km: int
+    first_ms: int
+    km: int
+    ms: int
+    n: int
+    lat: float | None = None
+    lon: float | None = None
+
+
+class ChainParams(NamedTuple):
+    tolerance_km: int = 50  # reading noise between sources (as the rollback rule)
+    slack_km: float = 1_000.0  # a long day's drive on top of the chain's rate
+    rate_factor: float = 4.0  # a chain may go this many times faster than its own rate ...
+    min_km_per_day: float = 150.0  # ... and at least this fast
+    default_km_per_day: float = 300.0  # the allowance of a chain with no rate yet
+    prior_km_per_day: float = 40.0  # the prediction of a chain with no rate yet
+    rate_days: float = 7.0  # a chain has a rate once it spans this many days
+    region_km: float = 150.0  # two places further apart than this are two regions
+    region_cost_km: float = 1_000.0  # how much further a chain in another region counts
+    min_readings: int = 3  # a chain persists from this many readings ...
+    apart_min_readings: int = 2  # ... or this many when the two chains are seen in two regions
+
+
+class Tracked(NamedTuple):
+    """Two chain slots, which one the last reading joined, how often the readings switched."""
+
+    a: Chain | None = None
+    b: Chain | None = None
+    last: int = -1  # 0 (a), 1 (b), -1 (none yet)
+    switches: int = 0
+
+
+EMPTY_TRACK = Tracked()
+
+
+def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    p1, p2 = math.radians(lat1), math.radians(lat2)
+    a = (
+        math.sin((p2 - p1) / 2) ** 2
+        + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
+    )
+    return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def chain_rate(c: Chain, p: ChainParams) -> float | None:
+    """km/day over the chain, once it spans ``rate_days``."""
+    days = (c.ms - c.first_ms) / DAY_MS
+    return (c.km - c.first_km) / days if days >= p.rate_days else None
+
+
+def fit_cost(c: Chain, km: int, t: int, lat: float | None, lon: float | None, p: ChainParams) -> float | None:
+    """How far (km) the chain's own rate puts this reading from where it predicts; None if it cannot continue it."""
+    if km < c.km - p.tolerance_km:
+        return None
+    days = max(t - c.ms, 0) / DAY_MS
+    rate = chain_rate(c, p)
+    cap = p.default_km_per_day if rate is None else max(p.rate_factor * rate, p.min_km_per_day)
+    if km - c.km > p.slack_km + cap * days:
+        return None
+    cost = abs(km - (c.km + (p.prior_km_per_day if rate is None else rate) * days))
+    located = lat is not None and lon is not None and c.lat is not None and c.lon is not None
+    if located and haversine_km(lat, lon, c.lat, c.lon) > p.region_km:  # type: ignore[arg-type]
+        cost += p.region_cost_km
+    return cost
+
+
+def _extend(c: Chain, km: int, t: int, lat: float | None, lon: float | None) -> Chain:
+    if lat is None or lon is None:
+        lat, lon = c.lat, c.lon
+    return Chain(c.first_km, c.first_ms, km, t, c.n + 1, lat, lon)
+
+
+#: The default chain parameters.
+CHAIN_PARAMS = ChainParams()
+
+
+def _persistent(a: Chain, b: Chain, p: ChainParams) -> bool:
+    """Both chains have gone on: ``min_readings`` each, or ``apart_min_readings`` seen in two regions."""
+    if min(a.n, b.n) >= p.min_readings:
+        return True
+    if min(a.n, b.n) < p.apart_min_readings or None in (a.lat, a.lon, b.lat, b.lon):
+        return False
+    return haversine_km(a.lat, a.lon, b.lat, b.lon) > p.region_km  # type: ignore[arg-type]
+
+
+class Step(NamedTuple):
+    state: Tracked
+    joined: int  # the slot the reading joined (0 or 1), -1 when it fits neither persistent chain
+    interleaved: bool  # the reading switched between two persistent chains (the second switch or later)
+
+
+def track(
+    s: Tracked,
+    km: int,
+    t: int,
+    lat: float | None = None,
+    lon: float | None = None,
+    p: ChainParams = CHAIN_PARAMS,
+) -> Step:
+    """Assign one trusted reading (in time order) to a chain slot."""
+    a, b = s.a, s.b
+    if a is None:
+        return Step(Tracked(Chain(km, t, km, t, 1, lat, lon), None, 0, 0), 0, False)
+    cost_a = fit_cost(a, km, t, lat, lon, p)
+    cost_b = None if b is None else fit_cost(b, km, t, lat, lon, p)
+    if cost_a is not None and cost_b is not None and (a.n >= 2) != (b.n >= 2):  # type: ignore[union-attr]
+        cost_b = None if a.n >= 2 else cost_b  # a one-off takes only what the persistent chain cannot
+        cost_a = cost_a if a.n >= 2 else None
+    if cost_a is not None and (cost_b is None or cost_a <= cost_b):
+        a, joined = _extend(a, km, t, lat, lon), 0
+    elif cost_b is not None:
+        assert b is not None
+        b, joined = _extend(b, km, t, lat, lon), 1
+    elif b is None or b.n < 2:  # a new series; a one-off second chain is forgotten
+        b, joined = Chain(km, t, km, t, 1, lat, lon), 1
+    elif a.n < 2:
+        a, joined = Chain(km, t, km, t, 1, lat, lon), 0
+    else:  # a third series beside two persistent ones: left out
+        return Step(s, -1, False)
+    switches = s.switches + (1 if s.last not in (-1, joined) else 0)
+    persistent = b is not None and _persistent(a, b, p)
+    interleaved = persistent and switches >= 2 and joined != s.last
+    return Step(Tracked(a, b, joined, switches), joined, interleaved)
+
+
+def chain_ids(
+    readings: Iterable[tuple[int, int, float | None, float | None]], p: ChainParams = CHAIN_PARAMS
+) -> list[int]:
+    """For each reading ``(time, km, lat, lon)`` in time order, the chain it joined: 0, 1, 2, ... (-1: none).
+
+    The same assignment as :func:`track`; a slot that starts a new series gets
+    a new chain number, so a forgotten one-off keeps its own.
+    """
+    state, ids, slot_id, next_id = EMPTY_TRACK, [], [-1, -1], 0
+    for t, km, lat, lon in readings:
+        before = state
+        state, joined, _ = track(state, km, t, lat, lon, p)
+        if joined == -1:
+            ids.append(-1)
+            continue
+        new = (before.a, before.b)[joined] is None or (state.a, state.b)[joined].n == 1  # type: ignore[union-attr]
+        if new:
+            slot_id[joined], next_id = next_id, next_id + 1
+        ids.append(slot_id[joined])
+    return ids
