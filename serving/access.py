@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
@@ -33,7 +33,7 @@ from serving.config import ServingConfig
 from serving.engine.views import ServingStore
 from serving.sealed import AccessError, WrappedKeys
 
-__all__ = ["AccessError", "WrappedKeys", "install_access_errors", "owner_router"]
+__all__ = ["AccessError", "WrappedKeys", "owner_router"]
 
 
 
@@ -68,12 +68,6 @@ class SubjectRequest(BaseModel):
     vehicle: str | None = Field(None, description="Or its pseudonym v-….")
 
 
-
-
-def install_access_errors(app: FastAPI) -> None:
-    @app.exception_handler(AccessError)
-    async def _access_error(_: Request, exc: AccessError) -> JSONResponse:
-        return JSONResponse({"error": exc.kind, "message": exc.message}, status_code=exc.status)
 
 
 def _grant_view(grant: Any) -> dict[str, Any]:

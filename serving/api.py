@@ -27,11 +27,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel
 
 from pipelines.access import AccessService
-from serving.access import install_access_errors, owner_router
+from serving.access import owner_router
 from serving.auth import (
     HEADER_ACCOUNT,
     HEADER_EXPIRES,
@@ -44,7 +44,7 @@ from serving.auth import (
 from serving.config import ServingConfig
 from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
-from serving.errors import AuthenticationError, RequestTooLargeError, ServingError, http_status
+from serving.errors import AuthenticationError, RequestTooLargeError, ServingError
 from serving.inline import InlineGate
 from serving.market.reservations import Reservations
 from serving.paid import Answer, PaidQueries, QueryRequest, QuoteRequest, Ticket, error_answer, parse_body
@@ -303,11 +303,9 @@ def create_app(
     )
     app.state.inline = gate
 
-    install_access_errors(app)
-
     @app.exception_handler(ServingError)
-    async def _serving_error(_: Request, exc: ServingError) -> JSONResponse:
-        return JSONResponse(exc.detail(), status_code=http_status(exc))
+    async def _serving_error(_: Request, exc: ServingError) -> Response:
+        return _response(error_answer(exc))  # the one way an error becomes an answer
 
     async def consumer_of(request: Request, deferred: bool = False) -> Consumer:
         body = await request.body()

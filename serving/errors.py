@@ -17,11 +17,21 @@ from pipelines.errors import (
     PccValueError,
 )
 
+#: every ServingError subclass that declares its own status, in definition order
+_DECLARED: list[type[ServingError]] = []
+
 
 class ServingError(PccError):
-    """Root of the serving layer's errors."""
+    """Root of the serving layer's errors (the passport's and the access service's included)."""
 
     status: int = 500
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "status" in cls.__dict__:
+            _DECLARED.append(cls)
+            if "HTTP_STATUS" in globals():  # defined after this module loaded (passport, access)
+                HTTP_STATUS[cls] = cls.status
 
     def detail(self) -> dict[str, Any]:
         return {"error": type(self).__name__, "message": self.message}
@@ -146,31 +156,49 @@ class ProofMismatchError(ServingError, PccStateError):
     status = 409
 
 
-HTTP_STATUS: dict[type[ServingError], int] = {
-    cls: cls.status
-    for cls in (
-        InvalidQueryError,
-        ForbiddenQueryError,
-        AuthenticationError,
-        PaymentRequiredError,
-        TooManyRequestsError,
-        RequestTooLargeError,
-        QueryTimeoutError,
-        ResultTooLargeError,
-        PriceUnavailableError,
-        ProducerUnavailableError,
-        ViewNotFoundError,
-        SettlementError,
-        EventNotFoundError,
-        MalformedRequestError,
-        ProofMismatchError,
-    )
-}
+class NotSourceKeyError(ServingError, PccPermissionError):
+    """A well-signed request to the ingest bridge by an account that is not the source's registered
+    key, or for a source that is not registered or is suspended."""
+
+    status = 403
 
 
-def http_status(exc: ServingError) -> int:
-    """The HTTP status of a serving error (500 for anything unmapped)."""
+class UpstreamUnavailableError(ServingError, PccTransientError):
+    """The Kafka broker or the chain node does not answer: nothing new is accepted until it does;
+    what was acknowledged is kept and sent when it is back (retry after ``retry_after_s``)."""
+
+    status = 503
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def detail(self) -> dict[str, Any]:
+        return {**super().detail(), "retry_after_s": self.retry_after_s}
+
+
+#: The one table from errors to HTTP statuses: every :class:`ServingError` subclass that declares a
+#: ``status`` is entered here as it is defined (the passport's and the access service's too), then the
+#: shared package's kinds of error; the first class along an error's MRO that is here decides.
+HTTP_STATUS: dict[type[BaseException], int] = {cls: cls.status for cls in _DECLARED}
+HTTP_STATUS.update(
+    {PccValueError: 400, PccPermissionError: 403, PccNotFoundError: 404, PccTransientError: 503}
+)
+
+
+def http_status(exc: BaseException) -> int:
+    """The HTTP status of an error (a refusal carrying its cause answers with the cause's; 500 if unmapped)."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException) and not isinstance(exc, type(cause)):
+        found = _lookup(cause)
+        if found is not None:
+            return found
+    found = _lookup(exc)
+    return 500 if found is None else found
+
+
+def _lookup(exc: BaseException) -> int | None:
     for cls in type(exc).__mro__:
         if cls in HTTP_STATUS:
-            return HTTP_STATUS[cls]  # type: ignore[index]
-    return 500
+            return HTTP_STATUS[cls]
+    return None

@@ -102,12 +102,8 @@ class Answer(NamedTuple):
     headers: dict[str, str]
 
 
-def error_answer(exc: ServingError | AccessError) -> Answer:
-    """The JSON error body and status of a refused request (as the app's exception handlers give it)."""
-    if isinstance(exc, AccessError):
-        return Answer(
-            exc.status, orjson.dumps({"error": exc.kind, "message": exc.message}), "application/json", {}
-        )
+def error_answer(exc: ServingError) -> Answer:
+    """The JSON error body and status of a refused request (the app's exception handler gives the same)."""
     headers: dict[str, str] = {}
     retry = getattr(exc, "retry_after_s", None)
     if retry is not None:
@@ -299,7 +295,7 @@ class PaidQueries:
         except OverBudget:
             stopped = True
             return None
-        except (ServingError, AccessError) as exc:
+        except ServingError as exc:
             return error_answer(exc)
         finally:
             if not stopped:

@@ -31,7 +31,8 @@ from pipelines.access import (
     parse_public_key,
     row_aad,
 )
-from pipelines.errors import PccError, PccNotFoundError, PccPermissionError, PccValueError
+from pipelines.errors import PccError, PccNotFoundError, PccValueError
+from serving.errors import HTTP_STATUS, ServingError
 
 #: ``{vehicle: {category: {epoch: "wk:v1:…"}}}`` (epochs as strings in JSON)
 WrappedKeys = dict[str, dict[str, dict[int, str]]]
@@ -161,25 +162,22 @@ def open_rows(
     return out
 
 
-def access_status(exc: PccError) -> int:
-    if isinstance(exc, TamperedCiphertext):
-        return 422
-    if isinstance(exc, AccessDenied | PccPermissionError):
-        return 403
-    if isinstance(exc, PccNotFoundError):
-        return 404
-    if isinstance(exc, PccValueError):
-        return 400
-    return 409
+class AccessError(ServingError):
+    """An access-control refusal on its way to an HTTP answer: its status is its cause's
+    (:data:`serving.errors.HTTP_STATUS`: tampered 422, denied 403, unknown 404, malformed 400)."""
 
-
-class AccessError(PccError):
-    """An access-control refusal on its way to an HTTP answer (status from :func:`access_status`)."""
+    status = 409  # a cause the table does not name (a grant in a state that forbids the act)
 
     def __init__(self, cause: PccError) -> None:
         super().__init__(cause.message)
-        self.status = access_status(cause)
+        self.cause = cause
         self.kind = type(cause).__name__
+
+    def detail(self) -> dict[str, Any]:
+        return {"error": self.kind, "message": self.message}
+
+
+HTTP_STATUS.update({TamperedCiphertext: 422, AccessDenied: 403})
 
 
 def wrapped_in(metadata: Mapping[bytes, bytes] | None) -> WrappedKeys:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from pipelines.errors import PccError, PccNotFoundError, PccPermissionError, PccTransientError, PccValueError
+from pipelines.errors import PccNotFoundError, PccPermissionError, PccTransientError, PccValueError
+from serving.errors import ServingError
 
 
-class PassportError(PccError):
-    """Root of the passport's errors."""
-
-    status: int = 500
+class PassportError(ServingError):
+    """Root of the passport's errors (a serving error: its status is in serving.errors.HTTP_STATUS)."""
 
 
 class BadVehicleError(PassportError, PccValueError):

@@ -33,13 +33,13 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
-from pipelines.errors import PccError, PccNotFoundError, PccPermissionError, PccTransientError, PccValueError
+from pipelines.errors import PccError
 from serving.auth import HEADER_ACCOUNT, HEADER_SIGNATURE
 from serving.errors import PaymentRequiredError, ServingError, http_status
 from serving.passport.access import PSEUDONYM, OwnerAccess, resolve_vehicle
 from serving.passport.assemble import build_passport
 from serving.passport.chart import mileage_svg, quality_colour
-from serving.passport.errors import PassportClosedError, PassportError, ShareLinkError, VehicleNotFoundError
+from serving.passport.errors import PassportClosedError, ShareLinkError, VehicleNotFoundError
 from serving.passport.sales import PassportSales
 from serving.passport.share import SHARE_PARAM, CurrentOwner, ShareLinks
 from serving.passport.source import PassportSource
@@ -65,24 +65,8 @@ def _asset(name: str) -> str:
     return resources.files("serving.passport").joinpath("templates", name).read_text(encoding="utf-8")
 
 
-def _status(exc: PccError) -> int:
-    if isinstance(exc, PassportError):
-        return exc.status
-    if isinstance(exc, ServingError):
-        return http_status(exc)
-    for cls, status in (
-        (PccValueError, 400),
-        (PccPermissionError, 403),
-        (PccNotFoundError, 404),
-        (PccTransientError, 503),
-    ):
-        if isinstance(exc, cls):
-            return status
-    return 500
-
-
 def _error_response(exc: PccError, html: bool) -> Response:
-    status = _status(exc)
+    status = http_status(exc)
     headers = dict(_PRIVATE)
     if isinstance(exc, PaymentRequiredError):
         headers["X-PCC-Price-Cents"] = str(exc.quote.get("amount_cents", ""))
