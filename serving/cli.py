@@ -43,6 +43,14 @@ def serve(
     offline_prices: Annotated[
         Path | None, typer.Option(help="Bill from this JSON file instead of the chain (local trial).")
     ] = None,
+    ingest: Annotated[
+        bool,
+        typer.Option(
+            "--ingest",
+            help="Also accept producers' events under /v1/events (the HTTP ingest bridge; needs the "
+            "ledger deployment and Kafka).",
+        ),
+    ] = False,
 ) -> None:
     """Serve paid SQL over the merged views (OpenAPI at /docs)."""
     import uvicorn
@@ -50,6 +58,7 @@ def serve(
     from pipelines.access import AccessService, open_grant_store
     from pipelines.vault import IdentityVault
     from serving.api import create_app
+    from serving.auth import service_domain
     from serving.chain import chain_billing
     from serving.passport import InMemoryRoots, LeafFilePaths, mount_passport
 
@@ -71,7 +80,12 @@ def serve(
         paths=paths,
         current_owner=access.vault.current_owner,  # a sale ends the seller's share links
     )
-    uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+    if not ingest:
+        uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+        return
+    from serving.ingest.mount import serve_with_ingest
+
+    serve_with_ingest(settings, app, service_domain(config, billing), host=config.host, port=config.port)
 
 
 def query(
