@@ -137,7 +137,7 @@ class IngestSettings(_Section):
     max_body_bytes: int = 1024 * 1024  # a larger batch is refused (413) before it is read further
     max_lines: int = 1000  # a batch of more JSON Lines is refused (413) before any is parsed
     max_queued: int = 4  # batches of one source waiting behind the one being anchored (429 past it)
-    publish_timeout_s: float = 10.0  # how long Kafka may take to acknowledge a batch
+    publish_timeout_s: float = 30.0  # how long Kafka may take to acknowledge a batch (> 10 s)
     retry_after_s: int = 5  # Retry-After of a 429 or 503; also how often a down broker is retried
 
 

@@ -98,7 +98,12 @@ class BatchAnswer:
 
 
 class SharedPublisher:
-    """One Kafka publisher for every lane: sends one batch at a time; lanes do not close it."""
+    """One Kafka publisher for every lane: sends one batch at a time; lanes do not close it.
+
+    After a batch Kafka did not fully acknowledge, the connection is closed:
+    the next batch connects afresh (a new idempotent producer session), as the
+    next run of ``pcc produce`` would.
+    """
 
     def __init__(self, publisher: Publisher) -> None:
         self._publisher = publisher
@@ -106,7 +111,13 @@ class SharedPublisher:
 
     def publish(self, events: Sequence[OutgoingEvent]) -> list[tuple[OutgoingEvent, Exception]]:
         with self._lock:
-            return self._publisher.publish(events)
+            failed = self._publisher.publish(events)
+            if failed:
+                try:
+                    self._publisher.close()
+                except Exception:  # closing a connection to a broker that is gone
+                    log.debug("ingest: closing the Kafka publisher after a failed batch", exc_info=True)
+            return failed
 
     def close(self) -> None:
         return None

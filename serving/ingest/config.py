@@ -19,7 +19,7 @@ class IngestConfig:
     max_body_bytes: int = 1024 * 1024
     max_lines: int = 1000
     max_queued: int = 4
-    publish_timeout_s: float = 10.0
+    publish_timeout_s: float = 30.0
     retry_after_s: int = 5
     max_request_age_s: int = 300
     max_line_bytes: int = 16 * 1024
