@@ -32,7 +32,6 @@ import pyarrow.csv as pacsv
 
 from pipelines.access import AccessDenied, ConsumerKeyPair, TamperedCiphertext
 from pipelines.errors import PccNotFoundError, PccValueError
-from serving.sealed import WrappedKeys, decode_wrapped, open_rows, wrapped_in
 from serving.auth import RequestDomain, sign_request
 from serving.eip191 import Signer
 from serving.errors import (
@@ -44,6 +43,7 @@ from serving.errors import (
     ResultTooLargeError,
     ServingError,
 )
+from serving.sealed import WrappedKeys, decode_wrapped, open_rows, wrapped_in
 
 
 @dataclass
