@@ -127,7 +127,8 @@ def simulation_start(days: int, today: date | None = None) -> date:
 
 # -- the ledger ---------------------------------------------------------------------------------------
 def setup_ledger(settings: Settings, sources: list[dict[str, Any]]) -> Any:
-    """Deploy, register each producer, vote prices, fund the consumer; returns the ledger client."""
+    """Deploy, register each producer, hand every admin role over to governance, vote prices
+    (propose, vote, queue in the timelock, execute), fund the consumer; returns the ledger client."""
     from ledger.client import LedgerClient
     from ledger.config import DEV_KEYS
     from ledger.keys import address_of, category_key
@@ -138,6 +139,7 @@ def setup_ledger(settings: Settings, sources: list[dict[str, Any]]) -> Any:
     client = LedgerClient.from_settings(settings)
     for src in sources:
         register_source(settings, src["id"], src["kind"], int(src["tier"]), client=client)
+    client.governance.handover()  # from here on only a vote changes a role or a parameter
     voter = DEV_KEYS[DEV_MEMBERS[0][0]]
     client.tokens.delegate(address_of(voter), voter)
     actions = [
@@ -404,7 +406,7 @@ def run_demo(
                 summary = write_fleet(sim, fleet_dir, on_vehicle=lambda _n: progress.advance(task))
             result.simulated, result.labels = summary.events, dict(summary.labels)
             sources = json.loads((fleet_dir / "fleet.json").read_text())["sources"]
-        with phase("deploy the contracts, register the producers, vote prices, fund a consumer"):
+        with phase("deploy, register the producers, hand over to governance, vote prices, fund a consumer"):
             from ledger.chain import connect_url
 
             first_block = int(connect_url(settings.ledger.rpc_url).eth.block_number) + 1

@@ -8,7 +8,7 @@ import typer
 
 from ledger.client import LedgerClient
 from ledger.config import LedgerConfig
-from ledger.deploy import Deployment
+from ledger.deploy import Deployment, GovernanceParams
 from ledger.indexer import LedgerIndexer
 from ledger.onboarding import deploy_consortium
 from ledger.onboarding import register_source as register_source_account
@@ -28,6 +28,13 @@ def deploy_cmd(
     member: Annotated[
         list[str] | None, typer.Option("--member", help="ADDRESS=AMOUNT of PCC_gold (whole tokens) to mint.")
     ] = None,
+    timelock_delay: Annotated[
+        int, typer.Option(help="Seconds an accepted proposal waits in the timelock before it runs.")
+    ] = GovernanceParams.timelock_delay_s,
+    withdrawal_delay: Annotated[
+        int,
+        typer.Option(help="Seconds a consumer's deposit stays reserved after it asks for it back."),
+    ] = GovernanceParams.withdrawal_delay_s,
 ) -> None:
     """Deploy every contract to ledger.rpc_url and write the deployment manifest."""
     settings = settings_from(ctx)
@@ -37,24 +44,60 @@ def deploy_cmd(
         if not amount.isdigit():
             raise PccValueError(f"--member {item!r}: expected ADDRESS=AMOUNT (whole PCC_gold tokens)")
         members[address] = int(amount) * 10**18
-    deployment = deploy_consortium(settings, members)
+    params = GovernanceParams(timelock_delay_s=timelock_delay, withdrawal_delay_s=withdrawal_delay)
+    deployment = deploy_consortium(settings, members, params)
     config = LedgerConfig.from_settings(settings)
     typer.echo(
         f"deployed to chain {deployment.chain_id} at block {deployment.block}; manifest {config.manifest}"
     )
     for name, address in deployment.contracts.items():
         typer.echo(f"  {name:15} {address}")
+    typer.echo("the operator is admin of every contract until `pcc ledger handover`")
+
+
+@app.command()
+def handover(
+    ctx: typer.Context,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Give every admin role to governance (the Governor's timelock); the operator renounces its own.
+
+    Irreversible: afterwards only a proposal voted by PCC_gold holders can grant or revoke a role.
+    """
+    client = _client(ctx)
+    if not yes:
+        typer.confirm(
+            f"hand every admin role of {client.signer.address} over to the timelock "
+            f"{client.deployment.address('PCCTimelock')}? This cannot be undone",
+            abort=True,
+        )
+    moved = client.governance.handover()
+    typer.echo(
+        f"handed over: {', '.join(moved)}" if moved else f"{client.signer.address} is admin of nothing"
+    )
+    _show_admins(client)
 
 
 @app.command()
 def status(ctx: typer.Context) -> None:
-    """Show the deployment, the head block and the PCC_token supply."""
+    """Show the deployment, the head block, the PCC_token supply and who governs."""
     client = _client(ctx)
     d: Deployment = client.deployment
     typer.echo(f"chain {d.chain_id}, deployed at block {d.block}, head {client.block_number}")
     typer.echo(f"operator {d.operator}; PCC_token supply {client.tokens.total_supply()} cents")
     for name, address in d.contracts.items():
         typer.echo(f"  {name:15} {address}")
+    handed = client.governance.handed_over()
+    typer.echo(
+        f"governance: {'handed over' if handed else 'the operator is still admin (pcc ledger handover)'}; "
+        f"timelock delay {client.governance.timelock_delay()} s"
+    )
+
+
+def _show_admins(client: LedgerClient) -> None:
+    for h in client.governance.admins():
+        holders = [who for who, held in (("operator", h.operator), ("timelock", h.timelock)) if held]
+        typer.echo(f"  {h.contract:15} admin: {', '.join(holders) or 'nobody'}")
 
 
 @app.command("register-source")
@@ -128,3 +171,33 @@ def checkpoints(
     for cp in indexer.checkpoints(start, to_block, source_id):
         name = names.get(cp.source_key, "0x" + cp.source_key.hex())
         typer.echo(f"block {cp.block}: {name} size {cp.tree_size} root {cp.root.hex()}")
+
+
+@app.command("register-sources")
+def register_sources_cmd(
+    ctx: typer.Context,
+    file: Annotated[str, typer.Argument(help="CSV (source_id,kind[,tier][,account]) or a fleet.json.")],
+) -> None:
+    """Register many producers in one process, in batched transactions; prints a table."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ledger.bulk import read_sources, register_sources
+
+    results = register_sources(settings_from(ctx), read_sources(Path(file)))
+    table = Table(title=f"pcc ledger register-sources {Path(file).name}")
+    for column in ("source", "kind", "tier", "status", "account", "block", "tx / reason"):
+        table.add_column(column)
+    for r in results:
+        table.add_row(
+            r.row.source_id, r.row.kind, str(r.row.tier), r.status, r.account, str(r.block or ""),
+            r.tx_hash or r.reason,
+        )  # fmt: skip
+    Console().print(table)
+    statuses = ("registered", "already registered", "refused")
+    counts = {s: sum(1 for r in results if r.status == s) for s in statuses}
+    typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+    if counts["refused"]:
+        raise PccValueError(f"{counts['refused']} source(s) refused (see the table)")

@@ -149,7 +149,7 @@ class MarketApi:
         )
 
     def failures(self, tx: TxReceipt) -> list[FailedReceipt]:
-        """The receipts a settlement transaction left unsettled (its ``ReceiptFailed`` logs)."""
+        """The receipts a settlement transaction left unsettled (its ``ReceiptFailed`` logs), by number."""
         event = self.market.events.ReceiptFailed()
         out = []
         for log in tx["logs"]:
@@ -160,7 +160,7 @@ class MarketApi:
             args = event.process_log(log)["args"]
             reason = FAIL_REASONS.get(int(args["reason"]), f"reason {args['reason']}")
             out.append(FailedReceipt(int(args["receiptNo"]), reason, str(args["party"])))
-        return out
+        return sorted(out, key=lambda f: f.receipt_no)
 
     def is_settled(self, receipt_no: int) -> bool:
         return bool(

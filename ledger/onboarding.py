@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from ledger.chain import connect
 from ledger.client import LedgerClient
 from ledger.config import DEV_KEYS, LedgerConfig
-from ledger.deploy import Deployment, deploy
+from ledger.deploy import Deployment, GovernanceParams, deploy
 from ledger.keys import address_of, dev_source_key
 from ledger.tx import Signer
 from pipelines.errors import PccValueError
@@ -22,17 +22,20 @@ DEV_GAS_MONEY = 10**18  # 1 ether of play money for a source's anchoring account
 DEV_MEMBERS = ((1, 500), (2, 300), (3, 200))
 
 
-def deploy_consortium(settings: Settings, members: Mapping[str, int] | None = None) -> Deployment:
+def deploy_consortium(
+    settings: Settings, members: Mapping[str, int] | None = None, params: GovernanceParams | None = None
+) -> Deployment:
     """Deploy every contract to ``settings.ledger`` and write the manifest.
 
     ``members`` maps addresses to PCC_gold in smallest units; on a dev chain
-    three dev accounts become members when none are given.
+    three dev accounts become members when none are given.  The operator stays
+    admin until :meth:`ledger.governance.GovernanceApi.handover`.
     """
     config = LedgerConfig.from_settings(settings)
     w3 = connect(config)
     if not members and config.chain in ("anvil", "hardhat"):
         members = {address_of(DEV_KEYS[i]): n * 10**18 for i, n in DEV_MEMBERS}
-    deployment = deploy(w3, Signer(w3, config.deployer_key), members or {})
+    deployment = deploy(w3, Signer(w3, config.deployer_key), members or {}, params)
     deployment.write(config.manifest)
     return deployment
 

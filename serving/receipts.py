@@ -434,3 +434,20 @@ def read_failed_receipts(path: Path, limit: int = 100) -> list[dict[str, Any]]:
         return failed_receipts(db, limit)
     finally:
         db.close()
+
+
+def read_receipt_counts(path: Path) -> dict[str, tuple[int, int]]:
+    """Receipts of a receipts file by status (pending, settled, failed, free): (count, cents); read-only."""
+    if not path.is_file():
+        return {}
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        rows = db.execute(
+            "SELECT CASE WHEN settled_tx IS NULL THEN 'pending' WHEN settled_tx IN (?, 'free')"
+            " THEN settled_tx ELSE 'settled' END AS status, count(*), coalesce(sum(amount_cents), 0)"
+            " FROM receipts GROUP BY status",
+            (FAILED,),
+        ).fetchall()
+    finally:
+        db.close()
+    return {str(status): (int(n), int(cents)) for status, n, cents in rows}

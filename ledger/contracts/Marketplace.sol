@@ -50,6 +50,7 @@ contract Marketplace is AccessControl {
     uint256 private constant MASK32 = 0xffffffff;
     uint256 private constant MASK64 = 0xffffffffffffffff;
     uint256 private constant MASK96 = 0xffffffffffffffffffffffff;
+    uint256 private constant NONE = type(uint256).max;
 
     /// Why a receipt did not settle (`ReceiptFailed.reason`); `party` names the producer or consumer.
     uint8 public constant FAIL_UNKNOWN_PRODUCER = 1;
@@ -165,12 +166,10 @@ contract Marketplace is AccessControl {
     /// Running totals of one batch, kept in memory so storage is written once per
     /// consumer, producer and bitmap word rather than once per receipt.
     struct Batch {
-        address[] consumers;
         uint256[] owed; // per consumer index: cents of its receipts that settle
-        uint256[] funds; // per consumer index: cents it can pay, read on first use
-        uint8[] read; // per consumer index: 0 nothing read, 1 its deposit, 2 deposit and allowance
         uint256[] earned; // per producer index
-        uint8[] failure; // per producer index: 0 if active, else the FAIL_ reason
+        uint8[] failure; // per producer index: 0 if active, else its FAIL_ reason
+        bool anyInactive;
         uint256 word; // bitmap word cached in `bits`
         uint256 bits;
         uint256 amount;
@@ -183,32 +182,39 @@ contract Marketplace is AccessControl {
     /// Settle a batch of receipts (see the encoding above), each on its own: a receipt that
     /// cannot settle emits `ReceiptFailed` and stays unsettled; the others settle. A malformed
     /// batch or a receipt settled before reverts the whole call (the settler's mistake).
+    /// Receipts are settled optimistically; a consumer whose funds do not cover all of its
+    /// receipts has those beyond its funds taken back out (in batch order), so the common case
+    /// pays one comparison per consumer for the check.
     function settle(address[] calldata consumers, address[] calldata producers, uint256[] calldata words)
         external
         onlyRole(SETTLER_ROLE)
     {
         Batch memory b;
-        b.consumers = consumers;
         b.owed = new uint256[](consumers.length);
-        b.funds = new uint256[](consumers.length);
-        b.read = new uint8[](consumers.length);
         b.earned = new uint256[](producers.length);
         b.failure = new uint8[](producers.length);
         for (uint256 p = 0; p < producers.length; ++p) {
-            b.failure[p] = _producerFailure(producers[p]);
+            uint8 failure = _producerFailure(producers[p]);
+            if (failure != 0) {
+                b.failure[p] = failure;
+                b.anyInactive = true;
+            }
         }
         b.feeBps = parameters.feeBps();
         b.word = type(uint256).max;
         for (uint256 i = 0; i < words.length;) {
-            (uint256 next, uint256 failure, uint256 party) = _settleOne(words, i, b);
-            if (failure != 0) {
-                address who = failure == FAIL_CONSUMER_FUNDS ? consumers[party] : producers[party];
-                emit ReceiptFailed(words[i] & MASK64, uint8(failure), who);
+            (uint256 next, uint256 inactive) = _settleOne(words, i, b);
+            if (inactive != NONE) {
+                emit ReceiptFailed(words[i] & MASK64, b.failure[inactive], producers[inactive]);
                 ++b.failed;
             }
             i = next;
         }
         if (b.word != type(uint256).max) _settledWords[b.word] = b.bits;
+        for (uint256 c = 0; c < consumers.length; ++c) {
+            uint256 funds = _fundsCovering(consumers[c], b.owed[c]);
+            if (funds < b.owed[c]) _shed(c, consumers[c], funds, words, b);
+        }
         for (uint256 p = 0; p < producers.length; ++p) {
             if (b.earned[p] > 0) credits[producers[p]] += b.earned[p];
         }
@@ -227,102 +233,131 @@ contract Marketplace is AccessControl {
         return sources.keyOf(producer) == bytes32(0) ? FAIL_UNKNOWN_PRODUCER : FAIL_SUSPENDED_PRODUCER;
     }
 
-    /// Settle the receipt whose header is `words[i]`; returns the index of the next header and,
-    /// if it cannot settle, the reason and the index of the consumer or producer at fault.
+    /// Settle the receipt whose header is `words[i]`; returns the index of the next header and
+    /// the index of a producer that is not active if the receipt pays one (`NONE` otherwise).
     function _settleOne(uint256[] calldata words, uint256 i, Batch memory b)
         private
-        returns (uint256 next, uint256 failure, uint256 party)
+        returns (uint256 next, uint256 inactive)
     {
         uint256 header = words[i];
         uint256 receiptNo = header & MASK64;
         uint256 amount = (header >> 64) & MASK96;
         {
+            uint256 consumer = (header >> 160) & MASK16;
             uint256 n = (header >> 176) & MASK16;
             if (n == 0 || amount == 0) revert EmptyReceipt(receiptNo);
+            if (consumer >= b.owed.length) revert ConsumerIndexOutOfRange(receiptNo, consumer);
             next = i + 1 + n;
             if (next > words.length) revert TruncatedReceipt(receiptNo);
-            party = (header >> 160) & MASK16; // the consumer, until a producer is found at fault
-            if (party >= b.owed.length) revert ConsumerIndexOutOfRange(receiptNo, party);
+            if (b.anyInactive) {
+                inactive = _inactiveProducer(words[i + 1:next], b);
+                if (inactive != NONE) {
+                    if (_isMarked(receiptNo, b)) revert ReceiptAlreadySettled(receiptNo);
+                    return (next, inactive);
+                }
+            }
+            b.owed[consumer] += amount;
         }
-        uint256 bit = _unsettledBit(receiptNo, b);
-        (uint256 totalWeight, uint256 inactive) = _weigh(receiptNo, words[i + 1:next], b);
-        if (inactive != type(uint256).max) return (next, b.failure[inactive], inactive);
-        if (!_affordable(party, amount, b)) return (next, FAIL_CONSUMER_FUNDS, party);
-        b.bits |= bit;
-        b.owed[party] += amount;
+        _markSettled(receiptNo, b);
         b.amount += amount;
-        b.fee += _credit(amount, totalWeight, words[i + 1:next], b);
+        b.fee += _credit(receiptNo, amount, words[i + 1:next], b, true);
         ++b.receipts;
-        return (next, 0, 0);
+        return (next, NONE);
     }
 
-    /// The receipt's bit in the cached bitmap word (flushing the previous word when it moves on);
-    /// reverts if the bit is set. Sorted receipt numbers load few words.
-    function _unsettledBit(uint256 receiptNo, Batch memory b) private returns (uint256 bit) {
+    /// The index of the first producer a receipt gives a positive weight that is not active, or `NONE`.
+    function _inactiveProducer(uint256[] calldata shares, Batch memory b) private pure returns (uint256) {
+        for (uint256 j = 0; j < shares.length; ++j) {
+            uint256 producer = shares[j] & MASK16;
+            if (producer == TREASURY_SHARE || producer >= b.failure.length) continue; // range: see _credit
+            if ((shares[j] >> 16) & MASK32 != 0 && b.failure[producer] != 0) return producer;
+        }
+        return NONE;
+    }
+
+    /// Set the receipt's bit in the cached bitmap word; sorted receipt numbers load few words.
+    function _markSettled(uint256 receiptNo, Batch memory b) private {
         uint256 word = receiptNo >> 8;
         if (word != b.word) {
-            if (b.word != type(uint256).max) _settledWords[b.word] = b.bits;
+            if (b.word != type(uint256).max) _settledWords[b.word] = b.bits; // flush the previous word
             b.word = word;
             b.bits = _settledWords[word];
         }
-        bit = 1 << (receiptNo & 0xff);
+        uint256 bit = 1 << (receiptNo & 0xff);
         if (b.bits & bit != 0) revert ReceiptAlreadySettled(receiptNo);
+        b.bits |= bit;
     }
 
-    /// The total weight of a receipt's shares and the index of the first producer with a
-    /// positive weight that is not active (`type(uint256).max` if none).
-    function _weigh(uint256 receiptNo, uint256[] calldata shares, Batch memory b)
-        private
-        pure
-        returns (uint256 totalWeight, uint256 inactive)
-    {
-        inactive = type(uint256).max;
-        for (uint256 j = 0; j < shares.length; ++j) {
-            uint256 producer = shares[j] & MASK16;
-            uint256 weight = (shares[j] >> 16) & MASK32;
-            totalWeight += weight;
-            if (producer == TREASURY_SHARE) continue;
-            if (producer >= b.earned.length) revert ProducerIndexOutOfRange(receiptNo, producer);
-            if (weight > 0 && b.failure[producer] != 0 && inactive == type(uint256).max) inactive = producer;
-        }
-        if (totalWeight == 0) revert ZeroWeight(receiptNo);
+    function _isMarked(uint256 receiptNo, Batch memory b) private view returns (bool) {
+        uint256 word = receiptNo >> 8;
+        uint256 bits = word == b.word ? b.bits : _settledWords[word];
+        return (bits >> (receiptNo & 0xff)) & 1 == 1;
     }
 
-    /// True if consumer `c` can pay `amount` more in this batch: its deposit first, then what its
-    /// allowance to this contract and its balance both cover (read only when the deposit falls short).
-    function _affordable(uint256 c, uint256 amount, Batch memory b) private view returns (bool) {
-        uint256 need = b.owed[c] + amount;
-        if (b.read[c] == 0) {
-            b.funds[c] = deposits[b.consumers[c]];
-            b.read[c] = 1;
-        }
-        if (need > b.funds[c] && b.read[c] == 1) {
-            address consumer = b.consumers[c];
-            uint256 allowance = token.allowance(consumer, address(this));
-            uint256 balance = token.balanceOf(consumer);
-            b.funds[c] += allowance < balance ? allowance : balance;
-            b.read[c] = 2;
-        }
-        return need <= b.funds[c];
-    }
-
-    /// Credit the producers' part of one receipt in memory; returns the treasury's part.
-    function _credit(uint256 amount, uint256 totalWeight, uint256[] calldata shares, Batch memory b)
+    /// Credit (or, with `add` false, take back) the producers' part of one receipt in memory;
+    /// returns the treasury's part.
+    function _credit(uint256 receiptNo, uint256 amount, uint256[] calldata shares, Batch memory b, bool add)
         private
         pure
         returns (uint256 fee)
     {
+        uint256 totalWeight;
+        for (uint256 j = 0; j < shares.length; ++j) {
+            totalWeight += (shares[j] >> 16) & MASK32;
+        }
+        if (totalWeight == 0) revert ZeroWeight(receiptNo);
         fee = (amount * b.feeBps) / BPS;
         uint256 rest = amount - fee;
         uint256 paid;
         for (uint256 j = 0; j < shares.length; ++j) {
             uint256 producer = shares[j] & MASK16;
             uint256 part = (rest * ((shares[j] >> 16) & MASK32)) / totalWeight;
-            if (producer == TREASURY_SHARE) fee += part;
-            else b.earned[producer] += part;
+            if (producer == TREASURY_SHARE) {
+                fee += part;
+            } else {
+                if (producer >= b.earned.length) revert ProducerIndexOutOfRange(receiptNo, producer);
+                if (add) b.earned[producer] += part;
+                else b.earned[producer] -= part;
+            }
             paid += part;
         }
         fee += rest - paid; // rounding dust goes to the treasury
+    }
+
+    /// What `consumer` can pay, if `owed` is more than its deposit: its deposit plus what its
+    /// allowance to this contract and its balance both cover.
+    function _fundsCovering(address consumer, uint256 owed) private view returns (uint256 funds) {
+        funds = deposits[consumer];
+        if (funds >= owed) return funds;
+        uint256 allowance = token.allowance(consumer, address(this));
+        uint256 balance = token.balanceOf(consumer);
+        funds += allowance < balance ? allowance : balance;
+    }
+
+    /// Take back out of the batch the receipts of consumer `c` beyond its `funds` (in batch order).
+    function _shed(uint256 c, address consumer, uint256 funds, uint256[] calldata words, Batch memory b) private {
+        uint256 kept;
+        for (uint256 i = 0; i < words.length;) {
+            uint256 header = words[i];
+            uint256 next = i + 1 + ((header >> 176) & MASK16);
+            uint256 receiptNo = header & MASK64;
+            // the receipt's bit is set only if it settled in this batch (a repeat would have reverted)
+            if ((header >> 160) & MASK16 == c && isSettled(receiptNo)) {
+                uint256 amount = (header >> 64) & MASK96;
+                if (kept + amount <= funds) {
+                    kept += amount;
+                } else {
+                    _settledWords[receiptNo >> 8] &= ~(1 << (receiptNo & 0xff));
+                    b.owed[c] -= amount;
+                    b.amount -= amount;
+                    b.fee -= _credit(receiptNo, amount, words[i + 1:next], b, false);
+                    --b.receipts;
+                    ++b.failed;
+                    emit ReceiptFailed(receiptNo, FAIL_CONSUMER_FUNDS, consumer);
+                }
+            }
+            i = next;
+        }
     }
 
     /// Take what `consumer` owes for the batch: from its deposit, the rest through its allowance.

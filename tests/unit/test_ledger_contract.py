@@ -380,21 +380,26 @@ class LedgerContractTests:
         self.expect(LedgerRuleError, "ReceiptAlreadySettled", client.market.settle, twice)
         assert not client.market.is_settled(900) and client.tokens.balance(ADDR[CONSUMER]) == 9_600
 
-    def test_a_receipt_beyond_the_consumer_funds_fails_alone(self, client: LedgerClient):
+    def test_receipts_beyond_the_consumer_funds_fail_alone_and_pay_nobody(self, client: LedgerClient):
         self._fund(client, 1_000)
+        client.tokens.mint(ADDR[CONSUMER], 1_000, "SEPA-held")  # held, not approved: not collectable
         receipts = [
-            QueryReceipt(1, ADDR[CONSUMER], 600, {ADDR[SRC]: 1}),
-            QueryReceipt(2, ADDR[CONSUMER], 600, {ADDR[SRC]: 1}),
+            QueryReceipt(1, ADDR[CONSUMER], 600, {ADDR[SRC]: 3, ADDR[SRC2]: 1, TREASURY: 1}),
+            QueryReceipt(2, ADDR[CONSUMER], 300, {ADDR[SRC]: 1}),
+            QueryReceipt(3, ADDR[CONSUMER], 500, {ADDR[SRC2]: 1}),  # 1,400 > 1,000: this one fails
         ]
         outcome = client.market.settle_receipts(receipts)
-        assert outcome.settled == (1,)
-        assert outcome.failed == (FailedReceipt(2, "consumer_funds", ADDR[CONSUMER]),)
-        assert client.market.is_settled(1) and not client.market.is_settled(2)
-        assert client.tokens.balance(ADDR[CONSUMER]) == 400 and client.market.credit(ADDR[SRC]) == 540
-        client.tokens.mint(ADDR[CONSUMER], 200, "SEPA-topup")
-        client.tokens.approve(client.market.address, 600, CONSUMER)
+        assert outcome.settled == (1, 2)
+        assert outcome.failed == (FailedReceipt(3, "consumer_funds", ADDR[CONSUMER]),)
+        assert [client.market.is_settled(n) for n in (1, 2, 3)] == [True, True, False]
+        # receipt 1: fee 60, 540 split 3:1:1 (324, 108, 108 to the treasury); receipt 2: fee 30, 270
+        assert client.tokens.balance(ADDR[CONSUMER]) == 2_000 - 900
+        assert client.market.credit(ADDR[SRC]) == 324 + 270 and client.market.credit(ADDR[SRC2]) == 108
+        assert client.tokens.balance(client.deployment.address("PCCGold")) == 60 + 108 + 30
+        client.tokens.approve(client.market.address, 500, CONSUMER)
         # a failed receipt can settle later
-        assert client.market.settle_receipts(receipts[1:]).settled == (2,)
+        assert client.market.settle_receipts(receipts[2:]).settled == (3,)
+        assert client.market.credit(ADDR[SRC2]) == 108 + 450
 
     def test_escrowed_deposit_pays_first(self, client: LedgerClient):
         self._fund(client, 3_000)
