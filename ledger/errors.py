@@ -93,6 +93,8 @@ RULES: dict[str, str] = {
     "InsufficientDeposit": "consumer {consumer} has {deposit} cents deposited, {needed} needed",
     "NoWithdrawalRequested": "consumer {consumer} has not asked for its deposit back",
     "WithdrawalNotReady": "the deposit of {consumer} can be withdrawn from unix time {readyAt}, not before",
+    "GovernorUnexpectedProposalState": "proposal {proposalId} is in state {current}, not one this step needs",
+    "TimelockUnexpectedOperationState": "timelock operation {operationId} is not ready (its delay has not passed) or is done",
     "ERC20InsufficientAllowance": "allowance of {spender} is {allowance} cents, {needed} needed",
     "ERC20InsufficientBalance": "balance of {sender} is {balance} cents, {needed} needed",
     "EnforcedPause": "PCC_token is paused by governance",
