@@ -161,6 +161,8 @@ class IdentityVault:
         self._cache_size = section.cache_size if cache_size is None else cache_size
         self._cache_check_s = section.cache_check_s if cache_check_s is None else cache_check_s
         self._cache: OrderedDict[str, str] = OrderedDict()
+        #: (vehicle, category, epoch) -> data key, for sealing only (data_key(cached=True))
+        self._keys: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._cache_generation = -1
         self._cache_checked = 0.0
@@ -228,6 +230,7 @@ class IdentityVault:
             self._cache_checked = now
             if generation != self._cache_generation:
                 self._cache.clear()
+                self._keys.clear()
                 self._cache_generation = generation
 
     def _vehicle_id(self, conn: sqlite3.Connection, vehicle: str) -> int:
@@ -379,8 +382,26 @@ class IdentityVault:
 
     # --- data keys --------------------------------------------------------------------------
 
-    def data_key(self, vehicle: str, category: str, epoch: int = 0) -> bytes:
-        """The 32-byte key for one vehicle's data of one category in one key epoch (created on first use)."""
+    def data_key(self, vehicle: str, category: str, epoch: int = 0, *, cached: bool = False) -> bytes:
+        """The 32-byte key for one vehicle's data of one category in one key epoch (created on first use).
+
+        ``cached``: for sealing only (the producer SDK, the speed layer on
+        version 1), a key read before may be given from memory; an erasure by
+        this object drops it at once, one by another object or process within
+        ``vault.cache_check_s`` (as cached pseudonyms).  Releasing a key to a
+        grantee never uses the cache.
+        """
+        if cached:
+            self._check_cache()
+            hit = self._keys.get((vehicle, category, epoch))
+            if hit is not None:
+                return hit
+            key = self.data_key(vehicle, category, epoch)
+            with self._cache_lock:
+                self._keys[(vehicle, category, epoch)] = key
+                if len(self._keys) > self._cache_size:
+                    self._keys.popitem(last=False)
+            return key
         if category not in CATEGORIES:
             raise PccValueError(f"category: {category!r} is not one of {sorted(CATEGORIES)}")
         if type(epoch) is not int or epoch < 0:
@@ -479,6 +500,7 @@ class IdentityVault:
             )
         with self._cache_lock:
             self._cache.clear()
+            self._keys.clear()
             self._cache_checked = 0.0
         self._scrub()
         return pseudonym

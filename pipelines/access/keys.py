@@ -85,9 +85,9 @@ class KeyRing:
         self._wrapped: OrderedDict[tuple[bytes, str, str, int], tuple[float, bytes, str]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _vault_key(self, vehicle: str, category: str, epoch: int) -> bytes:
+    def _vault_key(self, vehicle: str, category: str, epoch: int, *, cached: bool = False) -> bytes:
         try:
-            return self.vault.data_key(vehicle, category, epoch)
+            return self.vault.data_key(vehicle, category, epoch, cached=cached)
         except PccNotFoundError:
             raise AccessDenied(f"no data keys for vehicle {vehicle}: it was erased or never seen") from None
 
@@ -100,7 +100,8 @@ class KeyRing:
         if category not in PROTECTED_CATEGORIES:
             raise PccValueError(f"category {category!r} is public: it is never sealed")
         epoch = self.epochs.epoch(vehicle, category)
-        current = (epoch, self._vault_key(vehicle, category, epoch))
+        # sealing: the vault may give a key it read before (an erasure elsewhere drops it within 1 s)
+        current = (epoch, self._vault_key(vehicle, category, epoch, cached=self.cache_s > 0))
         if self.cache_s > 0:
             with self._lock:
                 self._cache.setdefault(vehicle, {})[category] = (now, current)

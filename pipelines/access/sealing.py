@@ -22,6 +22,8 @@ from functools import cache
 from hashlib import sha256
 from typing import Any
 
+import orjson
+
 from pipelines.canonical import canonical_bytes
 from pipelines.dataset import region
 from pipelines.events.commitments import COMMITTED_VERSION, SALT_SIZE
@@ -57,6 +59,22 @@ def public_region(location: Any) -> dict[str, float] | None:
     return {"lat": (lat or 0.0) + 0.0, "lon": (lon or 0.0) + 0.0}
 
 
+_INT_LIMIT = 2**53 - 1
+
+
+def _jcs(value: Any) -> bytes:
+    """RFC 8785 bytes of a field's value; integers and strings without the general walk."""
+    kind = type(value)
+    if kind is int and -_INT_LIMIT <= value <= _INT_LIMIT:
+        return b"%d" % value
+    if kind is str:
+        try:
+            return orjson.dumps(value)  # what canonical_bytes gives a string (a lone surrogate: below)
+        except orjson.JSONEncodeError:
+            pass
+    return canonical_bytes(value)
+
+
 def seal_event(env: Mapping[str, Any], key_for: KeyFor, *, randbytes: RandomBytes = _fresh) -> dict[str, Any]:
     """The version 2 envelope of a clear (validated) one: commitments in ``payload``, values in ``sealed``.
 
@@ -82,7 +100,7 @@ def seal_event(env: Mapping[str, Any], key_for: KeyFor, *, randbytes: RandomByte
             current = category
             aead, _, tail = _current_cipher(category, key_for)
             prefix = f"enc:v2:{category}:{tail.decode()}:"
-        plain = fresh[at : at + SALT_SIZE] + canonical_bytes(payload[name])
+        plain = fresh[at : at + SALT_SIZE] + _jcs(payload[name])
         nonce = fresh[at + SALT_SIZE : at + SALT_SIZE + _NONCE]
         at += SALT_SIZE + _NONCE
         digest = sha256(plain).hexdigest()

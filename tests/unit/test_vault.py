@@ -201,7 +201,28 @@ def test_cli_pseudonym_and_erase(
 
 def test_cli_schemas(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["schemas", "show", "repair"]) == 0
+    assert '"$id": "urn:pcc:schema:repair.v2"' in capsys.readouterr().out  # the latest: commitments
+    assert main(["schemas", "show", "repair", "--version", "1"]) == 0
     assert '"$id": "urn:pcc:schema:repair.v1"' in capsys.readouterr().out
     assert main(["schemas", "list"]) == 0
     assert "ownership_change_input" in capsys.readouterr().out
     assert main(["schemas", "show", "tuning"]) == 3
+
+
+def test_sealing_keys_read_from_memory_are_dropped_by_an_erasure_here_or_elsewhere(tmp_path: Path) -> None:
+    path = tmp_path / "vault" / "identity.sqlite"
+    sealer = IdentityVault(path, cache_check_s=0.0)  # a producer's vault object
+    other = IdentityVault(path)  # the operator's `pcc gdpr erase`, say
+    vehicle = sealer.pseudonymize_vehicle(VIN)
+    key = sealer.data_key(vehicle, "commercial", 0, cached=True)
+    assert sealer.data_key(vehicle, "commercial", 0, cached=True) == key == other.data_key(vehicle, "commercial")
+    other.erase(VIN)
+    with pytest.raises(PccNotFoundError):  # the erasure elsewhere is noticed (within cache_check_s)
+        sealer.data_key(vehicle, "commercial", 0, cached=True)
+    again = sealer.pseudonymize_vehicle(VIN)
+    sealer.data_key(again, "commercial", 0, cached=True)
+    sealer.erase(VIN)
+    with pytest.raises(PccNotFoundError):  # and an erasure by the same object at once
+        sealer.data_key(again, "commercial", 0, cached=True)
+    sealer.close()
+    other.close()
