@@ -95,12 +95,11 @@ def chain_rate(c: Chain, p: ChainParams) -> float | None:
 
 def fit_cost(c: Chain, km: int, t: int, lat: float | None, lon: float | None, p: ChainParams) -> float | None:
     """How far (km) the chain's own rate puts this reading from where it predicts; None if it cannot continue it."""
-    if km < c.km - p.tolerance_km:
-        return None
-    days = max(t - c.ms, 0) / DAY_MS
+    days = (t - c.ms) / DAY_MS
     rate = chain_rate(c, p)
     cap = p.default_km_per_day if rate is None else max(p.rate_factor * rate, p.min_km_per_day)
-    if km - c.km > p.slack_km + cap * days:
+    ahead = (km - c.km) if days >= 0 else (c.km - km)  # a late reading is an earlier point of the chain
+    if ahead < -p.tolerance_km or ahead > p.slack_km + cap * abs(days):
         return None
     cost = abs(km - (c.km + (p.prior_km_per_day if rate is None else rate) * days))
     located = lat is not None and lon is not None and c.lat is not None and c.lon is not None
@@ -110,6 +109,8 @@ def fit_cost(c: Chain, km: int, t: int, lat: float | None, lon: float | None, p:
 
 
 def _extend(c: Chain, km: int, t: int, lat: float | None, lon: float | None) -> Chain:
+    if t < c.ms:  # a late reading: one more reading, the chain's last stays
+        return c._replace(n=c.n + 1)
     if lat is None or lon is None:
         lat, lon = c.lat, c.lon
     return Chain(c.first_km, c.first_ms, km, t, c.n + 1, lat, lon)
@@ -142,7 +143,12 @@ def track(
     lon: float | None = None,
     p: ChainParams = CHAIN_PARAMS,
 ) -> Step:
-    """Assign one trusted reading (in time order) to a chain slot."""
+    """Assign one trusted reading to a chain slot.
+
+    Readings come in time order (the batch) or nearly (the speed layer): a late
+    one is fitted as an earlier point of a chain and counts as one of its
+    readings; the switches are counted in the order readings come.
+    """
     a, b = s.a, s.b
     if a is None:
         return Step(Tracked(Chain(km, t, km, t, 1, lat, lon), None, 0, 0), 0, False)

@@ -158,6 +158,9 @@ def rollback_before_sale(
                 "rollback_event_id": r.event.event_id,
                 "drop_km": r.evidence["odometer_rollback"]["drop_km"],
                 "days_before_sale": round((t - r.event.event_time_ms) / DAY_MS, 1),
+                "nearest_days_before_sale": round(
+                    (t - max(c.event.event_time_ms for c in before)) / DAY_MS, 1
+                ),
             }
             out.append((sale.event.event_id, {"rollback_before_sale": detail}))
     return out

@@ -61,8 +61,8 @@ class FraudParams:
     max_speed_kmh: float = 250.0
     min_travel_km: float = 50.0  # below this, location noise, never impossible travel
     recent_ids: int = 16  # ids remembered per vehicle for duplicate detection
-    sale_window_days: int = 90  # rollback_before_sale: how long before a sale
-    clocking_ratio: float = 0.6  # gradual_clocking: rate after / rate before below this
+    sale_window_days: int = 270  # rollback_before_sale: how long before a sale (tuned, pipelines.rules.tuning)
+    clocking_ratio: float = 0.65  # gradual_clocking: rate after / rate before below this (tuned)
     clocking_min_span_days: int = 60  # ... each side of the change spans at least this
     clocking_min_rate: float = 5.0  # ... km/day before the change, else too little signal
     far_travel_km: float = 600.0  # impossible_travel counts fully from this distance (batch score)
@@ -239,31 +239,31 @@ def check_event(
             evidence[flag] = {**detail, "odometer_km": km}
             if event.verified:
                 changes.update(cand_km=km, cand_ms=t)
-        if event.verified:
-            step = track(state.chains, km, t, event.lat, event.lon, params.chains)
-            changes["chains"] = step.state
-            if step.interleaved:  # the other series explains the jump: one flag, the clone's
-                other = step.state.b if step.joined == 0 else step.state.a
-                assert other is not None
-                for f in ODOMETER_PROBLEMS.intersection(flags):
-                    flags.remove(f)
-                    del evidence[f]
-                detail = {
-                    "odometer_km": km,
-                    "other_km": other.km,
-                    "other_time_ms": other.ms,
-                    "switches": step.state.switches,
-                    "signal": "odometer_chains",
-                }
-                if (
-                    event.lat is not None
-                    and event.lon is not None
-                    and other.lat is not None
-                    and other.lon is not None
-                ):
-                    detail["distance_km"] = round(haversine_km(event.lat, event.lon, other.lat, other.lon))
-                flags.append("interleaved_odometers")
-                evidence["interleaved_odometers"] = detail
+    if km is not None and event.verified:  # late ones too: a chain reading is sound out of order
+        step = track(state.chains, km, t, event.lat, event.lon, params.chains)
+        changes["chains"] = step.state
+        if step.interleaved:  # the other series explains the jump: one flag, the clone's
+            other = step.state.b if step.joined == 0 else step.state.a
+            assert other is not None
+            for f in ODOMETER_PROBLEMS.intersection(flags):
+                flags.remove(f)
+                del evidence[f]
+            detail = {
+                "odometer_km": km,
+                "other_km": other.km,
+                "other_time_ms": other.ms,
+                "switches": step.state.switches,
+                "signal": "odometer_chains",
+            }
+            if (
+                event.lat is not None
+                and event.lon is not None
+                and other.lat is not None
+                and other.lon is not None
+            ):
+                detail["distance_km"] = round(haversine_km(event.lat, event.lon, other.lat, other.lon))
+            flags.append("interleaved_odometers")
+            evidence["interleaved_odometers"] = detail
     if not late and event.lat is not None and event.lon is not None:
         if state.lat is not None and state.lon is not None:
             distance = haversine_km(state.lat, state.lon, event.lat, event.lon)

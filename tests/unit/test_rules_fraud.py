@@ -159,7 +159,8 @@ def test_rollback_before_sale_only_within_the_window() -> None:
         return checked["e2"].flags
 
     assert sale_flags(280) == ("rollback_before_sale",)
-    assert sale_flags(100) == ()
+    assert sale_flags(100) == ("rollback_before_sale",)  # 200 days: the seller's year
+    assert sale_flags(20) == ()  # 280 days: beyond the window (270, tuned)
 
 
 def test_gradual_clocking_fires_on_a_rate_drop_and_not_on_a_steady_car() -> None:
