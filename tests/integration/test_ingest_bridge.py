@@ -32,7 +32,7 @@ from ledger.config import LedgerConfig
 from ledger.keys import dev_source_key
 from ledger.onboarding import deploy_consortium, register_source
 from pipelines.events import new_event_id
-from pipelines.settings import Settings
+from pipelines.settings import LedgerSettings, Settings
 from pipelines.vin import with_check_digit
 from serving.auth import sign_request
 from serving.ingest import IngestBridge, IngestConfig, as_lines, create_ingest_app, request_authenticator
@@ -59,7 +59,7 @@ def settings(kafka_broker: KafkaBroker, anvil_node: NodeInfo, tmp_path_factory) 
     s = Settings(
         data_dir=tmp_path_factory.mktemp("ingest"),
         kafka=kafka_broker.settings.kafka,
-        ledger={"rpc_url": anvil_node.url, "chain": "anvil"},
+        ledger=LedgerSettings(rpc_url=anvil_node.url, chain="anvil"),
     )
     deploy_consortium(s)
     return s
