@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from ledger.client import LedgerClient
-from ledger.config import LedgerConfig
-from ledger.deploy import Deployment, GovernanceParams
-from ledger.indexer import LedgerIndexer
-from ledger.onboarding import deploy_consortium
-from ledger.onboarding import register_source as register_source_account
 from pipelines.cli.main import settings_from
 from pipelines.errors import PccValueError
+
+if TYPE_CHECKING:  # web3 and the contracts are imported by the commands that use them, not by --help
+    from ledger.client import LedgerClient
+    from ledger.deploy import Deployment
 
 app = typer.Typer(help="Deploy and operate the ledger contracts.", no_args_is_help=True)
 
 
 def _client(ctx: typer.Context) -> LedgerClient:
+    from ledger.client import LedgerClient
+
     return LedgerClient.from_settings(settings_from(ctx))
 
 
@@ -29,12 +29,15 @@ def deploy_cmd(
         list[str] | None, typer.Option("--member", help="ADDRESS=AMOUNT of PCC_gold (whole tokens) to mint.")
     ] = None,
     timelock_delay: Annotated[
-        int, typer.Option(help="Seconds an accepted proposal waits in the timelock before it runs.")
-    ] = GovernanceParams.timelock_delay_s,
+        int | None,
+        typer.Option(help="Seconds an accepted proposal waits in the timelock before it runs (default 60)."),
+    ] = None,
     withdrawal_delay: Annotated[
-        int,
-        typer.Option(help="Seconds a consumer's deposit stays reserved after it asks for it back."),
-    ] = GovernanceParams.withdrawal_delay_s,
+        int | None,
+        typer.Option(
+            help="Seconds a consumer's deposit stays reserved after it asks for it back (default 86400)."
+        ),
+    ] = None,
 ) -> None:
     """Deploy every contract to ledger.rpc_url and write the deployment manifest."""
     settings = settings_from(ctx)
@@ -44,7 +47,12 @@ def deploy_cmd(
         if not amount.isdigit():
             raise PccValueError(f"--member {item!r}: expected ADDRESS=AMOUNT (whole PCC_gold tokens)")
         members[address] = int(amount) * 10**18
-    params = GovernanceParams(timelock_delay_s=timelock_delay, withdrawal_delay_s=withdrawal_delay)
+    from ledger.config import LedgerConfig
+    from ledger.deploy import GovernanceParams
+    from ledger.onboarding import deploy_consortium
+
+    delays = {"timelock_delay_s": timelock_delay, "withdrawal_delay_s": withdrawal_delay}
+    params = GovernanceParams(**{k: v for k, v in delays.items() if v is not None})
     deployment = deploy_consortium(settings, members, params)
     config = LedgerConfig.from_settings(settings)
     typer.echo(
@@ -111,6 +119,8 @@ def register_source(
     account: Annotated[str | None, typer.Option(help="the source's address (dev chains derive one)")] = None,
 ) -> None:
     """Register a producer; on a dev chain its anchoring account is derived and funded."""
+    from ledger.onboarding import register_source as register_source_account
+
     account = register_source_account(settings_from(ctx), source_id, kind, tier, account)
     typer.echo(f"registered {source_id} ({kind}, tier {tier}) with account {account}")
 
@@ -165,6 +175,8 @@ def checkpoints(
 ) -> None:
     """List anchored checkpoints in a block range (by explicit eth_getLogs ranges)."""
     client = _client(ctx)
+    from ledger.indexer import LedgerIndexer
+
     indexer = LedgerIndexer(client)
     names = indexer.source_ids()
     start = client.deployment.block if from_block is None else from_block
