@@ -157,6 +157,9 @@ def evaluate_cmd(
     ctx: typer.Context,
     simulation: Annotated[Path, typer.Argument(help="A `pcc simulate --out` directory (labels.jsonl).")],
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON.")] = None,
+    variants: Annotated[
+        bool, typer.Option("--variants/--kinds-only", help="A row per variant of each kind.")
+    ] = True,
     loaded: Annotated[
         bool,
         typer.Option(
@@ -166,7 +169,7 @@ def evaluate_cmd(
         ),
     ] = False,
 ) -> None:
-    """Precision, recall and F1 per fraud kind of the published fraud_scores."""
+    """Precision, recall and F1 per fraud kind and per variant of the published fraud_scores, beside the naive check."""
     from batch.evaluate import evaluate_published
 
     if loaded:
@@ -177,22 +180,25 @@ def evaluate_cmd(
 
         with IdentityVault(settings_from(ctx)) as vault:
             result = evaluate_published(_config(ctx), simulation, vault.find_vehicle)
-    table = Table("kind", "support", "tp", "fp", "fn", "precision", "recall", "F1")
-    for k in result.kinds:
+    columns = ("kind / variant", "cases", "P", "R", "F1", "detectable", "P", "R", "F1", "naive R", "speed ≤3")
+    table = Table(
+        *columns, title="fraud detection per kind and variant (naive: 'the odometer ever goes down')"
+    )
+    for r in result.rows:
+        a, d = r["all"], r["detectable"]
+        if r["variant"] != "all" and not variants:
+            continue
+        name = r["kind"] if r["variant"] == "all" else f"  {r['variant']}"
+        rt = "" if r["realtime"] is None else f"{r['realtime']:.3f}"
         table.add_row(
-            k.kind,
-            str(k.support),
-            str(k.tp),
-            str(k.fp),
-            str(k.fn),
-            f"{k.precision:.3f}",
-            f"{k.recall:.3f}",
-            f"{k.f1:.3f}",
-        )
+            name, str(a["cases"]), f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}",
+            str(d["cases"]), f"{d['precision']:.3f}", f"{d['recall']:.3f}", f"{d['f1']:.3f}",
+            f"{r['naive_recall']:.3f}", rt, style="bold" if r["variant"] == "all" else None,
+        )  # fmt: skip
     out.print(table)
     out.print(
         f"clean vehicles: {result.clean_vehicles}, not labelled clean: {result.clean_false_positives} "
-        f"({result.false_positive_rate:.2%})"
+        f"({result.false_positive_rate:.2%}); the naive check flags {result.naive_false_positive_rate:.2%}"
     )
     if json_out:
         json_out.write_text(json.dumps(result.as_dict(), indent=2) + "\n", encoding="utf-8")

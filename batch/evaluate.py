@@ -1,15 +1,21 @@
-"""Fraud quality: ``fraud_scores`` against the simulator's ground-truth labels.
+"""Fraud quality: ``fraud_scores`` against the simulator's ground-truth labels, per kind and per variant.
 
 A vehicle is *predicted* as a fraud kind when its label is not ``clean`` and
-one of the kind's flags fired on it.  Per kind: precision, recall and F1 over
-the fleet; for clean cars (no fraud label; honest typos included): the share
-labelled anything but ``clean`` (false positives).
+one of the kind's flags fired on it (:data:`pipelines.rules.evaluation.KIND_FLAGS`).
+Per kind and per variant of the kind (the labels' ``variant``): precision,
+recall and F1 over all cases and over the cases the data can show
+(``detectable``), the naive "odometer ever goes down" baseline on the same
+published histories, and for clones and wrecks the share the speed layer
+flagged (the ``flags`` it raised, in the order it processed the events) within
+3 events of the batch being able to see them.  For clean cars (no fraud label;
+honest typos included): the share labelled anything but ``clean``.  Counted
+exactly as ``pipelines.rules.evaluation`` counts the simulator's fleets.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +24,18 @@ import pyarrow.parquet as pq
 from batch.config import BatchConfig
 from batch.errors import RunNotFoundError
 from batch.publish import read_current
-from batch.testing import simulation_labels
-
-#: The flags that reveal each simulated fraud kind.
-KIND_FLAGS: dict[str, frozenset[str]] = {
-    "rollback_before_sale": frozenset({"rollback_before_sale"}),
-    "gradual_clocking": frozenset({"gradual_clocking"}),
-    "wreck_back_on_road": frozenset({"activity_after_wreck"}),
-    "cloned_identity": frozenset({"impossible_travel", "interleaved_odometers"}),
-    "replay": frozenset({"duplicate_event"}),
-}
+from batch.testing import pseudonym
+from pipelines.rules.evaluation import (
+    KIND_FLAGS,
+    REALTIME_EVENTS,
+    REALTIME_KINDS,
+    Case,
+    FleetQuality,
+    label_case,
+    naive_goes_down,
+    visible_at,
+)
+from pipelines.rules.fraud import fields_from
 
 
 @dataclass
@@ -40,6 +48,11 @@ class KindQuality:
     precision: float
     recall: float
     f1: float
+    naive_recall: float = 0.0  # the "odometer ever goes down" check's share of these cases
+    detectable: int = 0  # cases the data can show ...
+    detectable_recall: float = 0.0
+    detectable_f1: float = 0.0  # ... and the rules' recall and F1 over them
+    realtime: float | None = None  # share of the finds the speed layer flagged within 3 events
 
 
 @dataclass
@@ -49,34 +62,148 @@ class Evaluation:
     clean_false_positives: int
     false_positive_rate: float
     kinds: list[KindQuality]
+    naive_false_positive_rate: float = 0.0
+    rows: list[dict[str, Any]] = field(default_factory=list)  # per kind and per variant (Row.as_dict)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _ratio(a: int, b: int) -> float:
-    return a / b if b else 0.0
+@dataclass(frozen=True, slots=True)
+class PublishedOutcome:
+    """One published vehicle as :class:`pipelines.rules.evaluation.FleetQuality` counts it."""
+
+    index: str
+    cases: tuple[Case, ...]
+    label: str
+    flags: frozenset[str]
+    naive: bool = False
+    realtime: frozenset[str] = frozenset()
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset(c.kind for c in self.cases)
+
+    def verdict(self, th: object = None) -> tuple[str, frozenset[str], tuple[str, ...]]:
+        return self.label, self.flags, ()
+
+    def predicted(self, kind: str, th: object = None) -> bool:
+        return self.label != "clean" and bool(self.flags & KIND_FLAGS[kind])
 
 
-def evaluate(scores: dict[str, tuple[str, set[str]]], truth: dict[str, set[str]]) -> Evaluation:
-    """``scores``: vehicle -> (label, flags); ``truth``: vehicle -> labelled fraud kinds."""
-    vehicles = set(scores) | set(truth)
+def _cases(value: Iterable[str] | Iterable[Case]) -> tuple[Case, ...]:
+    return tuple(c if isinstance(c, Case) else Case(c, (), True) for c in value)
+
+
+def evaluate(
+    scores: Mapping[str, tuple[str, set[str]]],
+    truth: Mapping[str, Iterable[str] | Iterable[Case]],
+    naive: Mapping[str, bool] | None = None,
+    realtime: Mapping[str, frozenset[str]] | None = None,
+) -> Evaluation:
+    """``scores``: vehicle -> (label, flags); ``truth``: vehicle -> its fraud kinds or :class:`Case` s.
+
+    ``naive``: vehicle -> whether its odometer ever goes down; ``realtime``:
+    vehicle -> the kinds the speed layer flagged in time.
+    """
+    q = FleetQuality()
+    for v in sorted(set(scores) | set(truth)):
+        label, flags = scores.get(v, ("clean", set()))
+        q.outcomes.append(
+            PublishedOutcome(  # type: ignore[arg-type]
+                v,
+                _cases(truth.get(v, ())),
+                label,
+                frozenset(flags),
+                (naive or {}).get(v, False),
+                (realtime or {}).get(v, frozenset()),
+            )
+        )
+    rows = q.rows()
     kinds = []
-    for kind, flags in KIND_FLAGS.items():
-        tp = fp = fn = 0
-        for v in vehicles:
-            label, fired = scores.get(v, ("clean", set()))
-            predicted = label != "clean" and bool(fired & flags)
-            actual = kind in truth.get(v, set())
-            tp += predicted and actual
-            fp += predicted and not actual
-            fn += actual and not predicted
-        p, r = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-        f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-        kinds.append(KindQuality(kind, tp + fn, tp, fp, fn, round(p, 4), round(r, 4), round(f1, 4)))
-    clean = [v for v in vehicles if not truth.get(v)]
-    fps = sum(1 for v in clean if scores.get(v, ("clean", set()))[0] != "clean")
-    return Evaluation(len(vehicles), len(clean), fps, round(_ratio(fps, len(clean)), 4), kinds)
+    for r in (r for r in rows if r.variant == "all"):
+        a, d = r.all, r.detectable
+        kinds.append(
+            KindQuality(
+                r.kind,
+                a.support,
+                a.tp,
+                round(a.fp),
+                a.fn,
+                round(a.precision, 4),
+                round(a.recall, 4),
+                round(a.f1, 4),
+                round(r.naive_recall, 4),
+                d.support,
+                round(d.recall, 4),
+                round(d.f1, 4),
+                None if r.realtime is None else round(r.realtime, 4),
+            )
+        )
+    clean = q.clean
+    fps = len(q.clean_false_positives())
+    return Evaluation(
+        len(q.outcomes), len(clean), fps, round(q.false_positive_rate(), 4), kinds,
+        round(q.naive_false_positive_rate, 4), [r.as_dict() for r in rows],
+    )  # fmt: skip
+
+
+def simulation_cases(
+    sim_dir: Path, vehicle_of: Callable[[str], str | None] = pseudonym
+) -> dict[str, list[Case]]:
+    """Ground truth: vehicle pseudonym -> its fraud cases with variant and detectability (``noise`` excluded)."""
+    import orjson
+
+    truth: dict[str, list[Case]] = {}
+    with open(sim_dir / "labels.jsonl", "rb") as fh:
+        for line in fh:
+            label = orjson.loads(line)
+            vehicle = vehicle_of(label["vin"])
+            if vehicle is None:
+                continue
+            cases = truth.setdefault(vehicle, [])
+            if label["kind"] != "noise":
+                cases.append(label_case(label))
+    return truth
+
+
+def history_signals(
+    path: Path, vehicles: set[str], scores: Mapping[str, tuple[str, set[str]]]
+) -> tuple[dict[str, bool], dict[str, frozenset[str]]]:
+    """From the published ``vehicle_history``: the naive check per vehicle, and the speed layer's timing.
+
+    For each vehicle with flags of :data:`REALTIME_KINDS`: the events in the
+    order the speed layer processed them (``processed_time``, then the rules'
+    order), the first prefix in which the batch rules flag the kind
+    (:func:`pipelines.rules.evaluation.visible_at`), and whether the speed
+    layer's own ``flags`` raised it on one of that prefix's events or the 3 after.
+    """
+    columns = ["vehicle", "seq", "event_id", "event_type", "event_time", "processed_time", "source_id",
+               "log_index", "odometer_km", "lat", "lon", "verification", "flags"]  # fmt: skip
+    table = pq.read_table(sorted(path.glob("*.parquet")), columns=columns)
+    rows: dict[str, list[dict[str, Any]]] = {}
+    for row in table.to_pylist():
+        rows.setdefault(row["vehicle"], []).append(row)
+    naive: dict[str, bool] = {}
+    realtime: dict[str, frozenset[str]] = {}
+    for v, history in rows.items():
+        history.sort(key=lambda r: r["seq"])
+        events = [fields_from(r) for r in history]
+        naive[v] = naive_goes_down(events)
+        fired = scores.get(v, ("clean", set()))[1]
+        wanted = [k for k in REALTIME_KINDS if fired & KIND_FLAGS[k]]
+        if v not in vehicles or not wanted:
+            continue
+        order = sorted(range(len(history)), key=lambda i: (history[i]["processed_time"], history[i]["seq"]))
+        arrived = [events[i] for i in order]
+        speed = [set(history[i]["flags"] or ()) for i in order]
+        hits = set()
+        for kind in wanted:
+            at = visible_at(arrived, kind)
+            if at is not None and any(f & KIND_FLAGS[kind] for f in speed[: at + REALTIME_EVENTS]):
+                hits.add(kind)
+        realtime[v] = frozenset(hits)
+    return naive, realtime
 
 
 def read_scores(path: Path) -> dict[str, tuple[str, set[str]]]:
@@ -105,7 +232,9 @@ def evaluate_published(
         raise RunNotFoundError(
             f"{sim_dir / 'labels.jsonl'} does not exist (a `pcc simulate --out` directory?)"
         )
-    return evaluate(
-        read_scores(config.batch_dir / current["views"]["fraud_scores"]),
-        simulation_labels(sim_dir, vehicle_of) if vehicle_of else simulation_labels(sim_dir),
+    truth = simulation_cases(sim_dir, vehicle_of) if vehicle_of else simulation_cases(sim_dir)
+    scores = read_scores(config.batch_dir / current["views"]["fraud_scores"])
+    naive, realtime = history_signals(
+        config.batch_dir / current["views"]["vehicle_history"], set(truth), scores
     )
+    return evaluate(scores, truth, naive, realtime)

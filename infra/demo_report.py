@@ -54,22 +54,33 @@ def print_summary(result: DemoResult, console: Console) -> None:
     if result.evaluation is not None:
         ev = result.evaluation
         fraud = _table(
-            "frauds: detected vs injected (vehicles)",
+            "frauds: detected vs injected (vehicles), beside the naive 'odometer ever goes down' check",
             "kind",
             "injected",
             "detected",
             "false alarms",
             "precision",
             "recall",
+            "recall (detectable)",
+            "naive recall",
         )
         for k in ev.kinds:
+            detectable = f"{k.detectable_recall:.0%} of {k.detectable}" if k.detectable else "-"
             fraud.add_row(
-                k.kind, str(k.support), str(k.tp), str(k.fp), f"{k.precision:.0%}", f"{k.recall:.0%}"
+                k.kind,
+                str(k.support),
+                str(k.tp),
+                str(k.fp),
+                f"{k.precision:.0%}",
+                f"{k.recall:.0%}",
+                detectable,
+                f"{k.naive_recall:.0%}",
             )
         console.print(fraud)
         console.print(
             f"clean vehicles labelled suspicious or fraudulent: {ev.clean_false_positives} of "
-            f"{ev.clean_vehicles} ({ev.false_positive_rate:.1%})"
+            f"{ev.clean_vehicles} ({ev.false_positive_rate:.1%}); the naive check flags "
+            f"{ev.naive_false_positive_rate:.1%}"
         )
 
     queries = _table("paid queries", "query", "rows", "cents", "fee", "producers paid")

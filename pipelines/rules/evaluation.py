@@ -312,19 +312,25 @@ def realtime_kinds(events: Sequence[EventFields], params: FraudParams = DEFAULT_
         raised.append(set(flags))
     out = set()
     for kind in REALTIME_KINDS:
-
-        def batch_sees(n: int, kind: str = kind) -> bool:
-            return any(set(c.flags) & KIND_FLAGS[kind] for c in history_check(arrived[:n], params))
-
-        if not batch_sees(len(arrived)):
-            continue
-        lo, hi = 1, len(arrived)  # the smallest prefix the batch flags it in
-        while lo < hi:
-            mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if batch_sees(mid) else (mid + 1, hi)
-        if any(f & KIND_FLAGS[kind] for f in raised[: lo + REALTIME_EVENTS]):
+        at = visible_at(arrived, kind, params)
+        if at is not None and any(f & KIND_FLAGS[kind] for f in raised[: at + REALTIME_EVENTS]):
             out.add(kind)
     return frozenset(out)
+
+
+def visible_at(arrived: Sequence[EventFields], kind: str, params: FraudParams = DEFAULT_PARAMS) -> int | None:
+    """The fewest events (in arrival order) from which the batch rules flag ``kind``; None if they never do."""
+
+    def batch_sees(n: int) -> bool:
+        return any(set(c.flags) & KIND_FLAGS[kind] for c in history_check(arrived[:n], params))
+
+    if not batch_sees(len(arrived)):
+        return None
+    lo, hi = 1, len(arrived)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if batch_sees(mid) else (mid + 1, hi)
+    return lo
 
 
 def label_case(label: Mapping[str, Any]) -> Case:

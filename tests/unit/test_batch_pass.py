@@ -178,3 +178,29 @@ def test_batches_cut_mid_vehicle_give_the_same_rows_as_whole_vehicles() -> None:
     assert streamed["vehicle"].to_pylist() == sorted(streamed["vehicle"].to_pylist())
     last = [r for r in streamed.to_pylist() if r["v_label"] is not None]
     assert sorted(r["vehicle"] for r in last) == sorted(fleet.VEHICLES)  # one verdict per vehicle
+
+
+def test_evaluate_per_variant_over_detectable_cases_beside_the_naive_check() -> None:
+    from pipelines.rules.evaluation import Case
+
+    hidden = Case("rollback_before_sale", (("history", "none"),), False)
+    shown = Case("rollback_before_sale", (("history", "on_record"),), True)
+    clone = Case("cloned_identity", (("connected", "no"),), True)
+    scores = {
+        "v1": ("fraudulent", {"rollback_before_sale"}),
+        "v2": ("clean", set()),  # the wind-back predates every reading: nothing to see
+        "v3": ("fraudulent", {"interleaved_odometers"}),
+        "v4": ("clean", set()),
+    }
+    truth = {"v1": [shown], "v2": [hidden], "v3": [clone], "v4": []}
+    naive = {"v1": True, "v2": False, "v3": True, "v4": True}  # the naive check flags a clean car too
+    result = evaluate(scores, truth, naive)
+    kinds = {k.kind: k for k in result.kinds}
+    rollback = kinds["rollback_before_sale"]
+    assert (rollback.recall, rollback.detectable, rollback.detectable_recall) == (0.5, 1, 1.0)
+    assert rollback.naive_recall == 0.5 and kinds["cloned_identity"].recall == 1.0
+    rows = {(r["kind"], r["variant"]): r for r in result.rows}
+    assert rows[("rollback_before_sale", "history=none")]["all"]["recall"] == 0.0
+    assert rows[("rollback_before_sale", "history=none")]["detectable"]["cases"] == 0
+    assert rows[("cloned_identity", "connected=no")]["all"]["recall"] == 1.0
+    assert (result.false_positive_rate, result.naive_false_positive_rate) == (0.0, 1.0)
