@@ -146,7 +146,7 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int, store
     from serving.api import create_app
     from serving.client import PccClient
     from serving.config import ServingConfig
-    from serving.pricing import InMemoryBilling
+    from serving.market.pricing import InMemoryBilling
     from speed.config import SpeedConfig
     from speed.process import EventProcessor
     from speed.roots import InMemoryRoots

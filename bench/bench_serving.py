@@ -52,7 +52,7 @@ from serving.api import create_app
 from serving.client import PccClient
 from serving.config import ServingConfig
 from serving.engine.views import ServingStore
-from serving.pricing import InMemoryBilling
+from serving.market.pricing import InMemoryBilling
 from tests.fixtures.serving import CONSUMER_KEY, PRICES, free_port, write_segment
 
 EVENTS_PER_VEHICLE = 100

@@ -133,7 +133,7 @@ def setup_ledger(settings: Settings, sources: list[dict[str, Any]]) -> Any:
     from ledger.config import DEV_KEYS
     from ledger.keys import address_of, category_key
     from ledger.onboarding import DEV_MEMBERS, deploy_consortium, register_source
-    from serving.chain import CATEGORIES
+    from serving.market.chain import CATEGORIES
 
     deploy_consortium(settings)
     client = LedgerClient.from_settings(settings)

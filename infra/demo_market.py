@@ -21,8 +21,8 @@ class ServingApi:
 
         from pipelines.vault import IdentityVault
         from serving.api import create_app
-        from serving.chain import ChainBilling
         from serving.config import ServingConfig
+        from serving.market.chain import ChainBilling
         from serving.passport import LeafFilePaths, mount_passport
 
         config = replace(ServingConfig.from_settings(settings), settle_every_s=3600.0)

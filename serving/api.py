@@ -46,13 +46,13 @@ from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
 from serving.errors import AuthenticationError, RequestTooLargeError, ServingError
 from serving.inline import InlineGate
+from serving.market.pricing import Billing, Quote, view_categories
+from serving.market.receipts import ReceiptStore
 from serving.market.reservations import Reservations
+from serving.market.settlement import SettlementLoop, Settler
 from serving.paid import Answer, PaidQueries, QueryRequest, QuoteRequest, Ticket, error_answer, parse_body
 from serving.passport.verify import AuditPaths
-from serving.pricing import Billing, Quote, view_categories
 from serving.proof import proof_router
-from serving.receipts import ReceiptStore
-from serving.settlement import SettlementLoop, Settler
 
 
 def _body_doc(model: type[BaseModel]) -> dict[str, Any]:

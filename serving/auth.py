@@ -44,7 +44,7 @@ from serving.config import ServingConfig
 from serving.eip191 import SignatureError, Signer, recover_digest
 from serving.eip712 import DOMAIN_TYPE, Eip712Domain, StructType, digest
 from serving.errors import AuthenticationError
-from serving.receipts import ReceiptStore
+from serving.market.receipts import ReceiptStore
 
 HEADER_ACCOUNT = "X-PCC-Account"
 HEADER_NONCE = "X-PCC-Nonce"

@@ -12,7 +12,7 @@ import typer
 
 from pipelines.errors import PccConfigError
 from serving.config import ServingConfig
-from serving.pricing import Billing, InMemoryBilling
+from serving.market.pricing import Billing, InMemoryBilling
 
 
 def _settings(ctx: typer.Context):  # type: ignore[no-untyped-def]
@@ -59,7 +59,7 @@ def serve(
     from pipelines.vault import IdentityVault
     from serving.api import create_app
     from serving.auth import service_domain
-    from serving.chain import chain_billing
+    from serving.market.chain import chain_billing
     from serving.passport import InMemoryRoots, LeafFilePaths, mount_passport
 
     settings = _settings(ctx)

@@ -39,9 +39,9 @@ from serving.engine.query import OverBudget, QueryRunner
 from serving.engine.shapes import ShapeCache
 from serving.errors import MalformedRequestError, RequestTooLargeError, ServingError, http_status
 from serving.inline import InlineGate
+from serving.market.pricing import Billing
+from serving.market.receipts import ReceiptStore
 from serving.market.reservations import Hold, Reservations
-from serving.pricing import Billing
-from serving.receipts import ReceiptStore
 from serving.sealed import (
     ARROW_METADATA_KEY,
     HEADER_WRAPPED,

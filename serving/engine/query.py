@@ -31,7 +31,7 @@ from serving.errors import (
     ResultTooLargeError,
     ServingError,
 )
-from serving.pricing import (
+from serving.market.pricing import (
     CONSORTIUM,
     LOCATION_COLUMNS,
     LOCATION_VIEW,

@@ -41,7 +41,7 @@ from serving.errors import (
 )
 from serving.ingest.bridge import BatchAnswer, IngestBridge, split_lines
 from serving.ingest.config import IngestConfig
-from serving.receipts import ReceiptStore
+from serving.market.receipts import ReceiptStore
 
 #: where the bridge answers, on its own or inside ``pcc serve``
 EVENTS_PREFIX = "/v1/events"

@@ -30,7 +30,7 @@ from typing import Any
 from pipelines.errors import PccStateError
 from pipelines.settings import Settings
 from serving.errors import ProducerUnavailableError
-from serving.pricing import (
+from serving.market.pricing import (
     CONSORTIUM,
     EVENT_CATEGORY,
     LOCATION_CATEGORY,
@@ -38,7 +38,7 @@ from serving.pricing import (
     VIEW_CATEGORY,
     Billing,
 )
-from serving.settlement import Failure, SettlementOutcome
+from serving.market.settlement import Failure, SettlementOutcome
 
 #: Every category the serving layer prices: a serving view's rows, and a passport report.
 CATEGORIES: tuple[str, ...] = tuple(

@@ -57,7 +57,7 @@ def receipts(
     limit: Annotated[int, typer.Option(help="At most this many receipts, newest first.")] = 50,
 ) -> None:
     """Receipts of this service by settlement status; with --failed, those that did not settle and why."""
-    from serving.receipts import read_failed_receipts, read_receipt_counts
+    from serving.market.receipts import read_failed_receipts, read_receipt_counts
 
     path = _receipts_file(ctx)
     if not failed:

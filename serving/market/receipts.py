@@ -34,7 +34,7 @@ import rfc8785
 
 from serving.eip191 import SignatureError, Signer, recover
 from serving.errors import ReceiptsInUseError
-from serving.pricing import Quote
+from serving.market.pricing import Quote
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (

@@ -9,7 +9,7 @@ next round.  The Marketplace itself refuses a receipt number settled before, so
 a retry after a crash between mining and marking cannot charge twice.
 
 A billing that settles per receipt implements :class:`SettlesReceipts`
-(:class:`serving.chain.ChainBilling`); any other :class:`Billing` settles all or
+(:class:`serving.market.chain.ChainBilling`); any other :class:`Billing` settles all or
 nothing, so it is given one receipt at a time (the in-memory billing of tests
 and of ``pcc serve --offline-prices``).
 """
@@ -24,8 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 
 from pipelines.errors import PccError, PccTransientError
 from serving.errors import SettlementError
-from serving.pricing import Billing
-from serving.receipts import ReceiptStore
+from serving.market.pricing import Billing
+from serving.market.receipts import ReceiptStore
 
 log = logging.getLogger(__name__)
 

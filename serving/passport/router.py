@@ -36,6 +36,7 @@ from markupsafe import Markup
 from pipelines.errors import PccError
 from serving.auth import HEADER_ACCOUNT, HEADER_SIGNATURE
 from serving.errors import PaymentRequiredError, ServingError, http_status
+from serving.market.pricing import Billing
 from serving.passport.access import PSEUDONYM, OwnerAccess, resolve_vehicle
 from serving.passport.assemble import build_passport
 from serving.passport.chart import mileage_svg, quality_colour
@@ -44,7 +45,6 @@ from serving.passport.sales import PassportSales
 from serving.passport.share import SHARE_PARAM, CurrentOwner, ShareLinks
 from serving.passport.source import PassportSource
 from serving.passport.verify import AuditPaths, RootLookup, verify_event
-from serving.pricing import Billing
 
 _ENV = Environment(
     loader=PackageLoader("serving.passport", "templates"),

@@ -5,7 +5,7 @@ A report is one answer of ``GET /passport/{vehicle}`` (the page) or
 request as for queries (:mod:`serving.auth`; the client's
 :meth:`serving.client.PccClient.passport`).  Its price is the governance
 parameter ``Parameters.pricePerCategory(keccak("passport_report"))`` read with
-every other price (:data:`serving.pricing.PASSPORT_REPORT_CATEGORY`), in
+every other price (:data:`serving.market.pricing.PASSPORT_REPORT_CATEGORY`), in
 cents per report.  Money moves last, and only for a report delivered:
 
 1. the signature is checked (401) — an unsigned request costs nothing else —
@@ -22,10 +22,10 @@ cents per report.  Money moves last, and only for a report delivered:
 
 The hold is released once the receipt counts as pending, so reports and
 queries bought at once never spend more than the account holds.  The receipt is settled
-with the queries' receipts (:class:`serving.settlement.Settler`): its price
+with the queries' receipts (:class:`serving.market.settlement.Settler`): its price
 is shared by the producers whose events the report shows, in proportion to
 their events (largest remainders, so the shares add up to the price; events
-without a source go to :data:`~serving.pricing.CONSORTIUM`).  Its
+without a source go to :data:`~serving.market.pricing.CONSORTIUM`).  Its
 ``query_hash`` is the SHA-256 of ``passport_report:<pseudonym>:<html|json>``.
 """
 
@@ -39,9 +39,9 @@ from typing import Any, Protocol
 
 from serving.auth import Consumer
 from serving.errors import PaymentRequiredError, PriceUnavailableError
+from serving.market.pricing import CONSORTIUM, PASSPORT_REPORT_CATEGORY, Billing, Quote
+from serving.market.receipts import ReceiptStore
 from serving.market.reservations import Hold, Reservations
-from serving.pricing import CONSORTIUM, PASSPORT_REPORT_CATEGORY, Billing, Quote
-from serving.receipts import ReceiptStore
 
 #: what a report is metered as in its quote and receipt
 METERING = "passport_report"

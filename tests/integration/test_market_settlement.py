@@ -24,11 +24,11 @@ from ledger.deploy import GovernanceParams, deploy
 from ledger.errors import LedgerRuleError
 from ledger.keys import address_of
 from ledger.tx import Signer
-from serving.chain import ChainBilling
+from serving.market.chain import ChainBilling
 from serving.market.cli import app as market_cli
-from serving.pricing import Quote
-from serving.receipts import ReceiptStore
-from serving.settlement import Settler
+from serving.market.pricing import Quote
+from serving.market.receipts import ReceiptStore
+from serving.market.settlement import Settler
 
 pytestmark = pytest.mark.integration
 

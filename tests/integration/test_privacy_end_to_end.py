@@ -275,7 +275,7 @@ def test_grant_revoke_sale_and_erasure_end_to_end(
     from serving.api import create_app
     from serving.client import PccClient
     from serving.config import ServingConfig
-    from serving.pricing import InMemoryBilling
+    from serving.market.pricing import InMemoryBilling
 
     caplog.set_level(logging.INFO)
     now = int(time.time() * 1000)

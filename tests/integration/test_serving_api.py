@@ -80,7 +80,7 @@ def test_paid_query_charges_exactly_the_quote_and_settles_it(
 
 
 def test_receipts_are_signed_by_the_service(client: PccClient) -> None:
-    from serving.receipts import verify_receipt
+    from serving.market.receipts import verify_receipt
 
     client.query("SELECT count(*) FROM vehicle_history")
     signer = client.catalog()["receipt_signer"]
@@ -183,7 +183,7 @@ def test_boundary_swap_under_concurrent_queries(tmp_path) -> None:
     """Versions are published while 4 clients query: never a gap, never a duplicate."""
     from serving.api import create_app
     from serving.config import ServingConfig
-    from serving.pricing import InMemoryBilling
+    from serving.market.pricing import InMemoryBilling
     from tests.fixtures.serving import PRICES
 
     n = 2000

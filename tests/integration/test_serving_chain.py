@@ -17,9 +17,9 @@ from ledger.deploy import GovernanceParams, deploy
 from ledger.keys import address_of, category_key
 from ledger.tx import Signer
 from serving.api import create_app
-from serving.chain import CATEGORIES, ChainBilling
 from serving.client import PccClient
 from serving.config import ServingConfig
+from serving.market.chain import CATEGORIES, ChainBilling
 from tests.fixtures.serving import (
     SOURCES,
     RunningServer,

@@ -34,7 +34,7 @@ THRIFTY_KEY = "0x" + "33" * 32
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     from serving.api import create_app
     from serving.config import ServingConfig
-    from serving.pricing import InMemoryBilling
+    from serving.market.pricing import InMemoryBilling
 
     data: Path = tmp_path_factory.mktemp("hostile")
     events = make_events(120, vehicles=6)

@@ -13,7 +13,7 @@ from eth_account import Account
 from serving.api import create_app
 from serving.client import PccClient
 from serving.config import ServingConfig
-from serving.pricing import InMemoryBilling
+from serving.market.pricing import InMemoryBilling
 from tests.fixtures.serving import (
     CONSUMER_KEY,
     PRICES,

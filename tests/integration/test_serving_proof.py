@@ -14,8 +14,8 @@ from serving.api import create_app
 from serving.auth import sign_request
 from serving.client import PccClient
 from serving.config import ServingConfig
+from serving.market.pricing import InMemoryBilling
 from serving.passport import InMemoryRoots
-from serving.pricing import InMemoryBilling
 from serving.proof import check_proof
 from tests.fixtures.serving import CONSUMER_KEY, PRICES, RunningServer, make_events, publish_batch
 

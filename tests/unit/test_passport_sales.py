@@ -20,15 +20,15 @@ from serving.auth import Authenticator, RequestDomain, sign_request
 from serving.client import PccClient
 from serving.eip191 import Signer
 from serving.errors import AuthenticationError, PaymentRequiredError
+from serving.market.pricing import CONSORTIUM, PASSPORT_REPORT_CATEGORY, InMemoryBilling
+from serving.market.receipts import ReceiptStore, verify_receipt
+from serving.market.settlement import Settler
 from serving.passport import InMemoryPassportSource, PassportSales, passport_router, report_quote
 from serving.passport.assemble import build_passport
 from serving.passport.errors import ServingViewMissingError
 from serving.passport.sales import report_hash
 from serving.passport.share import SHARE_PARAM, ShareLinks, ShareStore
 from serving.passport.source import Row
-from serving.pricing import CONSORTIUM, PASSPORT_REPORT_CATEGORY, InMemoryBilling
-from serving.receipts import ReceiptStore, verify_receipt
-from serving.settlement import Settler
 from tests.fixtures.passport_history import OTHER, VEHICLE, History, build_history
 from tests.fixtures.serving import CONSUMER_KEY, POOR_KEY, PRICES
 

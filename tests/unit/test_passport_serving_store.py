@@ -18,6 +18,8 @@ from serving.client import PccClient
 from serving.config import ServingConfig
 from serving.eip191 import Signer
 from serving.engine.views import ServingStore
+from serving.market.pricing import PASSPORT_REPORT_CATEGORY, InMemoryBilling
+from serving.market.receipts import ReceiptStore
 from serving.passport import (
     DuckDBPassportSource,
     InMemoryPassportSource,
@@ -27,8 +29,6 @@ from serving.passport import (
     mount_passport,
     verify_event,
 )
-from serving.pricing import PASSPORT_REPORT_CATEGORY, InMemoryBilling
-from serving.receipts import ReceiptStore
 from tests.fixtures.passport_history import VEHICLE, build_history
 from tests.fixtures.serving import CONSUMER_KEY, PRICES, publish_batch, write_segment
 

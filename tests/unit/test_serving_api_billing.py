@@ -19,7 +19,7 @@ from serving.auth import sign_request
 from serving.client import PccClient
 from serving.config import ServingConfig
 from serving.eip191 import Signer
-from serving.pricing import InMemoryBilling
+from serving.market.pricing import InMemoryBilling
 from tests.fixtures.serving import CONSUMER_KEY, PRICES, make_events, publish_batch, vehicle_id
 
 with warnings.catch_warnings():  # Starlette asks for its httpx fork; the pinned httpx works as is

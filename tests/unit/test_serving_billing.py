@@ -12,8 +12,8 @@ pytest.importorskip("eth_account")
 
 from serving.auth import Authenticator, sign_request
 from serving.errors import AuthenticationError, PriceUnavailableError
-from serving.pricing import Quote, Usage, price_usage
-from serving.receipts import ReceiptStore, verify_receipt
+from serving.market.pricing import Quote, Usage, price_usage
+from serving.market.receipts import ReceiptStore, verify_receipt
 
 KEY = "0x" + "33" * 32
 SERVICE = "0x" + "44" * 32

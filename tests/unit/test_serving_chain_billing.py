@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from ledger.errors import LedgerNotFoundError
-from serving.chain import ChainBilling
 from serving.errors import ProducerUnavailableError
+from serving.market.chain import ChainBilling
 
 
 class _Chain:

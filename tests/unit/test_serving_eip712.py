@@ -31,7 +31,7 @@ from serving.config import ServingConfig
 from serving.eip191 import Signer, recover_digest
 from serving.eip712 import Eip712Domain, StructType, TypedDataError, digest
 from serving.errors import AuthenticationError
-from serving.receipts import ReceiptStore
+from serving.market.receipts import ReceiptStore
 
 KEY = "0x" + "33" * 32
 MARKET = "0x5FbDB2315678afecb367f032d93F642f64180aa3"

@@ -8,7 +8,7 @@ from pathlib import Path
 from serving.config import ServingConfig
 from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
-from serving.pricing import InMemoryBilling, Quote
+from serving.market.pricing import InMemoryBilling, Quote
 from tests.fixtures.serving import PRICES, make_events, publish_batch, vehicle_id, write_segment
 
 FLEET = "SELECT event_type, count(*) AS n, avg(odometer_km) AS km FROM vehicle_history GROUP BY 1"

@@ -26,7 +26,7 @@ from serving.config import ServingConfig
 from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
 from serving.errors import ServingError
-from serving.pricing import InMemoryBilling, Quote
+from serving.market.pricing import InMemoryBilling, Quote
 from tests.fixtures.serving import PRICES, make_events, publish_batch, vehicle_id, write_segment
 
 V = vehicle_id(2)

@@ -16,7 +16,7 @@ from serving.engine.functions import ALLOWED
 from serving.engine.query import QueryRunner
 from serving.engine.views import SERVING_VIEWS, ServingStore
 from serving.errors import ForbiddenQueryError, InvalidQueryError
-from serving.pricing import InMemoryBilling
+from serving.market.pricing import InMemoryBilling
 from tests.fixtures.serving import PRICES, make_events, publish_batch, write_segment
 
 

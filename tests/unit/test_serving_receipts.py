@@ -13,8 +13,8 @@ import pytest
 import rfc8785
 
 from serving.errors import ReceiptsInUseError
-from serving.pricing import Quote
-from serving.receipts import RECEIPT_FIELDS, ReceiptStore, canonical_json, verify_receipt
+from serving.market.pricing import Quote
+from serving.market.receipts import RECEIPT_FIELDS, ReceiptStore, canonical_json, verify_receipt
 
 SERVICE = "0x" + "5a" * 32
 
@@ -101,8 +101,8 @@ def test_receipts_not_yet_copied_back_survive_the_service_dying(tmp_path: Path) 
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from serving.pricing import Quote\n"
-        "from serving.receipts import ReceiptStore\n"
+        "from serving.market.pricing import Quote\n"
+        "from serving.market.receipts import ReceiptStore\n"
         f"store = ReceiptStore(Path({str(path)!r}), {SERVICE!r}, checkpoint_s=3600)\n"
         "q = Quote(5, 1000, {'cc-aurora': {'rows': 2, 'cents': 5}}, 'rows', 'v1')\n"
         "for k in range(50):\n"

@@ -10,7 +10,7 @@ from serving.config import ServingConfig
 from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
 from serving.errors import ForbiddenQueryError, InvalidQueryError
-from serving.pricing import InMemoryBilling
+from serving.market.pricing import InMemoryBilling
 from tests.fixtures.serving import make_events, publish_batch, write_segment
 
 PRICES = {

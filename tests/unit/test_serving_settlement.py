@@ -13,9 +13,9 @@ pytest.importorskip("eth_account")
 
 from pipelines.errors import PccTransientError
 from serving.errors import SettlementError
-from serving.pricing import InMemoryBilling, Quote
-from serving.receipts import FAILED, ReceiptStore, read_failed_receipts
-from serving.settlement import SettlementOutcome, Settler, SettlesReceipts
+from serving.market.pricing import InMemoryBilling, Quote
+from serving.market.receipts import FAILED, ReceiptStore, read_failed_receipts
+from serving.market.settlement import SettlementOutcome, Settler, SettlesReceipts
 
 SERVICE = "0x" + "44" * 32
 PAYS, BROKE = "0x" + "aa" * 20, "0x" + "bb" * 20

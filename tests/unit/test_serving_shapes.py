@@ -14,7 +14,7 @@ from serving.engine.shapes import fill, split_literals
 from serving.engine.views import ServingStore, StoreBusy
 from serving.engine.watchdog import Watchdog
 from serving.errors import ForbiddenQueryError, InvalidQueryError, QueryTimeoutError
-from serving.pricing import InMemoryBilling
+from serving.market.pricing import InMemoryBilling
 from tests.fixtures.serving import PRICES, make_events, publish_batch, vehicle_id, write_segment
 
 
