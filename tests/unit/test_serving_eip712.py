@@ -4,7 +4,6 @@ and a request signed for another deployment is refused naming what differs."""
 from __future__ import annotations
 
 import secrets
-import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -201,17 +200,3 @@ def test_the_published_document_round_trips_and_refuses_another_kind() -> None:
         RequestDomain.from_document({**doc, "domain": {**doc["domain"], "version": "2"}})
     with pytest.raises(AuthenticationError, match="malformed"):
         RequestDomain.from_document({"domain": {}})
-
-
-def test_verification_stays_fast(store: ReceiptStore) -> None:
-    """Digest and recovery well under a millisecond (a regression guard, not a benchmark)."""
-    body = b'{"sql": "SELECT 1"}'
-    headers = sign_request(KEY, "POST", "/v1/query", body, domain=DOMAIN)
-    expires = int(headers["X-PCC-Expires"])
-    started = time.perf_counter()
-    for _ in range(200):
-        recover_digest(
-            request_digest(DOMAIN, "POST", "/v1/query", body, headers["X-PCC-Nonce"], expires),
-            headers["X-PCC-Signature"],
-        )
-    assert (time.perf_counter() - started) / 200 < 1e-3
