@@ -2,6 +2,7 @@
 
 * :mod:`.fields`: seal/open protected fields (AES-256-GCM per vehicle, category, key epoch).
 * :mod:`.sealing`: version 2 envelopes sealed at the producer (commitments + sealed values).
+* :mod:`.keyservice`: current sealing keys wrapped to producers of other organisations.
 * :mod:`.keys`: current key epoch and data keys on top of the identity vault.
 * :mod:`.wrap`: consumer X25519 key pairs, data keys wrapped with HPKE.
 * :mod:`.store`: grant records and the grant store (in memory, SQLite; the ledger's on chain).
@@ -44,6 +45,7 @@ from pipelines.access.grants import (
     revoke_message,
 )
 from pipelines.access.keys import EpochStore, KeyRing
+from pipelines.access.keyservice import KeyService, RegisteredProducer, RemoteKeys, sign_request
 from pipelines.access.sealing import public_payload, seal_event, stored_payload
 from pipelines.access.store import (
     ClosableGrantStore,
@@ -87,7 +89,10 @@ __all__ = [
     "KeyFor",
     "KeyLookup",
     "KeyRing",
+    "KeyService",
     "ParquetRows",
+    "RegisteredProducer",
+    "RemoteKeys",
     "SealedField",
     "SqliteGrantStore",
     "SubjectReader",
@@ -115,6 +120,7 @@ __all__ = [
     "seal_payload",
     "sealed_categories",
     "sealed_fields",
+    "sign_request",
     "stored_payload",
     "token_commitment",
     "token_info",
