@@ -31,6 +31,7 @@ answer, and the query's metering kind.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -165,7 +166,9 @@ class Sandbox:
             )
         kind = statements[0].type
         if kind != duckdb.StatementType.SELECT:
-            raise ForbiddenQueryError("select_only", f"{kind.name} statements are not allowed")
+            raise ForbiddenQueryError(
+                "select_only", f"{_statement_name(statements[0], kind)} statements are not allowed"
+            )
         try:
             raw = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()[0]
         except duckdb.Error as exc:
@@ -229,6 +232,15 @@ class Sandbox:
                         "serving_views_only", f"the engine would read through {name}: not a serving view"
                     )
         return read
+
+
+def _statement_name(statement: Any, kind: Any) -> str:
+    """The statement as its author wrote it (``INSTALL``), and DuckDB's type when it differs (``LOAD``)."""
+    text = re.sub(r"/\*.*?\*/|--[^\n]*", " ", str(getattr(statement, "query", "") or ""), flags=re.S)
+    words = [w for w in _words(text.upper()) if w not in ("OR", "REPLACE", "TEMP", "TEMPORARY", "FORCE")]
+    written = words[0] if words else kind.name
+    parsed = str(kind.name).removesuffix("_STATEMENT")
+    return written if written == parsed else f"{written} (parsed as {parsed})"
 
 
 def _plan_columns(info: Mapping[str, Any]) -> set[str]:
