@@ -173,7 +173,7 @@ def evaluate_cmd(
     from batch.evaluate import evaluate_published
 
     if loaded:
-        result = evaluate_published(_config(ctx), simulation)
+        result = evaluate_published(_config(ctx), simulation, speed=False)  # no speed layer ran
     else:
         from pipelines.cli.main import settings_from
         from pipelines.vault import IdentityVault

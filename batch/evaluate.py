@@ -106,7 +106,7 @@ def evaluate(
     ``naive``: vehicle -> whether its odometer ever goes down; ``realtime``:
     vehicle -> the kinds the speed layer flagged in time.
     """
-    q = FleetQuality()
+    q = FleetQuality(speed_measured=realtime is not None)
     for v in sorted(set(scores) | set(truth)):
         label, flags = scores.get(v, ("clean", set()))
         q.outcomes.append(
@@ -217,13 +217,17 @@ def read_scores(path: Path) -> dict[str, tuple[str, set[str]]]:
 
 
 def evaluate_published(
-    config: BatchConfig, sim_dir: Path, vehicle_of: Callable[[str], str | None] | None = None
+    config: BatchConfig,
+    sim_dir: Path,
+    vehicle_of: Callable[[str], str | None] | None = None,
+    speed: bool = True,
 ) -> Evaluation:
     """Evaluate the published ``fraud_scores`` against ``sim_dir/labels.jsonl``.
 
     ``vehicle_of`` maps a label's VIN to the views' pseudonym (see
     :func:`batch.testing.simulation_labels`); by default the stand-in of
-    ``pcc batch load-simulation``.
+    ``pcc batch load-simulation``.  ``speed``: the master dataset came through the
+    speed layer, whose real-time flags are measured (not for ``load-simulation``'s stand-in).
     """
     current = read_current(config)
     if current is None:
@@ -234,7 +238,6 @@ def evaluate_published(
         )
     truth = simulation_cases(sim_dir, vehicle_of) if vehicle_of else simulation_cases(sim_dir)
     scores = read_scores(config.batch_dir / current["views"]["fraud_scores"])
-    naive, realtime = history_signals(
-        config.batch_dir / current["views"]["vehicle_history"], set(truth), scores
-    )
-    return evaluate(scores, truth, naive, realtime)
+    wanted = set(truth) if speed else set()
+    naive, realtime = history_signals(config.batch_dir / current["views"]["vehicle_history"], wanted, scores)
+    return evaluate(scores, truth, naive, realtime if speed else None)

@@ -11,22 +11,28 @@
   a connected car, projected to 1M vehicles (budget: < 1 GB); ratio = projected
   bytes / 1 GB.  And ``rules.check_event``: events/s through :func:`check_event`
   against building the same :class:`EventFields` from the events (the input cost).
+* ``rules.kernel``: time per event of the rules now against the rules before
+  issue 22 (``bench/rules_before``, frozen) on the same events in the same run,
+  for the speed layer's :func:`check_event` and the batch's :func:`assess_vehicle`
+  (a fleet with frauds, 45 % connected); ratio = now / before (<= 1: no worse).
 """
 
 from __future__ import annotations
 
 import argparse
+import pickle
 import tempfile
 import time
 import tracemalloc
 from collections import Counter
+from collections.abc import Callable
 from itertools import islice
 from pathlib import Path
 
 import orjson
 
 from bench.common import record
-from pipelines.rules import EMPTY_STATE, check_event, fields_from
+from pipelines.rules import EMPTY_STATE, EventFields, assess_vehicle, check_event, fields_from, sort_key
 from pipelines.simulator import SOURCES, SimulationConfig, simulate, vehicle, write_fleet
 
 
@@ -105,12 +111,58 @@ def _state_bytes(states: int) -> tuple[float, float, float]:
                 loc_ms=s.loc_ms + i,
                 wreck_ms=None,
                 recent=bytes(s.recent[:-1]) + bytes([i % 256]),
+                chains=pickle.loads(pickle.dumps(s.chains)),  # fresh objects, as a restored state has
             )
         )
     per_state = (tracemalloc.get_traced_memory()[0] - before) / states
     tracemalloc.stop()
     del kept
     return per_state, check_rate, build_rate
+
+
+def _per_event_s(fn: Callable[[list[EventFields]], object], histories: list[list[EventFields]]) -> float:
+    events = sum(len(h) for h in histories)
+    best = float("inf")
+    for _ in range(3):  # best of three: the machine is shared
+        started = time.perf_counter()
+        for h in histories:
+            fn(h)
+        best = min(best, time.perf_counter() - started)
+    return best / events
+
+
+def _kernel(vehicles: int) -> dict[str, float]:
+    """Seconds per event of check_event and assess_vehicle, now and before, on the same histories."""
+    from bench.rules_before import fraud as before
+
+    config = SimulationConfig(vehicles=vehicles, days=365, seed=9, fraud_rate=0.3)
+    histories = []
+    for i in range(vehicles):
+        positions: Counter[str] = Counter()
+        fields = []
+        for e in vehicle(config, i)[0]:
+            fields.append(fields_from(e, log_index=positions[str(e["source_id"])]))
+            positions[str(e["source_id"])] += 1
+        histories.append(sorted(fields, key=sort_key))
+    old = [[before.EventFields(*f) for f in h] for h in histories]
+
+    def stream_now(h: list[EventFields]) -> None:
+        state = EMPTY_STATE
+        for f in h:
+            state = check_event(state, f)[0]
+
+    def stream_before(h: list[EventFields]) -> None:
+        state = before.EMPTY_STATE
+        for f in h:
+            state = before.check_event(state, f)[0]
+
+    return {
+        "events": sum(len(h) for h in histories),
+        "check_event_now": _per_event_s(stream_now, histories),
+        "check_event_before": _per_event_s(stream_before, old),  # type: ignore[arg-type]
+        "assess_now": _per_event_s(assess_vehicle, histories),
+        "assess_before": _per_event_s(before.assess_vehicle, old),  # type: ignore[arg-type]
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.vehicles = args.vehicles or max(50, int(1_300 * args.scale))
     args.states = args.states or max(5_000, int(50_000 * args.scale))
+    kernel_vehicles = max(30, int(300 * args.scale))  # rules.kernel: a fleet with frauds, ~45k events
 
     events, seconds, sample = _write_rate(args.vehicles, args.days)
     rate = events / seconds
@@ -163,6 +216,19 @@ def main(argv: list[str] | None = None) -> int:
         {"fields_from_events_per_s": round(build_rate)},
         check_rate / build_rate,
     )
+    k = _kernel(kernel_vehicles)
+    for name in ("check_event", "assess"):
+        now, before = k[f"{name}_now"], k[f"{name}_before"]
+        record(
+            f"rules.kernel.{name}",
+            {
+                "us_per_event": round(now * 1e6, 2),
+                "events": k["events"],
+                "ratio_is": "now / before (same run)",
+            },
+            {"us_per_event_before": round(before * 1e6, 2)},
+            now / before,
+        )
     return 0
 
 

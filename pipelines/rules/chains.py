@@ -87,25 +87,30 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
     return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
 
 
-def chain_rate(c: Chain, p: ChainParams) -> float | None:
-    """km/day over the chain, once it spans ``rate_days``."""
-    days = (c.ms - c.first_ms) / DAY_MS
-    return (c.km - c.first_km) / days if days >= p.rate_days else None
-
-
-def fit_cost(c: Chain, km: int, t: int, lat: float | None, lon: float | None, p: ChainParams) -> float | None:
+def fit_cost(c: Chain, km: int, t: int, p: ChainParams) -> float | None:
     """How far (km) the chain's own rate puts this reading from where it predicts; None if it cannot continue it."""
     days = (t - c.ms) / DAY_MS
-    rate = chain_rate(c, p)
-    cap = p.default_km_per_day if rate is None else max(p.rate_factor * rate, p.min_km_per_day)
-    ahead = (km - c.km) if days >= 0 else (c.km - km)  # a late reading is an earlier point of the chain
-    if ahead < -p.tolerance_km or ahead > p.slack_km + cap * abs(days):
-        return None
-    cost = abs(km - (c.km + (p.prior_km_per_day if rate is None else rate) * days))
-    located = lat is not None and lon is not None and c.lat is not None and c.lon is not None
-    if located and haversine_km(lat, lon, c.lat, c.lon) > p.region_km:  # type: ignore[arg-type]
-        cost += p.region_cost_km
-    return cost
+    span = (c.ms - c.first_ms) / DAY_MS
+    if span >= p.rate_days:
+        rate = (c.km - c.first_km) / span
+        cap = max(p.rate_factor * rate, p.min_km_per_day)
+    else:
+        rate, cap = p.prior_km_per_day, p.default_km_per_day
+    if days >= 0:
+        ahead = km - c.km
+        if ahead < -p.tolerance_km or ahead > p.slack_km + cap * days:
+            return None
+    else:  # a late reading is an earlier point of the chain
+        behind = c.km - km
+        if behind < -p.tolerance_km or behind > p.slack_km - cap * days:
+            return None
+    return abs(km - c.km - rate * days)
+
+
+def _region_cost(c: Chain, lat: float | None, lon: float | None, p: ChainParams) -> float:
+    if lat is None or lon is None or c.lat is None or c.lon is None:
+        return 0.0
+    return p.region_cost_km if haversine_km(lat, lon, c.lat, c.lon) > p.region_km else 0.0
 
 
 def _extend(c: Chain, km: int, t: int, lat: float | None, lon: float | None) -> Chain:
@@ -152,11 +157,16 @@ def track(
     a, b = s.a, s.b
     if a is None:
         return Step(Tracked(Chain(km, t, km, t, 1, lat, lon), None, 0, 0), 0, False)
-    cost_a = fit_cost(a, km, t, lat, lon, p)
-    cost_b = None if b is None else fit_cost(b, km, t, lat, lon, p)
-    if cost_a is not None and cost_b is not None and (a.n >= 2) != (b.n >= 2):  # type: ignore[union-attr]
-        cost_b = None if a.n >= 2 else cost_b  # a one-off takes only what the persistent chain cannot
-        cost_a = cost_a if a.n >= 2 else None
+    cost_a = fit_cost(a, km, t, p)
+    cost_b = None if b is None else fit_cost(b, km, t, p)
+    if cost_a is not None and cost_b is not None:
+        assert b is not None
+        if (a.n >= 2) != (b.n >= 2):  # a one-off takes only what the persistent chain cannot
+            cost_b = None if a.n >= 2 else cost_b
+            cost_a = cost_a if a.n >= 2 else None
+        else:  # both could continue: the region decides when the rates cannot
+            cost_a += _region_cost(a, lat, lon, p)
+            cost_b += _region_cost(b, lat, lon, p)
     if cost_a is not None and (cost_b is None or cost_a <= cost_b):
         a, joined = _extend(a, km, t, lat, lon), 0
     elif cost_b is not None:

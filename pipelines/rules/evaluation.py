@@ -197,10 +197,14 @@ class FleetQuality:
     vehicles: int = 0
     events: int = 0
     outcomes: list[VehicleOutcome] = field(default_factory=list)
+    speed_measured: bool = True  # whether ``realtime`` says what the speed layer did
 
     def merge(self, other: FleetQuality) -> FleetQuality:
         return FleetQuality(
-            self.vehicles + other.vehicles, self.events + other.events, self.outcomes + other.outcomes
+            self.vehicles + other.vehicles,
+            self.events + other.events,
+            self.outcomes + other.outcomes,
+            self.speed_measured and other.speed_measured,
         )
 
     @property
@@ -247,7 +251,7 @@ class FleetQuality:
                         _share(o.naive for o, _ in det),
                         _share(o.verdict(th)[0] != "clean" for o, _ in mine),
                         _share(kind in o.realtime for o in found)
-                        if kind in REALTIME_KINDS and found
+                        if kind in REALTIME_KINDS and found and self.speed_measured
                         else None,
                     )
                 )
