@@ -198,6 +198,19 @@ class FleetQuality:
     events: int = 0
     outcomes: list[VehicleOutcome] = field(default_factory=list)
     speed_measured: bool = True  # whether ``realtime`` says what the speed layer did
+    cache: dict[tuple[int, Thresholds | None], tuple[str, frozenset[str]]] = field(
+        default_factory=dict, repr=False
+    )
+
+    def _verdict(self, o: VehicleOutcome, th: Thresholds | None) -> tuple[str, frozenset[str]]:
+        key = (id(o), th)
+        if key not in self.cache:
+            self.cache[key] = o.verdict(th)[:2]
+        return self.cache[key]
+
+    def _predicted(self, o: VehicleOutcome, kind: str, th: Thresholds | None) -> bool:
+        label, flags = self._verdict(o, th)
+        return label != "clean" and bool(flags & KIND_FLAGS[kind])
 
     def merge(self, other: FleetQuality) -> FleetQuality:
         return FleetQuality(
@@ -212,7 +225,7 @@ class FleetQuality:
         return [o for o in self.outcomes if not o.cases]
 
     def clean_false_positives(self, th: Thresholds | None = None) -> list[VehicleOutcome]:
-        return [o for o in self.clean if o.verdict(th)[0] != "clean"]
+        return [o for o in self.clean if self._verdict(o, th)[0] != "clean"]
 
     def false_positive_rate(self, th: Thresholds | None = None) -> float:
         return len(self.clean_false_positives(th)) / len(self.clean) if self.clean else 0.0
@@ -228,8 +241,8 @@ class FleetQuality:
         out = []
         for kind in kinds:
             cases = [(o, c) for o in self.outcomes for c in o.cases if c.kind == kind]
-            hit = {id(o): o.predicted(kind, th) for o, _ in cases}
-            fp = sum(1 for o in self.outcomes if kind not in o.kinds and o.predicted(kind, th))
+            hit = {id(o): self._predicted(o, kind, th) for o, _ in cases}
+            fp = sum(1 for o in self.outcomes if kind not in o.kinds and self._predicted(o, kind, th))
             names = sorted({f"{d}={v}" for _, c in cases for d, v in c.variant}) if variants else []
             for name in ["all", *names]:
                 mine = [
@@ -249,7 +262,7 @@ class FleetQuality:
                         Tally(tp_d, det_fp, len(det) - tp_d),
                         _share(o.naive for o, _ in mine),
                         _share(o.naive for o, _ in det),
-                        _share(o.verdict(th)[0] != "clean" for o, _ in mine),
+                        _share(self._verdict(o, th)[0] != "clean" for o, _ in mine),
                         _share(kind in o.realtime for o in found)
                         if kind in REALTIME_KINDS and found and self.speed_measured
                         else None,

@@ -38,7 +38,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pipelines.errors import PccValueError
@@ -46,6 +46,9 @@ from pipelines.rules.chains import CHAIN_PARAMS, EMPTY_TRACK, ChainParams, Track
 
 DAY_MS = 86_400_000
 Evidence = dict[str, dict[str, Any]]
+#: Two places closer than this in latitude and in longitude are less than 50 km apart (43 km at most).
+NEAR_DEGREES = 0.3
+NEAR_KM = 44.0
 #: The flags of :func:`odometer_problem`.
 ODOMETER_PROBLEMS = frozenset({"odometer_rollback", "implausible_rate"})
 
@@ -61,7 +64,9 @@ class FraudParams:
     max_speed_kmh: float = 250.0
     min_travel_km: float = 50.0  # below this, location noise, never impossible travel
     recent_ids: int = 16  # ids remembered per vehicle for duplicate detection
-    sale_window_days: int = 270  # rollback_before_sale: how long before a sale (tuned, pipelines.rules.tuning)
+    sale_window_days: int = (
+        270  # rollback_before_sale: how long before a sale (tuned, pipelines.rules.tuning)
+    )
     clocking_ratio: float = 0.65  # gradual_clocking: rate after / rate before below this (tuned)
     clocking_min_span_days: int = 60  # ... each side of the change spans at least this
     clocking_min_rate: float = 5.0  # ... km/day before the change, else too little signal
@@ -157,6 +162,12 @@ class VehicleState:
 
 
 EMPTY_STATE = VehicleState()
+_STATE_FIELDS = tuple(VehicleState.__dataclass_fields__)
+
+
+def _with(state: VehicleState, changes: dict[str, Any]) -> VehicleState:
+    """``dataclasses.replace`` without its per-call field inspection (the speed layer's hot path)."""
+    return VehicleState(*[changes[f] if f in changes else getattr(state, f) for f in _STATE_FIELDS])
 
 
 def _digest(event_id: str) -> bytes:
@@ -265,7 +276,14 @@ def check_event(
             flags.append("interleaved_odometers")
             evidence["interleaved_odometers"] = detail
     if not late and event.lat is not None and event.lon is not None:
-        if state.lat is not None and state.lon is not None:
+        near = (
+            params.min_travel_km >= NEAR_KM
+            and state.lat is not None
+            and state.lon is not None
+            and abs(event.lat - state.lat) < NEAR_DEGREES
+            and abs(event.lon - state.lon) < NEAR_DEGREES
+        )  # within min_travel_km whatever the speed: no distance to compute
+        if not near and state.lat is not None and state.lon is not None:
             distance = haversine_km(state.lat, state.lon, event.lat, event.lon)
             hours = (t - state.loc_ms) / 3_600_000
             if distance > params.min_travel_km and (hours <= 0 or distance / hours > params.max_speed_kmh):
@@ -280,7 +298,7 @@ def check_event(
     if event.tier is not None:
         for detail in evidence.values():
             detail["tier"] = event.tier
-    return replace(state, **changes), tuple(flags), evidence
+    return _with(state, changes), tuple(flags), evidence
 
 
 def apply_sorted(

@@ -62,7 +62,9 @@ def tune(q: FleetQuality) -> Thresholds:
 def without(q: FleetQuality, kind: str, variant: str) -> FleetQuality:
     """``q`` without the vehicles that are a case of ``kind`` in ``variant``."""
     kept = [o for o in q.outcomes if variant not in _variants(o, kind)]
-    return FleetQuality(len(kept), q.events, kept)
+    return FleetQuality(
+        len(kept), q.events, kept, q.speed_measured, q.cache
+    )  # the outcomes' verdicts are shared
 
 
 def leave_one_variant_out(train: FleetQuality, test: FleetQuality) -> list[tuple[Row, Thresholds]]:
