@@ -26,7 +26,7 @@ from web3.types import TxReceipt
 
 from ledger.chain import advance_time, mine
 from ledger.deploy import EXECUTOR_ROLE, PROPOSER_ROLE
-from ledger.errors import DeploymentError, LedgerRuleError
+from ledger.errors import DeploymentError, LedgerNotFoundError, LedgerRuleError
 from ledger.tokens import Key
 
 if TYPE_CHECKING:
@@ -54,6 +54,34 @@ class AdminHolders:
     contract: str
     operator: bool
     timelock: bool
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A proposal as the Governor's ``ProposalCreated`` log recorded it."""
+
+    proposal_id: int
+    proposer: str
+    actions: tuple[Action, ...]
+    description: str
+    vote_start: int  # the snapshot block: votes delegated after it do not count
+    vote_end: int  # the last block of the vote
+    block: int  # where it was proposed
+
+    @property
+    def short_id(self) -> str:
+        return f"{self.proposal_id:064x}"[:12]
+
+
+@dataclass(frozen=True)
+class Tally:
+    against: int
+    for_: int
+    abstain: int
+    quorum: int | None  # None before the snapshot block
+
+
+SUPPORT = {"against": 0, "for": 1, "abstain": 2}
 
 
 class GovernanceApi:
@@ -119,6 +147,135 @@ class GovernanceApi:
     def eta(self, proposal_id: int) -> int:
         """Unix time from which a queued proposal may run (0 if not queued)."""
         return int(self._c.view(self.governor.functions.proposalEta(proposal_id), "reading a proposal's eta"))
+
+    # -- proposals, as the chain recorded them -------------------------------------------------
+
+    def proposals(self) -> list[Proposal]:
+        """Every proposal since the deployment, oldest first (from ``ProposalCreated`` logs)."""
+        from ledger.indexer import LedgerIndexer
+
+        head = self._c.block_number
+        out = []
+        for e in LedgerIndexer(self._c).events(
+            "PCCGovernor", "ProposalCreated", self._c.deployment.block, head
+        ):
+            a = e.args
+            actions = tuple(
+                (str(Web3.to_checksum_address(t)), bytes(d))
+                for t, d in zip(a["targets"], a["calldatas"], strict=True)
+            )
+            pid, start, end = int(a["proposalId"]), int(a["voteStart"]), int(a["voteEnd"])
+            out.append(Proposal(pid, str(a["proposer"]), actions, str(a["description"]), start, end, e.block))
+        return out
+
+    def find(self, ref: str | int) -> Proposal:
+        """A proposal by its id: decimal, 0x-hex, or a unique hex prefix of at least 4 digits."""
+        found = self.proposals()
+        text = str(ref).strip().lower()
+        if text.isdigit() and len(text) > 16:  # the full decimal id
+            matches = [p for p in found if p.proposal_id == int(text)]
+        else:
+            prefix = text.removeprefix("0x")
+            if len(prefix) < 4 or any(c not in "0123456789abcdef" for c in prefix):
+                raise LedgerRuleError(
+                    f"proposal {ref!r}: give its id (decimal) or at least 4 hex digits of it"
+                )
+            matches = [p for p in found if f"{p.proposal_id:064x}".startswith(prefix)]
+        if not matches:
+            raise LedgerNotFoundError(f"no proposal {ref} on this deployment (pcc governance proposals)")
+        if len(matches) > 1:
+            raise LedgerRuleError(f"proposal {ref} is ambiguous: {', '.join(p.short_id for p in matches)}")
+        return matches[0]
+
+    def tally(self, proposal: Proposal) -> Tally:
+        against, for_, abstain = self._c.view(
+            self.governor.functions.proposalVotes(proposal.proposal_id), "reading a proposal's votes"
+        )
+        quorum = None  # the snapshot's supply is only known once the snapshot block is past
+        if proposal.vote_start < self._c.block_number:
+            fn = self.governor.functions.quorum(proposal.vote_start)
+            quorum = int(self._c.view(fn, "reading the quorum"))
+        return Tally(int(against), int(for_), int(abstain), quorum)
+
+    def votes_at(self, account: str, block: int) -> int:
+        """PCC_gold votes ``account`` had delegated to it at ``block`` (a proposal's snapshot)."""
+        fn = self.governor.functions.getVotes(Web3.to_checksum_address(account), block)
+        return int(self._c.view(fn, f"reading the votes of {account}"))
+
+    def cast(self, proposal: Proposal, support: str, as_: Key, advance: bool = False) -> int:
+        """Vote ``for``, ``against`` or ``abstain``; returns the votes counted.  Refuses, naming why,
+        a vote outside the voting window or from an account without votes at the snapshot.
+
+        ``advance`` (development chains): first mine blocks until the vote opens."""
+        if support not in SUPPORT:
+            raise LedgerRuleError(f"vote {support!r}: expected for, against or abstain")
+        signer = self._c.signer_for(as_)
+        head = self._c.block_number
+        if advance and head <= proposal.vote_start:
+            mine(self._c.w3, proposal.vote_start - head + 1)
+        state, head = self.state(proposal.proposal_id), self._c.block_number
+        if state == "Pending":
+            raise LedgerRuleError(
+                f"voting on {proposal.short_id} opens after block {proposal.vote_start} (now {head})"
+            )
+        if state != "Active":
+            raise LedgerRuleError(f"proposal {proposal.short_id} is {state}: voting is over")
+        weight = self.votes_at(signer.address, proposal.vote_start)
+        if weight == 0:
+            raise LedgerRuleError(
+                f"{signer.address} had no PCC_gold votes at block {proposal.vote_start}, the proposal's "
+                "snapshot: delegate first (pcc governance delegate), then vote on later proposals"
+            )
+        self.vote(proposal.proposal_id, SUPPORT[support], signer)
+        return weight
+
+    def queue_proposal(self, proposal: Proposal, advance: bool = False, as_: Key = None) -> int:
+        """Queue an accepted proposal in the timelock; returns the unix time it may run from.
+
+        ``advance`` (development chains): first mine blocks until the vote has ended."""
+        head = self._c.block_number
+        if advance and head <= proposal.vote_end:
+            tally = self.tally(proposal)
+            if (
+                tally.quorum is None
+                or tally.for_ <= tally.against
+                or tally.for_ + tally.abstain < tally.quorum
+            ):
+                raise LedgerRuleError(
+                    f"ending the vote on {proposal.short_id} now would defeat it (for {tally.for_}, against "
+                    f"{tally.against}, abstain {tally.abstain}, quorum {tally.quorum if tally.quorum is not None else 'not yet known'}): not advancing"
+                )
+            mine(self._c.w3, proposal.vote_end - head + 1)
+        state = self.state(proposal.proposal_id)
+        if state == "Active" or state == "Pending":
+            raise LedgerRuleError(
+                f"the vote on {proposal.short_id} ends after block {proposal.vote_end} (now {head}): "
+                "queue it then (on a dev chain, --advance mines the blocks)"
+            )
+        if state != "Succeeded":
+            raise LedgerRuleError(
+                f"proposal {proposal.short_id} is {state}, not Succeeded: it cannot be queued"
+            )
+        self.queue(list(proposal.actions), proposal.description, as_)
+        return self.eta(proposal.proposal_id)
+
+    def execute_proposal(self, proposal: Proposal, advance: bool = False, as_: Key = None) -> None:
+        """Run a queued proposal once its timelock delay has passed.
+
+        ``advance`` (development chains): first move the clock past the delay."""
+        state = self.state(proposal.proposal_id)
+        if state != "Queued":
+            raise LedgerRuleError(f"proposal {proposal.short_id} is {state}, not Queued: queue it first")
+        eta = self.eta(proposal.proposal_id)
+        now = int(self._c.w3.eth.get_block("latest")["timestamp"])
+        if now < eta:
+            if not advance:
+                raise LedgerRuleError(
+                    f"proposal {proposal.short_id} may run {eta - now} s from now (the timelock's delay); "
+                    "on a dev chain, --advance moves the clock"
+                )
+            advance_time(self._c.w3, eta - now + 1)
+        self.execute(list(proposal.actions), proposal.description, as_)
 
     def timelock_delay(self) -> int:
         return int(self._c.view(self.timelock.functions.getMinDelay(), "reading the timelock delay"))
