@@ -313,9 +313,10 @@ def create_app(
         return auth.verify(request.method, target, body, request.headers, deferred)
 
     app.max_body_bytes = config.max_body_bytes
-    # a receipt may only pay producers the Marketplace can pay (registered and active)
-    producer_check = getattr(billing, "require_active_producers", None)
-    paid = PaidQueries(config, runner, billing, receipts, auth, reservations, gate, access, producer_check)
+    # a receipt only pays producers the Marketplace can pay (registered and active); the rows of the
+    # others are paid to the consortium, so a suspended producer blocks nobody's query
+    producer_problems = getattr(billing, "producer_problems", None)
+    paid = PaidQueries(config, runner, billing, receipts, auth, reservations, gate, access, producer_problems)
     app.state.paid = paid
 
     @app.post(

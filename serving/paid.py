@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -204,7 +204,7 @@ class PaidQueries:
         reservations: Reservations,
         gate: InlineGate,
         access: AccessService | None = None,
-        producer_check: Callable[[Mapping[str, Any]], None] | None = None,
+        producer_problems: Callable[[Iterable[str]], Mapping[str, str]] | None = None,
     ) -> None:
         self.config = config
         self.runner = runner
@@ -214,8 +214,8 @@ class PaidQueries:
         self.reservations = reservations
         self.gate = gate
         self.access = access
-        #: raises for a quote naming a producer that may not be paid (unknown, suspended)
-        self.producer_check = producer_check
+        #: the producers of a quote the Marketplace cannot pay, each with why (not registered, suspended)
+        self.producer_problems = producer_problems
         #: the last price of each query shape: what the next run of the shape holds before it runs
         self._last_price: ShapeCache[int] = ShapeCache(4096)
 
@@ -282,11 +282,11 @@ class PaidQueries:
                     f"the query costs {quote.amount_cents} cents, more than its max_cents {body.max_cents}",
                     quote.as_dict(),
                 )
-            if self.producer_check is not None:
+            if self.producer_problems is not None:
                 ready = getattr(self.billing, "producers_ready", None)
                 if budget_s is not None and ready is not None and not ready(quote.by_producer):
                     raise OverBudget  # the registry must be read: not on the event loop
-                self.producer_check(quote.by_producer)
+                quote = quote.paying(self.producer_problems(quote.by_producer))
             hold.cover(quote.amount_cents, self.pending(consumer))
             query_hash = hashlib.sha256(body.sql.encode()).hexdigest()
             issued.update(

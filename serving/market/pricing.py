@@ -101,6 +101,20 @@ class Quote:
     def fee_cents(self) -> int:
         return self.amount_cents * self.fee_bps // BPS
 
+    def paying(self, unpayable: Mapping[str, str]) -> Quote:
+        """This quote with the shares of producers the Marketplace cannot pay (not registered,
+        suspended) paid to the consortium instead: the consumer pays the same, the receipt names
+        only parties that can be paid, and one suspended producer blocks nobody's query."""
+        moved = {src: p for src, p in self.by_producer.items() if src in unpayable and src != CONSORTIUM}
+        if not moved:
+            return self
+        kept = {src: dict(p) for src, p in self.by_producer.items() if src not in moved}
+        into = kept.setdefault(CONSORTIUM, {"rows": 0, "cents": 0})
+        for p in moved.values():
+            into["rows"] += p["rows"]
+            into["cents"] += p["cents"]
+        return Quote(self.amount_cents, self.fee_bps, dict(sorted(kept.items())), self.kind, self.version)
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "amount_cents": self.amount_cents,

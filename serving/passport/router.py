@@ -227,7 +227,7 @@ def mount_passport(
     paid = getattr(app.state, "paid", None)
     sales = None
     if paid is not None:
-        sales = PassportSales(paid.billing, paid.receipts, paid.auth, paid.reservations, paid.producer_check)
+        sales = PassportSales(paid.billing, paid.receipts, paid.auth, paid.reservations, paid.producer_problems)
     elif billing is not None:
         receipts = app.state.receipts
         auth = Authenticator(receipts, config.max_request_age_s, service_domain(config, billing))

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -102,8 +102,8 @@ class PassportSales:
 
     ``reservations``: the paid queries' own (``app.state.paid.reservations``), so that
     reports and queries in flight hold funds from one account together and share its
-    rate limit; by default a new one over ``billing``.  ``producer_check`` (the paid
-    queries' too) raises for a producer that may not be paid.
+    rate limit; by default a new one over ``billing``.  ``producer_problems`` (the paid
+    queries' too) names the producers that may not be paid: their share goes to the consortium.
     """
 
     def __init__(
@@ -112,13 +112,13 @@ class PassportSales:
         receipts: ReceiptStore,
         auth: RequestVerifier,
         reservations: Reservations | None = None,
-        producer_check: Callable[[Mapping[str, Any]], None] | None = None,
+        producer_problems: Callable[[Iterable[str]], Mapping[str, str]] | None = None,
     ) -> None:
         self.billing = billing
         self.receipts = receipts
         self.auth = auth
         self.reservations = reservations or Reservations(billing.available)
-        self.producer_check = producer_check
+        self.producer_problems = producer_problems
 
     def price(self) -> Quote:
         """The report's price as a quote with no producer yet (for a 402); 503 until governance sets it."""
@@ -183,8 +183,8 @@ class PassportSales:
             hold = self._hold(consumer, price)
             body, events = make()
             quote = report_quote(price.amount_cents, price.fee_bps, events)
-            if self.producer_check is not None:
-                self.producer_check(quote.by_producer)
+            if self.producer_problems is not None:
+                quote = quote.paying(self.producer_problems(quote.by_producer))
             issued = self.receipts.issue(
                 consumer.account, consumer.nonce, report_hash(vehicle, fmt), quote, consumer.expires
             )

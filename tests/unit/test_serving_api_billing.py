@@ -81,3 +81,29 @@ def test_a_failed_grantee_query_still_spends_its_nonce(app: Any, monkeypatch: py
     assert first.status_code == 403
     assert replay.status_code == 401 and "replayed" in replay.json()["message"]
     assert app.state.receipts.for_consumer(ACCOUNT) == []
+
+
+class _SuspendingBilling(InMemoryBilling):
+    """In-memory billing whose registry suspends one producer (as ChainBilling.producer_problems says)."""
+
+    def producer_problems(self, source_ids: Any) -> dict[str, str]:
+        return {s: "suspended" for s in source_ids if s == "garage-net-03"}
+
+
+def test_a_suspended_producers_rows_are_paid_to_the_consortium_not_refused(tmp_path: Path) -> None:
+    publish_batch(tmp_path, "v1", make_events(60, vehicles=3))
+    billing = _SuspendingBilling(PRICES)
+    billing.fund(ACCOUNT, 1_000_000)
+    app = create_app(ServingConfig(data_dir=tmp_path), billing, background=False)
+    try:
+        with _client(app, grant=False) as client:
+            fleet = client.query("SELECT source_id, count(*) AS n FROM vehicle_history GROUP BY 1")
+            quote = client.quote("SELECT source_id, count(*) AS n FROM vehicle_history GROUP BY 1")
+        assert {r["source_id"] for r in fleet.rows} == {"cc-aurora", "garage-net-03", "ins-mutua"}
+        receipt = app.state.receipts.for_consumer(ACCOUNT)[0]
+        assert "garage-net-03" not in receipt["by_producer"]
+        assert receipt["by_producer"]["pcc-consortium"]["cents"] == quote["by_producer"]["garage-net-03"]["cents"]
+        assert receipt["amount_cents"] == quote["amount_cents"]  # the consumer pays the same
+    finally:
+        app.state.receipts.close()
+        app.state.store.close()
