@@ -51,12 +51,24 @@ def committed_members(event_type: str) -> tuple[tuple[str, str, bytes], ...]:
     return tuple(sorted(members, key=lambda m: m[1]))
 
 
-def public_region(location: Any) -> dict[str, float] | None:
-    """``{"lat", "lon"}`` rounded to 0.1 degree (never ``-0.0``), or None without a location."""
+def _canonical_number(value: float | None) -> float | int:
+    """A rounded coordinate as the wire must carry it: ``10`` not ``10.0``, ``0`` not ``-0.0``."""
+    value = (value or 0.0) + 0.0
+    return int(value) if value.is_integer() else value
+
+
+def public_region(location: Any) -> dict[str, float | int] | None:
+    """``{"lat", "lon"}`` rounded to 0.1 degree, or None without a location.
+
+    Integral values are integers (``{"lat": 48, "lon": 2.4}``): strict parsing
+    refuses ``48.0`` on the wire, and JCS writes both as ``48`` (same leaf).
+    """
     if not isinstance(location, Mapping) or "lat" not in location or "lon" not in location:
         return None
-    lat, lon = region(location["lat"]), region(location["lon"])
-    return {"lat": (lat or 0.0) + 0.0, "lon": (lon or 0.0) + 0.0}
+    return {
+        "lat": _canonical_number(region(location["lat"])),
+        "lon": _canonical_number(region(location["lon"])),
+    }
 
 
 _INT_LIMIT = 2**53 - 1

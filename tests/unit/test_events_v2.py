@@ -30,7 +30,14 @@ from pipelines.access import (
 from pipelines.access import vectors as vector_module
 from pipelines.access.fields import cipher_of
 from pipelines.canonical import canonical_bytes, leaf_data, leaf_hash
-from pipelines.events import EVENT_TYPES, PROTECTED_CATEGORIES, load_schema, validate_envelope, validate_input
+from pipelines.events import (
+    EVENT_TYPES,
+    PROTECTED_CATEGORIES,
+    load_schema,
+    parse_event,
+    validate_envelope,
+    validate_input,
+)
 from pipelines.events.commitments import commitment
 from pipelines.events.derive import SCHEMA_DIR, derived
 from tests.unit.test_access_fields import KEYS, PAYLOADS, envelope, key_for
@@ -250,6 +257,7 @@ def test_any_payload_round_trips_and_verifies(cost: int, ref: str, lat: float, l
     payload = {"odometer_km": 1, "service_type": "other", "in_network": False, "cost_cents": cost,
                "invoice_ref": ref, "location": {"lat": lat, "lon": lon}}  # fmt: skip
     wire = seal_event(envelope("maintenance", payload), key_for(2))
+    assert parse_event(orjson.dumps(wire)) == wire  # strict parsing accepts every sealed event as sent
     row = row_of(wire)
     salts: dict[str, bytes] = {}
     opened = open_held("maintenance", 2, orjson.loads(row["payload"]), ciphers(2), row_aad(wire["vehicle"], wire["event_id"]), salts=salts)  # fmt: skip

@@ -167,3 +167,17 @@ def test_a_version_1_event_after_the_cutover_is_refused_with_a_reason(tmp_path: 
     (dead,) = result.dead
     assert dead.reason == "retired_version" and "speed.v1_cutover" in dead.detail
     assert dead.value is not None and b"48.856613" not in dead.value  # its clear location is not kept
+
+
+def test_a_region_on_a_whole_degree_travels_as_an_integer_and_is_accepted(setup) -> None:
+    """Strict parsing refuses ``10.0`` on the wire: the rounded region must be written ``10``."""
+    proc, src, _rules, feed = setup
+    env = sealed(
+        clear(
+            "odometer_reading", {"odometer_km": 1000, "location": {"lat": 45.01, "lon": -0.04}}, now() - DAY
+        )
+    )
+    assert env["payload"]["region"] == {"lat": 45, "lon": 0}
+    src.append(env)
+    result = proc.process_batch([feed.record(wire(e)) for e in src.checkpoint()], now())
+    assert result.dead == [] and (result.rows[0]["lat"], result.rows[0]["lon"]) == (45, 0)
