@@ -157,12 +157,16 @@ def mint(ctx: typer.Context, to: str, cents: int, payment_ref: Annotated[str, ty
 
 @app.command()
 def balance(ctx: typer.Context, account: str) -> None:
-    """PCC_token balance (cents), PCC_gold and claimable revenue of an account."""
+    """PCC_token balance (cents), Marketplace deposit, PCC_gold, revenue and sales credits of an account.
+
+    A consumer's whole picture (allowance, reserved, asked back): `pcc market balance`."""
     client = _client(ctx)
     typer.echo(
         f"{account}: {client.tokens.balance(account)} cents PCC_token, "
+        f"{client.market.deposit_of(account)} cents deposited on the Marketplace, "
         f"{client.tokens.gold_balance(account) / 10**18:g} PCC_gold, "
-        f"{client.tokens.claimable(account)} cents claimable, {client.market.credit(account)} cents credited"
+        f"{client.tokens.claimable(account)} cents PCC_gold revenue claimable, "
+        f"{client.market.credit(account)} cents credited by sales"
     )
 
 
