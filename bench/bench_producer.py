@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = bench_settings(
             Path(tmp),
             kafka={"bootstrap": f"127.0.0.1:{kport}", "controller_port": cport},
-            ledger={"rpc_url": f"http://127.0.0.1:{cport2}", "chain": "anvil", "port": cport2},
+            ledger={"rpc_url": f"http://127.0.0.1:{cport2}", "chain": "anvil"},
             producer={"checkpoint_every": 1024, "checkpoint_seconds": 5.0},
         )
         stack.enter_context(running_broker(settings))

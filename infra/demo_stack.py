@@ -50,7 +50,6 @@ def demo_settings(base: Settings, data_dir: Path | None = None) -> Settings:
             "ledger": base.ledger.model_copy(
                 update={
                     "rpc_url": f"http://127.0.0.1:{chain_port}",
-                    "port": chain_port,
                     "chain": CHAIN_KIND,
                     "deployer_key": None,
                     "anchor_key": None,
@@ -76,7 +75,7 @@ def write_config(settings: Settings) -> Path:
         f"data_dir = {q(settings.data_dir)}\n\n"
         f"[kafka]\nbootstrap = {q(k.bootstrap)}\ncontroller_port = {k.controller_port}\n"
         f"libs_dir = {q(k.libs_dir)}\ntopic_prefix = {q(k.topic_prefix)}\n\n"
-        f"[ledger]\nrpc_url = {q(led.rpc_url)}\nport = {led.port}\nchain = {q(led.chain)}\n\n"
+        f"[ledger]\nrpc_url = {q(led.rpc_url)}\nchain = {q(led.chain)}\n\n"
         f"[serving]\nhost = {q(srv.host)}\nport = {srv.port}\n"
     )
     path = settings.data_dir / CONFIG_NAME
@@ -98,7 +97,7 @@ def start_broker(settings: Settings, say: object = None) -> None:
 def start_chain(settings: Settings) -> str:
     from infra.chain import node
 
-    return node.start(CHAIN_KIND, settings.ledger.port, chain_dir(settings)).url
+    return node.start(CHAIN_KIND, node.local_port(settings.ledger.rpc_url), chain_dir(settings)).url
 
 
 def start_api_process(settings: Settings, config_file: Path) -> int:

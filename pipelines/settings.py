@@ -18,8 +18,9 @@ import tomllib
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from pipelines.errors import PccConfigError
@@ -41,13 +42,28 @@ class KafkaSettings(_Section):
 
 
 class LedgerSettings(_Section):
+    # the one chain endpoint: `pcc chain up` listens on its port when it is local (127.0.0.1/localhost)
     rpc_url: str = "http://127.0.0.1:8545"
     chain: str = "anvil"  # anvil | hardhat | evm (in-process) | rpc (any endpoint)
-    port: int = 8545
     deployer_key: SecretStr | None = None
     manifest: Path | None = None  # deployment manifest; default data_dir/ledger/deployment.json
     confirmations: int = 0
     anchor_key: SecretStr | None = None  # a producer's signing key; dev chains derive one per source
+
+    @model_validator(mode="before")
+    @classmethod
+    def _port_follows_rpc_url(cls, data: Any) -> Any:
+        """``ledger.port`` is gone: accepted only when it says what ``rpc_url`` already says."""
+        if isinstance(data, dict) and "port" in data:
+            data = dict(data)
+            port = data.pop("port")
+            url = str(data.get("rpc_url", "http://127.0.0.1:8545"))
+            if urlsplit(url).port != int(port):
+                raise ValueError(
+                    f"ledger.port ({port}) is no longer a setting: the local node listens on the port of "
+                    f"ledger.rpc_url ({url}); set rpc_url = 'http://127.0.0.1:{port}' instead"
+                )
+        return data
 
 
 class ProducerSettings(_Section):
@@ -64,7 +80,9 @@ class ProducerSettings(_Section):
 class VaultSettings(_Section):
     path: Path | None = None  # default data_dir/vault/identity.sqlite
     key_file: Path | None = None  # default data_dir/vault/vault.key
-    resolve_roles: tuple[str, ...] = ("vault-admin",)  # caller roles allowed to turn a pseudonym back into a VIN
+    resolve_roles: tuple[str, ...] = (
+        "vault-admin",
+    )  # caller roles allowed to turn a pseudonym back into a VIN
     cache_size: int = 65_536  # in-memory VIN -> pseudonym entries per vault object
     cache_check_s: float = 1.0  # how stale a cached pseudonym may be after an erasure elsewhere
 
@@ -100,7 +118,9 @@ class ServingSettings(_Section):
     port: int = 8600
     query_timeout_s: float = 10.0
     max_rows: int = 100_000
-    signing_key: SecretStr | None = None  # the service's key that signs receipts; default a file under data_dir
+    signing_key: SecretStr | None = (
+        None  # the service's key that signs receipts; default a file under data_dir
+    )
     memory_limit: str = "2GB"  # DuckDB memory limit of the query engine
     threads: int = 2  # DuckDB worker threads
     max_request_age_s: int = 300  # a signed request may not expire later than this
@@ -208,7 +228,5 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = [
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        ]
+        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
         raise PccConfigError(f"invalid settings in {origin}: " + "; ".join(problems)) from None

@@ -20,10 +20,11 @@ import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from infra.chain.npm import ensure_npm_packages
 from infra.procs import alive, terminate_group
-from pipelines.errors import PccStateError, PccValueError
+from pipelines.errors import PccConfigError, PccStateError, PccValueError
 
 CHAIN_DIR = Path(__file__).resolve().parent
 HARDFORK = "prague"
@@ -70,6 +71,23 @@ def rpc_chain_id(url: str, timeout_s: float = 2.0) -> int | None:
             return int(json.loads(resp.read())["result"], 16)
     except (OSError, urllib.error.URLError, ValueError, KeyError):
         return None
+
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def local_port(rpc_url: str) -> int:
+    """The port a local node listens on for ``ledger.rpc_url`` (the one chain endpoint setting).
+
+    Refuses a URL that is not on this machine: ``pcc chain up`` only starts local nodes.
+    """
+    parts = urlsplit(rpc_url)
+    if parts.scheme != "http" or parts.hostname not in LOCAL_HOSTS:
+        raise PccConfigError(
+            f"ledger.rpc_url is {rpc_url}: a local node is started only for http://127.0.0.1:PORT "
+            "(or localhost); a remote endpoint is started by whoever runs it"
+        )
+    return parts.port or 80
 
 
 def _command(kind: str, port: int, state_dir: Path) -> list[str]:

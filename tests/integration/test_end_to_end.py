@@ -45,7 +45,7 @@ def demo(
     settings = Settings(
         data_dir=tmp_path_factory.mktemp("end-to-end"),
         kafka={**kafka_broker.settings.kafka.model_dump(), "topic_prefix": prefix},
-        ledger={"rpc_url": anvil_node.url, "chain": "anvil", "port": anvil_node.port},
+        ledger={"rpc_url": anvil_node.url, "chain": "anvil"},
         serving={"port": free_port()},
     )
     return run_demo(settings, OPTIONS, spark=spark, console=Console(file=io.StringIO(), width=120))
