@@ -80,9 +80,7 @@ class ProducerSettings(_Section):
 class VaultSettings(_Section):
     path: Path | None = None  # default data_dir/vault/identity.sqlite
     key_file: Path | None = None  # default data_dir/vault/vault.key
-    resolve_roles: tuple[str, ...] = (
-        "vault-admin",
-    )  # caller roles allowed to turn a pseudonym back into a VIN
+    resolve_roles: tuple[str, ...] = ("vault-admin",)  # caller roles allowed to turn a pseudonym back into a VIN
     cache_size: int = 65_536  # in-memory VIN -> pseudonym entries per vault object
     cache_check_s: float = 1.0  # how stale a cached pseudonym may be after an erasure elsewhere
 
@@ -118,9 +116,7 @@ class ServingSettings(_Section):
     port: int = 8600
     query_timeout_s: float = 10.0
     max_rows: int = 100_000
-    signing_key: SecretStr | None = (
-        None  # the service's key that signs receipts; default a file under data_dir
-    )
+    signing_key: SecretStr | None = None  # the service's key that signs receipts; default a file under data_dir
     memory_limit: str = "2GB"  # DuckDB memory limit of the query engine
     threads: int = 2  # DuckDB worker threads
     max_request_age_s: int = 300  # a signed request may not expire later than this
@@ -228,5 +224,7 @@ def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides
     try:
         return Settings(**values)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()]
+        problems = [
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        ]
         raise PccConfigError(f"invalid settings in {origin}: " + "; ".join(problems)) from None
