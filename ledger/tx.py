@@ -152,8 +152,8 @@ class Signer:
                     "from": self.account.address,
                     "gas": limit,
                     "nonce": self._next_nonce(),
-                    **fees,
-                }  # type: ignore[typeddict-item]
+                    **fees,  # type: ignore[typeddict-item]
+                }
                 with translating(context):
                     tx = fn.build_transaction(params)
                 signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
@@ -174,7 +174,7 @@ class Signer:
         """Fund an account with gas money (development chains)."""
         fees = self._fees()
         tx = {"to": to, "value": wei, "gas": 21_000, "nonce": self._next_nonce(), **fees}
-        signed = self.account.sign_transaction(tx)
+        signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
         with translating(f"funding {to}"):
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)
         return wait(self.w3, tx_hash, f"funding {to}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipelines.cli.main import settings_from
+from pipelines.cli.progress import LineProgress
 from pipelines.errors import PccValueError
 from pipelines.events import parse_event
 from pipelines.producer import Producer, ProducerReport, load_anchor
@@ -88,6 +90,33 @@ def produce_file(
     return producer.report
 
 
+def _report_dict(r: ProducerReport) -> dict[str, Any]:
+    return {
+        "published": r.published, "rejected": dict(r.rejected), "checkpoints": r.checkpoints,
+        "gas_used": r.gas_used, "unsent": r.unsent, "elapsed_s": round(r.elapsed_s, 3),
+        "rejections": [{"line": where, "message": message} for where, message in r.rejections[:100]],
+    }  # fmt: skip
+
+
+def _register_fleet(settings: Settings, fleet_json: Path, quiet: bool) -> None:
+    """Register the fleet's sources missing from the ledger, with their kind and tier."""
+    from ledger.bulk import read_sources, register_sources
+
+    results = register_sources(settings, read_sources(fleet_json))
+    refused = [r for r in results if r.status == "refused"]
+    if refused:
+        raise PccValueError(
+            f"{len(refused)} source(s) of {fleet_json} refused: "
+            + "; ".join(f"{r.row.source_id}: {r.reason}" for r in refused[:5])
+        )
+    if not quiet:
+        new = [r for r in results if r.status == "registered"]
+        console.print(
+            f"registered {len(new)} source(s) ({', '.join(f'{r.row.source_id} tier {r.row.tier}' for r in new[:5])}"
+            f"{', ...' if len(new) > 5 else ''}); {len(results) - len(new)} already registered"
+        )
+
+
 def summary_table(reports: dict[str, ProducerReport]) -> Table:
     table = Table(title="pcc produce")
     for col in ("source", "sent", "rejected", "checkpoints", "gas", "events/s"):
@@ -116,10 +145,28 @@ def produce(
         Path | None, typer.Option("--fleet", help="A simulated fleet directory: produce every source in it.")
     ] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Send nothing if any line is invalid.")] = False,
+    register: Annotated[
+        bool,
+        typer.Option(
+            "--register",
+            help="With --fleet: first register the fleet's sources not yet on the ledger, with the kind and "
+            "tier fleet.json gives them (as pcc ledger register-sources).",
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress and no table; errors only.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the per-source report as JSON on stdout (no table).")
+    ] = False,
 ) -> None:
-    """Validate, pseudonymise, log, anchor and publish events to Kafka."""
+    """Validate, pseudonymise, log, anchor and publish events to Kafka.
+
+    On a terminal a progress bar; otherwise a progress line every 10 s (done, left, rate)."""
     settings = settings_from(ctx)
     jobs: list[tuple[str, str, str]] = []  # (path, source, kind)
+    if register and fleet is None:
+        raise PccValueError("--register registers the sources of a --fleet; give --fleet DIR")
     if fleet is not None:
         try:
             meta = json.loads((fleet / "fleet.json").read_text())
@@ -139,18 +186,35 @@ def produce(
         raise PccValueError(
             "nothing to produce: give JSON Lines files (with --source and --kind) or --fleet DIR"
         )
+    if register:
+        assert fleet is not None
+        _register_fleet(settings, fleet / "fleet.json", quiet)
     anchor = load_anchor(settings)
     from pipelines.vault import IdentityVault
 
     vault = IdentityVault(settings)
     reports: dict[str, ProducerReport] = {}
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    progress: Any
+    if quiet:
+        progress = contextlib.nullcontext(None)
+    elif console.is_terminal:
+        progress = Progress(*columns, console=console)
+    else:  # a file or a pipe: a line every 10 s instead of a bar nobody sees
+        counts = [count_lines(path) for path, _, _ in jobs]
+        total = None if None in counts else sum(c or 0 for c in counts)
+        progress = LineProgress("pcc produce", total=total)
+    with progress as shown:
         for job_path, src, knd in jobs:
             reports[src] = produce_file(
                 settings, job_path, source_id=src, kind=knd, strict=strict, anchor=anchor, vault=vault,
-                progress=progress,
+                progress=shown,
             )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({src: _report_dict(r) for src, r in reports.items()}, indent=2))
+        return
+    if quiet:
+        return
     console.print(summary_table(reports))
     for src, r in reports.items():
         for where, message in r.rejections[:10]:
