@@ -5,6 +5,9 @@ Every error carries a user-facing message and says whether it is *transient*
 is wrong: a bad hash, a bad schema).  Subclasses also inherit the builtin they
 resemble so callers can catch either.  Messages name identifiers (event id,
 topic[partition]@offset, block number, tx hash), never a VIN or a person.
+
+The kind of an error decides the exit code of ``pcc`` (docs/cli.md); the table
+that maps kinds to codes is ``pipelines.cli.main.EXIT_CODES``, and only there.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ class PccError(Exception):
     """Root of every error PCC raises on purpose."""
 
     transient: bool = False
+    #: the exit code of an error of no kind in pipelines.cli.main.EXIT_CODES (a layer's own, e.g. 7)
     exit_code: int = 1
 
     def __init__(self, message: str) -> None:
@@ -26,8 +30,6 @@ class PccError(Exception):
 
 class PccValueError(PccError, ValueError):
     """Input that can never be accepted as it is (terminal)."""
-
-    exit_code = 2
 
 
 class PccValidationError(PccValueError):
@@ -47,23 +49,21 @@ class PccConfigError(PccValueError):
 class PccNotFoundError(PccError, LookupError):
     """Something named does not exist (an unknown source, pseudonym, run)."""
 
-    exit_code = 3
-
 
 class PccPermissionError(PccError, PermissionError):
     """The caller may not do this (no role, no grant, revoked grant)."""
 
-    exit_code = 4
+
+class PccPaymentRequiredError(PccPermissionError):
+    """The caller may do this but cannot pay for it (funds, allowance, gas): unlike a refusal,
+    paying first makes the same call succeed."""
 
 
 class PccTransientError(PccError, ConnectionError):
     """A dependency is unavailable right now; the same call may succeed later."""
 
     transient = True
-    exit_code = 5
 
 
 class PccStateError(PccError, RuntimeError):
     """A component is in the wrong state for the request (already running, stale PID)."""
-
-    exit_code = 6

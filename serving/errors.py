@@ -11,6 +11,7 @@ from typing import Any
 from pipelines.errors import (
     PccError,
     PccNotFoundError,
+    PccPaymentRequiredError,
     PccPermissionError,
     PccStateError,
     PccTransientError,
@@ -62,7 +63,7 @@ class AuthenticationError(ServingError, PccPermissionError):
     status = 401
 
 
-class PaymentRequiredError(ServingError, PccPermissionError):
+class PaymentRequiredError(ServingError, PccPaymentRequiredError):
     """The consumer's funds do not cover the query; carries the quote."""
 
     status = 402

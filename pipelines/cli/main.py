@@ -6,7 +6,8 @@ The root knows no layer.  Each layer publishes its own Typer group under the
 whatever is installed, so dependencies keep pointing one way.
 
 Errors are caught here and only here: a one-line message on stderr and the
-error's exit code; the traceback only with ``--debug``.
+exit code :data:`EXIT_CODES` gives the error's kind (the table of docs/cli.md);
+the traceback only with ``--debug``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from pipelines.errors import PccError
+from pipelines.errors import (
+    PccError,
+    PccNotFoundError,
+    PccPaymentRequiredError,
+    PccPermissionError,
+    PccStateError,
+    PccTransientError,
+    PccValueError,
+)
 from pipelines.quiet import quiet_expected_warnings
 from pipelines.settings import Settings, load_settings
 
@@ -77,6 +86,28 @@ app = typer.Typer(
 
 _DEBUG = False
 
+#: Exit codes by kind of error, the first matching kind wins (docs/cli.md lists them).  Usage
+#: errors Typer finds itself exit 2 too; an error of none of these kinds exits with its own
+#: ``exit_code`` (1 unless its layer declares one: the batch audit's 7).
+EXIT_CODES: tuple[tuple[type[PccError], int, str], ...] = (
+    (PccPaymentRequiredError, 8, "cannot pay: funds, allowance or gas missing (HTTP 402)"),
+    (PccPermissionError, 4, "forbidden: no role, no grant, bad signature, a refused statement (401, 403)"),
+    (PccNotFoundError, 3, "not found: an unknown source, proposal, vehicle, run (404)"),
+    (PccTransientError, 5, "transient: a broker, node or service is unavailable or busy; retry (429, 502)"),
+    (PccValueError, 2, "invalid input: a bad argument, setting, file or a contract rule it breaks (400, 413)"),
+    (PccStateError, 6, "wrong state: not running, not deployed, no price set yet (409, 503)"),
+)
+INTERNAL = 70  # a bug: an exception PCC did not raise on purpose
+INTERRUPTED = 130
+
+
+def exit_code(exc: PccError) -> int:
+    """The exit code of ``exc``: its kind's in :data:`EXIT_CODES`, else its own ``exit_code``."""
+    for kind, code, _ in EXIT_CODES:
+        if isinstance(exc, kind) and (kind is not PccTransientError or exc.transient):
+            return code
+    return exc.exit_code
+
 
 @app.callback()
 def _root(
@@ -108,10 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         if _DEBUG:
             traceback.print_exc()
         print(f"pcc: error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return exit_code(exc)
     except KeyboardInterrupt:
         print("pcc: interrupted", file=sys.stderr)
-        return 130
+        return INTERRUPTED
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except Exception as exc:
@@ -122,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"pcc: internal error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
                 file=sys.stderr,
             )
-        return 70
+        return INTERNAL
     return 0
 
 

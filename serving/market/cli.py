@@ -19,7 +19,7 @@ from typing import Annotated, Any
 import typer
 
 from pipelines.cli.main import settings_from
-from pipelines.errors import PccConfigError, PccStateError, PccValueError
+from pipelines.errors import PccConfigError, PccPaymentRequiredError, PccStateError, PccValueError
 
 app = typer.Typer(help="Receipts and their settlement; a consumer's deposit.", no_args_is_help=True)
 
@@ -51,7 +51,7 @@ def _key(key_file: Path) -> str:
 def _require_gas(client: Any, account: str, what: str) -> None:
     """Refuse before signing when ``account`` holds no ether for gas, saying where to get some."""
     if int(client.w3.eth.get_balance(account)) == 0:
-        raise PccStateError(
+        raise PccPaymentRequiredError(
             f"{account} holds no ETH to pay the gas of {what}: on a dev chain run "
             f"`pcc chain fund {account} --eth 1`; on a public chain send it a little ETH "
             "(docs/quickstart-consumer.md, 'Gas')"
@@ -142,7 +142,7 @@ def deposit(ctx: typer.Context, cents: int, key_file: KeyFile) -> None:
     _require_gas(client, account, "a deposit")
     wallet = client.tokens.balance(account)
     if wallet < cents:
-        raise PccStateError(
+        raise PccPaymentRequiredError(
             f"{account} holds {wallet} cents of PCC_token, less than {cents}: the treasury mints against a "
             "euro payment (on a dev chain: pcc chain fund ADDRESS --pcc EUROS)"
         )
