@@ -80,6 +80,35 @@ def leave_one_variant_out(train: FleetQuality, test: FleetQuality) -> list[tuple
     return out
 
 
+def clocking_separation(q: FleetQuality, cuts: Sequence[float] = (0.55, 0.6, 0.65, 0.7, 0.75)) -> list[str]:
+    """How far the clocking ratio separates clean cars from clocked ones, per share shown.
+
+    For each cut: the clean cars whose lowest before/after rate ratio is below
+    it (flagged by clocking alone), and the detectable clocked cases found per
+    ``share`` variant.
+    """
+
+    def lowest(o: VehicleOutcome) -> float | None:
+        ratios = [ev["gradual_clocking"]["ratio"] for flags, ev in o.flagged if "gradual_clocking" in flags]
+        return min(ratios, default=None)
+
+    clean = [lowest(o) for o in q.clean]
+    shares: dict[str, list[float | None]] = {}
+    for o in q.outcomes:
+        for c in o.cases:
+            if c.kind == "gradual_clocking" and c.detectable:
+                shares.setdefault(dict(c.variant)["share"], []).append(lowest(o))
+    lines = []
+    for cut in cuts:
+        n = sum(1 for r in clean if r is not None and r < cut)
+        found = " | ".join(
+            f"{share}: {sum(1 for r in rs if r is not None and r < cut)}/{len(rs)}"
+            for share, rs in sorted(shares.items())
+        )
+        lines.append(f"  ratio < {cut}: clean cars {n}/{len(clean)} ({n / max(len(clean), 1):.2%}) | {found}")
+    return lines
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--train-seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
@@ -99,6 +128,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     print(f"training seeds: {train.report(th, variants=False)}")
     print(f"held-out seed {args.test_seed}: {test.report(th)}")
+    print("clocking ratio, training seeds (clean cars flagged by clocking alone; detectable cases found):")
+    print("\n".join(clocking_separation(train)))
     lovo = leave_one_variant_out(train, test)
     print(f"leave one variant out (tuned without the variant, held-out seed {args.test_seed}):")
     print(
