@@ -72,6 +72,44 @@ def spark_conf(master: str, driver_memory: str = "2g", shuffle_partitions: int =
     }
 
 
+#: What the JVM itself prints when Spark 4's launcher adds ``--add-modules=jdk.incubator.vector``
+#: (on every start, before any log configuration applies): nothing a user can act on.
+JVM_INCUBATOR_NOTICE = b"WARNING: Using incubator modules: jdk.incubator.vector"
+
+
+def _start_driver_jvm(settings: dict[str, str]) -> None:
+    """Start the driver's JVM (as ``getOrCreate`` would) with its stderr passed on line by line,
+    less the JVM's incubator-module notice; every other line, warnings included, is kept."""
+    import subprocess
+    import threading
+
+    from pyspark import SparkConf, SparkContext
+    from pyspark.java_gateway import launch_gateway
+
+    if SparkContext._gateway is not None:
+        return
+    conf = SparkConf()
+    for key, value in settings.items():
+        conf.set(key, value)
+    gateway = launch_gateway(conf, popen_kwargs={"stderr": subprocess.PIPE})
+    SparkContext._gateway = gateway
+    SparkContext._jvm = gateway.jvm
+    stderr = gateway.proc.stderr
+
+    def forward() -> None:
+        out = getattr(sys.stderr, "buffer", None)
+        for line in iter(stderr.readline, b""):
+            if line.strip() == JVM_INCUBATOR_NOTICE:
+                continue
+            if out is not None:
+                out.write(line)
+                out.flush()
+            else:
+                sys.stderr.write(line.decode(errors="replace"))
+
+    threading.Thread(target=forward, name="pcc-spark-stderr", daemon=True).start()
+
+
 def get_spark(
     master: str = "local[*]",
     driver_memory: str = "2g",
@@ -93,10 +131,12 @@ def get_spark(
     # Without it the JVM looks the machine's hostname up, and where that resolves to a loopback
     # address (most laptops and VMs) warns about it on every start; the driver binds here anyway.
     os.environ.setdefault("SPARK_LOCAL_IP", DRIVER_HOST)
+    settings = {**spark_conf(master, driver_memory, shuffle_partitions), **(extra or {})}
     builder = SparkSession.builder
-    for key, value in {**spark_conf(master, driver_memory, shuffle_partitions), **(extra or {})}.items():
+    for key, value in settings.items():
         builder = builder.config(key, value)
     try:
+        _start_driver_jvm(settings)
         spark = builder.getOrCreate()
     except Exception as exc:  # the JVM did not start or the master is unreachable
         from batch.errors import BatchError
