@@ -169,9 +169,13 @@ class GovernanceApi:
         return out
 
     def find(self, ref: str | int) -> Proposal:
-        """A proposal by its id: decimal, 0x-hex, or a unique hex prefix of at least 4 digits."""
+        """A proposal by its id: decimal, 0x-hex, a unique hex prefix of at least 4 digits, or ``latest``."""
         found = self.proposals()
         text = str(ref).strip().lower()
+        if text == "latest":
+            if not found:
+                raise LedgerNotFoundError("no proposal on this deployment yet")
+            return found[-1]
         if text.isdigit() and len(text) > 16:  # the full decimal id
             matches = [p for p in found if p.proposal_id == int(text)]
         else:

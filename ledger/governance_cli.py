@@ -39,7 +39,9 @@ KeyFile = Annotated[
     ),
 ]
 MemberKeyFile = Annotated[Path, typer.Option("--key-file", help="File holding the member's hex private key.")]
-ProposalRef = Annotated[str, typer.Argument(help="The proposal's id, or its first hex digits (at least 4).")]
+ProposalRef = Annotated[
+    str, typer.Argument(help="The proposal's id, its first hex digits (at least 4), or 'latest'.")
+]
 Advance = Annotated[
     bool,
     typer.Option(
