@@ -15,7 +15,7 @@ def test_the_local_node_listens_on_the_port_of_rpc_url():
 
 
 def test_a_remote_endpoint_is_not_started_here():
-    with pytest.raises(PccConfigError, match="a local node is started only for http://127.0.0.1:PORT"):
+    with pytest.raises(PccConfigError, match=r"a local node is started only for http://127\.0\.0\.1:PORT"):
         local_port("https://rpc.example.org")
 
 
