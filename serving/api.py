@@ -41,10 +41,11 @@ from serving.auth import (
     Consumer,
     service_domain,
 )
+from serving.bodylimit import bounded, declared_too_large, too_large
 from serving.config import ServingConfig
 from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
-from serving.errors import AuthenticationError, RequestTooLargeError, ServingError
+from serving.errors import AuthenticationError, ServingError
 from serving.inline import InlineGate
 from serving.market.pricing import Billing, Quote, view_categories
 from serving.market.receipts import ReceiptStore
@@ -122,21 +123,6 @@ def _unsigned(headers: list[tuple[bytes, bytes]]) -> str | None:
     return next((name for raw, name in _SIGNED_HEADERS if raw not in present), None)
 
 
-def _bounded(receive: _Receive, limit: int) -> _Receive:
-    """``receive`` that raises :class:`RequestTooLargeError` once the body passes ``limit`` bytes."""
-    size = 0
-
-    async def bounded() -> MutableMapping[str, Any]:
-        nonlocal size
-        message = await receive()
-        size += len(message.get("body", b""))
-        if size > limit:
-            raise RequestTooLargeError(f"the request body exceeds {limit} bytes")
-        return message
-
-    return bounded
-
-
 #: the worker threads of paid queries (as many as anyio's default thread pool), shared by every app
 _WORKERS = ThreadPoolExecutor(max_workers=40, thread_name_prefix="pcc-query")
 #: the paid query's path, answered by :class:`ServingApp` without FastAPI's routing
@@ -172,11 +158,8 @@ class ServingApp(FastAPI):
             await super().__call__(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await self._send(
-                send, error_answer(RequestTooLargeError(f"the request body exceeds {limit} bytes"))
-            )
+        if declared_too_large(scope["headers"], limit):
+            await self._send(send, error_answer(too_large(limit)))
             return
         if (
             answer is None
@@ -184,7 +167,7 @@ class ServingApp(FastAPI):
             or scope["method"] != "POST"
             or scope.get("root_path")
         ):
-            await super().__call__(scope, _bounded(receive, limit), send)
+            await super().__call__(scope, bounded(receive, limit), send)
             return
         missing = _unsigned(scope["headers"])
         if missing is not None:  # refused on the loop before its body is read: an unsigned request is cheap
@@ -201,9 +184,7 @@ class ServingApp(FastAPI):
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await self._send(
-                    send, error_answer(RequestTooLargeError(f"the request body exceeds {limit} bytes"))
-                )
+                await self._send(send, error_answer(too_large(limit)))
                 return
             chunks.append(chunk)
             if not message.get("more_body"):

@@ -33,6 +33,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from serving.auth import Authenticator, RequestDomain
+from serving.bodylimit import bounded, declared_too_large, too_large
 from serving.errors import (
     EventNotFoundError,
     RequestTooLargeError,
@@ -135,23 +136,10 @@ class IngestApp(FastAPI):
             await super().__call__(scope, receive, send)
             return
         limit = self.max_body_bytes
-        declared = next((v for k, v in scope["headers"] if k == b"content-length"), None)
-        if declared is not None and (not declared.isdigit() or int(declared) > limit):
-            await _error(RequestTooLargeError(f"the request body exceeds {limit} bytes"))(
-                scope, receive, send
-            )
+        if declared_too_large(scope["headers"], limit):
+            await _error(too_large(limit))(scope, receive, send)
             return
-        size = 0
-
-        async def bounded() -> MutableMapping[str, Any]:
-            nonlocal size
-            message = await receive()
-            size += len(message.get("body", b""))
-            if size > limit:
-                raise RequestTooLargeError(f"the request body exceeds {limit} bytes")
-            return message
-
-        await super().__call__(scope, bounded, send)
+        await super().__call__(scope, bounded(receive, limit), send)
 
 
 def request_authenticator(config: IngestConfig, domain: RequestDomain) -> Authenticator:
