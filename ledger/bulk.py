@@ -165,3 +165,8 @@ def register_sources(settings: Any, rows: Iterable[SourceRow], client: Any = Non
                 )
             )  # fmt: skip
     return sorted(results, key=lambda r: r.row.line)
+
+
+def register_fleet_file(settings: Any, path: Path) -> list[Registration]:
+    """The ``pcc.registrars`` entry point: register the sources a CSV or ``fleet.json`` lists."""
+    return register_sources(settings, read_sources(path))

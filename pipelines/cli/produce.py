@@ -16,7 +16,7 @@ from rich.table import Table
 
 from pipelines.cli.main import settings_from
 from pipelines.cli.progress import LineProgress
-from pipelines.errors import PccValueError
+from pipelines.errors import PccConfigError, PccValueError
 from pipelines.events import parse_event
 from pipelines.producer import Producer, ProducerReport, load_anchor
 from pipelines.settings import Settings
@@ -99,10 +99,19 @@ def _report_dict(r: ProducerReport) -> dict[str, Any]:
 
 
 def _register_fleet(settings: Settings, fleet_json: Path, quiet: bool) -> None:
-    """Register the fleet's sources missing from the ledger, with their kind and tier."""
-    from ledger.bulk import read_sources, register_sources
+    """Register the fleet's sources missing from the ledger, with their kind and tier.
 
-    results = register_sources(settings, read_sources(fleet_json))
+    Through the registrar the ledger layer installs (entry point group ``pcc.registrars``):
+    the shared package imports no layer.
+    """
+    from importlib.metadata import entry_points
+
+    found = [ep for ep in entry_points(group="pcc.registrars") if ep.name == "ledger"]
+    if not found:
+        raise PccConfigError(
+            "no source registrar is installed (entry point group pcc.registrars); install pcc[ledger]"
+        )
+    results = found[0].load()(settings, fleet_json)
     refused = [r for r in results if r.status == "refused"]
     if refused:
         raise PccValueError(
