@@ -3,8 +3,9 @@
 The speed layer writes it, the batch layer reads it, the serving layer reads
 the real-time view that has the same columns.  One schema, defined here.
 
-Layout: ``<root>/event_date=YYYY-MM-DD/<segment>.parquet``.  Files are written
-under a temporary name and renamed, never rewritten.  Rows are unique by
+Layout: ``<root>/bucket=NNN/<segment>.parquet`` (vehicle buckets, see "layout" below), or
+the older ``<root>/event_date=YYYY-MM-DD/<segment>.parquet``.  Files are written under a
+temporary name and renamed; only compaction replaces a bucket's files by one holding the same rows.  Rows are unique by
 ``event_id`` across the whole dataset (writers are idempotent by event id).
 
 Privacy (docs/access.md): protected payload fields (owner identity, precise
@@ -15,6 +16,8 @@ about 11 km), enough for the "same vehicle in two distant places" rule.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -83,3 +86,99 @@ MASTER_SCHEMA = pa.schema(
 )
 
 MASTER_COLUMNS: tuple[str, ...] = tuple(MASTER_SCHEMA.names)
+
+# --- layout -------------------------------------------------------------------------------------
+#
+# Two layouts exist.  The *vehicle-bucket* layout (``<root>/bucket=NNN/part-*.parquet``, declared
+# by ``<root>/_layout.json``) clusters each vehicle's events: bucket ``b`` of ``B`` holds the
+# vehicles whose pseudonym's first six hex digits fall in the ``b``-th slice of ``[0, 16**6)``,
+# and every file is sorted by ``(vehicle, event_time)``.  The older *date* layout
+# (``<root>/event_date=YYYY-MM-DD/*.parquet``, no layout file) is read until
+# ``pcc batch migrate-master`` rewrites it once.
+
+#: The layout file at the master dataset's root; its presence switches readers to buckets.
+LAYOUT_FILE = "_layout.json"
+#: Vehicle buckets of a new master dataset unless ``batch.master_buckets`` says otherwise.
+DEFAULT_BUCKETS = 64
+_HEX_DIGITS = 6
+_HEX_SPAN = 16**_HEX_DIGITS
+
+
+def bucket_of(vehicle: str, buckets: int) -> int:
+    """The bucket of a pseudonym (``v-`` + hex); anything else goes to bucket 0."""
+    digits = vehicle[2 : 2 + _HEX_DIGITS]
+    try:
+        value = int(digits, 16) if len(digits) == _HEX_DIGITS else 0
+    except ValueError:
+        value = 0
+    return min(value * buckets // _HEX_SPAN, buckets - 1)
+
+
+def bucket_dir(bucket: int) -> str:
+    return f"bucket={bucket:03d}"
+
+
+def bucket_indices(vehicles: pa.ChunkedArray | pa.Array, buckets: int) -> pa.Array:
+    """Each row's bucket (int32), computed once per distinct vehicle."""
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(vehicles)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = (
+            encoded.combine_chunks()
+            if encoded.num_chunks
+            else pa.array([], pa.dictionary(pa.int32(), pa.string()))
+        )
+    per_value = pa.array([bucket_of(v, buckets) for v in encoded.dictionary.to_pylist()], pa.int32())
+    return per_value.take(encoded.indices)
+
+
+def split_by_bucket(table: pa.Table, buckets: int) -> list[tuple[int, pa.Table]]:
+    """``(bucket, its rows sorted by vehicle then event time)`` in bucket order."""
+    import pyarrow.compute as pc
+
+    if table.num_rows == 0:
+        return []
+    ids = bucket_indices(table.column("vehicle"), buckets)
+    table = table.append_column("__bucket", ids)
+    table = table.sort_by([("__bucket", "ascending"), ("vehicle", "ascending"), ("event_time", "ascending")])
+    runs = pc.run_end_encode(table.column("__bucket").combine_chunks())
+    table = table.drop_columns(["__bucket"])
+    out: list[tuple[int, pa.Table]] = []
+    start = 0
+    for end, bucket in zip(runs.run_ends.to_pylist(), runs.values.to_pylist(), strict=True):
+        out.append((int(bucket), table.slice(start, end - start)))
+        start = end
+    return out
+
+
+def read_layout(root: Path) -> int | None:
+    """The bucket count a master dataset is laid out in, or ``None`` for the date layout."""
+    import json
+
+    path = root / LAYOUT_FILE
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text(encoding="utf-8"))
+    return int(doc["buckets"])
+
+
+def write_layout(root: Path, buckets: int) -> None:
+    """Declare the bucket layout (atomically: readers switch layout at the rename)."""
+    import json
+
+    from pipelines.files import atomic_write
+
+    if buckets < 1:
+        raise ValueError(f"a master dataset needs at least one vehicle bucket, got {buckets}")
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {"layout": "vehicle_buckets", "buckets": buckets, "sorted_by": ["vehicle", "event_time"]}
+    atomic_write(root / LAYOUT_FILE, json.dumps(doc) + "\n")
+
+
+def master_files(root: Path) -> list[Path]:
+    """Every committed file of a master dataset, in the layout it declares."""
+    if not root.exists():
+        return []
+    pattern = "bucket=*/*.parquet" if read_layout(root) is not None else "event_date=*/*.parquet"
+    return sorted(f for f in root.glob(pattern) if not f.name.startswith((".", "_")))

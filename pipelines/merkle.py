@@ -181,6 +181,85 @@ def verify_inclusion(
         return False
 
 
+#: One inclusion claim: (leaf hash, leaf index, tree size, audit path, root).
+InclusionClaim = tuple[bytes, int, int, Sequence[bytes], bytes]
+
+
+def verify_inclusions(claims: Sequence[InclusionClaim]) -> list[bool]:
+    """``verify_inclusion`` of each claim, the claims on one tree checked together.
+
+    The claims on the same (tree size, root) - the events of one checkpoint -
+    share most of their audit paths, so the covered subtree is rebuilt once:
+    a leaf's path is hashed upwards only until it reaches a node an earlier
+    claim of the batch already proved (about two hashes per leaf for a run of
+    neighbours instead of ~log2(size)); from there its remaining path hashes
+    must equal the proved siblings byte for byte.  A claim that meets nothing
+    proved is a straggler: its single proof is hashed to the root.  The
+    answers are those of ``verify_inclusion`` (any flipped bit in a leaf, a
+    path hash or a root is refused).
+    """
+    trees: dict[tuple[int, bytes], dict[tuple[int, int], tuple[bytes, bytes, Sequence[bytes], int]]] = {}
+    out = []
+    for leaf, index, size, proof, root in claims:
+        try:
+            if not (_is_hash(root) and _is_hash(leaf) and type(index) is int and type(size) is int):
+                raise PccValueError("malformed claim")
+            proved = trees.setdefault((size, root), {})
+            out.append(_verify_in_tree(proved, leaf, index, size, proof, root))
+        except (PccValueError, TypeError, ValueError):
+            out.append(False)
+    return out
+
+
+def _verify_in_tree(
+    proved: dict[tuple[int, int], tuple[bytes, bytes, Sequence[bytes], int]],
+    leaf: bytes,
+    index: int,
+    size: int,
+    proof: Sequence[bytes],
+    root: bytes,
+) -> bool:
+    """One claim against the nodes already proved on its tree; ``proved`` grows with what this claim proves.
+
+    ``proved[(lo, hi)]`` is the node over leaves ``lo..hi-1``: its hash, its sibling's hash, and the
+    audit path (with the step) whose hashes after that step are the siblings of its ancestors.
+    """
+    if not 0 <= index < size:
+        return False
+    inner = (index ^ (size - 1)).bit_length()
+    if len(proof) != inner + (index >> inner).bit_count():
+        return False  # a hash of the wrong length cannot lead to a proved node or the root
+    if type(proof) is not list:  # the rest of a path is compared with another claim's, list to list
+        proof = list(proof)
+    pre = _NODE_PREFIX
+    r = leaf
+    lo, hi = index, index + 1
+    walked = []
+    for i, p in enumerate(proof):
+        known = proved.get((lo, hi))
+        if known is not None:  # proved by an earlier claim: the rest of this path must be that claim's
+            node, sibling, path, k = known
+            if node != r or sibling != p or proof[i + 1 :] != path[k + 1 :]:
+                return False
+            break
+        if i < inner and not (index >> i) & 1:  # sibling on the right (cut at the tree's size)
+            s_lo, s_hi = hi, min(hi + (1 << i), size)
+            parent = sha256(pre + r + p).digest()
+        else:  # sibling on the left: below `inner` by the index's bit, above it the right border
+            s_lo, s_hi = (lo - (1 << i), lo) if i < inner else (lo - (lo & -lo), lo)
+            parent = sha256(pre + p + r).digest()
+        walked.append(((lo, hi), (s_lo, s_hi), r, p, i))
+        r = parent
+        lo, hi = min(lo, s_lo), max(hi, s_hi)
+    else:
+        if r != root:
+            return False
+    for span, sibling_span, node, sibling, i in walked:
+        proved[span] = (node, sibling, proof, i)
+        proved[sibling_span] = (sibling, node, proof, i)
+    return True
+
+
 def verify_consistency(size1: int, size2: int, proof: Sequence[bytes], root1: bytes, root2: bytes) -> bool:
     """True iff ``proof`` shows the tree (size1, root1) is a prefix of the tree (size2, root2).
 

@@ -70,6 +70,9 @@ class ProducerSettings(_Section):
     source_id: str = "manual-01"
     checkpoint_every: int = 1024  # anchor a checkpoint every N events...
     checkpoint_seconds: float = 5.0  # ...or every T seconds, whichever comes first
+    # an unreachable ledger: events keep being accepted into the log and wait for their anchor
+    # (retried with backoff); closing the producer waits this long for it before leaving them to the next run
+    anchor_wait_s: float = 300.0
     max_payload_bytes: int = 16 * 1024
     future_tolerance_s: int = 300
     # 2: protected fields leave the producer only as commitments and sealed values (docs/events.md);
@@ -109,6 +112,13 @@ class BatchSettings(_Section):
     shuffle_partitions: int = 8
     max_quarantined_files: int = 10  # more corrupt/drifted master files than this fails the audit
     timely_lag_s: int = 24 * 3600  # an event ingested within this lag of its event time is timely
+    master_buckets: int = 64  # vehicle buckets pcc batch migrate-master lays the master dataset out in
+    compact_files: int = 8  # a master bucket with more files is compacted into one at the start of a run
+    keep_versions: int = 5  # batch versions kept (the published one and pinned ones always are)
+    # how far (in the fleet profile's units, 1 = the year's mean rate) the seasonal profile measured
+    # now may be from the one the published version was computed with before a run redoes every car;
+    # within it the version's profile stays the reference, so a run after late events costs what changed
+    profile_tolerance: float = Field(default=0.05, ge=0.0)
 
 
 class ServingSettings(_Section):
@@ -157,6 +167,31 @@ class IngestSettings(_Section):
     retry_after_s: int = 5  # Retry-After of a 429 or 503; also how often a down broker is retried
 
 
+class AlertsSettings(_Section):
+    """The alert service (``pcc alerts serve``): subscriptions and signed webhooks."""
+
+    host: str = "127.0.0.1"
+    port: int = 8620
+    # the host[:port] subscribers reach the service at, signed into every request; default host:port
+    public_host: str | None = None
+    # production: destinations must be https:// and resolve to public addresses only;
+    # development: also http:// and https:// to loopback (a receiver on this machine)
+    mode: Literal["production", "development"] = "production"
+    # a larger request body is refused (413) before it is read further: 10,000 vehicles fit
+    max_body_bytes: int = 512 * 1024
+    timeout_s: float = 5.0  # one delivery attempt
+    retry_base_s: float = 1.0  # first retry after about this, doubling each time (with jitter)
+    retry_max_s: float = 3600.0  # the longest wait between two attempts
+    retry_window_s: float = 24 * 3600.0  # after this a failing delivery is parked (pcc alerts redeliver)
+    per_destination: int = 4  # deliveries in flight to one destination at once
+    # the key the speed and batch layers sign alerts with (Ed25519, 64 hex digits); default a key
+    # file under data_dir (alerts/raiser.key), created on first use
+    raiser_key: SecretStr | None = None
+    # public keys (hex) whose signed alerts the service delivers and bills; default this data_dir's
+    # raiser key.  Anything else written to the alerts topic is dropped, never sent nor paid
+    trusted_raisers: tuple[str, ...] = ()
+
+
 class AccessSettings(_Section):
     # grants and key epochs: on the ledger's AccessRegistry (chain), in a SQLite file beside the
     # vault (sqlite), or auto = chain when a ledger deployment manifest exists, else sqlite
@@ -184,6 +219,7 @@ class Settings(BaseSettings):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     access: AccessSettings = Field(default_factory=AccessSettings)
     ingest: IngestSettings = Field(default_factory=IngestSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
 
     @classmethod
     def settings_customise_sources(

@@ -30,19 +30,21 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager, suppress
+from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
+from cachetools import FIFOCache, LRUCache
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from pipelines.errors import PccConfigError, PccNotFoundError, PccPermissionError, PccValueError
 from pipelines.events.categories import CATEGORIES
 from pipelines.events.envelope import OWNER_PSEUDONYM, VEHICLE_PSEUDONYM, now_ms
+from pipelines.files import secret_file
 from pipelines.settings import Settings, VaultSettings
+from pipelines.sqlite import ThreadLocalSqlite
 from pipelines.vin import validate_vin
 
 _SCHEMA = """
@@ -92,15 +94,10 @@ INSERT OR IGNORE INTO meta(key, value) VALUES ('erase_generation', 0);
 
 def _load_or_create_key(path: Path) -> bytes:
     """The vault secret from ``path``, created (32 random bytes, hex, mode 0600) on first use."""
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with suppress(FileExistsError):  # another process created it first
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w", encoding="ascii") as f:
-                f.write(secrets.token_hex(32) + "\n")
-    if os.name == "posix" and path.stat().st_mode & 0o077:
-        raise PccConfigError(f"vault key file {path} is readable by others; run: chmod 600 {path}")
-    text = path.read_text(encoding="ascii").strip()
+    try:
+        text = secret_file(path, lambda: secrets.token_hex(32), "vault key")
+    except PermissionError as exc:
+        raise PccConfigError(str(exc)) from None
     if not re.fullmatch(r"[0-9a-f]{64,}", text):
         raise PccConfigError(f"vault key file {path} must hold at least 64 lower-case hex digits")
     return bytes.fromhex(text)
@@ -160,52 +157,31 @@ class IdentityVault:
         self.resolve_roles = frozenset(section.resolve_roles if resolve_roles is None else resolve_roles)
         self._cache_size = section.cache_size if cache_size is None else cache_size
         self._cache_check_s = section.cache_check_s if cache_check_s is None else cache_check_s
-        self._cache: OrderedDict[str, str] = OrderedDict()
+        #: VIN -> pseudonym, least recently used dropped first (cachetools is not thread-safe: _cache_lock)
+        self._cache: LRUCache[str, str] = LRUCache(maxsize=max(self._cache_size, 1))
         #: (vehicle, category, epoch) -> data key, for sealing only (data_key(cached=True))
-        self._keys: OrderedDict[tuple[str, str, int], bytes] = OrderedDict()
+        self._keys: FIFOCache[tuple[str, str, int], bytes] = FIFOCache(maxsize=max(self._cache_size, 1))
         self._cache_lock = threading.Lock()
         self._cache_generation = -1
         self._cache_checked = 0.0
-        self._local = threading.local()
-        self._connections: list[sqlite3.Connection] = []
-        self._connections_lock = threading.Lock()
+        self._db = ThreadLocalSqlite(
+            self.path,
+            pragmas=("journal_mode=WAL", "secure_delete=ON", "foreign_keys=ON", "synchronous=NORMAL"),
+            on_connect=self._private,
+        )
+        self._conn = self._db.conn
+        self._tx = self._db.tx
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._conn().executescript(_SCHEMA)
 
     # --- plumbing ---------------------------------------------------------------------------
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA secure_delete=ON")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            with suppress(OSError):
-                os.chmod(self.path, 0o600)
-            self._local.conn = conn
-            with self._connections_lock:
-                self._connections.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    def _private(self, _conn: sqlite3.Connection) -> None:
+        with suppress(OSError):
+            os.chmod(self.path, 0o600)
 
     def close(self) -> None:
-        with self._connections_lock:
-            for conn in self._connections:
-                conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        self._db.close()
 
     def __enter__(self) -> IdentityVault:
         return self
@@ -247,14 +223,12 @@ class IdentityVault:
         with self._cache_lock:
             hit = self._cache.get(vin)
             if hit is not None:
-                self._cache.move_to_end(vin)
                 return hit
         normalised = validate_vin(vin)
         pseudonym = self._vehicle_pseudonym(normalised)
-        with self._cache_lock:
-            self._cache[vin] = pseudonym
-            if len(self._cache) > self._cache_size:
-                self._cache.popitem(last=False)
+        if self._cache_size > 0:
+            with self._cache_lock:
+                self._cache[vin] = pseudonym
         return pseudonym
 
     def _vehicle_pseudonym(self, vin: str) -> str:
@@ -393,14 +367,14 @@ class IdentityVault:
         """
         if cached:
             self._check_cache()
-            hit = self._keys.get((vehicle, category, epoch))
+            with self._cache_lock:
+                hit = self._keys.get((vehicle, category, epoch))
             if hit is not None:
                 return hit
             key = self.data_key(vehicle, category, epoch)
-            with self._cache_lock:
-                self._keys[(vehicle, category, epoch)] = key
-                if len(self._keys) > self._cache_size:
-                    self._keys.popitem(last=False)
+            if self._cache_size > 0:
+                with self._cache_lock:
+                    self._keys[(vehicle, category, epoch)] = key
             return key
         if category not in CATEGORIES:
             raise PccValueError(f"category: {category!r} is not one of {sorted(CATEGORIES)}")

@@ -2,7 +2,8 @@
 
 * :mod:`.fields`: seal/open protected fields (AES-256-GCM per vehicle, category, key epoch).
 * :mod:`.sealing`: version 2 envelopes sealed at the producer (commitments + sealed values).
-* :mod:`.keyservice`: current sealing keys wrapped to producers of other organisations.
+* :mod:`.keyservice`: current sealing keys wrapped to producers of other organisations;
+  :mod:`.keyclient` is the producer's side.
 * :mod:`.keys`: current key epoch and data keys on top of the identity vault.
 * :mod:`.wrap`: consumer X25519 key pairs, data keys wrapped with HPKE.
 * :mod:`.store`: grant records and the grant store (in memory, SQLite; the ledger's on chain).
@@ -44,8 +45,9 @@ from pipelines.access.grants import (
     producer_grantor,
     revoke_message,
 )
+from pipelines.access.keyclient import KeyClient
 from pipelines.access.keys import EpochStore, KeyRing
-from pipelines.access.keyservice import KeyService, RegisteredProducer, RemoteKeys, sign_request
+from pipelines.access.keyservice import KeyService, NoProducerKey, SqliteProducerKeys, UnknownCategory
 from pipelines.access.sealing import public_payload, seal_event, stored_payload
 from pipelines.access.store import (
     ClosableGrantStore,
@@ -86,17 +88,19 @@ __all__ = [
     "GrantStore",
     "GranteeKeys",
     "InMemoryGrantStore",
+    "KeyClient",
     "KeyFor",
     "KeyLookup",
     "KeyRing",
     "KeyService",
+    "NoProducerKey",
     "ParquetRows",
-    "RegisteredProducer",
-    "RemoteKeys",
     "SealedField",
     "SqliteGrantStore",
+    "SqliteProducerKeys",
     "SubjectReader",
     "TamperedCiphertext",
+    "UnknownCategory",
     "check_sealed",
     "envelope_from_row",
     "erase_vehicle",
@@ -120,7 +124,6 @@ __all__ = [
     "seal_payload",
     "sealed_categories",
     "sealed_fields",
-    "sign_request",
     "stored_payload",
     "token_commitment",
     "token_info",

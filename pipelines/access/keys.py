@@ -29,11 +29,12 @@ from __future__ import annotations
 import hmac
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from types import MappingProxyType
 from typing import Protocol
+
+from cachetools import TTLCache
 
 from pipelines.errors import PccNotFoundError, PccValueError
 from pipelines.events.categories import PROTECTED_CATEGORIES
@@ -81,8 +82,11 @@ class KeyRing:
         self._clock = clock
         #: vehicle -> category -> (when fetched, (epoch, key)); read without the lock (dict ops are atomic)
         self._cache: dict[str, dict[str, tuple[float, tuple[int, bytes]]]] = {}
-        #: (grantee, vehicle, category, epoch) -> (when wrapped, data key, wrapped key), oldest first
-        self._wrapped: OrderedDict[tuple[bytes, str, str, int], tuple[float, bytes, str]] = OrderedDict()
+        #: (grantee, vehicle, category, epoch) -> (when wrapped, data key, wrapped key); expired entries
+        #: and the least recently used beyond ``wrap_cache_size`` are dropped (not thread-safe: _lock)
+        self._wrapped: TTLCache[tuple[bytes, str, str, int], tuple[float, bytes, str]] = TTLCache(
+            maxsize=max(wrap_cache_size, 1), ttl=wrap_cache_s, timer=clock
+        )
         self._lock = threading.Lock()
 
     def _vault_key(self, vehicle: str, category: str, epoch: int, *, cached: bool = False) -> bytes:
@@ -138,19 +142,14 @@ class KeyRing:
         """
         slot = (grantee, vehicle, category, epoch)
         now = self._clock()
-        hit = self._wrapped.get(slot)
+        with self._lock:
+            hit = self._wrapped.get(slot)
         if hit is not None and now - hit[0] < self.wrap_cache_s and hmac.compare_digest(hit[1], key):
             return hit[2]
         token = wrap_key(key, grantee, vehicle, category, epoch)
         if self.wrap_cache_s > 0 and self.wrap_cache_size > 0:
             with self._lock:
                 self._wrapped[slot] = (now, key, token)
-                self._wrapped.move_to_end(slot)
-                while self._wrapped and (  # oldest first: drop the expired and the excess
-                    len(self._wrapped) > self.wrap_cache_size
-                    or now - next(iter(self._wrapped.values()))[0] >= self.wrap_cache_s
-                ):
-                    self._wrapped.popitem(last=False)
         return token
 
     def invalidate(self, vehicle: str, category: str | None = None) -> None:

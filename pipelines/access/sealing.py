@@ -63,12 +63,12 @@ def public_region(location: Any) -> dict[str, float | int] | None:
     Integral values are integers (``{"lat": 48, "lon": 2.4}``): strict parsing
     refuses ``48.0`` on the wire, and JCS writes both as ``48`` (same leaf).
     """
-    if not isinstance(location, Mapping) or "lat" not in location or "lon" not in location:
+    if type(location) is not dict and not isinstance(location, Mapping):
         return None
-    return {
-        "lat": _canonical_number(region(location["lat"])),
-        "lon": _canonical_number(region(location["lon"])),
-    }
+    if "lat" not in location or "lon" not in location:
+        return None
+    lat, lon = location["lat"], location["lon"]
+    return {"lat": _canonical_number(region(lat)), "lon": _canonical_number(region(lon))}
 
 
 _INT_LIMIT = 2**53 - 1
@@ -84,7 +84,20 @@ def _jcs(value: Any) -> bytes:
             return orjson.dumps(value)  # what canonical_bytes gives a string (a lone surrogate: below)
         except orjson.JSONEncodeError:
             pass
+    elif kind is dict and len(value) <= 4 and all(_flat_ok(k, v) for k, v in value.items()):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS)  # a location: {"lat", "lon"} floats
     return canonical_bytes(value)
+
+
+def _flat_ok(key: Any, value: Any) -> bool:
+    """A member ``orjson`` with sorted keys writes as JCS does: ASCII key, non-integral float in range."""
+    return (
+        type(key) is str
+        and key.isascii()
+        and type(value) is float
+        and 1e-4 <= abs(value) < 1e15
+        and not value.is_integer()
+    )
 
 
 def seal_event(env: Mapping[str, Any], key_for: KeyFor, *, randbytes: RandomBytes = _fresh) -> dict[str, Any]:

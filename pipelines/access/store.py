@@ -15,14 +15,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
 from pipelines.errors import PccConfigError, PccNotFoundError
 from pipelines.settings import Settings
+from pipelines.sqlite import ThreadLocalSqlite
 
 from .wrap import fingerprint
 
@@ -179,36 +179,13 @@ class SqliteGrantStore:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
+        self._db = ThreadLocalSqlite(self.path, pragmas=("journal_mode=WAL", "secure_delete=ON"))
+        self._conn = self._db.conn
+        self._tx = self._db.tx
         self._conn().executescript(_SCHEMA)
 
-    def _conn(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA secure_delete=ON")
-            self._local.conn = conn
-            self._all.append(conn)
-        return conn
-
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
-
     def close(self) -> None:
-        for conn in self._all:
-            conn.close()
-        self._all.clear()
-        self._local = threading.local()
+        self._db.close()
 
     def __enter__(self) -> SqliteGrantStore:
         return self

@@ -10,25 +10,18 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import orjson
 import typer
 
-from pipelines.access import (
-    AccessService,
-    ClosableGrantStore,
-    ConsumerKeyPair,
-    ParquetRows,
-    erase_vehicle,
-    export_subject,
-    open_grant_store,
-    parse_public_key,
-)
 from pipelines.cli.main import settings_from
 from pipelines.errors import PccNotFoundError, PccValueError
-from pipelines.settings import Settings
-from pipelines.vault import IdentityVault
+
+if TYPE_CHECKING:  # the vault, the access service (Arrow) and the settings are loaded when a command runs
+    from pipelines.access import ClosableGrantStore, ParquetRows
+    from pipelines.settings import Settings
+    from pipelines.vault import IdentityVault
 
 gdpr_app = typer.Typer(
     help="GDPR: erase a vehicle everywhere, export what is held about it.", no_args_is_help=True
@@ -39,11 +32,21 @@ VinOpt = Annotated[str | None, typer.Option("--vin", help="The vehicle's VIN.")]
 VehicleOpt = Annotated[str | None, typer.Option("--vehicle", help="Or its pseudonym v-...")]
 
 
+def _vault(settings: Settings) -> IdentityVault:
+    from pipelines.vault import IdentityVault
+
+    return IdentityVault(settings)
+
+
 def _grants(settings: Settings) -> ClosableGrantStore:
+    from pipelines.access import open_grant_store
+
     return open_grant_store(settings)
 
 
 def _views(settings: Settings) -> list[ParquetRows]:
+    from pipelines.access import ParquetRows
+
     master = settings.batch.master_dataset or settings.path("master")
     return [ParquetRows(master, "master dataset"), ParquetRows(settings.path("realtime"), "real-time view")]
 
@@ -74,8 +77,10 @@ def _echo_json(value: Any) -> None:
 def erase(ctx: typer.Context, vin: VinOpt = None, vehicle: VehicleOpt = None) -> None:
     """Erase a vehicle: grants, then the vault (VIN, owners, data keys): its sealed data becomes unreadable."""
     settings = settings_from(ctx)
+    from pipelines.access import erase_vehicle
+
     target = _target(vin, vehicle, "gdpr erase")
-    with IdentityVault(settings) as vault, _grants(settings) as grants:
+    with _vault(settings) as vault, _grants(settings) as grants:
         report = erase_vehicle(target, vault, [grants, *_views(settings)], actor="cli")
     _echo_json(report.to_dict())
 
@@ -89,8 +94,10 @@ def export(
 ) -> None:
     """Everything held about a vehicle, protected fields opened (right of access)."""
     settings = settings_from(ctx)
+    from pipelines.access import export_subject
+
     target = _target(vin, vehicle, "gdpr export")
-    with IdentityVault(settings) as vault:
+    with _vault(settings) as vault:
         data = export_subject(target, vault, _views(settings), actor="cli")
     if out is None:
         _echo_json(data)
@@ -102,7 +109,7 @@ def export(
 @gdpr_app.command("audit")
 def audit(ctx: typer.Context, limit: Annotated[int, typer.Option("--limit", min=1)] = 50) -> None:
     """The latest audit entries (erasures, grants, key releases, refusals), newest first."""
-    with IdentityVault(settings_from(ctx)) as vault:
+    with _vault(settings_from(ctx)) as vault:
         _echo_json(vault.audit_entries(limit))
 
 
@@ -111,6 +118,8 @@ def keygen(
     out: Annotated[Path, typer.Option("--out", help="Private key file to create (mode 0600).")],
 ) -> None:
     """Create a consumer X25519 key pair; prints the public key to register in grants."""
+    from pipelines.access import ConsumerKeyPair
+
     keys = ConsumerKeyPair.generate()
     keys.save(out)
     typer.echo(keys.public_key.hex())
@@ -128,8 +137,10 @@ def create(
     days: Annotated[int, typer.Option("--days", min=1, help="Validity in days.")] = 365,
 ) -> None:
     """Grant a consumer a protected category of a vehicle, on behalf of its current owner."""
+    from pipelines.access import AccessService
+
     settings = settings_from(ctx)
-    with IdentityVault(settings) as vault, _grants(settings) as grants:
+    with _vault(settings) as vault, _grants(settings) as grants:
         service = AccessService(vault, grants)
         v = _vehicle(vault, vin, vehicle, "grant create")
         grant = service.grant_as_owner(grantee, v, category, int(time.time()) + days * 86_400)
@@ -145,8 +156,10 @@ def revoke(
     vehicle: VehicleOpt = None,
 ) -> None:
     """Revoke a grant on behalf of the current owner; new data gets a key the consumer never sees."""
+    from pipelines.access import AccessService
+
     settings = settings_from(ctx)
-    with IdentityVault(settings) as vault, _grants(settings) as grants:
+    with _vault(settings) as vault, _grants(settings) as grants:
         service = AccessService(vault, grants)
         v = _vehicle(vault, vin, vehicle, "grant revoke")
         epoch = service.revoke_as_owner(grantee, v, category)
@@ -161,8 +174,10 @@ def list_grants(
     grantee: Annotated[str | None, typer.Option("--grantee")] = None,
 ) -> None:
     """Current grants (optionally of one vehicle or one consumer key)."""
+    from pipelines.access import parse_public_key
+
     settings = settings_from(ctx)
-    with IdentityVault(settings) as vault, _grants(settings) as grants:
+    with _vault(settings) as vault, _grants(settings) as grants:
         v = None if vin is None and vehicle is None else _vehicle(vault, vin, vehicle, "grant list")
         rows = grants.grants(vehicle=v, grantee=None if grantee is None else parse_public_key(grantee))
     now = time.time()

@@ -12,14 +12,16 @@ the traceback only with ``--debug``.
 
 from __future__ import annotations
 
+import functools
 import sys
 import traceback
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperGroup, TyperOption
 
 from pipelines.errors import (
     PccError,
@@ -31,19 +33,90 @@ from pipelines.errors import (
     PccValueError,
 )
 from pipelines.quiet import quiet_expected_warnings
-from pipelines.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # pydantic-settings is loaded by the commands that read settings, not by --help
+    from pipelines.settings import Settings
 
 
-class _LazyLayers(TyperGroup):
+@functools.cache
+def _layer_entry_points() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group="pcc.commands")}
+
+
+class _RootOption(TyperOption):
+    """A root option (``--config``, ``--help``) that was not given costs nothing: Typer's coercion
+    of a value imports pydantic (a third of a help screen's start), and there is no value to coerce."""
+
+    def process_value(self, ctx: Any, value: Any) -> Any:
+        if value is None and not self.required:
+            return None if self.callback is None else self.callback(ctx, self, None)
+        return super().process_value(ctx, value)
+
+
+class _Group(TyperGroup):
+    """A command group whose ``--help`` option, when not given, costs nothing either."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)
+        if type(option) is TyperOption:
+            option.__class__ = _RootOption
+        return option
+
+
+#: Help and usage errors as plain text: Typer's rich help boxes import rich's Markdown and syntax
+#: highlighting (about half a second of every help screen's start; bench/bench_cli.py).
+HELP_MARKUP: Any = None
+
+
+def _cheap_help(group: TyperGroup) -> None:
+    """Make ``group`` and the groups under it :class:`_Group` (built by Typer as plain TyperGroups),
+    with plain-text help."""
+    if type(group) is TyperGroup:
+        group.__class__ = _Group
+    group.rich_markup_mode = HELP_MARKUP
+    for sub in group.commands.values():
+        if sub.short_help is None and sub.help:
+            sub.short_help = _first_paragraph(sub.help)
+        if isinstance(sub, TyperGroup):
+            _cheap_help(sub)
+        elif hasattr(sub, "rich_markup_mode"):
+            sub.rich_markup_mode = HELP_MARKUP
+
+
+def _first_paragraph(text: str) -> str:
+    """A command's line in its group's listing: its help's first paragraph, whole (not cut at 45 characters)."""
+    return " ".join(text.strip().split("\n\n")[0].split())
+
+
+class _LazyLayers(_Group):
     """Mounts each layer's command only when it is asked for.
 
-    ``pcc kafka up`` imports the Kafka layer and nothing else (the speed and
-    batch layers pull in Beam and Spark, which take seconds to import).  The
-    root's ``--help`` lists every layer, and so loads them all.
+    ``pcc kafka up`` imports the Kafka layer's command module and nothing else,
+    and ``pcc --help`` none: it reads each layer's help line from its source
+    (:mod:`pipelines.cli.lazy`).  A command module imports Typer and what its
+    help needs, never an engine (web3, DuckDB, Arrow, Beam, Spark, kafka-python)
+    nor the settings model; its commands import those when they run
+    (tests/unit/test_cli_lazy_imports.py).  A new layer adds one line under
+    ``[project.entry-points."pcc.commands"]`` in pyproject.toml.
     """
 
+    _listing = False  # True while the root's help lists the layers
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        for param in self.params:
+            if type(param) is TyperOption:
+                param.__class__ = _RootOption
+
     def _entry_points(self) -> dict[str, EntryPoint]:
-        return {ep.name: ep for ep in entry_points(group="pcc.commands")}
+        return _layer_entry_points()
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        self._listing = True
+        try:
+            super().format_help(ctx, formatter)
+        finally:
+            self._listing = False
 
     def list_commands(self, ctx: Any) -> list[str]:
         return sorted(set(super().list_commands(ctx)) | set(self._entry_points()))
@@ -55,6 +128,12 @@ class _LazyLayers(TyperGroup):
         ep = self._entry_points().get(cmd_name)
         if ep is None:
             return None
+        if self._listing:
+            from pipelines.cli.lazy import help_from_source
+
+            text = help_from_source(ep)
+            if text is not None:  # a listing entry only: running it loads the layer
+                return click.Command(cmd_name, help=text, short_help=_first_paragraph(text))
         try:
             obj: Any = ep.load()
         except ImportError as exc:  # an optional extra is not installed
@@ -67,8 +146,9 @@ class _LazyLayers(TyperGroup):
         if isinstance(obj, typer.Typer):
             group = typer.main.get_group(obj)
             group.name = cmd_name
+            _cheap_help(group)
             return group
-        sub = typer.Typer()
+        sub = typer.Typer(rich_markup_mode=HELP_MARKUP)
         sub.command(cmd_name)(obj)
         command = typer.main.get_command(sub)
         command.name = cmd_name
@@ -82,6 +162,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=HELP_MARKUP,
 )
 
 _DEBUG = False
@@ -93,9 +174,9 @@ EXIT_CODES: tuple[tuple[type[PccError], int, str], ...] = (
     (PccPaymentRequiredError, 8, "cannot pay: funds, allowance or gas missing (HTTP 402)"),
     (PccPermissionError, 4, "forbidden: no role, no grant, bad signature, a refused statement (401, 403)"),
     (PccNotFoundError, 3, "not found: an unknown source, proposal, vehicle, run (404)"),
-    (PccTransientError, 5, "transient: a broker, node or service is unavailable or busy; retry (429, 502)"),
-    (PccValueError, 2, "invalid input: a bad argument, setting, file or a contract rule it breaks (400, 413)"),
-    (PccStateError, 6, "wrong state: not running, not deployed, no price set yet (409, 503)"),
+    (PccTransientError, 5, "transient: a broker, node or service is down or busy; retry (429, 502-504)"),
+    (PccValueError, 2, "invalid input: a bad argument, setting, file or contract rule (400, 413)"),
+    (PccStateError, 6, "wrong state: not running, not deployed, no price set yet (409, 503 no price)"),
 )
 INTERNAL = 70  # a bug: an exception PCC did not raise on purpose
 INTERRUPTED = 130
@@ -122,6 +203,8 @@ def _root(
 
 def settings_from(ctx: typer.Context) -> Settings:
     """The settings for a command: the root's ``--config`` file plus the environment."""
+    from pipelines.settings import load_settings
+
     root = ctx.find_root()
     config = (root.obj or {}).get("config") if root.obj else None
     return load_settings(config)

@@ -3,30 +3,40 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from pipelines.cli.main import settings_from
 from pipelines.cli.progress import LineProgress
 from pipelines.errors import PccConfigError, PccValueError
-from pipelines.events import parse_event
-from pipelines.producer import Producer, ProducerReport, load_anchor
-from pipelines.settings import Settings
 from pipelines.topics import SOURCE_KINDS
 
-console = Console(stderr=True)
+if TYPE_CHECKING:  # the producer, the settings model and rich are loaded when the command runs
+    from rich.console import Console
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from pipelines.producer import ProducerReport
+    from pipelines.settings import Settings
+
+
+@functools.cache
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def read_lines(path: str, max_bytes: int) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
     """Numbered records of a JSON Lines file (``-`` for stdin); a bad line yields its error."""
+    from pipelines.events import parse_event
+
     stream = sys.stdin.buffer if path == "-" else open(path, "rb")  # noqa: SIM115
     try:
         for number, line in enumerate(stream, start=1):
@@ -61,6 +71,8 @@ def produce_file(
     progress: Progress | None = None,
 ) -> ProducerReport:
     """Produce one JSON Lines file as ``source_id``; returns the report."""
+    from pipelines.producer import Producer, load_anchor
+
     if kind not in SOURCE_KINDS:
         raise PccValueError(f"--kind: {kind!r} is not a source kind ({', '.join(SOURCE_KINDS)})")
     if anchor is None:
@@ -120,13 +132,15 @@ def _register_fleet(settings: Settings, fleet_json: Path, quiet: bool) -> None:
         )
     if not quiet:
         new = [r for r in results if r.status == "registered"]
-        console.print(
+        _console().print(
             f"registered {len(new)} source(s) ({', '.join(f'{r.row.source_id} tier {r.row.tier}' for r in new[:5])}"
             f"{', ...' if len(new) > 5 else ''}); {len(results) - len(new)} already registered"
         )
 
 
 def summary_table(reports: dict[str, ProducerReport]) -> Table:
+    from rich.table import Table
+
     table = Table(title="pcc produce")
     for col in ("source", "sent", "rejected", "checkpoints", "gas", "events/s"):
         table.add_column(col, justify="right" if col != "source" else "left")
@@ -172,6 +186,11 @@ def produce(
     """Validate, pseudonymise, log, anchor and publish events to Kafka.
 
     On a terminal a progress bar; otherwise a progress line every 10 s (done, left, rate)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipelines.producer import load_anchor
+
+    console = _console()
     settings = settings_from(ctx)
     jobs: list[tuple[str, str, str]] = []  # (path, source, kind)
     if register and fleet is None:

@@ -5,10 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
-
-from pipelines.events.registry import list_schemas, load_schema, schema_text
 
 app = typer.Typer(help="Event schemas (JSON Schema 2020-12): list them, print one.", no_args_is_help=True)
 
@@ -16,6 +12,11 @@ app = typer.Typer(help="Event schemas (JSON Schema 2020-12): list them, print on
 @app.command("list")
 def list_() -> None:
     """List every shipped schema with its versions."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from pipelines.events.registry import list_schemas, load_schema
+
     table = Table("name", "version", "title")
     for name, version in list_schemas():
         table.add_row(name, str(version), load_schema(name, version).get("title", ""))
@@ -32,4 +33,6 @@ def show(
     ] = None,
 ) -> None:
     """Print one schema file exactly as shipped."""
+    from pipelines.events.registry import schema_text
+
     typer.echo(schema_text(name, version), nl=False)

@@ -8,7 +8,6 @@ import typer
 
 from pipelines.cli.main import settings_from
 from pipelines.errors import PccValueError
-from pipelines.vault import IdentityVault
 
 app = typer.Typer(help="Identity vault: VIN pseudonyms and erasure.", no_args_is_help=True)
 
@@ -19,6 +18,8 @@ def pseudonym(
     vin: Annotated[str, typer.Option("--vin", help="The vehicle's VIN.")],
 ) -> None:
     """Print the vehicle pseudonym of a VIN (created on first use)."""
+    from pipelines.vault import IdentityVault
+
     with IdentityVault(settings_from(ctx)) as vault:
         typer.echo(vault.pseudonymize_vehicle(vin))
 
@@ -34,6 +35,8 @@ def erase(
         raise PccValueError("pcc vault erase: give exactly one of --vin or --vehicle")
     target = vin if vin is not None else vehicle
     assert target is not None
+    from pipelines.vault import IdentityVault
+
     with IdentityVault(settings_from(ctx)) as vault:
         erased = vault.erase(target, actor="cli")
     typer.echo(f"erased vehicle {erased}: its pseudonym can no longer be linked to a VIN or an owner")

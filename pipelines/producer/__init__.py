@@ -9,11 +9,12 @@ from pipelines.producer.protocols import (
     OutgoingEvent,
     Publisher,
 )
-from pipelines.producer.sdk import Producer, ProducerReport, Pseudonymizer
+from pipelines.producer.sdk import AnchorUnavailable, Producer, ProducerReport, Pseudonymizer
 
 __all__ = [
     "Anchor",
     "AnchorReceipt",
+    "AnchorUnavailable",
     "MemoryAnchor",
     "MemoryPublisher",
     "OutgoingEvent",

@@ -7,6 +7,32 @@ from typing import Any
 
 from pipelines.producer.protocols import OutgoingEvent
 
+LINGER_MS = 5
+MAX_REQUEST_TIMEOUT_MS = 10_000
+
+
+def producer_config(bootstrap: str, client_id: str, delivery_timeout_s: float) -> dict[str, Any]:
+    """kafka-python's settings for one delivery timeout: a batch is acknowledged or failed within it,
+    a broker that does not answer included.
+
+    kafka-python refuses a ``delivery_timeout_ms`` below ``linger_ms + request_timeout_ms``, so a
+    request may wait at most what is left of the delivery timeout after the linger (10 s at most).
+    """
+    delivery_ms = max(int(delivery_timeout_s * 1000), LINGER_MS + 1)
+    return {
+        "bootstrap_servers": bootstrap,
+        "client_id": client_id,
+        "acks": "all",
+        "enable_idempotence": True,
+        "delivery_timeout_ms": delivery_ms,
+        "max_in_flight_requests_per_connection": 5,
+        "linger_ms": LINGER_MS,
+        "batch_size": 256 * 1024,
+        "request_timeout_ms": min(delivery_ms - LINGER_MS, MAX_REQUEST_TIMEOUT_MS),
+        "max_block_ms": delivery_ms,
+        "bootstrap_timeout_ms": delivery_ms,  # no broker answers: the batch fails within the timeout too
+    }
+
 
 class KafkaPublisher:
     """A Kafka producer tuned for no loss: every send is acknowledged by the broker or reported.
@@ -31,18 +57,7 @@ class KafkaPublisher:
         if self._producer is None:
             from kafka import KafkaProducer
 
-            self._producer = KafkaProducer(
-                bootstrap_servers=self._bootstrap,
-                client_id=self._client_id,
-                acks="all",
-                enable_idempotence=True,
-                delivery_timeout_ms=int(self._timeout * 1000),
-                max_in_flight_requests_per_connection=5,
-                linger_ms=5,
-                batch_size=256 * 1024,
-                request_timeout_ms=int(min(self._timeout, 10) * 1000),
-                max_block_ms=int(self._timeout * 1000),
-            )
+            self._producer = KafkaProducer(**producer_config(self._bootstrap, self._client_id, self._timeout))
         return self._producer
 
     def publish(self, events: Sequence[OutgoingEvent]) -> list[tuple[OutgoingEvent, Exception]]:

@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from pipelines.errors import PccStateError, PccValueError
+from pipelines.files import atomic_write, process_alive
 from pipelines.merkle import (
     HASH_SIZE,
     Checkpoint,
@@ -57,15 +58,6 @@ class AnchoredCheckpoint:
 class SpooledEvent:
     index: int
     envelope: dict[str, Any]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ProducerLog:
@@ -105,7 +97,7 @@ class ProducerLog:
             fd = os.open(self._lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             pid = self._lock_path.read_text().strip() or "?"
-            if pid.isdigit() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 self._lock_path.unlink(missing_ok=True)
                 return self._take_lock()
             raise PccStateError(
@@ -136,7 +128,7 @@ class ProducerLog:
             "gas_used": self.gas_used,
             "checkpoints_anchored": self.checkpoints_anchored,
         }
-        _write_atomic(self._state_path, json.dumps(state, indent=1).encode())
+        atomic_write(self._state_path, json.dumps(state, indent=1).encode())
 
     def _recover_leaves(self) -> int:
         if not self._leaves_path.exists():
@@ -175,7 +167,7 @@ class ProducerLog:
 
     def _rewrite_spool(self, events: list[SpooledEvent]) -> None:
         data = b"".join(orjson.dumps({"i": e.index, "e": e.envelope}) + b"\n" for e in events)
-        _write_atomic(self._spool_path, data)
+        atomic_write(self._spool_path, data)
 
     # ------------------------------------------------------------------ API
 
@@ -288,12 +280,3 @@ def _advance(published: CompactRange, leaves_path: Path, tree_size: int) -> Comp
     rng.extend(batch)
     return rng
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

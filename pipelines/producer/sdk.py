@@ -16,10 +16,22 @@ vehicle pseudonym so a car's events stay in order within a partition.
 No event is published without a checkpoint it can be proven against; an
 event the broker did not acknowledge stays in the log's spool and is sent
 again by the next :meth:`Producer.flush` (or the next run for this source).
+
+An unreachable ledger stops nothing upstream: :meth:`Producer.submit` keeps
+accepting events into the durable log, where they wait for their anchor; the
+checkpoint is tried again with backoff (0.5 s doubling to 5 s, one warning
+when the outage starts, one line when it ends) and, once the ledger answers,
+one checkpoint covers everything that waited.  An anchor attempt cut off by
+the outage may have been mined: the ledger's latest checkpoint is read before
+it is sent again, so nothing is anchored twice.  :meth:`Producer.close` waits
+up to ``producer.anchor_wait_s`` for the ledger, then raises
+:class:`AnchorUnavailable` with the events still in the log, for the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
@@ -35,6 +47,7 @@ from pipelines.errors import PccTransientError, PccValidationError, PccValueErro
 from pipelines.events import format_time, new_event_id, now_ms, validate_envelope, validate_input
 from pipelines.events.commitments import COMMITTED_VERSION
 from pipelines.events.validation import clear_version
+from pipelines.merkle import Checkpoint
 from pipelines.producer.log import ProducerLog
 from pipelines.producer.protocols import Anchor, OutgoingEvent, Publisher
 from pipelines.settings import Settings
@@ -63,6 +76,16 @@ SealingKeys = Callable[[str], KeyFor]
 ProgressCallback = Callable[[int, int], None]
 
 _OWNER_FIELDS = ("new_owner", "previous_owner")
+
+log = logging.getLogger(__name__)
+
+#: pauses between anchor attempts while the ledger is unreachable: the first, doubling up to the last
+ANCHOR_RETRY_FIRST_S = 0.5
+ANCHOR_RETRY_MAX_S = 5.0
+
+
+class AnchorUnavailable(PccTransientError):
+    """The ledger did not take a checkpoint now; its events wait in the log, nothing is lost."""
 
 
 @dataclass
@@ -116,7 +139,8 @@ class _PlatformAccess:
         return self.service.ownership_changed(vehicle)
 
     def key_for(self, vehicle: str) -> KeyFor:
-        return lambda category: self.service.keys.current(vehicle, category)
+        # KeyRing.current bound to the vehicle (a partial): no Python frame of ours per category
+        return self.service.keys.key_for(vehicle)
 
 
 def _platform_access(settings: Settings, vault: Pseudonymizer) -> _PlatformAccess | None:
@@ -164,6 +188,11 @@ class Producer:
         self.report = ProducerReport(checkpoints=0)
         self._last_checkpoint_ms = clock()
         self._started = time.perf_counter()
+        self._anchor_wait_s = settings.producer.anchor_wait_s
+        self._down_since: float | None = None  # monotonic time of the first failed anchor of an outage
+        self._backoff_s = 0.0
+        self._retry_at = 0.0  # no anchor attempt from submit() before this monotonic time
+        self._uncertain = False  # an anchor attempt failed midway: it may have been mined
 
     # ------------------------------------------------------------------ events
 
@@ -222,8 +251,13 @@ class Producer:
         envelope = self.prepare(raw)
         self.log.append(envelope, leaf_hash(envelope))
         self.report.accepted += 1
-        if self.log.unpublished >= self._every or self._clock() - self._last_checkpoint_ms >= self._every_ms:
-            self.flush()
+        due = (
+            self.log.unpublished >= self._every or self._clock() - self._last_checkpoint_ms >= self._every_ms
+        )
+        if due and time.monotonic() >= self._retry_at:
+            # an unreachable ledger: accepted all the same, the event waits in the log for its anchor
+            with contextlib.suppress(AnchorUnavailable):
+                self.flush()
         return str(envelope["event_id"])
 
     def check(self, raw: Mapping[str, Any]) -> None:
@@ -278,10 +312,7 @@ class Producer:
                 break
             checkpoint, events, leaves = step
             if not self.log.anchored:
-                receipt = self._anchor.anchor(self.source_id, checkpoint.tree_size, checkpoint.root)
-                self.log.record_anchor(checkpoint, receipt.tx_hash, receipt.gas_used)
-                self.report.checkpoints += 1
-                self.report.gas_used += receipt.gas_used
+                self._anchor_checkpoint(checkpoint)
             root_hex = checkpoint.root.hex()
             outgoing = []
             for spooled, (index, path) in zip(events, checkpoint.proofs(), strict=True):
@@ -315,10 +346,79 @@ class Producer:
         self._last_checkpoint_ms = self._clock()
         self.report.unsent = 0
 
-    def close(self) -> ProducerReport:
-        """Publish what is pending, release the log and return the report."""
+    def _anchor_checkpoint(self, checkpoint: Checkpoint) -> None:
+        """Anchor the log's next checkpoint; raises :class:`AnchorUnavailable` when the ledger is unreachable."""
+        size, root = checkpoint.tree_size, checkpoint.root
         try:
-            self.flush()
+            if self._uncertain and self._anchor.latest_checkpoint(self.source_id) == (size, root):
+                # the attempt the outage cut off was mined after all: record it, do not send it again
+                self.log.record_anchor(checkpoint, "", 0)
+                self.report.checkpoints += 1
+                self._ledger_back(size)
+                return
+            receipt = self._anchor.anchor(self.source_id, size, root)
+        except (ConnectionError, TimeoutError) as exc:  # PccTransientError is a ConnectionError
+            self._uncertain = True
+            self._ledger_down(size, exc)
+            raise AnchorUnavailable(
+                f"the ledger did not anchor checkpoint {size} of source {self.source_id} ({exc}); "
+                f"{self.log.unpublished} events wait in the log for their anchor and are sent once it "
+                "answers (by this producer, or the next run for this source)"
+            ) from exc
+        self.log.record_anchor(checkpoint, receipt.tx_hash, receipt.gas_used)
+        self.report.checkpoints += 1
+        self.report.gas_used += receipt.gas_used
+        self._ledger_back(size)
+
+    def _ledger_down(self, tree_size: int, exc: BaseException) -> None:
+        now = time.monotonic()
+        self._backoff_s = min(max(2 * self._backoff_s, ANCHOR_RETRY_FIRST_S), ANCHOR_RETRY_MAX_S)
+        self._retry_at = now + self._backoff_s
+        if self._down_since is None:
+            self._down_since = now
+            log.warning(
+                "source %s: the ledger is unreachable, checkpoint %d is not anchored (%s); events are "
+                "accepted into the log and wait for their anchor, retrying every %.1f-%.0f s",
+                self.source_id, tree_size, exc, ANCHOR_RETRY_FIRST_S, ANCHOR_RETRY_MAX_S,
+            )  # fmt: skip
+        else:
+            log.info(
+                "source %s: the ledger is still unreachable after %.0f s (%d events wait); next try in %.1f s",
+                self.source_id, now - self._down_since, self.log.unpublished, self._backoff_s,
+            )  # fmt: skip
+
+    def _ledger_back(self, tree_size: int) -> None:
+        self._uncertain = False
+        self._backoff_s = 0.0
+        self._retry_at = 0.0
+        if self._down_since is not None:
+            log.warning(
+                "source %s: the ledger answers again after %.1f s; checkpoint %d anchored, %d events to publish",
+                self.source_id, time.monotonic() - self._down_since, tree_size, self.log.unpublished,
+            )  # fmt: skip
+            self._down_since = None
+
+    def _flush_waiting(self, wait_s: float) -> None:
+        """:meth:`flush`, waiting up to ``wait_s`` for an unreachable ledger."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.flush()
+                return
+            except AnchorUnavailable:
+                if self._retry_at > deadline:
+                    raise
+                time.sleep(max(0.0, self._retry_at - time.monotonic()))
+
+    def close(self, *, anchor_wait_s: float | None = None) -> ProducerReport:
+        """Publish what is pending, release the log and return the report.
+
+        An unreachable ledger is waited for up to ``anchor_wait_s`` (default
+        ``producer.anchor_wait_s``; 0: one try), then :class:`AnchorUnavailable`
+        is raised and the events stay in the log for the next run.
+        """
+        try:
+            self._flush_waiting(self._anchor_wait_s if anchor_wait_s is None else anchor_wait_s)
         finally:
             self.report.unsent = self.log.unpublished
             self.report.elapsed_s = time.perf_counter() - self._started

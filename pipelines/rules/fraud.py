@@ -21,8 +21,12 @@ from typing import NamedTuple
 
 from pipelines.rules.history import (
     ODOMETER_FLAGS,
+    fleet_days,
+    fleet_profile,
     gradual_clocking,
     odometer_standing,
+    profile_from_sums,
+    profile_sums,
     rollback_before_sale,
 )
 from pipelines.rules.scoring import (
@@ -75,6 +79,8 @@ __all__ = [
     "assess_vehicle",
     "check_event",
     "fields_from",
+    "fleet_days",
+    "fleet_profile",
     "fraud_score",
     "gradual_clocking",
     "haversine_km",
@@ -82,6 +88,8 @@ __all__ = [
     "history_flags",
     "odometer_problem",
     "odometer_standing",
+    "profile_from_sums",
+    "profile_sums",
     "rollback_before_sale",
     "sort_key",
     "strength",

@@ -17,9 +17,11 @@ them; the standing only changes how much they weigh in the score
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from itertools import accumulate, pairwise
 
 from pipelines.rules.chains import chain_ids
@@ -54,6 +56,11 @@ def reading_chains(
     return {(t, km): rank.get(i, -1) for (t, km, _, _), i in zip(readings, ids, strict=True)}
 
 
+def _odometer_flag(c: Checked) -> str | None:
+    """The odometer flag the event carries (at most one: a rollback or an implausible rate), if any."""
+    return next((f for f in ("odometer_rollback", "implausible_rate") if f in c.flags), None)
+
+
 def _agrees(km: int, t: int, ref_km: int, ref_ms: int, params: FraudParams) -> bool:
     return odometer_problem(km, t, ref_km, ref_ms, params) is None
 
@@ -81,6 +88,20 @@ def _reference_is_off(
     return residual(flagged) < residual(ref)
 
 
+def _follows(
+    flagged: tuple[int, int], ref: tuple[int, int], nxt: tuple[int, int], trusted: Sequence[tuple[int, int]]
+) -> bool:
+    """Whether ``nxt`` lies on the flagged reading's line rather than the reference's, both extended at the
+    car's rate over the trusted readings before the reference (no rate known: the reference's line)."""
+    first = next((p for p in trusted if ref[0] - p[0] >= 30 * DAY_MS), None)
+    if first is None or ref[0] <= first[0]:
+        return False
+    rate = (ref[1] - first[1]) / (ref[0] - first[0])
+    on_ref = abs(nxt[1] - (ref[1] + rate * (nxt[0] - ref[0])))
+    on_flagged = abs(nxt[1] - (flagged[1] + rate * (nxt[0] - flagged[0])))
+    return on_flagged < on_ref / 2
+
+
 def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_PARAMS) -> dict[str, str]:
     """Event id -> standing of its odometer flag: ``one_off``, ``reference_one_off``, ``confirmed``, ``unconfirmed``.
 
@@ -103,7 +124,7 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
         e = c.event
         km, t = e.odometer_km, e.event_time_ms
         assert km is not None
-        flag = next((f for f in ("odometer_rollback", "implausible_rate") if f in c.flags), None)
+        flag = _odometer_flag(c)
         if flag is None:
             if e.verified:
                 trusted.append((t, km))
@@ -123,8 +144,10 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
             out[e.event_id] = "one_off"
         elif before_ref and _reference_is_off(before_ref, (ref_ms, ref_km), (t, km), params):
             out[e.event_id] = "reference_one_off"
-        elif with_ref:  # close to both: a jump too small to tell from noise
-            out[e.event_id] = "one_off"
+        elif with_ref:  # close to both: the car's own rate says which line the next reading is on
+            assert nxt is not None and nxt.odometer_km is not None
+            on_this = _follows((t, km), (ref_ms, ref_km), (nxt.event_time_ms, nxt.odometer_km), before_ref)
+            out[e.event_id] = "confirmed" if on_this else "one_off"
         elif with_this:
             out[e.event_id] = "confirmed"
         else:
@@ -152,15 +175,26 @@ def rollback_before_sale(
             continue
         t = sale.event.event_time_ms
         before = [r for r in rollbacks if t - window <= r.event.event_time_ms <= t]
-        if before:
-            r = max(before, key=lambda c: c.evidence["odometer_rollback"]["drop_km"])
+        # a drop first seen after the sale whose last higher reading came before it: the odometer
+        # went down across the sale (a car read once a quarter shows its wind-back only afterwards)
+        across = [
+            r
+            for r in rollbacks
+            if int(r.evidence["odometer_rollback"]["previous_time_ms"])
+            < t
+            < r.event.event_time_ms
+            <= t + window
+        ]
+        if before or across:
+            r = max(before or across, key=lambda c: c.evidence["odometer_rollback"]["drop_km"])
             detail = {
                 "rollback_event_id": r.event.event_id,
                 "drop_km": r.evidence["odometer_rollback"]["drop_km"],
                 "days_before_sale": round((t - r.event.event_time_ms) / DAY_MS, 1),
                 "nearest_days_before_sale": round(
-                    (t - max(c.event.event_time_ms for c in before)) / DAY_MS, 1
+                    (t - max(c.event.event_time_ms for c in before)) / DAY_MS if before else 0.0, 1
                 ),
+                "across_sale": not before,
             }
             out.append((sale.event.event_id, {"rollback_before_sale": detail}))
     return out
@@ -172,8 +206,11 @@ def _segments(
     """Runs of trusted readings ``(time, km, event id)`` between two odometer jumps, of the car's own chain."""
     wrong_refs = set()  # readings a later one showed to be one-off errors
     for c in checked:
-        if standing.get(c.event.event_id) == "reference_one_off":
-            detail = next(c.evidence[f] for f in ODOMETER_FLAGS if f in c.flags)
+        flag = _odometer_flag(c)
+        # the standing is keyed by event id: a replay of the flagged reading (``duplicate_event``,
+        # no odometer flag of its own) shares it but names no reference
+        if flag is not None and standing.get(c.event.event_id) == "reference_one_off":
+            detail = c.evidence[flag]
             wrong_refs.add((int(detail["previous_time_ms"]), int(detail["previous_km"])))
     segments: list[list[tuple[int, int, str]]] = [[]]
     for c in checked:
@@ -194,6 +231,99 @@ def _segments(
             continue
         run.append((e.event_time_ms, e.odometer_km, e.event_id))
     return [s for s in segments if len(s) >= 2]
+
+
+YEAR_MS = 365.25 * DAY_MS
+#: A twelfth of the year: the fleet's profile has one rate per twelfth.
+PART_MS = YEAR_MS / 12
+
+
+@lru_cache(maxsize=8)
+def _prefix(profile: tuple[float, ...]) -> tuple[float, ...]:
+    """The fleet-days at the start of each twelfth (``PART_MS`` units), and of the next year last."""
+    return tuple(accumulate(profile, initial=0.0))
+
+
+def fleet_time(t: int, profile: tuple[float, ...]) -> float:
+    """Fleet-days since the epoch at ``t``: each day weighed by the fleet's relative km/day on it."""
+    prefix = _prefix(profile)
+    years, rest = divmod(t, YEAR_MS)
+    part = min(int(rest // PART_MS), len(profile) - 1)
+    return (years * prefix[-1] + prefix[part]) * PART_MS / DAY_MS + profile[part] * (
+        rest - part * PART_MS
+    ) / DAY_MS
+
+
+def fleet_days(t0: int, t1: int, profile: tuple[float, ...]) -> float:
+    """Days from ``t0`` to ``t1``, each weighed by the fleet's relative km/day on that day (``profile``).
+
+    With a flat profile, plain days.  The km a car drives from ``t0`` to
+    ``t1`` over this is its rate with the season the whole fleet lives taken out.
+    """
+    return fleet_time(t1, profile) - fleet_time(t0, profile)
+
+
+#: Increments between two readings that the fleet's profile is measured on: short enough to
+#: place the km in one twelfth of the year, long enough not to be one trip.
+PROFILE_STEP_DAYS = (0.5, 16.0)
+
+
+PROFILE_DIGITS = 2  # the fleet profile's precision (:func:`profile_from_sums`)
+
+
+def profile_sums(
+    history: Sequence[tuple[int, int]], min_days: float = 180.0
+) -> tuple[list[float], list[float]]:
+    """One vehicle's share of :func:`fleet_profile`: per twelfth of the year, its km over its own mean
+    rate and the days they took (all zero for a car followed for under ``min_days``)."""
+    km, days = [0.0] * 12, [0.0] * 12
+    lo, hi = PROFILE_STEP_DAYS
+    steps = []
+    for (t0, k0), (t1, k1) in pairwise(sorted(history)):
+        d = (t1 - t0) / DAY_MS
+        if lo <= d <= hi and 0 <= k1 - k0 <= 1_000 * d:
+            steps.append((t0, d, k1 - k0))
+    total_days = sum(d for _, d, _ in steps)
+    rate = sum(k for _, _, k in steps) / total_days if total_days >= min_days else 0.0
+    if rate <= 0:
+        return km, days
+    for t0, d, k in steps:
+        part = int((t0 + d * DAY_MS / 2) % YEAR_MS // PART_MS) % 12
+        km[part] += k / rate
+        days[part] += d
+    return km, days
+
+
+def profile_from_sums(km: Sequence[float], days: Sequence[float]) -> tuple[float, ...]:
+    """The profile from the vehicles' :func:`profile_sums` added up; a twelfth with under 30 days counts as the mean.
+
+    Rounded to hundredths: a seasonal swing is measured to about a percent at
+    best, and a coarse profile moves only when the fleet's seasons do, not with
+    every day of new readings (a move makes the batch layer redo every car).
+    """
+    raw = [k / d if d >= 30 else None for k, d in zip(km, days, strict=True)]
+    known = [r for r in raw if r is not None]
+    if not known:
+        return (1.0,) * 12
+    mean = sum(known) / len(known)
+    return tuple(round(r / mean, PROFILE_DIGITS) if r is not None else 1.0 for r in raw)
+
+
+def fleet_profile(readings: Iterable[Sequence[tuple[int, int]]]) -> tuple[float, ...]:
+    """The fleet's km/day in each twelfth of the year, over its mean (one value per twelfth, mean 1).
+
+    ``readings``: per vehicle, its ``(time ms, km)`` odometer readings.  Each
+    car's increments between readings 12 h to 16 days apart, going up at a
+    possible rate, are divided by the car's own mean rate (so that a long-haul
+    truck weighs as much as a weekend car) and pooled per twelfth; cars
+    followed for under 180 days do not count.  Clocked cars are too few to move it.
+    """
+    km, days = [0.0] * 12, [0.0] * 12
+    for history in readings:
+        k, d = profile_sums(history)
+        km = [a + b for a, b in zip(km, k, strict=True)]
+        days = [a + b for a, b in zip(days, d, strict=True)]
+    return profile_from_sums(km, days)
 
 
 def gradual_clocking(
@@ -222,29 +352,41 @@ def gradual_clocking(
     steps = [(a[0], b[0], b[1] - a[1]) for run in segments for a, b in pairwise(run)]
     cuts = sorted({p[0] for run in segments for p in run})
     span = params.clocking_min_span_days * DAY_MS
-    best: tuple[float, float, float, int] | None = None
+    best: tuple[float, float, float, float, int, float] | None = None
     starts, ends = [s[0] for s in steps], [s[1] for s in steps]
-    days_sum, km_sum = [0, *accumulate(t1 - t0 for t0, t1, _ in steps)], [0, *accumulate(s[2] for s in steps)]
+    profile = params.fleet_profile
+    clock = {t: fleet_time(t, profile) for step in steps for t in step[:2]}
+    days_sum = [0.0, *accumulate(clock[t1] - clock[t0] for t0, t1, _ in steps)]
+    real_sum = [0, *accumulate(t1 - t0 for t0, t1, _ in steps)]
+    km_sum = [0, *accumulate(s[2] for s in steps)]
     for cut in cuts:
         n_before, n_after = bisect_right(ends, cut), bisect_left(starts, cut)
         b_days, b_km = days_sum[n_before], km_sum[n_before]
         a_days, a_km = days_sum[-1] - days_sum[n_after], km_sum[-1] - km_sum[n_after]
-        if b_days < span or a_days < span:
+        b_real, a_real = real_sum[n_before], real_sum[-1] - real_sum[n_after]
+        if b_real < span or a_real < span:
             continue
-        before, after = b_km / (b_days / DAY_MS), a_km / (a_days / DAY_MS)
+        before, after = b_km / (b_real / DAY_MS), a_km / (a_real / DAY_MS)
         if before < params.clocking_min_rate:
             continue
-        ratio = after / before
-        if best is None or ratio < best[0]:
-            best = (ratio, before, after, cut)
-    if best is None or best[0] >= params.clocking_ratio:
+        fleet = (a_days / (a_real / DAY_MS)) / (b_days / (b_real / DAY_MS))  # the fleet's after / before
+        ratio = after / before / fleet
+        # how many standard errors the drop is, for a car whose daily km vary by clocking_daily_cv
+        if ratio >= 1.0:
+            continue  # no drop: nothing to test
+        z = -math.log(max(ratio, 1e-6)) / (params.clocking_daily_cv * math.sqrt(1 / b_days + 1 / a_days))
+        if best is None or z > best[0]:
+            best = (z, ratio, before, after, cut, fleet)
+    if best is None or best[1] >= params.clocking_ratio or best[0] < params.clocking_min_z:
         return []
-    ratio, before, after, since = best
+    z, ratio, before, after, since, fleet = best
     latest = max((p for run in segments for p in run), key=lambda p: p[0])
     detail = {
         "km_per_day_before": round(before, 1),
         "km_per_day_after": round(after, 1),
+        "fleet_ratio": round(fleet, 3),
         "ratio": round(ratio, 3),
+        "z": round(z, 2),
         "since_time_ms": since,
     }
     return [(latest[2], {"gradual_clocking": detail})]

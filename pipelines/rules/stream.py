@@ -65,11 +65,16 @@ class FraudParams:
     min_travel_km: float = 50.0  # below this, location noise, never impossible travel
     recent_ids: int = 16  # ids remembered per vehicle for duplicate detection
     sale_window_days: int = (
-        270  # rollback_before_sale: how long before a sale (tuned, pipelines.rules.tuning)
+        270  # rollback_before_sale: how long before a sale (tuned, pipelines.simulator.tuning)
     )
-    clocking_ratio: float = 0.65  # gradual_clocking: rate after / rate before below this (tuned)
+    clocking_ratio: float = 0.75  # gradual_clocking: car's rate after / before over the fleet's (tuned)
     clocking_min_span_days: int = 60  # ... each side of the change spans at least this
     clocking_min_rate: float = 5.0  # ... km/day before the change, else too little signal
+    clocking_daily_cv: float = 0.7  # ... how much a car's km vary from day to day (sd / mean)
+    clocking_min_z: float = 4.0  # ... and the drop this many standard errors of it (tuned)
+    #: gradual_clocking: the fleet's km/day in each twelfth of the year over its yearly mean
+    #: (:func:`pipelines.rules.history.fleet_profile`); flat: every day counts the same.
+    fleet_profile: tuple[float, ...] = (1.0,) * 12
     far_travel_km: float = 600.0  # impossible_travel counts fully from this distance (batch score)
     chains: ChainParams = CHAIN_PARAMS  # interleaved_odometers: what one odometer series may do
 

@@ -26,10 +26,10 @@ the rules, on the same vehicles:
   at a time) raised the kind's flag within 3 events of the event on which the
   batch first raised it.
 
-Thresholds that :mod:`pipelines.rules.tuning` tunes (:class:`Thresholds`) are
+Thresholds that :mod:`pipelines.simulator.tuning` tunes (:class:`Thresholds`) are
 applied after the rules ran with permissive ones, from the flags' evidence.
 
-    .venv/bin/python -m pipelines.rules.evaluation --vehicles 600 --days 365 --seeds 1 2 3 4 5
+    .venv/bin/python -m pipelines.simulator.evaluation --vehicles 600 --days 365 --seeds 1 2 3 4 5
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ from pipelines.rules.fraud import (
     assess_vehicle,
     check_event,
     fields_from,
+    fleet_profile,
     fraud_score,
     history_check,
     sort_key,
@@ -78,14 +79,15 @@ ARRIVAL_DELAY_MS: dict[str, tuple[int, int]] = {
 
 
 class Thresholds(NamedTuple):
-    """The tuned thresholds (see :mod:`pipelines.rules.tuning`)."""
+    """The tuned thresholds (see :mod:`pipelines.simulator.tuning`)."""
 
     clocking_ratio: float = DEFAULT_PARAMS.clocking_ratio
     sale_window_days: float = DEFAULT_PARAMS.sale_window_days
+    clocking_min_z: float = DEFAULT_PARAMS.clocking_min_z
 
 
 #: The rules run with these, the tuned thresholds are applied afterwards from the evidence.
-PERMISSIVE = replace(DEFAULT_PARAMS, clocking_ratio=0.95, sale_window_days=730)
+PERMISSIVE = replace(DEFAULT_PARAMS, clocking_ratio=0.95, sale_window_days=730, clocking_min_z=0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +129,10 @@ def _under(
         keep = tuple(
             f
             for f in flags
-            if not (f == "gradual_clocking" and evidence[f]["ratio"] >= th.clocking_ratio)
+            if not (
+                f == "gradual_clocking"
+                and (evidence[f]["ratio"] >= th.clocking_ratio or evidence[f]["z"] < th.clocking_min_z)
+            )
             and not (
                 f == "rollback_before_sale" and evidence[f]["nearest_days_before_sale"] > th.sale_window_days
             )
@@ -380,11 +385,22 @@ def stored_vehicle(
     return fields, stream, cases
 
 
+def odometer_readings(fields: Iterable[EventFields]) -> list[tuple[int, int]]:
+    """A vehicle's verified ``(time ms, km)`` readings: what :func:`fleet_profile` is measured on."""
+    return [(e.event_time_ms, e.odometer_km) for e in fields if e.odometer_km is not None and e.verified]
+
+
 def evaluate_fleet(config: SimulationConfig, params: FraudParams = PERMISSIVE) -> FleetQuality:
-    """Assess every vehicle of the fleet ``config`` and compare with its labels."""
+    """Assess every vehicle of the fleet ``config`` and compare with its labels.
+
+    As the batch layer, first the fleet's seasonal profile (:func:`fleet_profile`)
+    over all vehicles' readings, then every vehicle with it.
+    """
     out = FleetQuality()
-    for index in range(config.vehicles):
-        fields, stream, cases = stored_vehicle(config, index)
+    stored = [stored_vehicle(config, index) for index in range(config.vehicles)]
+    if params.fleet_profile == DEFAULT_PARAMS.fleet_profile:
+        params = replace(params, fleet_profile=fleet_profile(odometer_readings(f) for f, _, _ in stored))
+    for index, (fields, stream, cases) in enumerate(stored):
         if not fields:  # no event, no row in the master dataset: the batch layer never sees it
             continue
         assessment = assess_vehicle(fields, stream_flags=stream, params=params)

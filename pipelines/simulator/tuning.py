@@ -1,7 +1,7 @@
 """Tune the rules' thresholds on seeds 1-5, holding one variant out at a time, and report on a held-out seed.
 
-What is tuned (:class:`pipelines.rules.evaluation.Thresholds`): the
-``gradual_clocking`` ratio and the ``rollback_before_sale`` window.  Everything
+What is tuned (:class:`pipelines.simulator.evaluation.Thresholds`): the
+``gradual_clocking`` ratio and significance and the ``rollback_before_sale`` window.  Everything
 else in :class:`pipelines.rules.fraud.FraudParams` and
 :class:`pipelines.rules.chains.ChainParams` is set from what cars physically
 do (docs/fraud.md), not fitted.
@@ -14,7 +14,7 @@ do (docs/fraud.md), not fitted.
   variant's cases, and that variant's row is reported on the held-out seed
   with them: how the rules do on a kind of case they were not tuned on.
 
-    .venv/bin/python -m pipelines.rules.tuning --train-seeds 1 2 3 4 5 --test-seed 7 [--json out.json]
+    .venv/bin/python -m pipelines.simulator.tuning --train-seeds 1 2 3 4 5 --test-seed 7 [--json out.json]
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipelines.rules.evaluation import (
+from pipelines.simulator.evaluation import (
     KIND_FLAGS,
     FleetQuality,
     Row,
@@ -36,9 +36,10 @@ from pipelines.rules.evaluation import (
 
 #: The thresholds tried.
 GRID: tuple[Thresholds, ...] = tuple(
-    Thresholds(ratio, window)
-    for ratio in (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
+    Thresholds(ratio, window, z)
+    for ratio in (0.6, 0.65, 0.7, 0.75, 0.8)
     for window in (90, 180, 270, 365)
+    for z in (4.0, 3.5, 3.0, 0.0)
 )
 #: Share of clean cars flagged above which the objective is penalised.
 CLEAN_BUDGET = 0.005
@@ -80,16 +81,22 @@ def leave_one_variant_out(train: FleetQuality, test: FleetQuality) -> list[tuple
     return out
 
 
-def clocking_separation(q: FleetQuality, cuts: Sequence[float] = (0.55, 0.6, 0.65, 0.7, 0.75)) -> list[str]:
+def clocking_separation(
+    q: FleetQuality, cuts: Sequence[float] = (0.6, 0.65, 0.7, 0.75, 0.8), min_z: float = 0.0
+) -> list[str]:
     """How far the clocking ratio separates clean cars from clocked ones, per share shown.
 
-    For each cut: the clean cars whose lowest before/after rate ratio is below
-    it (flagged by clocking alone), and the detectable clocked cases found per
-    ``share`` variant.
+    For each cut: the clean cars whose ratio (car over fleet, at the most
+    significant change point, ``z`` at least ``min_z``) is below it (flagged by
+    clocking alone), and the detectable clocked cases found per ``share`` variant.
     """
 
     def lowest(o: VehicleOutcome) -> float | None:
-        ratios = [ev["gradual_clocking"]["ratio"] for flags, ev in o.flagged if "gradual_clocking" in flags]
+        ratios = [
+            ev["gradual_clocking"]["ratio"]
+            for flags, ev in o.flagged
+            if "gradual_clocking" in flags and ev["gradual_clocking"]["z"] >= min_z
+        ]
         return min(ratios, default=None)
 
     clean = [lowest(o) for o in q.clean]
@@ -124,12 +131,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     test = evaluate_fleet(fleet_config(args.test_seed, args.vehicles, args.days, args.fraud_rate))
     th = tune(train)
     print(
-        f"tuned on seeds {args.train_seeds}: clocking_ratio {th.clocking_ratio}, sale_window_days {th.sale_window_days}"
+        f"tuned on seeds {args.train_seeds}: clocking_ratio {th.clocking_ratio}, clocking_min_z {th.clocking_min_z},"
+        f" sale_window_days {th.sale_window_days}"
     )
     print(f"training seeds: {train.report(th, variants=False)}")
     print(f"held-out seed {args.test_seed}: {test.report(th)}")
-    print("clocking ratio, training seeds (clean cars flagged by clocking alone; detectable cases found):")
-    print("\n".join(clocking_separation(train)))
+    for z in (0.0, th.clocking_min_z):
+        print(
+            f"clocking ratio with z >= {z}, training seeds (clean cars flagged by clocking alone; detectable found):"
+        )
+        print("\n".join(clocking_separation(train, min_z=z)))
     lovo = leave_one_variant_out(train, test)
     print(f"leave one variant out (tuned without the variant, held-out seed {args.test_seed}):")
     print(
@@ -139,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(
             f"  {r.kind:22s} {r.variant:28s} {r.all.support:5d} {r.all.recall:6.3f} {r.all.f1:6.3f} |"
             f" {r.detectable.support:3d} {r.detectable.recall:6.3f} {r.detectable.f1:6.3f} |"
-            f"   {r.naive_recall:.3f} | {t.clocking_ratio}/{t.sale_window_days}"
+            f"   {r.naive_recall:.3f} | {t.clocking_ratio}/{t.clocking_min_z}/{t.sale_window_days}"
         )
     if args.json:
         figures = {
