@@ -6,12 +6,14 @@ import contextlib
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from speed.config import SpeedConfig
 from speed.errors import SpeedError
+
+if TYPE_CHECKING:
+    from speed.config import SpeedConfig
 
 app = typer.Typer(help="The speed layer: verify, score and flag events as they arrive.", no_args_is_help=True)
 
@@ -56,6 +58,7 @@ def run(
     from rich.console import Console
 
     from pipelines.cli.main import settings_from
+    from speed.config import SpeedConfig
     from speed.metrics import METRICS, serve
     from speed.pipeline import SpeedRun
 
@@ -111,7 +114,7 @@ class _LogEnds:
 
     def __init__(self, config: SpeedConfig) -> None:
         self._config = config
-        self._consumer: object | None = None
+        self._consumer: Any = None
 
     def read(self) -> dict[str, int]:
         from kafka import KafkaConsumer, TopicPartition
@@ -126,9 +129,9 @@ class _LogEnds:
             tps = [
                 TopicPartition(t, p)
                 for t in self._config.topics
-                for p in (consumer.partitions_for_topic(t) or ())  # type: ignore[attr-defined]
+                for p in (consumer.partitions_for_topic(t) or ())
             ]
-            ends = consumer.end_offsets(tps)  # type: ignore[attr-defined]
+            ends = consumer.end_offsets(tps)
         except Exception:
             return {}
         return {f"{tp.topic}[{tp.partition}]": end for tp, end in ends.items()}
@@ -137,4 +140,4 @@ class _LogEnds:
         consumer, self._consumer = self._consumer, None
         if consumer is not None:
             with contextlib.suppress(Exception):
-                consumer.close()  # type: ignore[attr-defined]
+                consumer.close()

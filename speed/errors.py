@@ -46,3 +46,7 @@ class LedgerUnavailable(SpeedError, PccTransientError):
 
 class SinkStateError(SpeedError, PccStateError):
     """The sink directory is in a state the speed layer cannot continue from."""
+
+
+class DiskFull(SpeedError, PccStateError):
+    """A sink's disk is full: the run stops (nothing past the durable offsets is acknowledged)."""

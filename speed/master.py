@@ -1,11 +1,12 @@
-"""The master dataset's side of the sinks: rows gathered over many real-time flushes, written per event date.
+"""The master dataset's side of the sinks: rows gathered over many real-time flushes, written per vehicle bucket.
 
 A real-time segment is written at every flush (every ``flush_interval_ms``);
 the master dataset is written on its own, slower cadence: when
 ``master_flush_rows`` rows are waiting or the oldest has waited
-``master_flush_interval_s``.  A backfill whose events span hundreds of event
-dates then gets one file per date per master flush (thousands of rows each)
-instead of one per date every 250 ms.
+``master_flush_interval_s``.  Each master flush writes one file per vehicle
+bucket it has rows for (sorted by vehicle, event time; :mod:`pipelines.dataset`),
+or per event date in a master dataset still in the older layout; the batch
+layer compacts a bucket's files into a few large ones.
 
 :class:`MasterBatcher` keeps the tables of the segments not yet in the master
 dataset and writes them in a background thread (Parquet encoding, zstd and
@@ -28,6 +29,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from pipelines.dataset import DEFAULT_BUCKETS, bucket_dir, read_layout, split_by_bucket, write_layout
+
 Offsets = dict[tuple[str, int], int]
 
 
@@ -49,10 +52,14 @@ def write_parquet(table: pa.Table, final: Path, offsets: Offsets) -> Path:
     tmp = final.with_name(final.name + ".tmp")
     meta = {b"pcc.offsets": json.dumps(offsets_to_json(offsets)).encode()}
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-    with open(tmp, "wb") as fh:
-        pq.write_table(table, fh, compression="zstd")
-        fh.flush()
-        os.fsync(fh.fileno())
+    try:
+        with open(tmp, "wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+    except Exception:  # a failed write (a full disk) leaves no temporary file; a killed process may
+        tmp.unlink(missing_ok=True)
+        raise
     return tmp
 
 
@@ -73,14 +80,44 @@ def split_by_date(table: pa.Table) -> list[tuple[str, pa.Table]]:
     return out
 
 
+def master_layout(master_dir: Path) -> int | None:
+    """The bucket count the master dataset is written in (``None``: the older date layout).
+
+    A new master dataset gets the vehicle-bucket layout; one that already holds
+    ``event_date=`` partitions keeps them until ``pcc batch migrate-master``
+    rewrites it (which writes the layout file: the next write follows it).
+    """
+    buckets = read_layout(master_dir)
+    if buckets is None and not any(master_dir.glob("event_date=*")):
+        write_layout(master_dir, DEFAULT_BUCKETS)
+        buckets = DEFAULT_BUCKETS
+    return buckets
+
+
 def write_master_files(
     table: pa.Table, master_dir: Path, name: str, offsets: Offsets
 ) -> list[tuple[str, str]]:
-    """One ``part-<name>.parquet`` per event date, as temporary files; returns the renames to commit."""
+    """One ``part-<name>.parquet`` per vehicle bucket (rows sorted by vehicle, event time), or per
+    event date in the older layout, as temporary files; returns the renames to commit."""
+    buckets = master_layout(master_dir)
+    if buckets is None:
+        parts = [
+            (master_dir / f"event_date={date}" / f"part-{name}.parquet", part)
+            for date, part in split_by_date(table)
+        ]
+    else:
+        parts = [
+            (master_dir / bucket_dir(bucket) / f"part-{name}.parquet", part)
+            for bucket, part in split_by_bucket(table, buckets)
+        ]
     renames: list[tuple[str, str]] = []
-    for date, part in split_by_date(table):
-        final = master_dir / f"event_date={date}" / f"part-{name}.parquet"
-        renames.append((str(write_parquet(part, final, offsets)), str(final)))
+    try:
+        for final, part in parts:
+            renames.append((str(write_parquet(part, final, offsets)), str(final)))
+    except Exception:  # a full disk: no temporary file of this write is left behind
+        for tmp, _ in renames:
+            Path(tmp).unlink(missing_ok=True)
+        raise
     return renames
 
 

@@ -14,6 +14,7 @@ through (``pipeline_args``): see docs/speed.md for Flink and Dataflow.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from speed.alerts import AlertPublisher
 from speed.config import SpeedConfig
 from speed.errors import LedgerUnavailable, SpeedError
 from speed.metrics import METRICS
@@ -75,6 +77,10 @@ class Runtime:
     sinks: SinkWriter
     restored: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    alerts: AlertPublisher | None = None  # flags, wrecks and sales to the alerts topic
+    #: one bundle at a time uses the processor and sinks: Prism and a multi-threaded FnApiRunner run
+    #: several bundles of this worker at once (two flushes at once broke the commit manifest)
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 _RUNTIMES: dict[str, Runtime] = {}
@@ -96,10 +102,10 @@ def build_runtime(config: SpeedConfig, roots: RootSource) -> Runtime:
         master_flush_rows=config.master_flush_rows,
         master_flush_interval_s=config.master_flush_interval_s,
     )
-    return Runtime(processor, sinks, restored)
+    return Runtime(processor, sinks, restored, alerts=AlertPublisher.for_config(config))
 
 
-class ProcessAndSink(beam.DoFn):  # type: ignore[misc]
+class ProcessAndSink(beam.DoFn):
     """Runs the per-event logic on each polled batch and flushes the sinks on time."""
 
     def __init__(self, config: SpeedConfig, roots_factory: RootsFactory, run_id: str) -> None:
@@ -115,18 +121,36 @@ class ProcessAndSink(beam.DoFn):  # type: ignore[misc]
         self._control = control_for(self._run_id)
 
     def process(self, batch: list[KafkaRecord]) -> Any:
-        METRICS.started_batch()
-        now_ms = int(time.time() * 1000)
-        result = self._rt.processor.process_batch(batch, now_ms)
-        self._rt.sinks.add(batch, result)
-        METRICS.observe(batch, result, self._rt.processor.pending)
-        self._maybe_flush(force=False)
+        with self._rt.lock:
+            self._process(batch)
         return ()
 
+    def _watermark(self) -> int | None:
+        """How far every partition has been read (ordering buffer); None once stopping: apply all."""
+        if self._config.order_hold_ms is None or self._control.stopped.is_set():
+            return None
+        return self._control.watermark_ms()
+
+    def _process(self, batch: list[KafkaRecord]) -> None:
+        METRICS.started_batch()
+        now_ms = int(time.time() * 1000)
+        result = self._rt.processor.process_batch(batch, now_ms, self._watermark())
+        self._rt.sinks.add(batch, result)
+        if self._rt.alerts is not None:
+            self._rt.alerts.publish(result.rows)
+        METRICS.observe(batch, result, self._rt.processor.pending)
+        self._maybe_flush(force=False)
+
     def finish_bundle(self) -> None:
-        if self._rt.processor.pending:
-            result = self._rt.processor.process_batch([], int(time.time() * 1000))
+        with self._rt.lock:
+            self._finish_bundle()
+
+    def _finish_bundle(self) -> None:
+        if self._rt.processor.pending or self._rt.processor.held:
+            result = self._rt.processor.process_batch([], int(time.time() * 1000), self._watermark())
             self._rt.sinks.add([], result)
+            if self._rt.alerts is not None:
+                self._rt.alerts.publish(result.rows)
             METRICS.observe([], result, self._rt.processor.pending)
         self._maybe_flush(force=self._control.stopped.is_set())
 
@@ -134,6 +158,8 @@ class ProcessAndSink(beam.DoFn):  # type: ignore[misc]
         sinks = self._rt.sinks
         if force or sinks.due():
             try:
+                if self._rt.alerts is not None:  # the alerts of what the sinks commit are on the topic
+                    self._rt.alerts.flush()
                 written = sinks.flush(self._rt.processor.pending_floor(), final=force)
             except LedgerUnavailable:  # the dead-letter topic is down: keep the buffer, retry
                 METRICS.sink_retries.inc()
@@ -163,6 +189,7 @@ class SpeedRun:
             self.config.state_dir, self.config.realtime_dir, self.config.master_dir, self.config.worker
         )
         starts = partition_starts(self.config, durable)
+        self.control.expect((s.topic, s.partition) for s in starts)
         METRICS.set_partitions(starts)
         options = ConsumerOptions(
             self.config.bootstrap,
@@ -188,9 +215,18 @@ class SpeedRun:
             runtime = _RUNTIMES.pop(self.run_id, None)
             if runtime is not None:
                 try:
+                    if runtime.processor.held:  # the run ends: the ordering buffer is applied, not dropped
+                        result = runtime.processor.process_batch([], int(time.time() * 1000))
+                        runtime.sinks.add([], result)
+                        if runtime.alerts is not None:
+                            runtime.alerts.publish(result.rows)
+                    if runtime.alerts is not None:
+                        runtime.alerts.flush()
                     runtime.sinks.flush(runtime.processor.pending_floor(), final=True)
                 finally:
                     runtime.sinks.close()
+                    if runtime.alerts is not None:
+                        runtime.alerts.close()
 
     def stop(self) -> None:
         self.control.stop()

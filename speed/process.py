@@ -25,14 +25,21 @@ tokens under the vehicle's current data keys (a batch's ready events in one
 pass: the ciphers stay warm).  Dead letters never carry a protected value in
 clear: protected members of a refused event are replaced by ``"redacted"``.
 
-Order: a batch's verified events are applied to the per-vehicle state sorted
-by ``(event_time, source_id, log_index)``, not by arrival, so that events of
-one vehicle arriving through different topics meet the rules in event order.
+Order: decided events are applied to the per-vehicle state sorted by
+``(event_time, source_id, log_index)`` (then the Kafka record, so a replay and
+its original meet in one order everywhere), not by arrival, so that events of
+one vehicle arriving through different topics and partitions meet the rules in
+event order.  With a ``watermark_ms`` (the lowest position every partition
+read has reached, in Kafka timestamps), decided events wait in an ordering
+buffer until the watermark passes their record's timestamp by
+``order_hold_ms``; a vehicle's released events take with them its buffered
+events that sort before them.  Without one, everything decided is applied at
+once (the plain loop, the last flush of a run).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,6 +154,9 @@ class EventProcessor:
         self.vehicles = vehicles or VehicleStates()
         self.seen = seen or SeenEvents(config.dedupe_window_s)
         self._pending: list[_Checked] = []
+        self._held: list[_Checked] = []  # decided, waiting for the watermark (ordering buffer)
+        self._order_hold_ms = config.order_hold_ms or 0
+        self._v1_cutover_ms = config.v1_cutover_ms
         self._proof_wait_ms = int(config.proof_wait_s * 1000)
         self._expired_at = 0
 
@@ -192,7 +202,8 @@ class EventProcessor:
 
     # ------------------------------------------------------------------ checks
 
-    def _parse(self, record: KafkaRecord, now_ms: int) -> _Checked:
+    def _parse(self, record: KafkaRecord, now_ms: int) -> tuple[_Checked, merkle.InclusionClaim]:
+        """The event parsed, validated and hashed, and the inclusion claim its proof makes."""
         try:
             env = parse_event(record.value, max_bytes=self._config.max_event_bytes)
         except PccValidationError as exc:
@@ -204,7 +215,7 @@ class EventProcessor:
             raise RejectedEvent("future_timestamp" if future else "bad_schema", text)
         if "proof" not in env:
             raise RejectedEvent("bad_schema", "$.proof: missing (the producer SDK adds it)")
-        cutover = self._config.v1_cutover_ms
+        cutover = self._v1_cutover_ms
         if (
             cutover is not None
             and env["schema_version"] == 1
@@ -227,15 +238,10 @@ class EventProcessor:
             claimed_root = bytes.fromhex(proof["root"])
         except ValueError:
             raise RejectedEvent("bad_proof", f"event {env['event_id']}: proof hashes are not hex") from None
-        if not merkle.verify_inclusion(leaf, proof["log_index"], proof["tree_size"], path, claimed_root):
-            raise RejectedEvent(
-                "bad_proof",
-                f"event {env['event_id']}: proof does not lead from leaf {proof['log_index']} "
-                f"to the root of tree size {proof['tree_size']}",
-            )
-        return _Checked(
+        checked = _Checked(
             record, env, leaf, parse_time_ms(env["event_time"]), parse_time_ms(env["ingestion_time"])
         )
+        return checked, (leaf, proof["log_index"], proof["tree_size"], path, claimed_root)
 
     def _anchor(self, ev: _Checked, now_ms: int) -> bool:
         """True when decided (verified, or unverified after the wait); False: keep waiting.
@@ -270,8 +276,14 @@ class EventProcessor:
 
     # ------------------------------------------------------------------ batches
 
-    def process_batch(self, records: Iterable[KafkaRecord], now_ms: int) -> BatchResult:
-        """Process records (and retry waiting ones); decided events come out in ``BatchResult``."""
+    def process_batch(
+        self, records: Iterable[KafkaRecord], now_ms: int, watermark_ms: int | None = None
+    ) -> BatchResult:
+        """Process records (and retry waiting ones); decided events come out in ``BatchResult``.
+
+        ``watermark_ms``: every partition read is past this Kafka timestamp; decided events
+        wait until it passes theirs by ``order_hold_ms``.  ``None``: apply everything decided.
+        """
         result = BatchResult()
         if now_ms - self._expired_at >= 60_000:
             self.seen.expire(now_ms)
@@ -280,11 +292,25 @@ class EventProcessor:
         waiting: list[_Checked] = []
         candidates: list[_Checked] = self._pending
         self._pending = []
+        parsed: list[_Checked] = []
+        claims: list[merkle.InclusionClaim] = []
         for record in records:
             try:
-                ev = self._parse(record, now_ms)
+                ev, claim = self._parse(record, now_ms)
             except RejectedEvent as exc:
                 result.dead.append(DeadLetter(record, exc.reason, exc.detail, _event_id_of(record)))
+                continue
+            parsed.append(ev)
+            claims.append(claim)
+        # the proofs of one poll together: the events of a checkpoint share their audit paths
+        for ev, included in zip(parsed, merkle.verify_inclusions(claims), strict=True):
+            if not included:
+                proof = ev.env["proof"]
+                detail = (
+                    f"event {ev.env['event_id']}: proof does not lead from leaf {proof['log_index']} "
+                    f"to the root of tree size {proof['tree_size']}"
+                )
+                result.dead.append(DeadLetter(ev.record, "bad_proof", detail, ev.env["event_id"]))
                 continue
             ev.first_seen_ms = now_ms
             candidates.append(ev)
@@ -297,10 +323,35 @@ class EventProcessor:
                 ev.first_seen_ms = now_ms  # the wait for a checkpoint starts once the ledger answers
                 waiting.append(ev)
         self._pending = waiting
-        ready.sort(key=lambda e: (e.event_ms, e.env["source_id"], e.env["proof"]["log_index"]))
+        ready = self._release(ready, watermark_ms)
+        ready.sort(key=_order)
         for ev, payload in zip(ready, self._seal_all(ready), strict=True):
             self._accept(ev, now_ms, result, payload)
         return result
+
+    def _release(self, ready: list[_Checked], watermark_ms: int | None) -> list[_Checked]:
+        """The decided events to apply now; the others stay in the ordering buffer."""
+        held = self._held + ready if self._held else ready
+        if watermark_ms is None:
+            self._held = []
+            return held
+        limit = watermark_ms - self._order_hold_ms
+        top: dict[str, tuple[Any, ...]] = {}  # per vehicle, the last released sort key
+        for ev in held:
+            if ev.record.timestamp_ms <= limit:
+                key, vehicle = _order(ev), ev.env["vehicle"]
+                if vehicle not in top or key > top[vehicle]:
+                    top[vehicle] = key
+        if not top:
+            self._held = held
+            return []
+        out: list[_Checked] = []
+        keep: list[_Checked] = []
+        for ev in held:
+            last = top.get(ev.env["vehicle"])
+            (out if last is not None and _order(ev) <= last else keep).append(ev)
+        self._held = keep
+        return out
 
     def _seal_all(self, ready: list[_Checked]) -> list[str | RejectedEvent]:
         """The stored payload of each ready event, sealed in one pass (ciphers and key cache stay warm)."""
@@ -372,7 +423,7 @@ class EventProcessor:
     def pending_floor(self) -> dict[tuple[str, int], int]:
         """Per partition, the lowest offset still waiting (the sinks must not commit past it)."""
         floor: dict[tuple[str, int], int] = {}
-        for ev in self._pending:
+        for ev in (*self._pending, *self._held):
             key = (ev.record.topic, ev.record.partition)
             if key not in floor or ev.record.offset < floor[key]:
                 floor[key] = ev.record.offset
@@ -381,6 +432,24 @@ class EventProcessor:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    @property
+    def held(self) -> int:
+        """Decided events in the ordering buffer, waiting for the watermark."""
+        return len(self._held)
+
+
+def _order(ev: _Checked) -> tuple[Any, ...]:
+    """The rules' order: event time, source, log index, then the Kafka record (a replay's tie)."""
+    rec = ev.record
+    return (
+        ev.event_ms,
+        ev.env["source_id"],
+        ev.env["proof"]["log_index"],
+        rec.topic,
+        rec.partition,
+        rec.offset,
+    )
 
 
 def _event_id_of(record: KafkaRecord) -> str | None:
@@ -396,7 +465,7 @@ def _event_id_of(record: KafkaRecord) -> str | None:
 
 
 def _row(
-    ev: _Checked, flags: list[str], quality: Mapping[str, float], now_ms: int, sealed_payload: str
+    ev: _Checked, flags: Sequence[str], quality: Mapping[str, float], now_ms: int, sealed_payload: str
 ) -> dict[str, Any]:
     env = ev.env
     payload = env["payload"]

@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+from cachetools import TTLCache
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +88,10 @@ class InMemoryRoots:
         return self._sources.get(source_id)
 
 
+#: entries of each expiring cache (misses, source facts): far more than a fleet's sources
+_CACHE_SIZE = 65_536
+_UNKNOWN: Any = object()
+
 RootReader = Callable[[str, int], bytes | None]
 SourceReader = Callable[[str], SourceInfo | None]
 
@@ -110,12 +116,10 @@ class CachedRoots:
     ) -> None:
         self._read_root = read_root
         self._read_source = read_source
-        self._negative_ttl_s = negative_ttl_s
-        self._source_ttl_s = source_ttl_s
-        self._clock = clock
-        self._roots: dict[tuple[str, int], bytes] = {}
-        self._misses: dict[tuple[str, int], float] = {}
-        self._sources: dict[str, tuple[float, SourceInfo | None]] = {}
+        self._roots: dict[tuple[str, int], bytes] = {}  # for good: read without the lock
+        #: misses and source facts expire on ``clock`` (cachetools is not thread-safe: ``_lock``)
+        self._misses: TTLCache[tuple[str, int], bool] = TTLCache(_CACHE_SIZE, negative_ttl_s, timer=clock)
+        self._sources: TTLCache[str, SourceInfo | None] = TTLCache(_CACHE_SIZE, source_ttl_s, timer=clock)
         self._lock = threading.Lock()
 
     def observe(self, source_id: str, tree_size: int, root: bytes) -> None:
@@ -129,25 +133,25 @@ class CachedRoots:
         found = self._roots.get(key)
         if found is not None:
             return found
-        now = self._clock()
-        missed = self._misses.get(key)
-        if missed is not None and now - missed < self._negative_ttl_s:
-            return None
+        with self._lock:
+            if self._misses.get(key, False):
+                return None
         root = self._read_root(source_id, tree_size)
         with self._lock:
             if root is None:
-                self._misses[key] = now
+                self._misses[key] = True
             else:
                 self._roots[key] = root
         return root
 
     def source_info(self, source_id: str) -> SourceInfo | None:
-        now = self._clock()
-        cached = self._sources.get(source_id)
-        if cached is not None and now - cached[0] < self._source_ttl_s:
-            return cached[1]
+        with self._lock:
+            cached = self._sources.get(source_id, _UNKNOWN)
+        if cached is not _UNKNOWN:
+            return cached
         info = self._read_source(source_id)
-        self._sources[source_id] = (now, info)
+        with self._lock:
+            self._sources[source_id] = info
         return info
 
 

@@ -4,9 +4,10 @@ Three sinks:
 
 * the real-time view: ``<data_dir>/realtime/seg-<unix_ms>-<worker>-<n>.parquet``,
   one segment per flush (at least every ``flush_interval_ms``);
-* the master dataset: ``<master>/event_date=YYYY-MM-DD/part-<unix_ms>-<worker>-<n>.parquet``,
-  on its own cadence (:mod:`speed.master`): the rows of many segments at once,
-  one file per event date;
+* the master dataset: ``<master>/bucket=NNN/part-<unix_ms>-<worker>-<n>.parquet``
+  (or ``event_date=YYYY-MM-DD/`` in a master not yet migrated), on its own
+  cadence (:mod:`speed.master`): the rows of many segments at once, one file
+  per vehicle bucket, sorted by vehicle and event time;
 * dead letters: the ``pcc.deadletter`` topic, original bytes (protected fields
   in clear redacted, :func:`speed.process.redacted`) + ``pcc-reason``,
   ``pcc-detail``, ``pcc-origin`` headers.
@@ -44,6 +45,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -51,11 +53,13 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.dataset import MASTER_SCHEMA
-from speed.errors import LedgerUnavailable, SinkStateError
+from pipelines.dataset import MASTER_SCHEMA, master_files
+from pipelines.files import atomic_write, disk_full, fsync_dir, remove_stale_temporaries
+from speed.errors import DiskFull, LedgerUnavailable, SinkStateError
 from speed.master import (
     MasterBatcher,
     Offsets,
+    Prepared,
     offsets_from_json,
     offsets_to_json,
     write_master_files,
@@ -67,22 +71,8 @@ from speed.source import KafkaRecord
 __all__ = ["Offsets", "SinkWriter", "read_master", "recover"]
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(json.dumps(obj).encode())
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+    atomic_write(path, json.dumps(obj).encode())
 
 
 def _read_state(state_dir: Path) -> dict[str, Any]:
@@ -102,7 +92,7 @@ def _commit(state_dir: Path, seq: int, renames: list[tuple[str, str]], state: di
     for tmp, final in renames:
         os.replace(tmp, final)
     for d in {Path(f).parent for _, f in renames}:
-        _fsync_dir(d)
+        fsync_dir(d)
     _write_json_atomic(state_dir / "offsets.json", state)
     manifest.unlink()
 
@@ -136,6 +126,8 @@ def recover(state_dir: Path, realtime_dir: Path, master_dir: Path, worker: str =
             for tmp in root.rglob("*.parquet.tmp"):
                 if str(tmp) not in named:
                     tmp.unlink()
+    for root in (state_dir, realtime_dir, master_dir):  # state files a killed writer was replacing
+        remove_stale_temporaries(root)
     if state["unmastered"]:
         _copy_to_master(state_dir, master_dir, worker, state)
     return offsets_from_json(state["offsets"])
@@ -177,7 +169,7 @@ RESTORE_COLUMNS = (
 
 def read_master(master_dir: Path) -> list[dict[str, Any]]:
     """The columns the speed layer's state needs, from every committed master-dataset file."""
-    files = sorted(master_dir.glob("event_date=*/*.parquet")) if master_dir.exists() else []
+    files = master_files(master_dir)
     if not files:
         return []
     tables = [pq.read_table(f, columns=list(RESTORE_COLUMNS)) for f in files]
@@ -309,17 +301,25 @@ class SinkWriter:
         state = {**self._state, "seq": seq, "offsets": offsets_to_json(merged)}
         renames: list[tuple[str, str]] = []
         unmastered = list(self._state["unmastered"])
-        masters = [p for p in (self._master.take(wait=final),) if p is not None]
-        if self._rows:
-            table = pa.Table.from_pylist(self._rows, schema=MASTER_SCHEMA)
-            segment = self._realtime / f"seg-{int(time.time() * 1000)}-{self._worker}-{seq}.parquet"
-            renames.append((str(write_parquet(table, segment, merged)), str(segment)))
-            unmastered.append([seq, str(segment)])
-        if final:
+        masters: list[Prepared] = []
+        try:
+            masters += [p for p in (self._master.take(wait=final),) if p is not None]
             if self._rows:
-                self._master.add(seq, table, merged, now)
-            if (rest := self._master.write_now()) is not None:
-                masters.append(rest)
+                table = pa.Table.from_pylist(self._rows, schema=MASTER_SCHEMA)
+                segment = self._realtime / f"seg-{int(time.time() * 1000)}-{self._worker}-{seq}.parquet"
+                renames.append((str(write_parquet(table, segment, merged)), str(segment)))
+                unmastered.append([seq, str(segment)])
+            if final:
+                if self._rows:
+                    self._master.add(seq, table, merged, now)
+                if (rest := self._master.write_now()) is not None:
+                    masters.append(rest)
+        except OSError as exc:
+            if not disk_full(exc):
+                raise
+            for tmp, _ in [*renames, *(r for p in masters for r in p.renames)]:  # before the commit point
+                Path(tmp).unlink(missing_ok=True)
+            raise self._full(exc) from exc
         for prepared in masters:  # in flush order: each covers the segments up to its seq
             renames += prepared.renames
             state["master_seq"] = prepared.seq
@@ -328,7 +328,12 @@ class SinkWriter:
         if not unmastered:  # no row is in the real-time view only: both sinks are at the same offsets
             state["master_offsets"] = state["offsets"]
         state["unmastered"] = unmastered
-        _commit(self._state_dir, seq, renames, state)
+        try:
+            _commit(self._state_dir, seq, renames, state)
+        except OSError as exc:  # past the commit point: the next start's recover() finishes it
+            if not disk_full(exc):
+                raise
+            raise self._full(exc) from exc
         if self._rows and not final:  # only once committed: a failed flush must not queue its rows twice
             self._master.add(seq, table, merged, now)
         master_moved = state["master_offsets"] != self._state["master_offsets"]
@@ -341,6 +346,17 @@ class SinkWriter:
         if not final and self._master.due(now):
             self._master.start()
         return written
+
+    def _full(self, exc: OSError) -> DiskFull:
+        where = Path(exc.filename) if exc.filename else self._realtime
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        return DiskFull(
+            f"no space left on the disk of {exc.filename or self._realtime} "
+            f"({shutil.disk_usage(where).free:,} bytes free): the speed layer stopped. Nothing it "
+            "acknowledged is lost: Kafka offsets are committed only past durable rows, and the next "
+            "start finishes or redoes this flush; free space (or move the data directory) and start it again"
+        )
 
     def close(self) -> None:
         self._master.close()

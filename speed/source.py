@@ -75,7 +75,28 @@ class RunControl:
     claimed: int = 0
     last_activity: float = field(default_factory=time.monotonic)
     stopped: threading.Event = field(default_factory=threading.Event)
+    #: the partitions this process reads, and how far each has been read and processed
+    #: (Kafka timestamp ms of its last record, or the time of a poll that found it caught up)
+    partitions: set[tuple[str, int]] = field(default_factory=set)
+    progress: dict[tuple[str, int], int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def expect(self, partitions: Any) -> None:
+        """Name the partitions to read: until each has reported, the watermark stays at the start."""
+        with self._lock:
+            self.partitions.update(partitions)
+
+    def advanced(self, partition: tuple[str, int], position_ms: int) -> None:
+        with self._lock:
+            if position_ms > self.progress.get(partition, -1):
+                self.progress[partition] = position_ms
+
+    def watermark_ms(self) -> int:
+        """Every partition read is past this Kafka timestamp (-1: one has not reported yet)."""
+        with self._lock:
+            if not self.progress:
+                return -1
+            return min(self.progress.get(p, -1) for p in self.partitions | self.progress.keys())
 
     def stop(self) -> None:
         self.stopped.set()
@@ -121,7 +142,7 @@ def control_for(run_id: str) -> RunControl:
     return _CONTROLS.setdefault(run_id, RunControl())
 
 
-class _OffsetsProvider(RestrictionProvider):  # type: ignore[misc]
+class _OffsetsProvider(RestrictionProvider):
     def initial_restriction(self, element: PartitionStart) -> OffsetRange:
         return OffsetRange(element.offset, _FOREVER)
 
@@ -144,7 +165,7 @@ class ConsumerOptions:
     fetch_max_bytes: int = 16 * 1024 * 1024
 
 
-class ReadKafkaPartitions(beam.DoFn):  # type: ignore[misc]
+class ReadKafkaPartitions(beam.DoFn):
     """The splittable DoFn: ``PartitionStart`` in, lists of :class:`KafkaRecord` out."""
 
     def __init__(self, options: ConsumerOptions, run_id: str) -> None:
@@ -219,7 +240,11 @@ class ReadKafkaPartitions(beam.DoFn):  # type: ignore[misc]
                 watermark.set_watermark(Timestamp.of(out[-1].timestamp_ms / 1000.0))
                 yield out
                 control.saw_records()  # downstream work on the batch is not idle time
+                # processed downstream (one fused stage): the ordering buffer may count it as read
+                control.advanced((element.topic, element.partition), max(r.timestamp_ms for r in out))
         else:
+            # caught up: what is produced from now on carries a later timestamp
+            control.advanced((element.topic, element.partition), int(time.time() * 1000))
             time.sleep(self._options.idle_sleep_s)
         if control.should_stop():
             tracker.try_claim(restriction.stop)
