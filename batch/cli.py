@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from batch.config import BatchConfig
 from pipelines.errors import PccValueError
+
+if TYPE_CHECKING:  # the batch settings (pydantic) and Spark are loaded when a command runs
+    from batch.config import BatchConfig
+    from batch.runs import RunRecord
 
 app = typer.Typer(
     name="batch",
@@ -25,6 +27,7 @@ out = Console()
 
 
 def _config(ctx: typer.Context, master: str | None = None) -> BatchConfig:
+    from batch.config import BatchConfig
     from pipelines.cli.main import settings_from
 
     return BatchConfig.from_settings(settings_from(ctx), spark_master=master)
@@ -43,6 +46,8 @@ def _since(value: str | None) -> datetime | None:
 
 
 def _run(config: BatchConfig, full: bool, since: datetime | None) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     from batch.jobs import STAGES, run_batch
 
     with Progress(
@@ -86,8 +91,17 @@ def run_cmd(
         str | None, typer.Option("--master", help="Spark master URL (default batch.master).")
     ] = None,
 ) -> None:
-    """Rebuild, audit and publish the batch views (idempotent)."""
-    _run(_config(ctx, master), full, _since(since))
+    """Rebuild, audit and publish the batch views (idempotent); alert the new verdicts."""
+    from batch.alerts import after_run
+    from batch.publish import read_current
+    from pipelines.cli.main import settings_from
+
+    config = _config(ctx, master)
+    previous = read_current(config)
+    _run(config, full, _since(since))
+    done = after_run(settings_from(ctx), config, previous, lambda m: console.print(f"[yellow]{m}[/yellow]"))
+    if done is not None and done.sent:
+        out.print(f"{done.sent} alerts for verdicts new since {done.baseline or 'nothing'}")
 
 
 @app.command("status")
@@ -142,14 +156,23 @@ def schedule_cmd(
     max_runs: Annotated[int | None, typer.Option(help="Stop after this many runs.")] = None,
 ) -> None:
     """Run the batch job at every tick of a cron expression (long-running)."""
+    from batch.alerts import after_run
     from batch.jobs import run_batch
+    from batch.publish import read_current
     from batch.scheduler import next_times, run_schedule
+    from pipelines.cli.main import settings_from
 
     config = _config(ctx, master)
+    settings = settings_from(ctx)
     next_times(cron, datetime.now(UTC))  # validate before waiting
-    run_schedule(
-        config, cron, lambda: run_batch(config), on_event=lambda m: console.print(m), max_runs=max_runs
-    )
+
+    def run_and_alert() -> RunRecord:
+        previous = read_current(config)
+        record = run_batch(config)
+        after_run(settings, config, previous, console.print)
+        return record
+
+    run_schedule(config, cron, run_and_alert, on_event=lambda m: console.print(m), max_runs=max_runs)
 
 
 @app.command("evaluate")
@@ -216,4 +239,45 @@ def load_simulation_cmd(
     counts = master_from_simulation(simulation, config.master_dataset)
     out.print(
         f"wrote {counts['events']} events ({counts['replays']} replays flagged) to {config.master_dataset}"
+    )
+
+
+@app.command("migrate-master")
+def migrate_master_cmd(
+    ctx: typer.Context,
+    buckets: Annotated[
+        int | None, typer.Option("--buckets", help="Vehicle buckets (default batch.master_buckets).")
+    ] = None,
+) -> None:
+    """Rewrite a date-partitioned master dataset into vehicle buckets, once (re-running finishes it)."""
+    from batch.layout import migrate_master
+
+    config = _config(ctx)
+    report = migrate_master(config.master_dataset, buckets or config.master_buckets)
+    for q in report.quarantined:
+        console.print(f"[yellow]quarantined[/yellow] {q['file']}: {q['reason']} (moved under _quarantine/)")
+    out.print(
+        f"master dataset {config.master_dataset}: {report.rows} rows from {report.files_in} files "
+        f"into {report.buckets} vehicle buckets ({report.files_out} files), {report.seconds}s"
+    )
+
+
+@app.command("compact-master")
+def compact_master_cmd(
+    ctx: typer.Context,
+    max_files: Annotated[
+        int | None,
+        typer.Option(
+            "--max-files", help="Compact buckets with more files than this (default batch.compact_files)."
+        ),
+    ] = None,
+) -> None:
+    """Merge each vehicle bucket's small files into one sorted file (a run also does it)."""
+    from batch.layout import compact_master
+
+    config = _config(ctx)
+    limit = config.compact_files if max_files is None else max_files
+    report = compact_master(config.master_dataset, limit)
+    out.print(
+        f"compacted {report.files_in} files ({report.rows} rows) into {report.files_out}, {report.seconds}s"
     )

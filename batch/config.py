@@ -2,38 +2,45 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from pipelines.settings import Settings
+from pydantic import model_validator
+
+from pipelines.settings import BatchSettings, Settings
 
 #: The batch views, in the order a run writes them (docs/contracts.md).
 VIEWS: tuple[str, ...] = ("vehicle_history", "mileage_timeline", "fraud_scores", "source_reputation")
 
 
-@dataclass(frozen=True)
-class BatchConfig:
-    """Where the batch layer reads and writes, and how it runs Spark."""
+class BatchConfig(BatchSettings):
+    """Where the batch layer reads and writes, and how it runs Spark: the ``batch`` settings with
+    both directories settled.  Built by :meth:`from_settings` and passed in; frozen like the settings.
 
-    master_dataset: Path
-    batch_dir: Path
-    spark_master: str = "local[*]"
-    driver_memory: str = "2g"
-    shuffle_partitions: int = 8
-    max_quarantined_files: int = 10
-    timely_lag_s: int = 24 * 3600
+    The Spark master is ``master`` (``batch.master``); the constructor also takes it as
+    ``spark_master``, the name a run records it under.
+    """
+
+    master_dataset: Path  # batch.master_dataset, else data_dir/master
+    batch_dir: Path  # data_dir/batch: versions, CURRENT.json, the run history
+
+    @model_validator(mode="before")
+    @classmethod
+    def _spark_master(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "spark_master" in data:
+            if "master" in data:
+                raise ValueError("give the Spark master as master or as spark_master, not both")
+            data = {("master" if k == "spark_master" else k): v for k, v in data.items()}
+        return data
 
     @classmethod
     def from_settings(cls, settings: Settings, spark_master: str | None = None) -> BatchConfig:
         b = settings.batch
         return cls(
-            master_dataset=Path(b.master_dataset or settings.path("master")),
+            **b.model_dump(exclude={"master", "master_dataset"}),
+            master=spark_master or b.master,
+            master_dataset=b.master_dataset or settings.path("master"),
             batch_dir=settings.path("batch"),
-            spark_master=spark_master or b.master,
-            driver_memory=b.driver_memory,
-            shuffle_partitions=b.shuffle_partitions,
-            max_quarantined_files=b.max_quarantined_files,
-            timely_lag_s=b.timely_lag_s,
         )
 
     @property

@@ -1,7 +1,7 @@
 """Fraud quality: ``fraud_scores`` against the simulator's ground-truth labels, per kind and per variant.
 
 A vehicle is *predicted* as a fraud kind when its label is not ``clean`` and
-one of the kind's flags fired on it (:data:`pipelines.rules.evaluation.KIND_FLAGS`).
+one of the kind's flags fired on it (:data:`pipelines.simulator.evaluation.KIND_FLAGS`).
 Per kind and per variant of the kind (the labels' ``variant``): precision,
 recall and F1 over all cases and over the cases the data can show
 (``detectable``), the naive "odometer ever goes down" baseline on the same
@@ -9,7 +9,7 @@ published histories, and for clones and wrecks the share the speed layer
 flagged (the ``flags`` it raised, in the order it processed the events) within
 3 events of the batch being able to see them.  For clean cars (no fraud label;
 honest typos included): the share labelled anything but ``clean``.  Counted
-exactly as ``pipelines.rules.evaluation`` counts the simulator's fleets.
+exactly as ``pipelines.simulator.evaluation`` counts the simulator's fleets.
 """
 
 from __future__ import annotations
@@ -25,7 +25,8 @@ from batch.config import BatchConfig
 from batch.errors import RunNotFoundError
 from batch.publish import read_current
 from batch.testing import pseudonym
-from pipelines.rules.evaluation import (
+from pipelines.rules.fraud import fields_from
+from pipelines.simulator.evaluation import (
     KIND_FLAGS,
     REALTIME_EVENTS,
     REALTIME_KINDS,
@@ -35,7 +36,6 @@ from pipelines.rules.evaluation import (
     naive_goes_down,
     visible_at,
 )
-from pipelines.rules.fraud import fields_from
 
 
 @dataclass
@@ -71,7 +71,7 @@ class Evaluation:
 
 @dataclass(frozen=True, slots=True)
 class PublishedOutcome:
-    """One published vehicle as :class:`pipelines.rules.evaluation.FleetQuality` counts it."""
+    """One published vehicle as :class:`pipelines.simulator.evaluation.FleetQuality` counts it."""
 
     index: str
     cases: tuple[Case, ...]
@@ -175,7 +175,7 @@ def history_signals(
     For each vehicle with flags of :data:`REALTIME_KINDS`: the events in the
     order the speed layer processed them (``processed_time``, then the rules'
     order), the first prefix in which the batch rules flag the kind
-    (:func:`pipelines.rules.evaluation.visible_at`), and whether the speed
+    (:func:`pipelines.simulator.evaluation.visible_at`), and whether the speed
     layer's own ``flags`` raised it on one of that prefix's events or the 3 after.
     """
     columns = ["vehicle", "seq", "event_id", "event_type", "event_time", "processed_time", "source_id",

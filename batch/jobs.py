@@ -9,9 +9,11 @@ saying why.  Every run, whatever its outcome, is recorded in the run history.
 
 Re-running over the same input gives the same rows.  Without ``full``, a run
 whose input (the master files, by name/size/rows) is unchanged since the
-published version does nothing.  With ``since``, only vehicles that received
-events processed at or after that time go through the rules again; the other
-vehicles' rows are carried over from the published version.
+published version does nothing.  Over a master in vehicle buckets a run is
+incremental by default (:mod:`batch.incremental`): unchanged buckets are
+carried over by reference, buckets that gained files redo only the vehicles in
+them.  Over a master still in the date layout, ``since`` redoes only vehicles
+that received events processed at or after that time.
 """
 
 from __future__ import annotations
@@ -29,12 +31,16 @@ from typing import TYPE_CHECKING, Any
 from batch.audit import AuditResult, audit_views
 from batch.config import VIEWS, BatchConfig
 from batch.errors import AuditFailedError, BatchError
+from batch.incremental import BucketPlan, plan_buckets, reference_profile, settle_profile, write_version
+from batch.layout import compact_master
 from batch.master import MasterScan, read_master, scan_master
 from batch.publish import iso_ms, manifest, new_version, publish, read_current, store_manifest, utc_now
+from batch.retention import prune_versions
 from batch.runs import RunRecord, append_run, run_lock
 from batch.session import get_spark, require_gx
 from batch.views import build
-from pipelines.settings import Settings
+from batch.views.bucket_views import PER_VEHICLE_VIEWS, bucket_file_name
+from pipelines.dataset import read_layout
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -126,8 +132,13 @@ def _carry_over(
     return views
 
 
-def _parameters(scan: MasterScan, paths: dict[str, Path]) -> dict[str, int]:
-    """What the audit reconciles with, counted from the Parquet footers and the written views."""
+def _parameters(scan: MasterScan, paths: dict[str, Path], carried: list[int] | None = None) -> dict[str, int]:
+    """What the audit reconciles with, counted from the Parquet footers and the written views.
+
+    ``carried``: the buckets carried over by reference; their vehicles are counted from the
+    footers of their ``fraud_scores`` files (one row per vehicle, audited when written), the
+    others by the audit's own scan of the fresh ``vehicle_history`` files.
+    """
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
@@ -142,24 +153,29 @@ def _parameters(scan: MasterScan, paths: dict[str, Path]) -> dict[str, int]:
             if nulls is None:  # no statistics: count the column itself
                 nulls = pq.ParquetFile(file).read_row_group(g, columns=["odometer_km"]).column(0).null_count
             with_km += rg.num_rows - nulls
-    scores = pq.read_table(paths["fraud_scores"], columns=["duplicates"])
+    scores = pq.read_table(paths["fraud_scores"], columns=["duplicates"])  # one row per vehicle: small
     duplicates = int(pc.sum(scores["duplicates"]).as_py() or 0)
-    # a vehicle is in one history file (range-partitioned): count per file, one file in memory at a time
-    vehicles = sum(
-        pc.count_distinct(pq.read_table(f, columns=["vehicle"])["vehicle"]).as_py()
-        for f in sorted(paths["vehicle_history"].glob("*.parquet"))
-    )
+    carried_files = [paths["fraud_scores"] / bucket_file_name(b) for b in carried or []]
     return {
         "history_rows": scan.rows - duplicates,
         "mileage_rows_min": max(0, with_km - duplicates),
         "mileage_rows_max": with_km,
-        "vehicles": vehicles,
+        "vehicles_carried": sum(pq.read_metadata(f).num_rows for f in carried_files if f.exists()),
         "duplicates": duplicates,
     }
 
 
+def _written(out: Path, plan: BucketPlan) -> dict[str, list[Path]]:
+    """The per-vehicle view files this run wrote (not the ones linked from the previous version)."""
+    buckets = sorted([*plan.whole, *plan.partial])
+    return {
+        view: [f for f in (out / view / bucket_file_name(b) for b in buckets) if f.exists()]
+        for view in PER_VEHICLE_VIEWS
+    }
+
+
 def run_batch(
-    settings: Settings | BatchConfig,
+    config: BatchConfig,
     *,
     full: bool = False,
     since: datetime | None = None,
@@ -173,12 +189,11 @@ def run_batch(
     recording the run.  ``engine`` names an alternative rule engine
     (``module:Class``), for experiments; the default applies ``pipelines.rules``.
     """
-    config = settings if isinstance(settings, BatchConfig) else BatchConfig.from_settings(settings)
     step = progress or _noop
     n = len(STAGES)
     started = utc_now()
     t0 = time.perf_counter()
-    record = RunRecord(run_id="", version="", started=iso_ms(started) or "", spark_master=config.spark_master)
+    record = RunRecord(run_id="", version="", started=iso_ms(started) or "", spark_master=config.master)
     timings: dict[str, float] = {}
 
     def stage(i: int, name: str) -> None:
@@ -188,12 +203,21 @@ def run_batch(
     with run_lock(config):
         try:
             stage(0, STAGES[0])
+            if read_layout(config.master_dataset) is not None:  # a bucket of many small files: one large
+                record.compacted = compact_master(config.master_dataset, config.compact_files).files_in
             scan = scan_master(config.master_dataset)
             record.master = str(config.master_dataset)
             record.fingerprint = scan.fingerprint
             record.rows_in = scan.rows
             record.quarantined = [q.__dict__ for q in scan.quarantined]
             current = read_current(config)
+            if scan.misplaced:  # a bucket file holding another bucket's rows: nothing is computed
+                record.version = record.run_id = new_version(started, scan.fingerprint)
+                failures = [f"master dataset: {m.file} {m.reason}" for m in scan.misplaced]
+                record.status = "audit_failed"
+                record.error = "; ".join(failures)
+                _finish(config, record, t0, timings)
+                raise AuditFailedError(record.version, failures)
             if (
                 not full
                 and since is None
@@ -209,43 +233,31 @@ def run_batch(
             record.version = record.run_id = version
             out = config.version_dir(version)
             if spark is None:
-                spark = get_spark(config.spark_master, config.driver_memory, config.shuffle_partitions)
-            record.spark_master = spark.sparkContext.master
-            from pyspark import StorageLevel
-
-            master = read_master(spark, scan)
-            stage(1, STAGES[1])
-            cores = spark.sparkContext.defaultParallelism
-            incremental = since is not None and current is not None and not full
-            touched = None
-            if incremental:
-                touched = _touched(master, since)  # type: ignore[arg-type]
-                master = master.join(_broadcast(touched), "vehicle", "left_semi")
-            partitions = build.partitions_for(scan.rows, cores)
-            # cached on disk, streamed block by block: kept in memory, two wide ranges (~0.5 GB each)
-            # ran a 3 GB driver out of heap at 10M events, and at 1M disk was faster (39 s vs 50 s)
-            annotated = build.annotate(master, partitions, engine).persist(StorageLevel.DISK_ONLY)
-            views = _build(annotated, config.timely_lag_s)
-            if incremental:
-                views = _carry_over(spark, config, views, current, touched)  # type: ignore[arg-type]
-            mark = watermark(scan.files)
+                spark = get_spark(config.master, config.driver_memory, config.shuffle_partitions)
+            record.spark_master = spark.sparkContext.master or ""
+            layout: dict[str, Any] | None = None
+            plan: BucketPlan | None = None
+            profile: tuple[float, ...]
+            if scan.buckets is not None:
+                stage(1, STAGES[1])
+                plan = plan_buckets(scan, current, config.batch_dir, full=full, since=since)
+                settle_profile(spark, scan, plan, current, config.profile_tolerance)
+                threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
+                layout = write_version(spark, scan, plan, out, config.timely_lag_s, engine)
+                for i, view in enumerate(VIEWS):
+                    stage(2 + i, f"write {view}")
+                mark, profile = watermark(scan.files), plan.profile
+                record.buckets = {k: v for k, v in layout.items() if k not in ("files", "profile_sums")}
+            else:
+                mark, profile = _write_date_layout(
+                    spark, config, scan, current, out, full, since, engine, stage
+                )
             paths = {view: out / view for view in VIEWS}
-            # GX takes seconds to import: load it while the driver only waits for Spark's writes
-            threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
-            for i, view in enumerate(VIEWS):
-                stage(2 + i, f"write {view}")
-                spark.sparkContext.setJobDescription(f"pcc batch {version}: write {view}")
-                if incremental:  # fresh and carried-over rows: lay them out again
-                    files = partitions if view in ("vehicle_history", "mileage_timeline") else 1
-                    build.write_view(views[view], paths[view], files, build.SORT_KEYS[view])
-                else:  # already in vehicle ranges, sorted: no shuffle
-                    files = None if view in ("vehicle_history", "mileage_timeline") else 1
-                    build.write_view(views[view], paths[view], files)
-            annotated.unpersist()
             stage(2 + len(VIEWS), "audit")
             record.rows_out = {view: _parquet_rows(path) for view, path in paths.items()}
-            params = _parameters(scan, paths)
-            audit = audit_views(paths, params, config.batch_dir / "audits" / version, spark)
+            params = _parameters(scan, paths, plan.carried if plan is not None else None)
+            written = _written(out, plan) if plan is not None else None
+            audit = audit_views(paths, params, config.batch_dir / "audits" / version, spark, written)
             if len(scan.quarantined) > config.max_quarantined_files:
                 audit.success = False
                 audit.failures.insert(
@@ -263,9 +275,11 @@ def run_batch(
                     "input": {"fingerprint": scan.fingerprint, "files": len(scan.files), "rows": scan.rows},
                     "quarantined": record.quarantined,
                     "rows": record.rows_out,
+                    "fleet_profile": list(profile),
+                    **({"layout": layout} if layout is not None else {}),
                 },
             )
-            _write_json(out / "_audit.json", {"parameters": params, **audit.as_dict()})
+            _write_json(out / "_audit.json", {"parameters": audit.parameters, **audit.as_dict()})
             if not audit.success:
                 record.status = "audit_failed"
                 record.error = "; ".join(audit.failures)
@@ -275,6 +289,7 @@ def run_batch(
             publish(config, doc)
             record.status = "published"
             record.published = True
+            record.pruned = prune_versions(config, config.keep_versions)
             return _finish(config, record, t0, timings)
         except AuditFailedError:
             raise
@@ -285,6 +300,62 @@ def run_batch(
             if record.version and isinstance(exc, Exception) and not isinstance(exc, BatchError):
                 shutil.rmtree(config.version_dir(record.version), ignore_errors=True)
             raise
+
+
+def _write_date_layout(
+    spark: SparkSession,
+    config: BatchConfig,
+    scan: MasterScan,
+    current: dict[str, Any] | None,
+    out: Path,
+    full: bool,
+    since: datetime | None,
+    engine: str | None,
+    stage: Callable[[int, str], None],
+) -> tuple[dict[str, Any], tuple[float, ...]]:
+    """The views of a master dataset still in the date layout: one shuffle into vehicle ranges.
+
+    Returns the watermark and the fleet's seasonal profile the rules ran with; a
+    run after late events redoes the touched cars only while that profile holds.
+    """
+    from pyspark import StorageLevel
+
+    master = read_master(spark, scan)
+    stage(1, STAGES[1])
+    cores = spark.sparkContext.defaultParallelism
+    partitions = build.partitions_for(scan.rows, cores)
+    profile = build.fleet_profile(master, partitions)  # the whole fleet's, also when some cars are redone
+    moved = False
+    if current is not None and not full:  # the version's profile stays the reference while close
+        previous = tuple(current.get("fleet_profile") or ())
+        profile, moved = reference_profile(previous, profile, config.profile_tolerance)
+    incremental = since is not None and current is not None and not full and not moved
+    touched = None
+    if incremental:
+        touched = _touched(master, since)  # type: ignore[arg-type]
+        master = master.join(_broadcast(touched), "vehicle", "left_semi")
+    # cached on disk, streamed block by block: kept in memory, two wide ranges (~0.5 GB each)
+    # ran a 3 GB driver out of heap at 10M events, and at 1M disk was faster (39 s vs 50 s)
+    annotated = build.annotate(master, partitions, engine, profile).persist(StorageLevel.DISK_ONLY)
+    views = _build(annotated, config.timely_lag_s)
+    if incremental:
+        views = _carry_over(spark, config, views, current, touched)  # type: ignore[arg-type]
+    mark = watermark(scan.files)
+    paths = {view: out / view for view in VIEWS}
+    # GX takes seconds to import: load it while the driver only waits for Spark's writes
+    threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
+    files: int | None
+    for i, view in enumerate(VIEWS):
+        stage(2 + i, f"write {view}")
+        spark.sparkContext.setJobDescription(f"pcc batch {out.name}: write {view}")
+        if incremental:  # fresh and carried-over rows: lay them out again
+            files = partitions if view in ("vehicle_history", "mileage_timeline") else 1
+            build.write_view(views[view], paths[view], files, build.SORT_KEYS[view])
+        else:  # already in vehicle ranges, sorted: no shuffle
+            files = None if view in ("vehicle_history", "mileage_timeline") else 1
+            build.write_view(views[view], paths[view], files)
+    annotated.unpersist()
+    return mark, profile
 
 
 def _preload_gx() -> None:
@@ -317,4 +388,11 @@ def audit_result(config: BatchConfig, version: str) -> AuditResult | None:
     if not path.exists():
         return None
     doc = json.loads(path.read_text(encoding="utf-8"))
-    return AuditResult(doc["success"], doc["failures"], doc["checked"], doc.get("docs"))
+    return AuditResult(
+        doc["success"],
+        doc["failures"],
+        doc["checked"],
+        doc.get("docs"),
+        doc.get("tolerated", []),
+        doc.get("scanned", {}),
+    )

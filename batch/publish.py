@@ -10,7 +10,6 @@ the previous manifest or the new one, never a torn file.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 from batch.config import VIEWS, BatchConfig
 from batch.errors import RunNotFoundError
+from pipelines.files import atomic_write
 
 
 def utc_now() -> datetime:
@@ -42,7 +42,7 @@ def new_version(started: datetime, fingerprint: str) -> str:
 def read_current(config: BatchConfig) -> dict[str, Any] | None:
     """The published manifest, or ``None`` when nothing was ever published."""
     try:
-        return json.loads(config.current_file.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+        return json.loads(config.current_file.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
 
@@ -57,21 +57,6 @@ def manifest(version: str, watermark: dict[str, Any], extra: dict[str, Any] | No
     }
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 def publish(config: BatchConfig, doc: dict[str, Any]) -> Path:
     """Make ``doc`` the published manifest (atomic pointer swap); its views must exist."""
     for view, rel in doc["views"].items():
@@ -79,7 +64,7 @@ def publish(config: BatchConfig, doc: dict[str, Any]) -> Path:
             raise RunNotFoundError(
                 f"cannot publish version {doc['version']}: view {view} is missing at {rel}"
             )
-    _atomic_write(config.current_file, json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    atomic_write(config.current_file, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return config.current_file
 
 
@@ -91,9 +76,9 @@ def rollback_to(config: BatchConfig, version: str) -> dict[str, Any]:
     doc = json.loads(stored.read_text(encoding="utf-8"))
     doc["published_at"] = iso_ms(utc_now())
     publish(config, doc)
-    return doc  # type: ignore[no-any-return]
+    return doc
 
 
 def store_manifest(config: BatchConfig, doc: dict[str, Any]) -> None:
     """Keep the version's manifest beside its views (what a rollback republishes)."""
-    _atomic_write(config.version_dir(doc["version"]) / "_manifest.json", json.dumps(doc, indent=2) + "\n")
+    atomic_write(config.version_dir(doc["version"]) / "_manifest.json", json.dumps(doc, indent=2) + "\n")

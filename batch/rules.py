@@ -11,6 +11,7 @@ rules' ``EventFields`` are built straight from Arrow columns in
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 from collections.abc import Mapping, Sequence
@@ -55,8 +56,9 @@ def _jsonable(value: Any) -> Any:
 class PipelinesRuleEngine:
     """Applies ``pipelines.rules.fraud.assess_vehicle`` to one vehicle's events."""
 
-    def __init__(self, fraud: Any) -> None:
+    def __init__(self, fraud: Any, params: Any = None) -> None:
         self.fraud = fraud
+        self.params = fraud.DEFAULT_PARAMS if params is None else params
 
     def evaluate(
         self, events: Sequence[Any], stream_flags: Mapping[str, Sequence[str]] | None = None
@@ -70,7 +72,9 @@ class PipelinesRuleEngine:
         stream = {
             eid: [f for f in flags if f in STREAM_ONLY_FLAGS] for eid, flags in (stream_flags or {}).items()
         }
-        assessment = fraud.assess_vehicle(events, stream_flags={k: v for k, v in stream.items() if v})
+        assessment = fraud.assess_vehicle(
+            events, stream_flags={k: v for k, v in stream.items() if v}, params=self.params
+        )
         order, flags, evidence = [], {}, {}
         by_flag: dict[str, list[str]] = {}
         for checked in assessment.checked:
@@ -97,13 +101,91 @@ class PipelinesRuleEngine:
         )
 
 
-def load_engine(name: str | None = None) -> RuleEngine:
-    """The rule engine: ``pipelines.rules.fraud`` unless another is named (``module:Class``)."""
-    if name:
+def _verdict(
+    ids: Sequence[str], flags: Sequence[Sequence[str]], evidence: Mapping[int, Any], score: Any, weights: Any
+) -> VehicleVerdict:
+    """A verdict from per-event flags (index -> evidence for the flagged events), as the Python engine builds it."""
+    event_flags, event_evidence = {}, {}
+    by_flag: dict[str, list[str]] = {}
+    for i in sorted(evidence):
+        eid, ev = ids[i], evidence[i]
+        event_flags[eid] = sorted(set(flags[i]))
+        event_evidence[eid] = json.dumps(_jsonable(ev), sort_keys=True)
+        for flag in flags[i]:
+            found = by_flag.setdefault(flag, [])
+            related = [
+                v for k, v in ev.get(flag, {}).items() if k.endswith("event_id") and isinstance(v, str)
+            ]
+            for x in (*related, eid):
+                if x not in found:
+                    found.append(x)
+    reasons = sorted(by_flag.items(), key=lambda kv: (-weights.get(kv[0], 0.0), kv[0]))
+    return VehicleVerdict(
+        list(ids),
+        event_flags,
+        event_evidence,
+        float(score.score),
+        str(score.label),
+        reasons,
+        list(score.reasons),
+    )
+
+
+class KernelRuleEngine:
+    """The compiled rules (``pipelines.rules.kernels``) over a vehicle's columns; same verdicts as
+    :class:`PipelinesRuleEngine` (the Python rules are their test oracle)."""
+
+    def __init__(self, kernels: Any, params: Any, weights: Mapping[str, float]) -> None:
+        self.kernels = kernels
+        self.params = params
+        self.weights = weights
+
+    def evaluate(
+        self, events: Sequence[Any], stream_flags: Mapping[str, Sequence[str]] | None = None
+    ) -> VehicleVerdict:
+        """``events``: ``EventFields`` in any order (sorted here by the rules' key)."""
+        from pipelines.rules.stream import sort_key
+
+        ordered = sorted(events, key=sort_key)
+        return self.evaluate_columns(self.kernels.columns(ordered), stream_flags)
+
+    def evaluate_columns(
+        self, columns: Any, stream_flags: Mapping[str, Sequence[str]] | None = None
+    ) -> VehicleVerdict:
+        """``columns``: :class:`pipelines.rules.kernels.Columns` in the rules' order."""
+        by_index: dict[int, list[str]] = {}
+        if stream_flags:
+            for i, eid in enumerate(columns.ids):
+                keep = [f for f in stream_flags.get(eid, ()) if f in STREAM_ONLY_FLAGS]
+                if keep:
+                    by_index[i] = keep
+        got = self.kernels.assess_columns(columns, by_index, self.params)
+        return _verdict(columns.ids, got.flags, got.evidence, got.score, self.weights)
+
+
+def load_engine(name: str | None = None, fleet_profile: tuple[float, ...] | None = None) -> RuleEngine:
+    """The rule engine: the compiled rules (``pipelines.rules.kernels``), or the Python rules
+    (``pipelines.rules.fraud``) when numba is not installed or ``name`` is ``"python"``; another
+    engine when named (``module:Class``).
+
+    ``fleet_profile``: the fleet's km/day per twelfth of the year
+    (:func:`pipelines.rules.fraud.fleet_profile`), which gradual clocking compares a car's rates with.
+    """
+    if name and name != "python":
         module, _, attr = name.partition(":")
-        return getattr(importlib.import_module(module), attr)()  # type: ignore[no-any-return]
+        return getattr(importlib.import_module(module), attr)()
     try:
         fraud = importlib.import_module("pipelines.rules.fraud")
     except ImportError as exc:
         raise BatchError(f"the fraud rules (pipelines.rules.fraud) are not available: {exc}") from None
-    return PipelinesRuleEngine(fraud)
+    params = fraud.DEFAULT_PARAMS
+    if fleet_profile is not None:
+        params = dataclasses.replace(params, fleet_profile=tuple(fleet_profile))
+    if name != "python":
+        try:
+            kernels = importlib.import_module("pipelines.rules.kernels")
+        except ImportError:  # numba missing (the spark extra not installed): the Python rules
+            pass
+        else:
+            return KernelRuleEngine(kernels, params, fraud.FLAG_WEIGHTS)
+    return PipelinesRuleEngine(fraud, params)

@@ -38,6 +38,9 @@ class RunRecord:
     fingerprint: str = ""
     error: str | None = None
     timings_s: dict[str, float] = field(default_factory=dict)
+    buckets: dict[str, Any] | None = None  # bucketed master: buckets recomputed, partly redone, carried over
+    compacted: int = 0  # master files merged by the compaction at the start of the run
+    pruned: list[str] = field(default_factory=list)  # versions removed by batch.keep_versions
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -1,7 +1,10 @@
-"""The one place that imports pyspark and starts a SparkSession.
+"""Where the batch layer checks for pyspark and starts its SparkSession.
 
 pyspark and Great Expectations are the ``spark`` extra; without them every
-batch command fails with one message saying what to install.
+batch command fails here with one message saying what to install
+(:func:`require_pyspark`, :func:`require_gx`).  The other batch modules import
+pyspark only for type checking or inside functions that receive a session or
+a DataFrame made from one started here.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.dataset import MASTER_SCHEMA
+from pipelines.dataset import MASTER_SCHEMA, bucket_dir, read_layout, split_by_bucket
 
 _TOPIC_BY_PREFIX = {"cc-": "pcc.telemetry", "ins-": "pcc.insurer"}
 
@@ -131,6 +131,8 @@ def write_master_dataset(
     rows = list(rows)
     if number:
         _number(rows)
+    if read_layout(root) is not None:
+        return _write_buckets(pa.Table.from_pylist(rows, schema=MASTER_SCHEMA), root, segment, row_group_size)
     by_date: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         by_date.setdefault(row["event_date"], []).append(row)
@@ -147,10 +149,28 @@ def write_master_dataset(
     return written
 
 
+def _write_buckets(table: pa.Table, root: Path, segment: str, row_group_size: int = 1_000_000) -> list[Path]:
+    """A master dataset in the vehicle-bucket layout: one file per bucket, sorted by vehicle and event time."""
+    buckets = read_layout(root)
+    assert buckets is not None
+    written = []
+    for bucket, part in split_by_bucket(table, buckets):
+        directory = root / bucket_dir(bucket)
+        directory.mkdir(parents=True, exist_ok=True)
+        final = directory / f"{segment}.parquet"
+        tmp = directory / f".{segment}.parquet.tmp"
+        pq.write_table(part, tmp, row_group_size=row_group_size)
+        os.replace(tmp, final)
+        written.append(final)
+    return written
+
+
 def write_master_table(table: pa.Table, root: Path, segment: str = "seg-0") -> list[Path]:
     """Append an Arrow table with ``MASTER_SCHEMA`` columns, split by ``event_date``."""
     import pyarrow.compute as pc
 
+    if read_layout(root) is not None:
+        return _write_buckets(table.cast(MASTER_SCHEMA), root, segment)
     written = []
     for date in sorted(pc.unique(table["event_date"]).to_pylist()):
         part = table.filter(pc.equal(table["event_date"], date)).cast(MASTER_SCHEMA)

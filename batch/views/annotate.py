@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 
 from batch.rules import STREAM_ONLY_FLAGS, RuleEngine, load_engine
 from batch.views.mileage import reconcile, source_kind
+from pipelines.rules.columns import Columns
 from pipelines.rules.fraud import EventFields
 
 #: Columns the pass adds to the master dataset's.
@@ -125,6 +126,37 @@ def event_fields(table: pa.Table) -> list[EventFields]:
     ]
 
 
+def _columns(table: pa.Table) -> Columns:
+    """The rules' columns of a whole chunk (sliced per vehicle by :func:`_slice`); ids are unique per
+    vehicle once replays are dropped, so an event's position is its id code."""
+    kinds = pc.add(
+        pc.multiply(
+            pc.cast(pc.equal(table["event_type"], "wreck_declaration"), pa.int8()), pa.scalar(1, pa.int8())
+        ),
+        pc.multiply(
+            pc.cast(pc.equal(table["event_type"], "ownership_change"), pa.int8()), pa.scalar(2, pa.int8())
+        ),
+    )
+    return Columns(
+        table["event_id"].to_pylist(),
+        np.arange(table.num_rows, dtype=np.int64),
+        epoch_ms(table["event_time"]).astype(np.int64),
+        pc.fill_null(table["odometer_km"], 0).cast(pa.int64()).to_numpy(),
+        pc.is_valid(table["odometer_km"]).to_numpy(zero_copy_only=False),
+        pc.fill_null(table["lat"].cast(pa.float64()), float("nan")).to_numpy(),
+        pc.fill_null(table["lon"].cast(pa.float64()), float("nan")).to_numpy(),
+        pc.fill_null(pc.equal(table["verification"], "verified"), False).to_numpy(zero_copy_only=False),
+        pc.fill_null(kinds, 0).to_numpy(zero_copy_only=False),
+    )
+
+
+def _slice(c: Columns, a: int, b: int) -> Columns:
+    return Columns(
+        c.ids[a:b], c.codes[: b - a], c.t[a:b], c.km[a:b], c.has_km[a:b], c.lat[a:b], c.lon[a:b],
+        c.verified[a:b], c.kind[a:b],
+    )  # fmt: skip
+
+
 def _stream_flags(table: pa.Table) -> dict[str, list[str]]:
     """event id -> stream-only flags, for the (few) rows whose ``flags`` are not empty.
 
@@ -161,7 +193,9 @@ def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:
     table, duplicates = _deduplicated(table)
     table = table.take(pc.sort_indices(table, sort_keys=_RULE_ORDER))
     n = table.num_rows
-    fields = event_fields(table)
+    compiled = getattr(engine, "evaluate_columns", None)
+    cols = _columns(table) if compiled is not None else None
+    fields = event_fields(table) if cols is None else None
     stream = _stream_flags(table)
     vehicles = table["vehicle"]
     starts = _runs(vehicles)
@@ -185,15 +219,26 @@ def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:
     v_explanation: list[str | None] = [None] * n
     v_duplicates: list[int | None] = [None] * n
     for a, b in pairwise(starts):
-        chunk = fields[a:b]
-        ids = [f.event_id for f in chunk]
-        verdict = engine.evaluate(chunk, {e: stream[e] for e in ids if e in stream} if stream else None)
-        if verdict.order != ids:  # follow the rules' own order if it differs
-            pos = {e: i for i, e in enumerate(ids)}
-            perm = [pos[e] for e in verdict.order]
-            order[a:b] = order[a:b][perm]
-            chunk = [chunk[i] for i in perm]
-            ids = verdict.order
+        if (
+            cols is not None and compiled is not None
+        ):  # the compiled rules over the vehicle's columns, already in the rules' order
+            vehicle = _slice(cols, a, b)
+            ids = vehicle.ids
+            verdict = compiled(vehicle, {e: stream[e] for e in ids if e in stream} if stream else None)
+            times, kms = vehicle.t.tolist(), vehicle.km.tolist()
+        else:
+            assert fields is not None
+            chunk = fields[a:b]
+            ids = [f.event_id for f in chunk]
+            verdict = engine.evaluate(chunk, {e: stream[e] for e in ids if e in stream} if stream else None)
+            if verdict.order != ids:  # follow the rules' own order if it differs
+                pos = {e: i for i, e in enumerate(ids)}
+                perm = [pos[e] for e in verdict.order]
+                order[a:b] = order[a:b][perm]
+                chunk = [chunk[i] for i in perm]
+                ids = verdict.order
+            times = [f.event_time_ms for f in chunk]
+            kms = [f.odometer_km or 0 for f in chunk]
         rows = order[a:b].tolist()
         for k, eid in enumerate(ids):
             i = a + k  # output position
@@ -203,8 +248,8 @@ def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:
         with_km = [k for k, row in enumerate(rows) if km_valid[row]]
         if with_km:
             result = reconcile(
-                [chunk[k].event_time_ms for k in with_km],
-                [chunk[k].odometer_km for k in with_km],  # type: ignore[misc]
+                [times[k] for k in with_km],
+                [kms[k] for k in with_km],
                 [float(quality[rows[k]]) for k in with_km],
                 [ids[k] for k in with_km],
             )
@@ -255,7 +300,7 @@ def annotate_batches(
 
 
 def make_annotator(
-    engine_name: str | None = None,
+    engine_name: str | None = None, fleet_profile: tuple[float, ...] | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The function given to ``mapInArrow``; loads the rule engine once per Python worker."""
     cache: dict[str, RuleEngine] = {}
@@ -263,7 +308,7 @@ def make_annotator(
     def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         engine = cache.get("engine")
         if engine is None:
-            engine = cache["engine"] = load_engine(engine_name)
+            engine = cache["engine"] = load_engine(engine_name, fleet_profile)
         yield from annotate_batches(batches, engine)
 
     return _apply
@@ -272,3 +317,40 @@ def make_annotator(
 def annotate_vehicle(pdf: pd.DataFrame, engine: RuleEngine) -> pd.DataFrame:
     """Annotate one vehicle's events given as a pandas frame (tests, notebooks; no Spark)."""
     return annotate_table(pa.Table.from_pandas(pdf, preserve_index=False), engine).to_pandas()
+
+
+PROFILE_SCHEMA = "part int, km double, days double"
+
+
+def profile_table_sums(table: pa.Table) -> tuple[list[float], list[float]]:
+    """The fleet-profile sums (:func:`pipelines.rules.fraud.profile_sums`) of whole vehicles'
+    verified readings (``vehicle, event_time, odometer_km`` rows, any order), added up vehicle by vehicle
+    in vehicle order, so that the same vehicles always give the same floating-point sums."""
+    from pipelines.rules.fraud import profile_sums
+
+    km, days = [0.0] * 12, [0.0] * 12
+    if not table.num_rows:
+        return km, days
+    table = table.take(
+        pc.sort_indices(table, sort_keys=[("vehicle", "ascending"), ("event_time", "ascending")])
+    )
+    times, odo = epoch_ms(table["event_time"]).tolist(), table["odometer_km"].to_pylist()
+    for a, b in pairwise(_runs(table["vehicle"])):
+        k, d = profile_sums(list(zip(times[a:b], odo[a:b], strict=True)))
+        km = [x + y for x, y in zip(km, k, strict=True)]
+        days = [x + y for x, y in zip(days, d, strict=True)]
+    return km, days
+
+
+def profile_partition(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """A vehicle range's share of the fleet's profile (``vehicle, event_time, odometer_km`` rows in):
+    :func:`profile_table_sums`, one row per twelfth."""
+    received = [b for b in batches if b.num_rows]
+    km, days = profile_table_sums(pa.Table.from_batches(received)) if received else ([0.0] * 12, [0.0] * 12)
+    yield pa.RecordBatch.from_pydict(
+        {
+            "part": pa.array(range(12), pa.int32()),
+            "km": pa.array(km, pa.float64()),
+            "days": pa.array(days, pa.float64()),
+        }
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from batch.views.annotate import ADDED_DDL, make_annotator
+from batch.views.annotate import ADDED_DDL, PROFILE_SCHEMA, make_annotator, profile_partition
 from pipelines.dataset import MASTER_COLUMNS
 
 if TYPE_CHECKING:
@@ -47,13 +47,41 @@ def vehicle_ranges(master: DataFrame, partitions: int) -> DataFrame:
     return master.repartition(partitions, key).sortWithinPartitions("vehicle")
 
 
-def annotate(master: DataFrame, partitions: int, engine_name: str | None = None) -> DataFrame:
+def fleet_profile(master: DataFrame, partitions: int) -> tuple[float, ...]:
+    """The fleet's km/day per twelfth of the year (:func:`pipelines.rules.fraud.fleet_profile`), from the
+    verified odometer readings of the whole master dataset: gradual clocking compares a car's rates with it."""
+    from pyspark.sql import functions as F
+
+    from pipelines.rules.fraud import profile_from_sums
+
+    readings = master.where("odometer_km IS NOT NULL AND verification = 'verified'").select(
+        "vehicle", "event_time", "odometer_km"
+    )
+    sums = vehicle_ranges(readings, partitions).mapInArrow(profile_partition, PROFILE_SCHEMA)
+    rows = {
+        r["part"]: r
+        for r in sums.groupBy("part").agg(F.sum("km").alias("km"), F.sum("days").alias("days")).collect()
+    }
+    return profile_from_sums(
+        [rows[p]["km"] if p in rows else 0.0 for p in range(12)],
+        [rows[p]["days"] if p in rows else 0.0 for p in range(12)],
+    )
+
+
+def annotate(
+    master: DataFrame,
+    partitions: int,
+    engine_name: str | None = None,
+    profile: tuple[float, ...] | None = None,
+) -> DataFrame:
     """Run the per-vehicle pass (rules, reconciliation, verdict) over the whole master dataset.
 
     One shuffle: ``partitions`` vehicle ranges (:func:`vehicle_ranges`)
     streamed through the Python pass in Arrow batches.  The result keeps that
     layout (a vehicle range per partition, rows by vehicle then ``seq``), so
-    the views are written without another shuffle.
+    the views are written without another shuffle.  ``profile``: the fleet's
+    (:func:`fleet_profile`), measured on ``master`` when not given; a run over
+    some vehicles only should pass the whole fleet's, so that it agrees with a full rebuild.
     """
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, StringType, StructType
@@ -62,8 +90,11 @@ def annotate(master: DataFrame, partitions: int, engine_name: str | None = None)
     # row, which made the transfer of the master to the pass about twice as slow
     lists = [f.name for f in master.schema.fields if isinstance(f.dataType, ArrayType)]
     flat = master.select(*[F.to_json(c).alias(c) if c in lists else F.col(c) for c in master.columns])
-    schema = StructType(flat.schema.fields + StructType.fromDDL(ADDED_DDL).fields)
-    out = vehicle_ranges(flat, partitions).mapInArrow(make_annotator(engine_name), schema)
+    added = StructType.fromDDL(ADDED_DDL)
+    assert isinstance(added, StructType)
+    schema = StructType(flat.schema.fields + added.fields)
+    annotator = make_annotator(engine_name, profile or fleet_profile(master, partitions))
+    out = vehicle_ranges(flat, partitions).mapInArrow(annotator, schema)
     back = {
         f.name: F.from_json(f.name, ArrayType(StringType())).alias(f.name)
         for f in master.schema.fields

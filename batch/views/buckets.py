@@ -1,0 +1,89 @@
+"""The per-vehicle pass over a master dataset laid out in vehicle buckets: no shuffle.
+
+A bucket holds whole vehicles (``pipelines.dataset``), so each Spark task
+takes one bucket: its Python worker reads the bucket's files with pyarrow,
+annotates them and writes the bucket's view files itself
+(:mod:`batch.views.bucket_views`); Spark gets back one summary row per
+bucket.  The plan is ``Range -> MapInArrow``: the wide rows (payloads, hashes,
+proofs) never cross into the JVM and are never shuffled.  Every file of a
+version is named after its bucket, so an unchanged bucket's files are carried
+into the next version by reference (:mod:`batch.incremental`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING
+
+import pyarrow as pa
+
+from batch.rules import RuleEngine, load_engine
+from batch.views.bucket_views import SUMMARY_SCHEMA, BucketTask, bucket_profile_sums, run_bucket_task
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+SUMMARY_DDL = "bucket int, rows_in bigint, vehicles_redone bigint, history_rows bigint, mileage_rows bigint, score_rows bigint"
+
+
+PROFILE_DDL = "bucket int, part int, km double, days double"
+
+
+def make_bucket_runner(
+    tasks: list[BucketTask], engine_name: str | None = None, profile: tuple[float, ...] | None = None
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """The function given to ``mapInArrow`` over task numbers: task ``i`` runs ``tasks[i]`` with the
+    rules under the fleet's seasonal ``profile``."""
+    cache: dict[str, RuleEngine] = {}
+
+    def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        engine = cache.get("engine")
+        if engine is None:
+            engine = cache["engine"] = load_engine(engine_name, profile)
+        for batch in batches:
+            for i in batch.column(0).to_pylist():
+                summary = run_bucket_task(tasks[i], engine)
+                yield pa.RecordBatch.from_pylist([summary], schema=SUMMARY_SCHEMA)
+
+    return _apply
+
+
+def bucket_pass(
+    spark: SparkSession,
+    tasks: list[BucketTask],
+    engine_name: str | None = None,
+    profile: tuple[float, ...] | None = None,
+) -> DataFrame:
+    """One Spark partition per task; collecting the frame runs them (a row per bucket comes back)."""
+    numbers = spark.range(0, len(tasks), 1, numPartitions=max(1, len(tasks)))
+    return numbers.mapInArrow(make_bucket_runner(tasks, engine_name, profile), SUMMARY_DDL)
+
+
+def profile_pass(
+    spark: SparkSession, bucket_files: dict[int, list[str]]
+) -> dict[int, tuple[list[float], list[float]]]:
+    """Each bucket's share of the fleet's seasonal profile (:func:`bucket_profile_sums`), one Spark
+    task per bucket reading four narrow columns; nothing is shuffled."""
+    if not bucket_files:
+        return {}
+    buckets = sorted(bucket_files)
+
+    def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            for i in batch.column(0).to_pylist():
+                km, days = bucket_profile_sums(bucket_files[buckets[i]])
+                yield pa.RecordBatch.from_pydict(
+                    {
+                        "bucket": pa.array([buckets[i]] * 12, pa.int32()),
+                        "part": pa.array(range(12), pa.int32()),
+                        "km": pa.array(km, pa.float64()),
+                        "days": pa.array(days, pa.float64()),
+                    }
+                )
+
+    numbers = spark.range(0, len(buckets), 1, numPartitions=len(buckets))
+    out: dict[int, tuple[list[float], list[float]]] = {b: ([0.0] * 12, [0.0] * 12) for b in buckets}
+    for row in numbers.mapInArrow(_apply, PROFILE_DDL).collect():
+        out[row["bucket"]][0][row["part"]] = row["km"]
+        out[row["bucket"]][1][row["part"]] = row["days"]
+    return out
