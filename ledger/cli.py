@@ -10,10 +10,20 @@ from pipelines.cli.main import settings_from
 from pipelines.errors import PccValueError
 
 if TYPE_CHECKING:  # web3 and the contracts are imported by the commands that use them, not by --help
+    from ledger.bulk import Registration
     from ledger.client import LedgerClient
     from ledger.deploy import Deployment
 
 app = typer.Typer(help="Deploy and operate the ledger contracts.", no_args_is_help=True)
+
+Json = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No table and no summary; errors only.")]
+
+
+def _echo_json(value: object) -> None:
+    import json
+
+    typer.echo(json.dumps(value, indent=2))
 
 
 def _client(ctx: typer.Context) -> LedgerClient:
@@ -87,10 +97,20 @@ def handover(
 
 
 @app.command()
-def status(ctx: typer.Context) -> None:
+def status(ctx: typer.Context, as_json: Json = False) -> None:
     """Show the deployment, the head block, the PCC_token supply and who governs."""
     client = _client(ctx)
     d: Deployment = client.deployment
+    if as_json:
+        _echo_json(
+            {
+                "chain_id": d.chain_id, "deployed_block": d.block, "head_block": client.block_number,
+                "operator": d.operator, "token_supply_cents": client.tokens.total_supply(),
+                "contracts": dict(d.contracts), "handed_over": client.governance.handed_over(),
+                "timelock_delay_s": client.governance.timelock_delay(),
+            }
+        )  # fmt: skip
+        return
     typer.echo(f"chain {d.chain_id}, deployed at block {d.block}, head {client.block_number}")
     typer.echo(f"operator {d.operator}; PCC_token supply {client.tokens.total_supply()} cents")
     for name, address in d.contracts.items():
@@ -133,11 +153,20 @@ def suspend_source(ctx: typer.Context, source_id: str, reinstate: bool = False) 
 
 
 @app.command()
-def source(ctx: typer.Context, source_id: str) -> None:
+def source(ctx: typer.Context, source_id: str, as_json: Json = False) -> None:
     """Show a source and its latest checkpoint."""
     client = _client(ctx)
     info = client.sources.get(source_id)
     latest = client.anchors.latest(source_id)
+    if as_json:
+        _echo_json(
+            {
+                "source_id": source_id, "kind": info.kind, "tier": info.tier, "active": info.active,
+                "reputation_bps": info.reputation_bps, "account": info.account,
+                "checkpoint": {"tree_size": latest[0], "root": latest[1].hex()} if latest else None,
+            }
+        )  # fmt: skip
+        return
     typer.echo(
         f"{source_id}: {info.kind}, tier {info.tier}, {'active' if info.active else 'suspended'}, "
         f"reputation {info.reputation_bps / 100:.2f} %, account {info.account}"
@@ -156,11 +185,22 @@ def mint(ctx: typer.Context, to: str, cents: int, payment_ref: Annotated[str, ty
 
 
 @app.command()
-def balance(ctx: typer.Context, account: str) -> None:
+def balance(ctx: typer.Context, account: str, as_json: Json = False) -> None:
     """PCC_token balance (cents), Marketplace deposit, PCC_gold, revenue and sales credits of an account.
 
     A consumer's whole picture (allowance, reserved, asked back): `pcc market balance`."""
     client = _client(ctx)
+    if as_json:
+        _echo_json(
+            {
+                "account": account, "token_cents": client.tokens.balance(account),
+                "deposit_cents": client.market.deposit_of(account),
+                "gold_wei": client.tokens.gold_balance(account),
+                "gold_revenue_claimable_cents": client.tokens.claimable(account),
+                "sales_credit_cents": client.market.credit(account),
+            }
+        )  # fmt: skip
+        return
     typer.echo(
         f"{account}: {client.tokens.balance(account)} cents PCC_token, "
         f"{client.market.deposit_of(account)} cents deposited on the Marketplace, "
@@ -176,6 +216,7 @@ def checkpoints(
     from_block: Annotated[int | None, typer.Option("--from")] = None,
     to_block: Annotated[int | None, typer.Option("--to")] = None,
     source_id: Annotated[str | None, typer.Option("--source")] = None,
+    as_json: Json = False,
 ) -> None:
     """List anchored checkpoints in a block range (by explicit eth_getLogs ranges)."""
     client = _client(ctx)
@@ -184,25 +225,63 @@ def checkpoints(
     indexer = LedgerIndexer(client)
     names = indexer.source_ids()
     start = client.deployment.block if from_block is None else from_block
+    rows = []
     for cp in indexer.checkpoints(start, to_block, source_id):
         name = names.get(cp.source_key, "0x" + cp.source_key.hex())
-        typer.echo(f"block {cp.block}: {name} size {cp.tree_size} root {cp.root.hex()}")
+        if as_json:
+            rows.append(
+                {"block": cp.block, "source_id": name, "tree_size": cp.tree_size, "root": cp.root.hex()}
+            )
+        else:
+            typer.echo(f"block {cp.block}: {name} size {cp.tree_size} root {cp.root.hex()}")
+    if as_json:
+        _echo_json(rows)
 
 
 @app.command("register-sources")
 def register_sources_cmd(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="CSV (source_id,kind[,tier][,account]) or a fleet.json.")],
+    as_json: Json = False,
+    quiet: Quiet = False,
 ) -> None:
-    """Register many producers in one process, in batched transactions; prints a table."""
+    """Register many producers in one process, in batched transactions; prints a table.
+
+    With --json, one object per source on stdout instead; with --quiet, nothing but errors."""
+    from pathlib import Path
+
+    from ledger.bulk import read_sources, register_sources
+
+    results = register_sources(settings_from(ctx), read_sources(Path(file)))
+    statuses = ("registered", "already registered", "refused")
+    counts = {s: sum(1 for r in results if r.status == s) for s in statuses}
+    first_refused = next((r for r in results if r.status == "refused"), None)
+    if as_json:
+        _echo_json(
+            [
+                {
+                    "source_id": r.row.source_id, "kind": r.row.kind, "tier": r.row.tier, "status": r.status,
+                    "account": r.account or None, "block": r.block or None, "tx": r.tx_hash or None,
+                    "reason": r.reason or None,
+                }
+                for r in results
+            ]
+        )  # fmt: skip
+    elif not quiet:
+        _print_registrations(file, results, counts)
+    if first_refused is not None:
+        raise PccValueError(
+            f"{counts['refused']} source(s) refused, the first {first_refused.row.source_id}: "
+            f"{first_refused.reason}"
+        )
+
+
+def _print_registrations(file: str, results: list[Registration], counts: dict[str, int]) -> None:
     from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table
 
-    from ledger.bulk import read_sources, register_sources
-
-    results = register_sources(settings_from(ctx), read_sources(Path(file)))
     table = Table(title=f"pcc ledger register-sources {Path(file).name}")
     for column in ("source", "kind", "tier", "status", "account", "block", "tx / reason"):
         table.add_column(column)
@@ -212,8 +291,4 @@ def register_sources_cmd(
             r.tx_hash or r.reason,
         )  # fmt: skip
     Console().print(table)
-    statuses = ("registered", "already registered", "refused")
-    counts = {s: sum(1 for r in results if r.status == s) for s in statuses}
     typer.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
-    if counts["refused"]:
-        raise PccValueError(f"{counts['refused']} source(s) refused (see the table)")

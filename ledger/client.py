@@ -32,7 +32,7 @@ from ledger import keys
 from ledger.chain import connect
 from ledger.config import LedgerConfig
 from ledger.deploy import Deployment, contract
-from ledger.errors import LedgerRuleError
+from ledger.errors import LedgerRuleError, LedgerUnavailable
 from ledger.tx import Signer, translating, wait, wait_all
 from pipelines.producer.protocols import AnchorReceipt
 from pipelines.settings import Settings
@@ -86,7 +86,14 @@ class LedgerClient:
     def transact(self, fn: Any, context: str, as_: SecretStr | str | Signer | None = None) -> TxReceipt:
         """Send one call (gas estimated first: a revert raises before anything is mined)."""
         signer = self.signer_for(as_)
-        return wait(self.w3, signer.send(fn, context), context)
+        tx_hash = signer.send(fn, context)
+        try:
+            return wait(self.w3, tx_hash, context)
+        except LedgerUnavailable:
+            # sent, but the node went away before its receipt: it may have mined it or lost it;
+            # count the nonce again from the chain so that a lost transaction leaves no gap
+            signer.reset_nonce()
+            raise
 
     def view(self, fn: Any, context: str) -> Any:
         with translating(context):
@@ -186,7 +193,11 @@ class AnchorsApi:
         fns = [self._registry.functions.anchor(key, size, root) for size, root in checkpoints]
         context = f"anchoring {len(fns)} checkpoints of {source_id}"
         hashes = signer.send_many(fns, context, gas=ANCHOR_GAS)
-        receipts = wait_all(self._c.w3, hashes, context)
+        try:
+            receipts = wait_all(self._c.w3, hashes, context)
+        except LedgerUnavailable:
+            signer.reset_nonce()  # as in LedgerClient.transact
+            raise
         return [_anchor_receipt(s, r, rc) for (s, r), rc in zip(checkpoints, receipts, strict=True)]
 
     def latest(self, source_id: str) -> tuple[int, bytes] | None:

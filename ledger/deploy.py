@@ -30,6 +30,7 @@ from web3.contract import Contract
 from ledger.artifacts import artifact
 from ledger.errors import DeploymentError
 from ledger.tx import Signer, wait
+from pipelines.files import atomic_write
 
 GOVERNANCE_ROLE = keccak(text="GOVERNANCE_ROLE")
 MINTER_ROLE = keccak(text="MINTER_ROLE")
@@ -70,11 +71,7 @@ class Deployment:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
 
     def write(self, path: Path) -> Path:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        tmp.replace(path)
-        return path
+        return atomic_write(path, self.to_json())
 
     @classmethod
     def read(cls, path: Path) -> Deployment:

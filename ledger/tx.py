@@ -143,18 +143,19 @@ class Signer:
         self, fns: Sequence[ContractFunction], context: str, *, gas: int | None = None
     ) -> list[HexBytes]:
         """Sign and send calls back to back without waiting for receipts."""
-        fees = self._fees()
+        with translating(context):  # a node that went away fails here first: LedgerUnavailable
+            fees = self._fees()
         hashes = []
         for fn in fns:
             limit = gas if gas is not None else self.estimate(fn, context)
             for attempt in range(NONCE_RETRIES + 1):
-                params: TxParams = {
-                    "from": self.account.address,
-                    "gas": limit,
-                    "nonce": self._next_nonce(),
-                    **fees,  # type: ignore[typeddict-item]
-                }
                 with translating(context):
+                    params: TxParams = {
+                        "from": self.account.address,
+                        "gas": limit,
+                        "nonce": self._next_nonce(),
+                        **fees,  # type: ignore[typeddict-item]
+                    }
                     tx = fn.build_transaction(params)
                 signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
                 try:
@@ -172,8 +173,9 @@ class Signer:
 
     def transfer_eth(self, to: str, wei: int) -> TxReceipt:
         """Fund an account with gas money (development chains)."""
-        fees = self._fees()
-        tx = {"to": to, "value": wei, "gas": 21_000, "nonce": self._next_nonce(), **fees}
+        with translating(f"funding {to}"):
+            fees = self._fees()
+            tx = {"to": to, "value": wei, "gas": 21_000, "nonce": self._next_nonce(), **fees}
         signed = self.account.sign_transaction(tx)  # type: ignore[arg-type]
         with translating(f"funding {to}"):
             tx_hash = self.w3.eth.send_raw_transaction(signed.raw_transaction)

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from pipelines.access import (
     AccessDenied,
     AccessService,
+    ErasableStore,
     ParquetRows,
     check_sealed,
     erase_vehicle,
@@ -49,8 +50,10 @@ class ServingRows:
         cols = {c for c, _ in self.store.columns().get("vehicle_history", [])}
         select = ", ".join(c for c in ("event_type", "schema_version", "payload", "lat", "lon") if c in cols)
         with self.store.pin() as (cur, _):
-            table = cur.execute(f"SELECT {select} FROM vehicle_history WHERE vehicle = ?", [vehicle]).arrow()
-        return check_sealed(table.to_pylist(), self.name, vehicle)
+            found = cur.execute(f"SELECT {select} FROM vehicle_history WHERE vehicle = ?", [vehicle])
+            names = [d[0] for d in found.description or ()]
+            rows = [dict(zip(names, r, strict=True)) for r in found.fetchall()]
+        return check_sealed(rows, self.name, vehicle)
 
 
 # ------------------------------------------------------------------------ owner endpoints
@@ -140,7 +143,7 @@ def owner_router(
     async def erase(request: Request) -> dict[str, Any]:
         await operator(request)
         target = subject(parse(SubjectRequest, await request.body()))
-        stores = [service.store, service.keys, ServingRows(store), *views]
+        stores: list[ErasableStore] = [service.store, service.keys, ServingRows(store), *views]
         report = await call(lambda: erase_vehicle(target, service.vault, stores, actor="serving"))
         return dict(report.to_dict())
 

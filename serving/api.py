@@ -7,7 +7,8 @@ sandbox and metering (:mod:`serving.engine.query`), signed requests
 Endpoints: ``POST /v1/query``, ``POST /v1/quote``, ``GET /v1/catalog``,
 ``GET /v1/domain``, ``GET /v1/receipts``, ``GET /v1/proof/{event_id}``, ``GET /v1/health``; with an
 access service, the owner endpoints of :mod:`serving.access`
-(``/v1/owner/grants``, ``/v1/owner/revoke``, ``/v1/gdpr/export``, ``/v1/gdpr/erase``).
+(``/v1/owner/grants``, ``/v1/owner/revoke``, ``/v1/gdpr/export``, ``/v1/gdpr/erase``);
+with the ledger's sources too, the key service of :mod:`serving.keys` (``/v1/keys/...``).
 
 Signed endpoints check the signature over the raw body first (401), then
 parse it (400 naming what is wrong): an unsigned request learns nothing about
@@ -28,9 +29,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
-from pydantic import BaseModel
+from pydantic import BaseModel, SecretStr
 
 from pipelines.access import AccessService
+from pipelines.files import atomic_write
 from serving.access import owner_router
 from serving.auth import (
     HEADER_ACCOUNT,
@@ -46,6 +48,7 @@ from serving.config import ServingConfig
 from serving.engine.query import QueryRunner
 from serving.engine.views import ServingStore
 from serving.errors import AuthenticationError, ServingError
+from serving.ingest.sources import SourceDirectory
 from serving.inline import InlineGate
 from serving.market.pricing import Billing, Quote, view_categories
 from serving.market.receipts import ReceiptStore
@@ -65,18 +68,14 @@ def _body_doc(model: type[BaseModel]) -> dict[str, Any]:
     }
 
 
-def service_key(config: ServingConfig) -> str:
+def service_key(config: ServingConfig) -> SecretStr:
     """The key that signs receipts: from settings, else a key file created once under the state dir."""
     if config.signing_key:
         return config.signing_key
     path = config.state_dir / "receipt-signer.key"
     if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text("0x" + secrets.token_hex(32), encoding="ascii")
-        tmp.chmod(0o600)
-        tmp.replace(path)
-    return path.read_text(encoding="ascii").strip()
+        atomic_write(path, "0x" + secrets.token_hex(32), encoding="ascii", mode=0o600)
+    return SecretStr(path.read_text(encoding="ascii").strip())
 
 
 class RefreshLoop:
@@ -235,6 +234,7 @@ def create_app(
     background: bool = True,
     audit_paths: AuditPaths | None = None,
     access: AccessService | None = None,
+    producers: SourceDirectory | None = None,
 ) -> FastAPI:
     """The serving API over ``config.data_dir``, billed through ``billing``.
 
@@ -242,6 +242,8 @@ def create_app(
     dataset carries none (e.g. :class:`serving.passport.LeafFilePaths`).
     ``access`` (the identity vault and grant store) releases wrapped data keys
     to grantees and serves the owner endpoints; without it answers stay sealed.
+    ``producers`` (the ledger's registered sources) with ``access`` also serves the
+    key service to producers of other organisations (:mod:`serving.keys`).
     """
     store = store or ServingStore(config)
     store.refresh()
@@ -254,7 +256,10 @@ def create_app(
     reservations = Reservations(
         billing.available, config.hold_cents, config.max_in_flight, config.rate_per_s, config.rate_burst
     )
-    loops = [RefreshLoop(store, config.refresh_s), SettlementLoop(settler, config.settle_every_s)]
+    loops: list[RefreshLoop | SettlementLoop] = [
+        RefreshLoop(store, config.refresh_s),
+        SettlementLoop(settler, config.settle_every_s),
+    ]
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -383,6 +388,12 @@ def create_app(
     app.include_router(proof_router(store, audit_paths, config.master_dir))
     if access is not None:
         app.include_router(owner_router(config, store, access, consumer_of, parse_body))
+    if access is not None and producers is not None:
+        from pipelines.access import KeyService, SqliteProducerKeys
+        from serving.keys import keys_router
+
+        service = KeyService(access.keys, SqliteProducerKeys(config.state_dir / "producer-keys.sqlite"))
+        app.include_router(keys_router(service, producers, consumer_of, parse_body, reservations.admit))
 
     @app.get("/v1/health", summary="Liveness and the published batch version")
     async def health() -> dict[str, Any]:

@@ -5,9 +5,14 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from serving.errors import RequestTooLargeError
+from fastapi import FastAPI
+from fastapi.responses import Response
 
+from serving.errors import RequestTooLargeError, ServingError
+
+Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
 
 
 def too_large(limit: int) -> RequestTooLargeError:
@@ -33,3 +38,25 @@ def bounded(receive: Receive, limit: int) -> Receive:
         return message
 
     return bounded_receive
+
+
+class BodyLimitedApp(FastAPI):
+    """FastAPI refusing a body over ``max_body_bytes`` (413) before reading the rest of it.
+
+    A subclass sets ``max_body_bytes`` and answers the refusal as its other errors (:meth:`refusal`).
+    """
+
+    max_body_bytes = 64 * 1024
+
+    def refusal(self, exc: ServingError) -> Response:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        limit = self.max_body_bytes
+        if declared_too_large(scope["headers"], limit):
+            await self.refusal(too_large(limit))(scope, receive, send)
+            return
+        await super().__call__(scope, bounded(receive, limit), send)

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from pipelines.errors import PccConfigError
-from serving.config import ServingConfig
-from serving.market.pricing import Billing, InMemoryBilling
+from pipelines.errors import PccConfigError, PccTransientError
+
+if TYPE_CHECKING:  # the serving engine (DuckDB, Arrow) and the settings are loaded when a command runs
+    from pipelines.settings import Settings
+    from serving.market.pricing import Billing, InMemoryBilling
 
 
-def _settings(ctx: typer.Context):  # type: ignore[no-untyped-def]
+def _settings(ctx: typer.Context) -> Settings:
     from pipelines.cli.main import settings_from
 
     return settings_from(ctx)
@@ -26,6 +27,8 @@ def offline_billing(path: Path) -> InMemoryBilling:
 
     For trying the service without a chain; receipts are then settled in memory only.
     """
+    from serving.market.pricing import InMemoryBilling
+
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         billing = InMemoryBilling({k: int(v) for k, v in doc["prices"].items()}, int(doc.get("fee_bps", 0)))
@@ -51,6 +54,14 @@ def serve(
             "ledger deployment and Kafka).",
         ),
     ] = False,
+    alerts: Annotated[
+        bool,
+        typer.Option(
+            "--alerts",
+            help="Also run the alert service: subscriptions under /v1/subscriptions, webhooks delivered "
+            "from the alerts topic (needs Kafka).",
+        ),
+    ] = False,
 ) -> None:
     """Serve paid SQL over the merged views (OpenAPI at /docs)."""
     import uvicorn
@@ -59,20 +70,25 @@ def serve(
     from pipelines.vault import IdentityVault
     from serving.api import create_app
     from serving.auth import service_domain
+    from serving.config import ServingConfig
+    from serving.ingest.sources import ChainSources
     from serving.market.chain import chain_billing
     from serving.passport import InMemoryRoots, LeafFilePaths, mount_passport
 
     settings = _settings(ctx)
     config = ServingConfig.from_settings(settings)
     # the bound address is also the host signed requests name, unless serving.public_host is set
-    config = replace(config, host=host or config.host, port=port or config.port)
+    config = config.model_copy(update={"host": host or config.host, "port": port or config.port})
     billing: Billing = offline_billing(offline_prices) if offline_prices else chain_billing(settings)
     logs = settings.data_dir / "producers"
     paths = LeafFilePaths({d.name: d for d in logs.iterdir() if d.is_dir()}) if logs.is_dir() else None
     access = AccessService(
         IdentityVault(settings), open_grant_store(settings), key_cache_s=settings.access.cache_s
     )
-    app = create_app(config, billing, audit_paths=paths, access=access)
+    # the key service for producers of other organisations needs the ledger's sources (chain billing)
+    ledger = getattr(billing, "client", None)
+    producers = ChainSources(ledger) if ledger is not None else None
+    app = create_app(config, billing, audit_paths=paths, access=access, producers=producers)
     client = getattr(billing, "client", None)  # ChainBilling: its ledger client reads anchored roots
     mount_passport(
         app,
@@ -80,12 +96,23 @@ def serve(
         paths=paths,
         current_owner=access.vault.current_owner,  # a sale ends the seller's share links
     )
-    if not ingest:
-        uvicorn.run(app, host=config.host, port=config.port, log_level="info")
-        return
-    from serving.ingest.mount import serve_with_ingest
+    service = None
+    if alerts:
+        from serving.alerts.mount import alerts_beside, billing_of, with_alerts
 
-    serve_with_ingest(settings, app, service_domain(config, billing), host=config.host, port=config.port)
+        service = alerts_beside(settings, service_domain(config, billing), billing_of(app))
+        app = with_alerts(app, service.app)
+        service.start()
+    try:
+        if not ingest:
+            uvicorn.run(app, host=config.host, port=config.port, log_level="info")
+            return
+        from serving.ingest.mount import serve_with_ingest
+
+        serve_with_ingest(settings, app, service_domain(config, billing), host=config.host, port=config.port)
+    finally:
+        if service is not None:
+            service.stop()
 
 
 def query(
@@ -203,7 +230,7 @@ def verify(
     try:
         response = httpx.get(f"{base}/v1/proof/{event_id}", timeout=30)
     except httpx.HTTPError as exc:
-        raise PccConfigError(f"cannot reach the serving API at {base}: {exc}") from None
+        raise PccTransientError(f"cannot reach the serving API at {base}: {exc}") from None
     raise_for(response)
     check = check_proof(response.json(), LedgerClient.from_settings(settings).anchors)
     typer.echo(json.dumps(check.as_dict(), indent=2))

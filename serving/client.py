@@ -21,6 +21,7 @@ from __future__ import annotations
 import http.client
 import io
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -31,17 +32,24 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from pipelines.access import AccessDenied, ConsumerKeyPair, TamperedCiphertext
-from pipelines.errors import PccNotFoundError, PccValueError
+from pipelines.errors import PccNotFoundError, PccTransientError, PccValueError
 from serving.auth import RequestDomain, sign_request
 from serving.eip191 import Signer
 from serving.errors import (
     AuthenticationError,
     ForbiddenQueryError,
     InvalidQueryError,
+    MalformedRequestError,
+    NotSourceKeyError,
     PaymentRequiredError,
+    PriceUnavailableError,
+    ProducerUnavailableError,
+    ProofMismatchError,
     QueryTimeoutError,
+    RequestTooLargeError,
     ResultTooLargeError,
     ServingError,
+    TooManyRequestsError,
 )
 from serving.sealed import WrappedKeys, decode_wrapped, open_rows, wrapped_in
 
@@ -83,24 +91,53 @@ class PassportReport:
         return dict(orjson.loads(self.content))
 
 
+class ServiceUnavailableError(ServingError, PccTransientError):
+    """The service did not answer, or answered that it cannot serve right now (HTTP 502, 503, 504
+    for any reason but a missing price): the same request may succeed later (``pcc`` exits 5)."""
+
+    def __init__(self, message: str, retry_after_s: int | None = None) -> None:
+        super().__init__(message if retry_after_s is None else f"{message} (retry after {retry_after_s} s)")
+        self.retry_after_s = retry_after_s
+
+
+def _retry_after(response: httpx.Response, detail: Mapping[str, Any]) -> int | None:
+    value = detail.get("retry_after_s", response.headers.get("Retry-After"))
+    try:
+        return None if value is None else max(0, int(value))
+    except (TypeError, ValueError):  # an HTTP date: the client does not wait for a date
+        return None
+
+
 def raise_for(response: httpx.Response) -> None:
-    """Turn an error response back into the serving error it came from."""
+    """Turn an error response back into the serving error it came from.
+
+    The service names its error (``{"error": "PriceUnavailableError", ...}``) where one
+    status covers several kinds; the kind decides ``pcc``'s exit code (docs/cli.md).
+    An answer that is not the service's own (a proxy's 502, 503 or 504) is transient.
+    """
     if response.status_code < 400:
         return
     try:
         detail = response.json()
+        if not isinstance(detail, dict):
+            raise ValueError(detail)
     except ValueError:
-        detail = {"message": response.text}
+        detail = {"message": response.text or response.reason_phrase}
     message = str(detail.get("message", response.reason_phrase))
     status = response.status_code
+    name = detail.get("error")
     if status == 400:
-        raise InvalidQueryError(message)
+        raise (
+            MalformedRequestError(message) if name == "MalformedRequestError" else InvalidQueryError(message)
+        )
     if status == 401:
         raise AuthenticationError(message)
     if status == 402:
         raise PaymentRequiredError(message, detail.get("quote", {}))
-    if status == 403 and detail.get("error") == "AccessDenied":
+    if status == 403 and detail.get("error") in ("AccessDenied", "NoProducerKey"):
         raise AccessDenied(message)
+    if status == 403 and detail.get("error") == "NotSourceKeyError":
+        raise NotSourceKeyError(message)
     if status == 403:
         exc = ForbiddenQueryError(str(detail.get("rule", "?")), "")
         exc.message = message
@@ -109,11 +146,24 @@ def raise_for(response: httpx.Response) -> None:
     if status == 408:
         raise QueryTimeoutError(message)
     if status == 413:
-        raise ResultTooLargeError(message)
+        raise (
+            RequestTooLargeError(message) if name == "RequestTooLargeError" else ResultTooLargeError(message)
+        )
     if status == 404:
         raise PccNotFoundError(message)
+    if status == 409:
+        raise (
+            ProofMismatchError(message) if name == "ProofMismatchError" else ProducerUnavailableError(message)
+        )
     if status == 422:
         raise TamperedCiphertext(message)
+    if status == 429:
+        retry_after = _retry_after(response, detail)
+        raise TooManyRequestsError(message, 1 if retry_after is None else retry_after)
+    if status == 503 and name == "PriceUnavailableError":  # wrong state: governance has to set the price
+        raise PriceUnavailableError(message)
+    if status in (502, 503, 504):
+        raise ServiceUnavailableError(f"HTTP {status}: {message}", _retry_after(response, detail))
     raise ServingError(f"HTTP {status}: {message}")
 
 
@@ -219,10 +269,13 @@ class PccClient:
         self._wire = KeepAliveWire(base_url, timeout_s) if http is None else None
 
     def _send(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> httpx.Response:
-        if self._wire is not None:
-            return self._wire.send(method, path, body, headers)
-        assert self._http is not None
-        return self._http.request(method, path, content=body, headers=headers)
+        try:
+            if self._wire is not None:
+                return self._wire.send(method, path, body, headers)
+            assert self._http is not None
+            return self._http.request(method, path, content=body, headers=headers)
+        except httpx.TransportError as exc:  # refused, reset, timed out: nothing was answered
+            raise ServiceUnavailableError(f"no answer from the service at {self.base_url}: {exc}") from exc
 
     def domain(self) -> RequestDomain:
         """The EIP-712 domain and host requests are signed for: read once from ``GET /v1/domain``."""
@@ -288,6 +341,11 @@ class PccClient:
         The signing account must be one of the service's ``gdpr_operators``.
         """
         return dict(self._signed("POST", f"/v1/{action}", body).json())
+
+    def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        """A signed JSON ``POST`` to ``path``; its JSON answer, or the refusal raised (e.g. the key
+        service, ``pipelines.access.KeyClient(client.post, ...)``)."""
+        return dict(self._signed("POST", path, dict(body)).json())
 
     def quote(self, sql: str) -> dict[str, Any]:
         return dict(self._signed("POST", "/v1/quote", {"sql": sql}).json())

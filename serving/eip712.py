@@ -20,7 +20,7 @@ from typing import Any
 try:  # eth-hash's pysha3 backend (safe-pysha3) where installed: ~1.5 µs a hash against ~13 µs
     from eth_hash.backends.pysha3 import keccak256 as keccak
 except ImportError:  # pragma: no cover - eth-hash's own choice (pycryptodome)
-    from eth_hash.auto import keccak
+    from eth_hash.auto import keccak  # type: ignore[assignment]
 
 #: a struct's fields as (name, EIP-712 type), in the order the type string lists them
 Fields = Sequence[tuple[str, str]]

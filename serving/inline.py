@@ -22,8 +22,10 @@ or that the splitter does not template are never answered inline.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Hashable
+
+from cachetools import LRUCache
 
 from serving.engine.shapes import split_literals
 
@@ -38,7 +40,8 @@ class InlineGate:
         self.budget_s = budget_s
         self.fast_s = budget_s / 2 if fast_s is None else fast_s
         self.size = size
-        self._recent: OrderedDict[Hashable, deque[float]] = OrderedDict()
+        #: shape -> its last answer times; the least recently answered beyond ``size`` dropped
+        self._recent: LRUCache[Hashable, deque[float]] = LRUCache(maxsize=max(size, 1))
         self._lock = threading.Lock()
         #: answers given inline, and inline runs stopped at the budget and finished by a worker
         self.inline_answers = 0
@@ -70,11 +73,9 @@ class InlineGate:
         with self._lock:
             recent = self._recent.get(shape)
             if recent is None:
-                recent = self._recent[shape] = deque(maxlen=RUNS_TO_QUALIFY)
-                while len(self._recent) > self.size:
-                    self._recent.popitem(last=False)
-            else:
-                self._recent.move_to_end(shape)
+                recent = deque(maxlen=RUNS_TO_QUALIFY)
+                if self.size > 0:
+                    self._recent[shape] = recent
             recent.append(seconds)
 
     def stopped(self, shape: Hashable | None) -> None:

@@ -26,6 +26,7 @@ import duckdb
 from fastapi import APIRouter
 
 from pipelines import merkle
+from pipelines.dataset import master_files, read_layout
 from serving.engine.views import ServingStore
 from serving.errors import EventNotFoundError, ProofMismatchError
 from serving.passport.verify import AuditPaths, RootLookup
@@ -42,12 +43,16 @@ def _hex(value: Any) -> str:
 
 def master_path(master_dir: Path, event_id: str, event_time: Any) -> list[str] | None:
     """The audit path the master dataset holds for an event (read from its event date's partition)."""
-    if isinstance(event_time, datetime):
+    if read_layout(master_dir) is not None:  # vehicle buckets: the event id is looked up in every file
+        partitions = []
+    elif isinstance(event_time, datetime):
         utc = event_time.astimezone(UTC) if event_time.tzinfo else event_time
         partitions = [master_dir / f"event_date={utc.strftime('%Y-%m-%d')}"]
     else:
         partitions = sorted(master_dir.glob("event_date=*"))
     files = [str(f) for d in partitions if d.is_dir() for f in sorted(d.glob("*.parquet"))]
+    if not partitions:
+        files = [str(f) for f in master_files(master_dir)]
     if not files:
         return None
     con = duckdb.connect()

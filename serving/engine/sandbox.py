@@ -173,7 +173,7 @@ class Sandbox:
             raw = con.execute("SELECT json_serialize_sql(?::VARCHAR)", [sql]).fetchall()[0]
         except duckdb.Error as exc:
             raise InvalidQueryError(str(exc)) from None
-        doc = json.loads(raw[0]) if raw else {"error": True, "error_message": "no parse"}
+        doc: dict[str, Any] = json.loads(raw[0]) if raw else {"error": True, "error_message": "no parse"}
         if doc.get("error"):
             message = str(doc.get("error_message", "the statement does not parse"))
             if "Only SELECT statements" in message:

@@ -23,9 +23,10 @@ from __future__ import annotations
 import re
 import secrets
 import threading
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
+
+from cachetools import LRUCache
 
 _TOKEN = "__pcc_lit_" + secrets.token_hex(6)
 _SENTINEL = re.compile(rf"'{_TOKEN}_(\d+)__'")
@@ -131,11 +132,11 @@ def same_tree(real: Any, template: Any, values: list[str]) -> bool:
 
 
 class ShapeCache(Generic[_V]):
-    """A bounded, thread-safe LRU of computed shapes."""
+    """A bounded, thread-safe LRU of computed shapes (a cachetools LRU behind a lock)."""
 
     def __init__(self, size: int = 512) -> None:
         self.size = size
-        self._items: OrderedDict[Hashable, _V] = OrderedDict()
+        self._items: LRUCache[Hashable, _V] = LRUCache(maxsize=max(size, 1))
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
@@ -144,15 +145,11 @@ class ShapeCache(Generic[_V]):
         with self._lock:
             found = self._items.get(key)
             if found is not None:
-                self._items.move_to_end(key)
                 self.hits += 1
                 return found
             self.misses += 1
         value = make()
-        with self._lock:
-            self._items[key] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+        self.put(key, value)
         return value
 
     def peek(self, key: Hashable) -> _V | None:
@@ -160,11 +157,9 @@ class ShapeCache(Generic[_V]):
             return self._items.get(key)
 
     def put(self, key: Hashable, value: _V) -> None:
-        with self._lock:
-            self._items[key] = value
-            self._items.move_to_end(key)
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
+        if self.size > 0:
+            with self._lock:
+                self._items[key] = value
 
     def __len__(self) -> int:
         return len(self._items)

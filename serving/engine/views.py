@@ -39,6 +39,7 @@ from typing import Any
 import duckdb
 
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
+from pipelines.files import atomic_write
 from serving.config import ServingConfig
 from serving.engine.sandbox import engine_settings
 from serving.errors import ViewNotFoundError
@@ -269,7 +270,13 @@ class ServingStore:
             self._publish(manifest)
         self._load_segments()
 
+    def _pin(self, version: str) -> None:
+        """Tell the batch layer's pruning this process reads ``version`` (docs/batch.md, "Retention")."""
+        pin = self.config.batch_dir / "pins" / f"serving-{os.getpid()}-{id(self)}.json"
+        atomic_write(pin, json.dumps({"pid": os.getpid(), "version": version}))
+
     def _publish(self, manifest: BatchManifest) -> None:
+        self._pin(manifest.version)
         safe = re.sub(r"[^A-Za-z0-9_]", "_", manifest.version)
         path = build_version_store(manifest, self.config.state_dir / "versions" / f"{safe}.duckdb")
         alias = f"v_{safe}"
@@ -335,8 +342,7 @@ class ServingStore:
                 batch_sql = None
             else:
                 continue
-            names = [c for c, _ in cols]
-            if view in MERGED_VIEWS and "event_id" in names:
+            if view in MERGED_VIEWS and any(c == "event_id" for c, _ in cols):
                 rt_cols = ", ".join(
                     _quote(c) if c in master else f"CAST(NULL AS {t}) AS {_quote(c)}" for c, t in cols
                 )
@@ -352,11 +358,11 @@ class ServingStore:
         self._tables = {name: frozenset(v) for name, v in tables.items()}
         self.epoch += 1
         # one table of each database the views read starts its transaction (a view would be bound: ~3x dearer)
-        tables = ["memory.main.rt"]
+        touched = ["memory.main.rt"]
         first = next((v for v in SERVING_VIEWS if self._has(version, v)), None)
         if version is not None and first is not None:
-            tables.append(f"{_quote(version.alias)}.main.{_quote(first)}")
-        self._touch = f"SELECT 1 FROM {', '.join(tables)} LIMIT 0"
+            touched.append(f"{_quote(version.alias)}.main.{_quote(first)}")
+        self._touch = f"SELECT 1 FROM {', '.join(touched)} LIMIT 0"
 
     def _load_segments(self) -> None:
         for _attempt in range(3):
@@ -409,3 +415,4 @@ class ServingStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+        (self.config.batch_dir / "pins" / f"serving-{os.getpid()}-{id(self)}.json").unlink(missing_ok=True)

@@ -33,7 +33,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from serving.auth import Authenticator, RequestDomain
-from serving.bodylimit import bounded, declared_too_large, too_large
+from serving.bodylimit import BodyLimitedApp
 from serving.errors import (
     EventNotFoundError,
     RequestTooLargeError,
@@ -126,20 +126,13 @@ def _error(exc: ServingError) -> Response:
     return _json(http_status(exc), exc.detail(), {"Retry-After": str(retry)} if retry is not None else None)
 
 
-class IngestApp(FastAPI):
-    """FastAPI refusing a body over ``max_body_bytes`` (413) before reading the rest of it."""
+class IngestApp(BodyLimitedApp):
+    """The ingest app: bodies over ``max_body_bytes`` refused (413) before the rest is read."""
 
     max_body_bytes = 1024 * 1024
 
-    async def __call__(self, scope: _Scope, receive: _Receive, send: _Send) -> None:
-        if scope["type"] != "http":
-            await super().__call__(scope, receive, send)
-            return
-        limit = self.max_body_bytes
-        if declared_too_large(scope["headers"], limit):
-            await _error(too_large(limit))(scope, receive, send)
-            return
-        await super().__call__(scope, bounded(receive, limit), send)
+    def refusal(self, exc: ServingError) -> Response:
+        return _error(exc)
 
 
 def request_authenticator(config: IngestConfig, domain: RequestDomain) -> Authenticator:

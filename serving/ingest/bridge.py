@@ -45,14 +45,13 @@ from pipelines.errors import PccError, PccValueError
 from pipelines.events import now_ms, parse_event, parse_time_ms
 from pipelines.producer import Anchor, OutgoingEvent, Producer, Pseudonymizer, Publisher
 from pipelines.settings import Settings
-from serving.errors import NotSourceKeyError, TooManyRequestsError, UpstreamUnavailableError
+from serving.errors import TooManyRequestsError, UpstreamUnavailableError
 from serving.ingest.config import IngestConfig
-from serving.ingest.sources import RegisteredSource, SourceDirectory
+from serving.ingest.sources import RegisteredSource, SourceDirectory, check_source
 from serving.ingest.store import AcceptedEvent, AcceptedEvents, AnchoredRoot
 
 log = logging.getLogger(__name__)
 
-_SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 _PATH = re.compile(r"^(\$[^:\s]*):\s*(.*)$", re.DOTALL)
 #: the SDK would checkpoint on its own every N events or T seconds; the bridge checkpoints per batch
 _NEVER = 10**12
@@ -174,18 +173,7 @@ class IngestBridge:
 
     def source_for(self, source_id: str, account: str) -> RegisteredSource:
         """The source a request may write as: registered, active, and signed by its account."""
-        if not _SOURCE_ID.match(source_id):
-            raise NotSourceKeyError(f"{source_id!r} is not a source id ([a-z0-9][a-z0-9-]{{1,62}})")
-        source = self.sources.lookup(source_id)
-        if source is None:
-            raise NotSourceKeyError(f"source {source_id} is not registered")
-        if not source.active:
-            raise NotSourceKeyError(f"source {source_id} is suspended")
-        if source.account.lower() != account.lower():
-            raise NotSourceKeyError(
-                f"{account} is not the registered key of source {source_id}: sign with that source's key"
-            )
-        return source
+        return check_source(self.sources, source_id, account)
 
     def submit(self, source: RegisteredSource, lines: Sequence[tuple[int, bytes]]) -> Future[BatchAnswer]:
         """Queue a batch of (line number, bytes) on its source's lane; 503 or 429 before anything is logged."""
@@ -411,8 +399,8 @@ class IngestBridge:
             lanes = list(self._lanes.values())
         for lane in lanes:
             lane.worker.shutdown(wait=True)
-            try:
-                lane.producer.close()
+            try:  # one try: a chain down at shutdown is not waited for (the bridge retries lanes itself)
+                lane.producer.close(anchor_wait_s=0)
             except PccError as exc:  # kept in the log: sent by the next start
                 log.warning("ingest: source %s: %s", lane.source.source_id, exc)
         self._publisher.shutdown()

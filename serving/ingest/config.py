@@ -2,28 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.settings import Settings
+from pipelines.settings import IngestSettings, Settings
 
 
-@dataclass(frozen=True)
-class IngestConfig:
-    """Everything the bridge needs; built by :meth:`from_settings`, passed in."""
+class IngestConfig(IngestSettings):
+    """Everything the bridge needs: the ``ingest`` settings and the few it shares with other layers.
+
+    Built by :meth:`from_settings` and passed in; frozen like the settings.
+    """
 
     data_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 8610
-    public_host: str | None = None
-    max_body_bytes: int = 1024 * 1024
-    max_lines: int = 1000
-    max_queued: int = 4
-    publish_timeout_s: float = 30.0
-    retry_after_s: int = 5
-    max_request_age_s: int = 300
-    max_line_bytes: int = 16 * 1024
-    local_chain_id: int = 31337
+    max_request_age_s: int = 300  # serving.max_request_age_s: signed requests share one limit
+    max_line_bytes: int = 16 * 1024  # producer.max_payload_bytes: one event line, at most
+    local_chain_id: int = 31337  # serving.local_chain_id: the EIP-712 chain id without a deployment
 
     @property
     def request_host(self) -> str:
@@ -37,17 +30,9 @@ class IngestConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IngestConfig:
-        s = settings.ingest
         return cls(
+            **settings.ingest.model_dump(),
             data_dir=settings.data_dir.resolve(),
-            host=s.host,
-            port=s.port,
-            public_host=s.public_host,
-            max_body_bytes=s.max_body_bytes,
-            max_lines=s.max_lines,
-            max_queued=s.max_queued,
-            publish_timeout_s=s.publish_timeout_s,
-            retry_after_s=s.retry_after_s,
             max_request_age_s=settings.serving.max_request_age_s,
             max_line_bytes=settings.producer.max_payload_bytes,
             local_chain_id=settings.serving.local_chain_id,

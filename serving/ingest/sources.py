@@ -7,11 +7,16 @@ serves unit tests and trials without a chain.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from serving.errors import NotSourceKeyError
+
+_SOURCE_ID = re.compile(r"^[a-z0-9][a-z0-9-]{1,62}$")
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,22 @@ class SourceDirectory(Protocol):
     """The registered producers, by source id."""
 
     def lookup(self, source_id: str) -> RegisteredSource | None: ...
+
+
+def check_source(sources: SourceDirectory, source_id: str, account: str) -> RegisteredSource:
+    """The source a signed request may act as: registered, active, and signed by its account (else 403)."""
+    if not _SOURCE_ID.match(source_id):
+        raise NotSourceKeyError(f"{source_id!r} is not a source id ([a-z0-9][a-z0-9-]{{1,62}})")
+    source = sources.lookup(source_id)
+    if source is None:
+        raise NotSourceKeyError(f"source {source_id} is not registered")
+    if not source.active:
+        raise NotSourceKeyError(f"source {source_id} is suspended")
+    if source.account.lower() != account.lower():
+        raise NotSourceKeyError(
+            f"{account} is not the registered key of source {source_id}: sign with that source's key"
+        )
+    return source
 
 
 class MemorySources:

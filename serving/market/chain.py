@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from pipelines.alerts import ALERT_KINDS
 from pipelines.errors import PccStateError
 from pipelines.settings import Settings
 from serving.errors import ProducerUnavailableError
@@ -37,12 +38,21 @@ from serving.market.pricing import (
     PASSPORT_REPORT_CATEGORY,
     VIEW_CATEGORY,
     Billing,
+    alert_category,
 )
 from serving.market.settlement import Failure, SettlementOutcome
 
-#: Every category the serving layer prices: a serving view's rows, and a passport report.
+#: Every category the serving layer prices: a serving view's rows, a passport report, an alert of each kind.
 CATEGORIES: tuple[str, ...] = tuple(
-    sorted({*EVENT_CATEGORY.values(), LOCATION_CATEGORY, *VIEW_CATEGORY.values(), PASSPORT_REPORT_CATEGORY})
+    sorted(
+        {
+            *EVENT_CATEGORY.values(),
+            LOCATION_CATEGORY,
+            *VIEW_CATEGORY.values(),
+            PASSPORT_REPORT_CATEGORY,
+            *(alert_category(kind) for kind in ALERT_KINDS),
+        }
+    )
 )
 
 

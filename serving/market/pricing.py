@@ -48,7 +48,15 @@ LOCATION_CATEGORY = "precise_location"
 CONSORTIUM = "pcc-consortium"
 #: the price of one car passport report, in cents per report (not per row): serving/passport/sales.py
 PASSPORT_REPORT_CATEGORY = "passport_report"
+#: the price of one alert delivered, in cents per delivery, one per alert kind: ``alert.<kind>``
+#: (``alert.fraud.rollback`` ...), read like every other price (serving/alerts/billing.py)
+ALERT_CATEGORY_PREFIX = "alert."
 BPS = 10_000
+
+
+def alert_category(kind: str) -> str:
+    """The governance price key of one delivered alert of ``kind``."""
+    return ALERT_CATEGORY_PREFIX + kind
 
 
 def view_categories(view: str) -> list[str]:

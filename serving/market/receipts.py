@@ -31,6 +31,7 @@ from typing import IO, Any
 
 import orjson
 import rfc8785
+from pydantic import SecretStr
 
 from serving.eip191 import SignatureError, Signer, recover
 from serving.errors import ReceiptsInUseError
@@ -211,7 +212,7 @@ def _hold(lock_path: Path) -> IO[str]:
 class ReceiptStore:
     """Receipts and spent nonces in one SQLite file (thread-safe)."""
 
-    def __init__(self, path: Path, signing_key: str, checkpoint_s: float = 0.5) -> None:
+    def __init__(self, path: Path, signing_key: SecretStr | str, checkpoint_s: float = 0.5) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         # one writer per file: receipt numbers, pending cents and spent nonces are kept in memory too
         self._owner = _hold(path.with_name(path.name + ".lock"))
@@ -225,7 +226,9 @@ class ReceiptStore:
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
         self._checkpointer = Checkpointer(path, checkpoint_s)
-        self._signer = Signer(signing_key)
+        self._signer = Signer(
+            signing_key.get_secret_value() if isinstance(signing_key, SecretStr) else signing_key
+        )
         self._spent = 0
         #: unsettled cents per consumer, kept in step with the file (this process writes it alone)
         self._pending: dict[str, int] = {}

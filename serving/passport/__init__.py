@@ -7,43 +7,12 @@ set by governance, one signed receipt) or opened by the owner's share link
 its paid queries), or ``passport_router(source, roots, paths, owners,
 sales=..., shares=...)``;
 see docs/passport.md.
+
+The names below are imported on first use (their list is ``__init__.pyi``,
+which type checkers read): ``pcc passport --help`` and a command needing one
+module do not load DuckDB, Arrow and FastAPI.
 """
 
-from serving.passport.access import OwnerAccess, VaultOwnerAccess
-from serving.passport.assemble import build_passport
-from serving.passport.router import mount_passport, passport_router, render_passport
-from serving.passport.sales import PassportSales, report_quote
-from serving.passport.share import ShareLink, ShareLinks, ShareStore, parse_ttl
-from serving.passport.source import DuckDBPassportSource, InMemoryPassportSource, PassportSource
-from serving.passport.verify import (
-    AuditPaths,
-    InMemoryRoots,
-    LeafFilePaths,
-    RootLookup,
-    Verification,
-    verify_event,
-)
+import lazy_loader
 
-__all__ = [
-    "AuditPaths",
-    "DuckDBPassportSource",
-    "InMemoryPassportSource",
-    "InMemoryRoots",
-    "LeafFilePaths",
-    "OwnerAccess",
-    "PassportSales",
-    "PassportSource",
-    "RootLookup",
-    "ShareLink",
-    "ShareLinks",
-    "ShareStore",
-    "VaultOwnerAccess",
-    "Verification",
-    "build_passport",
-    "mount_passport",
-    "parse_ttl",
-    "passport_router",
-    "render_passport",
-    "report_quote",
-    "verify_event",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

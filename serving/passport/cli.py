@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from pipelines.errors import PccConfigError, PccNotFoundError, PccValueError
-from pipelines.settings import Settings
-from pipelines.vault import IdentityVault
-from serving.passport.share import ShareLinks, parse_ttl, share_passport, unshare_passport
+
+if TYPE_CHECKING:
+    from pipelines.settings import Settings
+    from pipelines.vault import IdentityVault
+    from serving.passport.share import ShareLinks
 
 app = typer.Typer(help="Car passports: owners' share links, paid reports.", no_args_is_help=True)
 
@@ -38,6 +40,7 @@ def _base(settings: Settings, url: str | None) -> str:
 
 def _links(settings: Settings, vault: IdentityVault) -> ShareLinks:
     from serving.config import ServingConfig
+    from serving.passport.share import ShareLinks
 
     return ShareLinks.open(ServingConfig.from_settings(settings).state_dir, vault.current_owner)
 
@@ -65,6 +68,9 @@ def share(
     url: UrlOpt = None,
 ) -> None:
     """Make a share link to a car's passport for its owner: whoever holds it opens it, free, until it expires."""
+    from pipelines.vault import IdentityVault
+    from serving.passport.share import parse_ttl, share_passport
+
     settings = _settings(ctx)
     seconds = parse_ttl(ttl)
     with IdentityVault(settings) as vault:
@@ -80,6 +86,8 @@ def share(
 @app.command("links")
 def links(ctx: typer.Context, vin: VinOpt = None, vehicle: VehicleOpt = None) -> None:
     """The share links of a car, newest first (ids, expiry, revoked or not; never the tokens)."""
+    from pipelines.vault import IdentityVault
+
     settings = _settings(ctx)
     with IdentityVault(settings) as vault:
         found = _links(settings, vault).store.links(_vehicle(vault, vin, vehicle, "links"))
@@ -96,6 +104,9 @@ def revoke(
     ] = None,
 ) -> None:
     """Revoke a share link of a car (or all of them): it opens nothing from now on."""
+    from pipelines.vault import IdentityVault
+    from serving.passport.share import unshare_passport
+
     settings = _settings(ctx)
     with IdentityVault(settings) as vault:
         target = _vehicle(vault, vin, vehicle, "revoke")

@@ -5,7 +5,11 @@ Three checks, in order, each reported so a reader sees which one failed:
 1. **content**: the envelope rebuilt from the stored row (id, type, schema
    version, source, vehicle, times, payload) hashes to the row's
    ``leaf_hash`` (``pipelines.canonical.leaf_hash``).  A mismatch means the
-   stored event is not the one the source logged.
+   stored event is not the one the source logged.  A version 2 event with
+   sealed fields is rebuilt from its public fields and the salted commitments
+   its tokens carry (what the leaf covers); a version 1 event with sealed
+   fields hashed their clear values, so only a grantee can check its content
+   (the check is then left open, ``ok`` None).
 2. **anchor**: the ledger holds a checkpoint root for ``(source_id,
    tree_size)`` (:class:`RootLookup`, e.g. ``ledger.client``'s ``root_at``).
 3. **inclusion**: the audit path (the row's ``path`` if it has one, else an
@@ -27,8 +31,9 @@ from pathlib import Path
 from typing import Any, Protocol, overload, runtime_checkable
 
 from pipelines import canonical, merkle
-from pipelines.access.verify import envelope_from_row
+from pipelines.access.verify import envelope_from_row, public_envelope
 from pipelines.errors import PccError, PccValueError
+from pipelines.events.commitments import COMMITTED_VERSION
 from serving.passport.errors import ChainUnavailableError
 
 
@@ -161,13 +166,42 @@ def verify_event(row: Mapping[str, Any], roots: RootLookup, paths: AuditPaths | 
     stored_leaf = str(row["leaf_hash"])
     result = Verification(event_id, "verified", source_id, log_index, tree_size, stored_leaf, None)
 
+    if _sealed(row) and int(row["schema_version"]) == COMMITTED_VERSION:
+        # version 2: the leaf commits to the public fields and the salted commitments of the sealed ones,
+        # which the row carries: anyone rebuilds it; only a grantee checks an opened value against its
+        # commitment (pipelines.access.verify_opened_row)
+        try:
+            leaf = canonical.leaf_hash(public_envelope(row))
+        except PccValueError as exc:
+            result.checks.append(Check("content", False, str(exc)))
+            result.status = "tampered"
+            return result
+        if leaf.hex() != stored_leaf.lower():
+            result.checks.append(
+                Check(
+                    "content",
+                    False,
+                    f"the public fields and commitments hash to {leaf.hex()}, not to its logged leaf {stored_leaf}",
+                )
+            )
+            result.status = "tampered"
+            return result
+        result.checks.append(
+            Check(
+                "content",
+                True,
+                f"the public fields and the salted commitments of the sealed ones hash to its logged leaf "
+                f"{stored_leaf}; a sealed value is checked against its commitment by a grantee who opens it",
+            )
+        )
+        return _anchor_and_path(result, row, roots, paths, leaf)
     if _sealed(row):
         result.checks.append(
             Check(
                 "content",
                 None,
-                "protected fields are sealed: the logged leaf commits to the plaintext, "
-                "which only a grantee can re-hash (pipelines.access.verify_opened_row)",
+                "protected fields are sealed: this version 1 event's logged leaf commits to their clear "
+                "values, which only a grantee can re-hash (pipelines.access.verify_opened_row)",
             )
         )
         leaf = bytes.fromhex(stored_leaf)
