@@ -15,7 +15,7 @@ SCALE ?= 0.1
 .DEFAULT_GOAL := help
 
 
-.PHONY: help install browser airflow demo test unit integration lint typecheck bench up down clean
+.PHONY: help install browser airflow demo test unit integration lint typecheck bench up down clean prism chaos
 
 help: ## Show this help
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -43,7 +43,7 @@ $(AIRFLOW_VENV)/.installed: infra/airflow/requirements.txt $(STAMP)
 
 airflow: $(AIRFLOW_VENV)/.installed ## A separate virtualenv with Apache Airflow, to check that the batch DAG parses
 
-test: install lint browser airflow ## Run the whole test suite (starts its own broker, chain node and Spark)
+test: install lint browser airflow prism ## Run the whole test suite (starts its own broker, chain node and Spark)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 unit: install ## Run only the unit tests (no services)
@@ -51,6 +51,16 @@ unit: install ## Run only the unit tests (no services)
 
 integration: install browser ## Run only the integration tests (real Kafka, chain, Spark)
 	$(PY) -m pytest tests/integration $(PYTEST_ARGS)
+
+PRISM := infra/prism/.cache/bin/prism
+
+$(PRISM):
+	GOBIN=$(CURDIR)/infra/prism/.cache/bin go install github.com/apache/beam/sdks/v2/go/cmd/prism@v2.77.0
+
+prism: $(PRISM) ## Build Beam's Prism runner (Go, from the module proxy) into infra/prism/.cache/bin on first use
+
+chaos: install prism ## Fault and runner tests only: a node of a 3-broker Kafka cluster killed mid-produce, the speed job on FnApiRunner and Prism, the chain node stopped during produce, the serving process killed mid-settlement
+	$(PY) -m pytest tests/integration/test_kafka_cluster.py tests/integration/test_speed_runners.py tests/integration/test_chain_outage.py tests/integration/test_settlement_faults.py $(PYTEST_ARGS)
 
 lint: install ## ruff and mypy
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from dataclasses import replace
 from typing import Any
 
 from pipelines.errors import PccStateError
@@ -25,7 +24,7 @@ class ServingApi:
         from serving.market.chain import ChainBilling
         from serving.passport import LeafFilePaths, mount_passport
 
-        config = replace(ServingConfig.from_settings(settings), settle_every_s=3600.0)
+        config = ServingConfig.from_settings(settings).model_copy(update={"settle_every_s": 3600.0})
         logs = settings.data_dir / "producers"
         paths = LeafFilePaths({d.name: d for d in logs.iterdir() if d.is_dir()}) if logs.is_dir() else None
         self.config = config

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipelines.dataset import master_files
 from pipelines.settings import Settings
 
 
@@ -30,7 +31,7 @@ def master_stats(settings: Settings) -> tuple[int, float]:
     import pyarrow.parquet as pq
 
     root = settings.batch.master_dataset or settings.path("master")
-    files = sorted(Path(root).glob("event_date=*/*.parquet"))
+    files = master_files(Path(root))
     if not files:
         return 0, 0.0
     column = pq.read_table(files, columns=["verification"], partitioning=None).column("verification")

@@ -28,15 +28,44 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+def group_alive(pgid: int) -> bool:
+    """True while a process of group ``pgid`` runs (zombies do not count; the leader is reaped)."""
+    alive(pgid)  # reap the leader if it is our exited child
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        entries = list(Path("/proc").iterdir())
+    except OSError:
+        return True
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
 def terminate_group(pid: int, grace_s: float = 15.0) -> None:
-    """SIGTERM the process group led by ``pid``, wait up to ``grace_s``, then SIGKILL it."""
+    """SIGTERM the process group led by ``pid``, wait up to ``grace_s`` until all of it exited, then SIGKILL it.
+
+    The whole group, not only its leader: a launcher (the npm ``anvil`` script) exits at once on
+    SIGTERM while the program it started is still writing its state and holds its port.
+    """
     try:
         os.killpg(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
-        if not alive(pid):
+        if not group_alive(pid):
             return
         time.sleep(0.1)
     with contextlib.suppress(ProcessLookupError):

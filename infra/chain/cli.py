@@ -104,7 +104,7 @@ def fund(
         tokens = LedgerClient.from_settings(settings, w3).tokens  # the operator holds the treasury role
         tokens.mint(target, pcc * 100, f"dev-faucet-{target}-{time.time_ns()}")
         wallet = f", {tokens.balance(target)} cents PCC_token"
-    typer.echo(f"{target}: {w3.eth.get_balance(target) / 10**18:g} ETH{wallet}")
+    typer.echo(f"{target}: {w3.eth.get_balance(w3.to_checksum_address(target)) / 10**18:g} ETH{wallet}")
 
 
 def _address(text: str) -> str:

@@ -31,6 +31,7 @@ HARDFORK = "prague"
 CHAIN_ID = 31337
 NodeKind = Literal["anvil", "hardhat"]
 KINDS: tuple[str, ...] = ("anvil", "hardhat")
+KEPT_STATES = 256  # block states an anvil node keeps in memory; none are written to disk
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,12 @@ def _command(kind: str, port: int, state_dir: Path) -> list[str]:
             "--chain-id", str(CHAIN_ID),
             "--accounts", "10",
             "--state", str(state_dir / "anvil-state.json"),
+            # Keep recent states in memory only: by default anvil writes every older
+            # block's state under ~/.foundry/anvil/tmp (≈50 kB a block, gigabytes over a
+            # test session, left behind when the node is killed).  Nothing here reads
+            # state at an old block; event logs stay queryable from block 0.
+            "--prune-history", str(KEPT_STATES),
+            "--cache-path", str(state_dir / "cache"),
         ]  # fmt: skip
     return [
         str(modules / ".bin" / "hardhat"),

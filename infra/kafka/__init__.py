@@ -5,27 +5,11 @@ from infra.kafka import Broker, ensure_topics, TOPICS
 Broker(settings).start()        # jars on first use, format on first start, wait until ready
 ensure_topics(settings)         # pcc.telemetry / pcc.garage / pcc.insurer / pcc.deadletter
 TOPICS["connected_car"]         # 'pcc.telemetry'
+
+The names are imported on first use (listed in ``__init__.pyi`` for type
+checkers), so ``pcc kafka --help`` loads neither the broker nor the settings.
 """
 
-from infra.kafka.broker import Broker, BrokerStatus, StartResult
-from infra.kafka.config import KAFKA_VERSION, BrokerPaths
-from infra.kafka.errors import BrokerStateError, KafkaConfigError, KafkaUnavailableError, TopicMismatchError
-from infra.kafka.topics import TOPICS, TopicInfo, TopicSpec, describe_topics, ensure_topics, topic_specs
+import lazy_loader
 
-__all__ = [
-    "KAFKA_VERSION",
-    "TOPICS",
-    "Broker",
-    "BrokerPaths",
-    "BrokerStateError",
-    "BrokerStatus",
-    "KafkaConfigError",
-    "KafkaUnavailableError",
-    "StartResult",
-    "TopicInfo",
-    "TopicMismatchError",
-    "TopicSpec",
-    "describe_topics",
-    "ensure_topics",
-    "topic_specs",
-]
+__getattr__, __dir__, __all__ = lazy_loader.attach_stub(__name__, __file__)

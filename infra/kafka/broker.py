@@ -25,6 +25,7 @@ from pathlib import Path
 from infra.kafka.config import (
     LOG4J2_CONFIG,
     BrokerPaths,
+    NodeRole,
     heap_option,
     local_port,
     parse_bootstrap,
@@ -83,8 +84,9 @@ class StartResult:
 class Broker:
     """The project's own Kafka broker for ``settings`` (files under ``settings.kafka.home``)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, node: NodeRole | None = None) -> None:
         self.settings = settings
+        self.node = node or NodeRole()
         self.paths = BrokerPaths.of(settings)
         self.bootstrap = settings.kafka.bootstrap
         self._proc: subprocess.Popen[bytes] | None = None
@@ -123,7 +125,9 @@ class Broker:
         fetched = self.ensure_jars(progress)
         for d in (self.paths.home, self.paths.data, self.paths.logs):
             d.mkdir(parents=True, exist_ok=True)
-        self.paths.properties.write_text(render_properties(self.settings, self.paths), encoding="utf-8")
+        self.paths.properties.write_text(
+            render_properties(self.settings, self.paths, self.node), encoding="utf-8"
+        )
         formatted = self._format_storage(progress)
         if progress:
             progress(f"starting the Kafka broker on 127.0.0.1:{port} (log: {self.paths.server_log})")
@@ -272,7 +276,7 @@ class Broker:
             STORAGE_TOOL,
             "format",
             "--cluster-id",
-            new_cluster_id(),
+            self.node.cluster_id or new_cluster_id(),
             "--config",
             str(self.paths.properties),
             "--ignore-formatted",

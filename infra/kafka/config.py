@@ -33,6 +33,24 @@ _HEAP = re.compile(r"^[1-9][0-9]*[kKmMgG]$")
 
 
 @dataclass(frozen=True)
+class NodeRole:
+    """This node's place in its KRaft quorum: the single broker by default, or one node of a cluster."""
+
+    node_id: int = 1
+    #: ``id@127.0.0.1:controller_port`` of every voter; None: this node alone
+    voters: str | None = None
+    #: how many nodes hold each partition (the cluster's size, at most 3)
+    replication: int = 1
+    #: shared by every node of a cluster (its storage is formatted with it); None: a fresh one
+    cluster_id: str | None = None
+
+
+def min_insync(replication: int) -> int:
+    """Replicas a write needs (``acks=all``): 2 of 3, so one node may be down; 1 below 3."""
+    return 2 if replication >= 3 else 1
+
+
+@dataclass(frozen=True)
 class BrokerPaths:
     home: Path
     libs: Path
@@ -97,10 +115,15 @@ def heap_option(settings: Settings) -> str:
     return f"-Xmx{heap}"
 
 
-def render_properties(settings: Settings, paths: BrokerPaths) -> str:
-    """The broker's ``server.properties`` for these settings."""
+def render_properties(settings: Settings, paths: BrokerPaths, node: NodeRole | None = None) -> str:
+    """The broker's ``server.properties`` for these settings (and this node's role in a cluster)."""
+    node = node or NodeRole()
     template = Template(PROPERTIES_TEMPLATE.read_text(encoding="utf-8"))
     return template.substitute(
+        node_id=node.node_id,
+        voters=node.voters or f"{node.node_id}@127.0.0.1:{settings.kafka.controller_port}",
+        replication=node.replication,
+        min_isr=min_insync(node.replication),
         port=local_port(settings),
         controller_port=settings.kafka.controller_port,
         log_dirs=str(paths.data),

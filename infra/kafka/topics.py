@@ -3,6 +3,8 @@
 Names come from :mod:`pipelines.topics` (one place for producers, the speed
 layer and this module).  Event topics get ``settings.kafka.partitions``
 partitions, the dead-letter topic one; all keep ``settings.kafka.retention_ms``.
+Replication follows the cluster the topics are created on: one replica on one
+broker, three (``min.insync.replicas=2``) from three brokers up.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from infra.kafka.config import min_insync
 from infra.kafka.errors import KafkaUnavailableError, TopicMismatchError
 from pipelines.settings import Settings
 from pipelines.topics import SOURCE_KINDS, deadletter_topic, event_topics, topic_for_kind
@@ -22,11 +25,31 @@ from pipelines.topics import SOURCE_KINDS, deadletter_topic, event_topics, topic
 TOPICS: Mapping[str, str] = MappingProxyType({kind: topic_for_kind(kind) for kind in SOURCE_KINDS})
 
 
+#: the most replicas a topic gets, however many brokers the cluster has
+MAX_REPLICATION = 3
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str
     partitions: int
     configs: Mapping[str, str]
+    replication: int = 1
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    """Where a partition lives: its leader (None while it has none), replicas and in-sync replicas."""
+
+    topic: str
+    partition: int
+    leader: int | None
+    replicas: tuple[int, ...]
+    isr: tuple[int, ...]
+
+    @property
+    def under_replicated(self) -> bool:
+        return len(self.isr) < len(self.replicas)
 
 
 @dataclass(frozen=True)
@@ -43,12 +66,17 @@ class TopicInfo:
         return sum(self.end_offsets.values())
 
 
-def topic_specs(settings: Settings) -> list[TopicSpec]:
-    """The topics the platform needs, with the layout these settings ask for."""
+def replication_for(brokers: int) -> int:
+    """Replicas per partition on a cluster of ``brokers``: all of them, at most three."""
+    return max(1, min(brokers, MAX_REPLICATION))
+
+
+def topic_specs(settings: Settings, replication: int = 1) -> list[TopicSpec]:
+    """The topics the platform needs, with the layout these settings ask for, on ``replication`` nodes."""
     k = settings.kafka
-    configs = {"retention.ms": str(k.retention_ms), "min.insync.replicas": "1"}
-    specs = [TopicSpec(name, k.partitions, configs) for name in event_topics(k.topic_prefix)]
-    specs.append(TopicSpec(deadletter_topic(k.topic_prefix), 1, configs))
+    configs = {"retention.ms": str(k.retention_ms), "min.insync.replicas": str(min_insync(replication))}
+    specs = [TopicSpec(name, k.partitions, configs, replication) for name in event_topics(k.topic_prefix)]
+    specs.append(TopicSpec(deadletter_topic(k.topic_prefix), 1, configs, replication))
     return specs
 
 
@@ -80,12 +108,14 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
     """Create the platform's topics that do not exist yet; returns the names created.
 
     An existing topic with another partition count raises :class:`TopicMismatchError`
-    (keys would land on other partitions than consumers expect).
+    (keys would land on other partitions than consumers expect).  The replication
+    factor follows the brokers the cluster reports (:func:`replication_for`).
     """
     from kafka.errors import TopicAlreadyExistsError
 
-    specs = topic_specs(settings)
     with admin_client(settings.kafka.bootstrap, timeout_s) as admin:
+        brokers = len(admin.describe_cluster()["brokers"])
+        specs = topic_specs(settings, replication_for(brokers))
         existing = {t["name"]: len(t["partitions"]) for t in _describe(admin, [s.name for s in specs])}
         for spec in specs:
             if spec.name in existing and existing[spec.name] != spec.partitions:
@@ -97,7 +127,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
         if not missing:
             return []
         request = {
-            s.name: {"num_partitions": s.partitions, "replication_factor": 1, "configs": dict(s.configs)}
+            s.name: {
+                "num_partitions": s.partitions,
+                "replication_factor": s.replication,
+                "configs": dict(s.configs),
+            }
             for s in missing
         }
         result = admin.create_topics(request, timeout_ms=int(timeout_s * 1000), raise_errors=False)
@@ -141,6 +175,40 @@ def describe_topics(
         )
         for t in sorted(topics, key=lambda t: t["name"])
     ]
+
+
+def describe_partitions(
+    settings: Settings, names: list[str] | None = None, timeout_s: float = 10.0
+) -> list[PartitionInfo]:
+    """Leader, replicas and in-sync replicas of every partition of the platform's topics (or ``names``)."""
+    from kafka.errors import KafkaError
+
+    wanted = names if names is not None else [s.name for s in topic_specs(settings)]
+    addresses = [a.strip() for a in settings.kafka.bootstrap.split(",") if a.strip()]
+    for n, address in enumerate(addresses):  # one address at a time: a node that is down is skipped
+        try:
+            with admin_client(address, timeout_s) as admin:
+                topics = _describe(admin, wanted)
+            break
+        except (KafkaError, KafkaUnavailableError):
+            if n == len(addresses) - 1:
+                raise KafkaUnavailableError(
+                    f"no Kafka broker answers at {settings.kafka.bootstrap}; start one with `pcc kafka up`"
+                ) from None
+    return sorted(
+        (
+            PartitionInfo(
+                topic=t["name"],
+                partition=p["partition_index"],
+                leader=p["leader_id"] if p["leader_id"] >= 0 else None,
+                replicas=tuple(sorted(p["replica_nodes"])),
+                isr=tuple(sorted(p["isr_nodes"])),
+            )
+            for t in topics
+            for p in t["partitions"]
+        ),
+        key=lambda i: (i.topic, i.partition),
+    )
 
 
 def _describe(admin: Any, names: list[str]) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Start and stop a Spark standalone cluster (one master, one worker) on 127.0.0.1.
+"""Start and stop a Spark standalone cluster (one master, one or more workers) on 127.0.0.1.
 
 pyspark's wheel ships ``bin/spark-class`` but not ``sbin/start-master.sh``,
 so the master and the worker are started as ``spark-class
@@ -42,13 +42,14 @@ def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[byte
 
 @dataclass
 class StandaloneCluster:
-    """A master on ``spark://host:port`` and one worker with ``cores`` and ``memory``."""
+    """A master on ``spark://host:port`` and ``workers`` workers, each with ``cores`` and ``memory``."""
 
     work_dir: Path
     host: str = "127.0.0.1"
     port: int = 7077
     cores: int = 1
     memory: str = "1g"
+    workers: int = 1
     _procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
@@ -77,7 +78,7 @@ class StandaloneCluster:
             )
 
     def start(self, timeout: float = 90.0) -> str:
-        """Start the master and the worker; return the master URL once the worker has registered."""
+        """Start the master and the workers; return the master URL once every worker has registered."""
         if self._procs:
             raise PccStateError(f"the cluster {self.url} is already started")
         self.work_dir.mkdir(parents=True, exist_ok=True)
@@ -91,23 +92,32 @@ class StandaloneCluster:
         )  # fmt: skip
         self._procs.append(master)
         _wait_port(self.host, self.port, timeout, master, self.work_dir / "master.log")
-        worker = self._spawn(
-            "worker",
-            "org.apache.spark.deploy.worker.Worker",
-            "--host", self.host, "--cores", str(self.cores), "--memory", self.memory,
-            "--webui-port", "0", "--work-dir", str(self.work_dir / "work"), self.url,
-        )  # fmt: skip
-        self._procs.append(worker)
+        started: list[tuple[subprocess.Popen[bytes], Path]] = []
+        for n in range(1, self.workers + 1):
+            name = "worker" if self.workers == 1 else f"worker-{n}"
+            worker = self._spawn(
+                name,
+                "org.apache.spark.deploy.worker.Worker",
+                "--host", self.host, "--cores", str(self.cores), "--memory", self.memory,
+                "--webui-port", "0", "--work-dir", str(self.work_dir / name), self.url,
+            )  # fmt: skip
+            self._procs.append(worker)
+            started.append((worker, self.work_dir / f"{name}.log"))
         deadline = time.monotonic() + timeout
-        log = self.work_dir / "worker.log"
         while time.monotonic() < deadline:
-            if worker.poll() is not None:
-                raise PccStateError(f"the Spark worker exited with {worker.returncode}; see {log}")
-            if log.exists() and "Successfully registered with master" in log.read_text(errors="replace"):
+            for worker, log in started:
+                if worker.poll() is not None:
+                    raise PccStateError(f"the Spark worker exited with {worker.returncode}; see {log}")
+            if all(
+                log.exists() and "Successfully registered with master" in log.read_text(errors="replace")
+                for _, log in started
+            ):
                 return self.url
             time.sleep(0.5)
         self.stop()
-        raise PccTransientError(f"the Spark worker did not register with {self.url} within {timeout:.0f}s")
+        raise PccTransientError(
+            f"the Spark workers did not all register with {self.url} within {timeout:.0f}s"
+        )
 
     def stop(self, timeout: float = 20.0) -> None:
         """Stop the worker, then the master (their whole process groups)."""

@@ -1,0 +1,17 @@
+from .broker import Broker as Broker
+from .broker import BrokerStatus as BrokerStatus
+from .broker import StartResult as StartResult
+from .cluster import Cluster as Cluster
+from .config import KAFKA_VERSION as KAFKA_VERSION
+from .config import BrokerPaths as BrokerPaths
+from .errors import BrokerStateError as BrokerStateError
+from .errors import KafkaConfigError as KafkaConfigError
+from .errors import KafkaUnavailableError as KafkaUnavailableError
+from .errors import TopicMismatchError as TopicMismatchError
+from .topics import TOPICS as TOPICS
+from .topics import TopicInfo as TopicInfo
+from .topics import TopicSpec as TopicSpec
+from .topics import describe_partitions as describe_partitions
+from .topics import describe_topics as describe_topics
+from .topics import ensure_topics as ensure_topics
+from .topics import topic_specs as topic_specs
