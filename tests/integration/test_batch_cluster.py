@@ -62,6 +62,8 @@ def test_standalone_cluster_run_matches_local(spark: Any, spark_cluster: Any, tm
     cluster = BatchConfig(master_dataset=tmp_path / "master", batch_dir=tmp_path / "cluster-data" / "batch")
     runs = (cluster.batch_dir / "runs.jsonl").read_text()
     assert f'"spark_master": "{spark_cluster.url}"' in runs
+    master_log = (spark_cluster.work_dir / "master.log").read_text(errors="replace")
+    assert master_log.count("Registering worker") == 2  # the rebuild ran on two workers
     a, b = _views(local), _views(cluster)
     for name in KEYS:
         pd.testing.assert_frame_equal(a[name], b[name], check_exact=False, obj=name)

@@ -152,9 +152,8 @@ def test_the_audit_blocks_wrong_data_and_bad_files_are_quarantined(
     assert all("quality" in f for f in err.value.failures)
 
 
-@pytest.mark.parametrize("engine", ["pandas", "spark"])
-def test_both_audit_engines_pass_the_published_views_and_block_a_wrong_score(
-    spark: Any, published: tuple[BatchConfig, Any], tmp_path: Path, engine: str
+def test_the_audit_passes_the_published_views_and_blocks_a_wrong_score(
+    spark: Any, published: tuple[BatchConfig, Any], tmp_path: Path
 ) -> None:
     from batch.audit import audit_views
     from batch.config import VIEWS
@@ -162,8 +161,7 @@ def test_both_audit_engines_pass_the_published_views_and_block_a_wrong_score(
     config, (record, _) = published
     version_dir = config.version_dir(record.version)
     params = json.loads((version_dir / "_audit.json").read_text())["parameters"]
-    limit = 0 if engine == "spark" else 10**9  # views above the limit are audited with Spark
-    good = audit_views({v: version_dir / v for v in VIEWS}, params, tmp_path / "good", spark, limit)
+    good = audit_views({v: version_dir / v for v in VIEWS}, params, tmp_path / "good", spark)
     assert good.success and good.checked == record.audit["checked"]
 
     wrong = {v: version_dir / v for v in VIEWS}
@@ -174,7 +172,7 @@ def test_both_audit_engines_pass_the_published_views_and_block_a_wrong_score(
     (tmp_path / "fraud_scores").mkdir()
     pq.write_table(tampered, tmp_path / "fraud_scores" / "part-0.parquet")
     wrong["fraud_scores"] = tmp_path / "fraud_scores"
-    bad = audit_views(wrong, params, tmp_path / "bad", spark, limit)
+    bad = audit_views(wrong, params, tmp_path / "bad", spark)
     assert not bad.success
     assert [f.split(" {")[0] for f in bad.failures] == [
         "fraud_scores: expect_column_values_to_be_between score"

@@ -28,6 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 
 from infra.chain.node import NodeInfo, free_port
 from infra.demo import PRICES, DemoOptions, DemoResult, run_demo
+from pipelines.dataset import master_files
 from pipelines.settings import Settings
 from pipelines.topics import event_topics
 from tests.fixtures.kafka import KafkaBroker
@@ -106,7 +107,7 @@ def test_every_accepted_event_reaches_each_layer_exactly_once(demo: DemoResult):
     assert on_kafka == given + injected
     assert demo.kafka_records == sum(on_kafka.values())
 
-    master = parquet_ids(sorted(Path(settings.path("master")).glob("event_date=*/*.parquet")))
+    master = parquet_ids(master_files(Path(settings.path("master"))))
     assert len(master) == len(set(master)) == len(given)
     assert set(master) == set(given)
     assert demo.master_rows == len(master)
@@ -140,7 +141,7 @@ def test_tampered_events_and_replays_are_dead_lettered_with_their_reason(demo: D
     for e in kafka_records(demo.settings):  # the producer's record comes before the tampered copy
         if e["event_id"] in tampered:
             originals.setdefault(e["event_id"], e)
-    files = sorted(Path(demo.settings.path("master")).glob("event_date=*/*.parquet"))
+    files = master_files(Path(demo.settings.path("master")))
     rows = pq.read_table(files, columns=["event_id", "odometer_km"], partitioning=None).to_pylist()
     kept = {r["event_id"]: r["odometer_km"] for r in rows if r["event_id"] in tampered}
     assert kept == {i: originals[i]["payload"]["odometer_km"] for i in tampered}

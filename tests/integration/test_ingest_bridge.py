@@ -14,7 +14,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +70,8 @@ class Bridge:
     def __init__(self, settings: Settings) -> None:
         (port,) = free_ports(1)
         self.url = f"http://127.0.0.1:{port}"
-        config = replace(
-            IngestConfig.from_settings(settings), port=port, publish_timeout_s=12.0, retry_after_s=1
+        config = IngestConfig.from_settings(settings).model_copy(
+            update={"port": port, "publish_timeout_s": 12.0, "retry_after_s": 1}
         )
         self.ledger = LedgerClient.from_settings(settings)
         self.bridge: IngestBridge = bridge_from_settings(settings, config, self.ledger)

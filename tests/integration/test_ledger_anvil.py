@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from web3 import Web3
 
@@ -57,6 +59,31 @@ def test_node_lifecycle_is_idempotent_and_checks_its_port(anvil_node: node.NodeI
         assert node.stop(state) == info
     assert node.status(state) is None and node.rpc_chain_id(info.url) is None
     assert node.stop(state) is None
+
+
+def test_a_long_running_node_writes_nothing_outside_its_state_dir(tmp_path):
+    """Thousands of blocks (a day of anchoring) cost no disk outside the node's own directory,
+    and the chain's first events stay readable."""
+    spill = Path.home() / ".foundry" / "anvil" / "tmp"
+    before = set(spill.iterdir()) if spill.is_dir() else set()
+    state = tmp_path / "chain"
+    info = node.start("anvil", node.free_port(), state)
+    try:
+        w3 = connect_url(info.url)
+        op = Signer(w3, DEV_KEYS[0])
+        client = LedgerClient(w3, deploy(w3, op, {}), op)
+        client.sources.register("cc-aurora", "connected_car", address_of(SRC), 1)
+        w3.provider.make_request("anvil_mine", [hex(3 * node.KEPT_STATES)])
+        client.anchors.anchor("cc-aurora", 1024, root(1), SRC)
+        assert w3.eth.block_number > 3 * node.KEPT_STATES
+        registered = w3.eth.get_logs({"fromBlock": 0, "address": client.contract("SourceRegistry").address})
+        assert registered, "the source registered before the mined blocks is still on record"
+        assert client.anchors.latest("cc-aurora") == (1024, root(1))
+    finally:
+        node.stop(state)
+    after = set(spill.iterdir()) if spill.is_dir() else set()
+    assert after - before == set()
+    assert sum(f.stat().st_size for f in state.rglob("*") if f.is_file()) < 20 * 2**20
 
 
 def test_hardhat_node_runs_the_same_contracts(hardhat_node: node.NodeInfo):

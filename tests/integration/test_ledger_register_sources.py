@@ -85,3 +85,27 @@ def test_a_fleet_json_with_a_bad_row_registers_the_rest_and_fails(
     client = LedgerClient.from_settings(_settings(config_file))
     assert client.sources.is_registered(f"cc-{prefix}") and client.sources.is_registered(f"ic-{prefix}")
     assert not client.sources.is_registered(f"bad-{prefix}")
+
+
+def test_scripts_get_json_or_silence(
+    config_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = uuid.uuid4().hex[:6]
+    csv_file = tmp_path / "sources.csv"
+    csv_file.write_text(f"source_id,kind,tier\ngarage-{prefix}-a,garage,3\ngarage-{prefix}-b,garage,1\n")
+    base = ["--config", str(config_file), "ledger"]
+    assert main([*base, "register-sources", str(csv_file), "--quiet"]) == 0
+    assert capsys.readouterr().out == ""
+    assert main([*base, "register-sources", str(csv_file), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["source_id"], r["tier"], r["status"]) for r in rows] == [
+        (f"garage-{prefix}-a", 3, "already registered"),
+        (f"garage-{prefix}-b", 1, "already registered"),
+    ]
+    assert main([*base, "source", f"garage-{prefix}-a", "--json"]) == 0
+    source = json.loads(capsys.readouterr().out)
+    assert source["kind"] == "garage" and source["tier"] == 3 and source["active"] is True
+    assert main([*base, "balance", source["account"], "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["account"] == source["account"]
+    assert main([*base, "status", "--json"]) == 0
+    assert "Marketplace" in json.loads(capsys.readouterr().out)["contracts"]

@@ -59,6 +59,7 @@ from pipelines.access import (
     verify_public_row,
 )
 from pipelines.canonical import canonical_bytes, leaf_hash
+from pipelines.dataset import master_files
 from pipelines.errors import PccNotFoundError
 from pipelines.events import format_time, new_event_id
 from pipelines.events.commitments import commitment
@@ -184,7 +185,7 @@ def service(t: int, km: int, place: dict[str, float]) -> dict[str, Any]:
 
 def master_table(data: Path) -> pa.Table:
     return pa.concat_tables(
-        [pq.read_table(f) for f in sorted((data / "master").glob("event_date=*/*.parquet"))]
+        [pq.read_table(f) for f in master_files(data / "master")]
     )
 
 

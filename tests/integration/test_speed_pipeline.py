@@ -155,13 +155,15 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_honest_events_pass(
 
 
 @pytest.mark.parametrize(
-    "master_flush_rows",
-    [None, 1_500],
-    ids=["master-behind-the-view", "master-written-mid-stream"],
+    ("master_flush_rows", "restart_on"),
+    [(None, "FnApiRunner"), (1_500, "FnApiRunner"), (1_500, "PrismRunner")],
+    ids=["master-behind-the-view", "master-written-mid-stream", "restarted-on-prism"],
 )
 def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(
-    kafka_broker, tmp_path: Path, master_flush_rows: int | None
+    kafka_broker, tmp_path: Path, master_flush_rows: int | None, restart_on: str
 ) -> None:
+    """``kill -9`` mid-stream, then a restart (on the same runner, or on another: the job's state
+    is in its sinks' directory and the committed offsets, not in the runner)."""
     bootstrap = kafka_broker.bootstrap
     prefix = _topics(bootstrap)
     roots = InMemoryRoots()
@@ -209,7 +211,13 @@ def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(
     # the default cadence (100k rows / 60 s) has written nothing yet; 1,500 rows has, at least once
     assert in_master == 0 if master_flush_rows is None else 0 < in_master <= before
 
-    second = _speed(env, roots_file, "--until-idle", "4")
+    runner: tuple[str, ...] = ()
+    if restart_on == "PrismRunner":
+        from infra.prism import ensure_prism
+
+        runner = ("--runner", "PrismRunner", f"--beam-option=--prism_location={ensure_prism()}",
+                  "--beam-option=--environment_type=LOOPBACK")  # fmt: skip
+    second = _speed(env, roots_file, "--until-idle", "4", *runner)
     out, _ = second.communicate(timeout=400)
     assert second.returncode == 0, out.decode()
 
@@ -249,7 +257,6 @@ def test_a_run_leaves_no_kafka_client_behind(kafka_broker, tmp_path: Path) -> No
     errors once the broker is gone)."""
     import threading
 
-    from speed.config import SpeedConfig
     from speed.pipeline import SpeedRun
 
     bootstrap = kafka_broker.bootstrap
@@ -261,14 +268,7 @@ def test_a_run_leaves_no_kafka_client_behind(kafka_broker, tmp_path: Path) -> No
     src.checkpoint()
     _publish(bootstrap, prefix + "telemetry", [(e["vehicle"].encode(), wire(e)) for e in sent])
     before = {t.ident for t in threading.enumerate()}
-    config = SpeedConfig(
-        bootstrap=bootstrap,
-        data_dir=tmp_path,
-        topics=(prefix + "telemetry", prefix + "garage", prefix + "insurer"),
-        deadletter_topic=prefix + "deadletter",
-        metrics_port=None,
-        until_idle_s=2.0,
-    )
+    config = _in_process(bootstrap, prefix, tmp_path)
     SpeedRun(config, _Roots(roots)).run()
     assert len(_rows(tmp_path / "master")) == 100
     deadline = time.monotonic() + 10
@@ -280,9 +280,69 @@ def test_a_run_leaves_no_kafka_client_behind(kafka_broker, tmp_path: Path) -> No
     assert left == []
 
 
+def _in_process(bootstrap: str, prefix: str, data_dir: Path, **settings: Any) -> Any:
+    """A speed job run in this process over the prefix's topics, until 2 s without a record."""
+    from speed.config import SpeedConfig
+
+    return SpeedConfig(
+        bootstrap=bootstrap,
+        data_dir=data_dir,
+        topics=(prefix + "telemetry", prefix + "garage", prefix + "insurer"),
+        deadletter_topic=prefix + "deadletter",
+        metrics_port=None,
+        until_idle_s=2.0,
+        **settings,
+    )
+
+
 class _Roots:
     def __init__(self, roots: InMemoryRoots) -> None:
         self.roots = roots
 
     def __call__(self) -> InMemoryRoots:
         return self.roots
+
+
+def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_restart_loses_nothing(
+    kafka_broker, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The disk under the sinks fills up mid-stream (ENOSPC at the Parquet writer, after a few files)."""
+    import errno
+
+    import speed.master as master_module
+    from speed.errors import DiskFull
+    from speed.pipeline import SpeedRun
+
+    bootstrap = kafka_broker.bootstrap
+    prefix = _topics(bootstrap)
+    roots = InMemoryRoots()
+    src = SyntheticSource("cc-aurora", roots, checkpoint_every=100)
+    start = int(time.time() * 1000) - 10 * DAY
+    sent = [src.append(src.odometer(vehicle(i % 40), 100 + i, start + i * 60_000)) for i in range(3_000)]
+    src.checkpoint()
+    _publish(bootstrap, prefix + "telemetry", [(e["vehicle"].encode(), wire(e)) for e in sent])
+    # many small flushes: the disk fills between two of them
+    config = _in_process(bootstrap, prefix, tmp_path, poll_max_records=200, master_flush_rows=500)
+    real_write = master_module.pq.write_table
+    room = {"files": 4}
+
+    def filling(table: Any, where: Any, **kw: Any) -> None:
+        if room["files"] <= 0:
+            where.write(b"PAR1 half a file")  # what a writer leaves when the disk fills
+            raise OSError(errno.ENOSPC, "No space left on device", getattr(where, "name", None))
+        room["files"] -= 1
+        real_write(table, where, **kw)
+
+    monkeypatch.setattr(master_module.pq, "write_table", filling)  # both sinks write through it
+    with pytest.raises(DiskFull, match=r"no space left on the disk of .*the speed layer stopped"):
+        SpeedRun(config, _Roots(roots)).run()
+    durable = len(_rows(tmp_path / "realtime"))
+    assert durable < len(sent), "the disk should fill before the end of the stream"
+    assert not list(tmp_path.rglob("*.tmp")), "a failed write left a temporary file"
+
+    monkeypatch.undo()  # space is back
+    SpeedRun(config, _Roots(roots)).run()
+    want = Counter(e["event_id"] for e in sent)
+    assert Counter(r["event_id"] for r in _rows(tmp_path / "realtime")) == want
+    assert Counter(r["event_id"] for r in _rows(tmp_path / "master")) == want
+    assert _dead_letters(bootstrap, prefix + "deadletter") == []

@@ -155,7 +155,7 @@ def test_scheduler_runs_at_each_tick_and_survives_a_failed_run() -> None:
 
     events: list[str] = []
     done = run_schedule(
-        BatchConfig(Path("m"), Path("b")), "*/5 * * * *", run, events.append, 2, sleep, lambda: clock[0]
+        BatchConfig(master_dataset=Path("m"), batch_dir=Path("b")), "*/5 * * * *", run, events.append, 2, sleep, lambda: clock[0]
     )
     assert done == 2
     assert [c.minute for c in calls] == [5, 10]
@@ -181,7 +181,7 @@ def test_batches_cut_mid_vehicle_give_the_same_rows_as_whole_vehicles() -> None:
 
 
 def test_evaluate_per_variant_over_detectable_cases_beside_the_naive_check() -> None:
-    from pipelines.rules.evaluation import Case
+    from pipelines.simulator.evaluation import Case
 
     hidden = Case("rollback_before_sale", (("history", "none"),), False)
     shown = Case("rollback_before_sale", (("history", "on_record"),), True)
@@ -204,3 +204,12 @@ def test_evaluate_per_variant_over_detectable_cases_beside_the_naive_check() -> 
     assert rows[("rollback_before_sale", "history=none")]["detectable"]["cases"] == 0
     assert rows[("cloned_identity", "connected=no")]["all"]["recall"] == 1.0
     assert (result.false_positive_rate, result.naive_false_positive_rate) == (0.0, 1.0)
+
+
+def test_the_compiled_rules_annotate_as_the_python_rules() -> None:
+    from batch.rules import KernelRuleEngine, PipelinesRuleEngine
+
+    table = pa.Table.from_pylist(fleet.fleet_rows(), schema=MASTER_SCHEMA).sort_by("vehicle")
+    compiled, python = load_engine(), load_engine("python")
+    assert isinstance(compiled, KernelRuleEngine) and isinstance(python, PipelinesRuleEngine)
+    assert annotate_table(table, compiled).to_pylist() == annotate_table(table, python).to_pylist()

@@ -83,3 +83,51 @@ def test_cluster_ids_are_kafka_uuids() -> None:
     ids = {new_cluster_id() for _ in range(200)}
     assert len(ids) == 200
     assert all(len(i) == 22 and not i.startswith("-") and "=" not in i for i in ids)
+
+
+def test_a_cluster_node_knows_its_quorum_and_replication(tmp_path: Path) -> None:
+    from infra.kafka.cluster import Cluster
+
+    s = settings(tmp_path, bootstrap="127.0.0.1:39092", controller_port=39093)
+    cluster = Cluster.create(s, 3)
+    assert cluster.bootstrap == "127.0.0.1:39092,127.0.0.1:39094,127.0.0.1:39096"
+    node = cluster.node(2)
+    p = {
+        k: v
+        for k, v in (
+            line.split("=", 1)
+            for line in render_properties(node.settings, node.paths, node.node).splitlines()
+            if line and not line.startswith("#")
+        )
+    }
+    assert p["node.id"] == "2"
+    assert p["listeners"] == "PLAINTEXT://127.0.0.1:39094,CONTROLLER://127.0.0.1:39095"
+    assert p["controller.quorum.voters"] == "1@127.0.0.1:39093,2@127.0.0.1:39095,3@127.0.0.1:39097"
+    assert p["default.replication.factor"] == p["offsets.topic.replication.factor"] == "3"
+    assert p["min.insync.replicas"] == p["transaction.state.log.min.isr"] == "2"
+    assert p["log.dirs"] == str((tmp_path / "kafka" / "node-2" / "data").absolute())
+    assert len({b.node.cluster_id for b in cluster.nodes.values()}) == 1
+
+
+def test_replicated_topics_need_two_in_sync_replicas(tmp_path: Path) -> None:
+    from infra.kafka.topics import replication_for
+
+    assert [replication_for(n) for n in (1, 2, 3, 5)] == [1, 2, 3, 3]
+    specs = topic_specs(settings(tmp_path), replication_for(3))
+    assert all(s.replication == 3 and s.configs["min.insync.replicas"] == "2" for s in specs)
+    assert all(s.configs["min.insync.replicas"] == "1" for s in topic_specs(settings(tmp_path)))
+
+
+def test_cluster_ports_that_collide_are_refused(tmp_path: Path) -> None:
+    from infra.kafka.cluster import Cluster
+
+    with pytest.raises(KafkaConfigError, match="collide"):
+        Cluster.create(settings(tmp_path, bootstrap="127.0.0.1:39092", controller_port=39094), 3)
+
+
+def test_a_cluster_can_be_created_with_the_bootstrap_its_clients_use(tmp_path: Path) -> None:
+    from infra.kafka.cluster import Cluster
+
+    listed = "127.0.0.1:39092,127.0.0.1:39094,127.0.0.1:39096"
+    cluster = Cluster.create(settings(tmp_path, bootstrap=listed, controller_port=39093), 3)
+    assert cluster.bootstrap == listed

@@ -336,3 +336,74 @@ def test_module_docstring_restart_recipe(tmp_path: Path) -> None:
         anchored.tree_size, cp.tree_size, cp.consistency_proof(), anchored.root, cp.root
     )
     assert cp.root == root(leaves)
+
+
+# --- proofs checked per batch (the events of one checkpoint together) -------------------------
+
+
+def _claims(size: int, indices: list[int]) -> list[merkle.InclusionClaim]:
+    leaves = [merkle.hash_leaf(b"event %d" % i) for i in range(size)]
+    top = merkle.root(leaves)
+    return [(leaves[i], i, size, merkle.inclusion_proof(leaves, i), top) for i in indices]
+
+
+def _flip(value: bytes, bit: int) -> bytes:
+    out = bytearray(value)
+    out[bit // 8] ^= 1 << (bit % 8)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("position", ["first", "last"])
+def test_batch_checking_refuses_any_single_flipped_bit_in_a_leaf_path_or_root(position: str) -> None:
+    size = 13
+    honest = _claims(size, list(range(size)))
+    target = 11  # on the right border: its path has both inner and border hashes
+    leaf, index, _, path, top = honest[target]
+    tampered: list[merkle.InclusionClaim] = []
+    for bit in range(256):
+        tampered.append((_flip(leaf, bit), index, size, path, top))
+        tampered.append((leaf, index, size, path, _flip(top, bit)))
+        for k in range(len(path)):
+            bad_path = [_flip(h, bit) if j == k else h for j, h in enumerate(path)]
+            tampered.append((leaf, index, size, bad_path, top))
+    for claim in tampered:
+        batch = [claim, *honest] if position == "first" else [*honest, claim]
+        results = merkle.verify_inclusions(batch)
+        at = 0 if position == "first" else len(batch) - 1
+        assert results[at] is False
+        assert results[:at] + results[at + 1 :] == [True] * size
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    size=st.integers(1, 70),
+    picks=st.lists(st.integers(0, 10**6), min_size=1, max_size=25),
+    flips=st.lists(
+        st.tuples(
+            st.integers(0, 10**6), st.sampled_from(["leaf", "path", "root", "index"]), st.integers(0, 255)
+        ),
+        max_size=4,
+    ),
+    other_tree=st.booleans(),
+)
+def test_batch_checking_answers_what_single_proofs_answer(
+    size: int, picks: list[int], flips: list[tuple[int, str, int]], other_tree: bool
+) -> None:
+    claims = _claims(size, [p % size for p in picks])
+    if other_tree:  # claims on another checkpoint of the same log in the same batch
+        claims += _claims(size + 3, [p % (size + 3) for p in picks])
+    for at, where, bit in flips:
+        leaf, index, n, path, top = claims[at % len(claims)]
+        if where == "leaf":
+            leaf = _flip(leaf, bit)
+        elif where == "root":
+            top = _flip(top, bit)
+        elif where == "index":
+            index = (index + 1 + bit) % n
+        elif path:
+            k = bit % len(path)
+            path = [_flip(h, bit) if j == k else h for j, h in enumerate(path)]
+        claims[at % len(claims)] = (leaf, index, n, path, top)
+    expected = [merkle.verify_inclusion(*claim) for claim in claims]
+    assert merkle.verify_inclusions(claims) == expected
+    assert expected.count(False) <= len(flips)

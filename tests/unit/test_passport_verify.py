@@ -192,3 +192,59 @@ def test_owner_opens_the_passport_by_vin(history: History, tmp_path: Path) -> No
         assert client.get(f"/passport/{VIN}", headers={"Authorization": "Bearer guessed"}).status_code == 403
         assert client.get(f"/passport/{VIN}").status_code == 403
         assert client.get(f"/passport/{pseudonym}/data.json").status_code == 401  # not the owner's view
+
+
+def _sealed_rows() -> tuple[dict[str, Any], dict[str, Any], InMemoryRoots]:
+    """A version 2 and a version 1 maintenance event with sealed fields, in one anchored log of two."""
+    import orjson
+
+    from pipelines.access import row_aad, seal_event, seal_payload, stored_payload
+
+    key = bytes(range(32))
+    clear = {
+        "event_id": "019c0000-0000-7000-8000-000000000001", "event_type": "maintenance", "schema_version": 1,
+        "source_id": "garage-net-03", "vehicle": VEHICLE, "event_time": "2026-01-01T00:00:00.000Z",
+        "ingestion_time": "2026-01-01T00:00:01.000Z",
+        "payload": {"odometer_km": 41_300, "service_type": "oil_change", "in_network": True,
+                    "cost_cents": 18_990, "location": {"lat": 48.856613, "lon": 2.352222}},
+    }  # fmt: skip
+    v2 = seal_event(clear, lambda category: (0, key))
+    v1 = {**clear, "event_id": "019c0000-0000-7000-8000-000000000002"}
+    leaves = [canonical.leaf_hash(v2), canonical.leaf_hash(v1)]
+    v1_payload = seal_payload(
+        "maintenance", 1, v1["payload"], lambda c: (0, key), row_aad(VEHICLE, v1["event_id"])
+    )
+    rows = []
+    for i, (env, payload) in enumerate(((v2, stored_payload(v2)), (v1, v1_payload))):
+        row = {k: v for k, v in env.items() if k not in ("payload", "sealed")}
+        row.update(payload=orjson.dumps(payload).decode(), leaf_hash=leaves[i].hex(), log_index=i, tree_size=2,
+                   root=merkle.root(leaves).hex(), path=[h.hex() for h in merkle.inclusion_proof(leaves, i)])  # fmt: skip
+        rows.append(row)
+    return rows[0], rows[1], InMemoryRoots({("garage-net-03", 2): merkle.root(leaves)})
+
+
+def test_sealed_rows_verify_by_what_their_leaf_commits_to() -> None:
+    v2, v1, roots = _sealed_rows()
+    assert "48.856613" not in v2["payload"] and "18990" not in v2["payload"]
+    result = verify_event(v2, roots)
+    assert result.status == "verified" and [c.ok for c in result.checks] == [True, True, True]
+    assert "salted commitments" in result.checks[0].detail and "plaintext" not in result.checks[0].detail
+    result = verify_event(v1, roots)  # version 1: the leaf hashed the clear values, only a grantee re-hashes
+    assert result.status == "verified" and [c.ok for c in result.checks] == [None, True, True]
+    assert "version 1" in result.checks[0].detail and "clear values" in result.checks[0].detail
+
+
+def test_a_v2_row_whose_public_field_or_commitment_changed_is_tampered() -> None:
+    import orjson
+
+    from pipelines.access import token_commitment
+
+    v2, _, roots = _sealed_rows()
+    payload = orjson.loads(v2["payload"])
+    moved = {**v2, "payload": orjson.dumps({**payload, "odometer_km": 31_300}).decode()}
+    result = verify_event(moved, roots)
+    assert result.status == "tampered" and "not to its logged leaf" in result.checks[0].detail
+    token = payload["cost_cents"]
+    assert token_commitment(token)  # the token carries the commitment the leaf covers
+    swapped = {**v2, "payload": orjson.dumps({**payload, "cost_cents": payload["location"]}).decode()}
+    assert verify_event(swapped, roots).status == "tampered"

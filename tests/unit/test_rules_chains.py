@@ -137,3 +137,20 @@ def test_the_track_state_is_small_and_switches_are_counted() -> None:
     for km, t in [(1_000, 0), (50_000, 1), (1_040, 2), (50_030, 3), (1_080, 4), (50_060, 5)]:
         s = track(s, km, t * DAY).state
     assert (s.a.n, s.b.n, s.switches) == (3, 3, 5)  # type: ignore[union-attr]
+
+
+def test_a_twin_seen_for_ten_weeks_then_only_the_real_car_is_a_step() -> None:
+    # the twin (by hand, no location, its odometer above) is seen weekly, the real car once in between,
+    # then the twin is gone and the real car goes on, read every two months.  The shape is a step with
+    # one earlier low reading, the same as a typo months before a wind-back: not called a clone (that
+    # would cost real rollbacks), but the drop is flagged and the car is not clean, as the naive check
+    twin_readings = twin(0, 70, 7, 240_000, 40.0, None, "manual-portal")
+    car = [
+        reading(f"r{i}", d + 0.5, 175_000 + 25 * d, "manual-portal", None)
+        for i, d in enumerate(range(40, 360, 60))
+    ]
+    events = sorted(twin_readings + car, key=sort_key)
+    assert not flagged(events, "interleaved_odometers")
+    assert flagged(events, "odometer_rollback")[:1] == ["r0"]
+    assert speed_flags(events, "odometer_rollback")[:1] == ["r0"]
+    assert assess_vehicle(events).score.label != "clean"

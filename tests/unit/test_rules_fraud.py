@@ -203,6 +203,23 @@ def test_a_one_off_high_reference_is_a_typo_too() -> None:
     assert all("rollback_before_sale" not in c.flags for c in assessment.checked)
 
 
+def test_a_replay_of_the_reading_that_shows_a_reference_typo_is_only_a_duplicate() -> None:
+    # the same car as above; the 43,600 reading that shows 52,400 to be a typo reaches the platform twice
+    events = [ev(0, 0, 40_000), ev(1, 30, 41_200), ev(2, 60, 52_400), ev(3, 90, 43_600), ev(4, 120, 44_800)]
+    replayed = [*events, ev(1003, 90, 43_600, event_id="e3")]
+    assert standing_of(replayed) == {"e3": "reference_one_off"}
+    # this raised StopIteration: the replay shares e3's standing but not its odometer flag
+    assessment = assess_vehicle(replayed)
+    assert [c.flags for c in assessment.checked if c.event.event_id == "e3"] == [
+        ("odometer_rollback",),
+        ("duplicate_event",),
+    ]
+    # it weighs as the replay of any other reading would
+    other_replay = assess_vehicle([*events, ev(1001, 30, 41_200, event_id="e1")])
+    assert assessment.score == other_replay.score
+    assert {f for c in assessment.checked for f in c.flags} == {"odometer_rollback", "duplicate_event"}
+
+
 def test_a_rollback_the_later_readings_follow_is_confirmed() -> None:
     events = [ev(0, 0, 90_000), ev(1, 30, 91_200), ev(2, 60, 41_000), ev(3, 90, 42_200)]
     assert standing_of(events) == {"e2": "confirmed"}

@@ -1,15 +1,18 @@
 """Hand-built histories of the fraud variants the rules must hold on (issue 22).
 
 A clone's variants are in tests/unit/test_rules_chains.py; here: clocking on a
-car read every two months, a rollback with no earlier reading on record, and
-rollbacks of every timing before a sale.
+car read every two months, clocking and honest slowdowns in a fleet with
+seasons, a rollback with no earlier reading on record, and rollbacks of every
+timing before a sale.
 """
 
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 
-from pipelines.rules import EventFields, assess_vehicle
+from pipelines.rules import DEFAULT_PARAMS, EventFields, assess_vehicle
+from pipelines.rules.fraud import fleet_profile
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -48,6 +51,28 @@ def test_clocking_at_60_percent_on_a_car_read_every_two_months() -> None:
     assert assessment.score.label != "clean" and assessment.score.reasons == ("gradual_clocking",)
 
 
+def with_reference_typo(events: list[EventFields]) -> list[EventFields]:
+    """``events`` with reading e3 typed 4,000 km too high, which e4 (a rollback, then) shows to be a typo."""
+    return [e._replace(odometer_km=e.odometer_km + 4_000) if e.event_id == "e3" else e for e in events]
+
+
+def test_clocking_is_measured_past_a_reference_typo_and_a_replay_of_the_reading_after_it() -> None:
+    clocked = every_two_months(share_from=5, share=0.6)
+    typo = with_reference_typo(clocked)
+    replayed = [*typo, typo[4]._replace(log_index=1_004)]  # e4, that shows e3 was a typo, arrives twice
+    expected = assess_vehicle(clocked).checked[-1].evidence["gradual_clocking"]
+    for events in (typo, replayed):  # the replay raised StopIteration
+        assessment = assess_vehicle(events)
+        hits = [c for c in assessment.checked if "gradual_clocking" in c.flags]
+        assert [c.event.event_id for c in hits] == ["e11"]
+        assert hits[0].evidence["gradual_clocking"] == expected  # the typo left out of the rates
+        e4 = [c for c in assessment.checked if c.event.event_id == "e4"]
+        assert e4[0].evidence["odometer_rollback"]["standing"] == "reference_one_off"
+    assert [c.flags for c in assess_vehicle(replayed).checked if c.event.event_id == "e4"][1] == (
+        "duplicate_event",
+    )
+
+
 def test_the_same_car_driven_honestly_is_left_alone() -> None:
     for seed in range(5):
         assert flags(every_two_months(share_from=None, share=1.0, seed=seed)) == set()
@@ -82,3 +107,78 @@ def test_rollbacks_days_weeks_and_months_before_a_sale() -> None:
     for days in (10, 60, 200):
         for drop in (3_000, 40_000):
             assert "rollback_before_sale" in flags(sold_after_rollback(days, drop)), (days, drop)
+
+
+#: A fleet that drives 30 % more from March to August and 30 % less the rest of the year.
+SEASONAL = tuple(1.3 if 2 <= m <= 7 else 0.7 for m in range(12))
+
+
+def monthly_in_a_seasonal_fleet(share_from_month: int | None, share: float) -> list[EventFields]:
+    """A car read at the start of every month of 2024 that drives as the fleet does (``SEASONAL``)."""
+    out, km = [], 30_000.0
+    for month in range(12):
+        out.append(reading(month, 30.44 * month + 1, km))
+        driven = 30.44 * 40 * SEASONAL[month]
+        km += driven * (share if share_from_month is not None and month >= share_from_month else 1.0)
+    return out
+
+
+def test_a_slowdown_the_whole_fleet_shares_is_no_clocking() -> None:
+    honest = monthly_in_a_seasonal_fleet(None, 1.0)
+    seasonal = replace(DEFAULT_PARAMS, fleet_profile=SEASONAL)
+    assert "gradual_clocking" not in {
+        f for c in assess_vehicle(honest, params=seasonal).checked for f in c.flags
+    }
+    # the same car judged without the fleet's seasons: autumn looks like clocking
+    assert "gradual_clocking" in flags(honest)
+
+
+def test_clocking_in_a_seasonal_fleet_is_measured_against_the_fleet() -> None:
+    clocked = monthly_in_a_seasonal_fleet(7, 0.6)  # shows 60 % from August on
+    seasonal = replace(DEFAULT_PARAMS, fleet_profile=SEASONAL)
+    hits = [c for c in assess_vehicle(clocked, params=seasonal).checked if "gradual_clocking" in c.flags]
+    assert [c.event.event_id for c in hits] == ["e11"]
+    evidence = hits[0].evidence["gradual_clocking"]
+    assert evidence["fleet_ratio"] < 0.8  # the fleet itself slowed down over the same months ...
+    assert 0.5 < evidence["ratio"] < 0.7  # ... and the car by 60 % on top of that
+    assert evidence["z"] >= DEFAULT_PARAMS.clocking_min_z
+
+
+def test_the_fleet_profile_is_measured_from_the_fleets_readings() -> None:
+    # daily readings of ten cars of different rates through 2024, all following SEASONAL
+    fleet = []
+    for car in range(10):
+        rate, km, history = 15.0 + 10 * car, 10_000.0, []
+        for day in range(366):
+            history.append((T0 + day * DAY + 3_600_000 * 12, round(km)))
+            km += rate * SEASONAL[min(int(day / 30.5), 11)]
+        fleet.append(history)
+    profile = fleet_profile([*fleet, [(T0, 5_000), (T0 + 20 * DAY, 6_000)]])  # a car seen 20 days: ignored
+    assert len(profile) == 12 and abs(sum(profile) / 12 - 1) < 0.01
+    assert all(abs(p - s) < 0.1 for p, s in zip(profile, SEASONAL, strict=True))
+    assert fleet_profile([]) == (1.0,) * 12  # no fleet to measure: every day counts the same
+
+
+def test_a_small_wind_back_at_the_sale_on_a_car_read_a_few_times_a_year() -> None:
+    # 45 km/day; wound back ~4,000 km just before the sale; the next reading, two months on, is back
+    # near the old figure (within the reading noise of it) but far below where the car's rate puts it
+    events = [reading(0, 0, 64_700), reading(1, 24, 65_770), reading(2, 102, 69_300)]
+    events.append(reading(3, 116, 65_930, source="garage-net-03", kind="ownership_change"))
+    events += [reading(4, 177, 69_255), reading(5, 196, 70_260), reading(6, 279, 73_860)]
+    assessment = assess_vehicle(events)
+    sale = next(c for c in assessment.checked if c.event.event_id == "e3")
+    assert sale.evidence["odometer_rollback"]["standing"] == "confirmed"
+    assert "rollback_before_sale" in sale.flags
+    assert assessment.score.label != "clean"
+
+
+def test_a_wind_back_first_seen_after_the_sale_on_a_car_read_every_quarter() -> None:
+    events = [reading(i, 91 * i, 50_000 + 91 * 40 * i) for i in range(3)]  # days 0, 91, 182
+    events.append(
+        reading(3, 200, 0, source="manual-portal", kind="ownership_change")._replace(odometer_km=None)
+    )
+    events += [reading(4 + i, 273 + 91 * i, 50_000 + 40 * (273 + 91 * i) - 15_000) for i in range(3)]
+    hits = [c for c in assess_vehicle(events).checked if "rollback_before_sale" in c.flags]
+    assert [c.event.event_id for c in hits] == ["e3"]
+    detail = hits[0].evidence["rollback_before_sale"]
+    assert detail["across_sale"] is True and detail["drop_km"] > 10_000  # 15,000 less the 91 days driven

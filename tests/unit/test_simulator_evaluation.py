@@ -1,17 +1,18 @@
 """Do the shared rules find the frauds the simulator injects, per kind and per variant?
 
-``pipelines.rules.evaluation`` assesses each simulated vehicle the way the
+``pipelines.simulator.evaluation`` assesses each simulated vehicle the way the
 batch layer does after the speed layer stored it, with the thresholds tuned on
-seeds 1-5 (``pipelines.rules.tuning``); these seeds (21, 22) were not used for
-tuning.  The bounds are the issue's targets where the rules reach them and the
-measured level where they do not (gradual clocking: docs/fraud.md says why).
+seeds 1-5 (``pipelines.simulator.tuning``); these seeds (21, 22) were not used for
+tuning.  The bounds are the issue's targets (gradual clocking on the cases the
+data can show: over all cases docs/fraud.md gives the figures).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from pipelines.rules.evaluation import (
+from pipelines.simulator import FRAUD_KINDS
+from pipelines.simulator.evaluation import (
     KIND_FLAGS,
     FleetQuality,
     Thresholds,
@@ -19,7 +20,6 @@ from pipelines.rules.evaluation import (
     fleet_config,
     main,
 )
-from pipelines.simulator import FRAUD_KINDS
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_rules_meet_the_fraud_quality_targets(quality: FleetQuality) -> None:
     assert kinds["rollback_before_sale"].detectable.f1 >= 0.95, report
     assert kinds["wreck_back_on_road"].all.recall == 1.0, report
     assert kinds["cloned_identity"].all.recall >= 0.95, report
-    assert kinds["gradual_clocking"].detectable.f1 >= 0.75, report  # target 0.85: not reached (docs/fraud.md)
+    assert kinds["gradual_clocking"].detectable.f1 >= 0.85, report  # over all cases: docs/fraud.md
     assert kinds["replay"].all.recall >= 0.95, report
     for kind in ("cloned_identity", "wreck_back_on_road"):  # the speed layer, within 3 events
         assert kinds[kind].realtime is not None and kinds[kind].realtime >= 0.9, report

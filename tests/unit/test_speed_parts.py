@@ -53,6 +53,25 @@ def test_cached_roots_keep_found_roots_and_retry_misses_later() -> None:
     assert len(calls) == 2
 
 
+def test_cached_roots_refresh_source_facts_after_their_ttl() -> None:
+    clock = [0.0]
+    reads: list[str] = []
+
+    def read_source(source_id: str) -> SourceInfo | None:
+        reads.append(source_id)
+        return None if source_id == "unknown" else SourceInfo(source_id, 1, 1.0)
+
+    roots = CachedRoots(lambda s, n: None, read_source, source_ttl_s=60.0, clock=lambda: clock[0])
+    assert roots.source_info("cc-a") == SourceInfo("cc-a", 1, 1.0)
+    assert roots.source_info("unknown") is None
+    clock[0] = 59.9
+    assert roots.source_info("cc-a") is not None and roots.source_info("unknown") is None
+    assert reads == ["cc-a", "unknown"]  # an unknown source is remembered too
+    clock[0] = 60.0
+    roots.source_info("cc-a")
+    assert reads == ["cc-a", "unknown", "cc-a"]
+
+
 def test_in_memory_roots_round_trip_through_a_file(tmp_path) -> None:
     roots = InMemoryRoots()
     roots.add_source("garage-net-03", tier=2, reputation=0.7)

@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("apache_beam")
 
-from pipelines.dataset import MASTER_COLUMNS
+from pipelines.dataset import DEFAULT_BUCKETS, MASTER_COLUMNS, bucket_dir, bucket_of, read_layout
 from speed.config import SpeedConfig
 from speed.errors import SinkStateError
 from speed.process import EventProcessor
@@ -50,7 +50,11 @@ def _proc(tmp_path: Path, roots: InMemoryRoots) -> EventProcessor:
     return EventProcessor(config, roots)
 
 
-def test_flush_writes_view_and_master_partitioned_by_event_date_with_offsets(tmp_path: Path) -> None:
+def _buckets_of(rows: list[dict]) -> list[str]:
+    return sorted({bucket_dir(bucket_of(r["vehicle"], DEFAULT_BUCKETS)) for r in rows})
+
+
+def test_flush_writes_view_and_master_clustered_by_vehicle_bucket_with_offsets(tmp_path: Path) -> None:
     roots, records = _batch(6, days_apart=True)
     proc = _proc(tmp_path, roots)
     sinks = _writer(tmp_path)
@@ -61,9 +65,13 @@ def test_flush_writes_view_and_master_partitioned_by_event_date_with_offsets(tmp
     assert len(segments) == 1
     view = pq.read_table(segments[0])
     assert tuple(view.schema.names) == MASTER_COLUMNS and view.num_rows == 6
-    dates = sorted(p.name for p in (tmp_path / "master").iterdir())
-    assert dates == sorted({f"event_date={r['event_date']}" for r in result.rows})
-    assert len(dates) == 6
+    assert read_layout(tmp_path / "master") == DEFAULT_BUCKETS
+    dirs = sorted(p.name for p in (tmp_path / "master").iterdir() if p.is_dir())
+    assert dirs == _buckets_of(result.rows)
+    for file in _master_files(tmp_path):
+        rows = pq.read_table(file, columns=["vehicle", "event_time"]).to_pylist()
+        assert rows == sorted(rows, key=lambda r: (r["vehicle"], r["event_time"]))
+        assert {bucket_dir(bucket_of(r["vehicle"], DEFAULT_BUCKETS)) for r in rows} == {file.parent.name}
     assert recover(tmp_path / "speed", tmp_path / "realtime", tmp_path / "master") == {
         ("pcc.telemetry", 0): 6
     }
@@ -162,13 +170,27 @@ def _flush_in_steps(tmp_path: Path, sinks: SinkWriter, steps: int, n: int = 30):
     return roots, records
 
 
-def test_a_backfill_gets_one_master_file_per_date_not_one_per_date_per_flush(tmp_path: Path) -> None:
+def test_a_master_not_yet_migrated_keeps_its_event_date_partitions(tmp_path: Path) -> None:
+    (tmp_path / "master" / "event_date=2020-01-01").mkdir(parents=True)  # the older layout
+    roots, records = _batch(6, days_apart=True)
+    sinks = _writer(tmp_path)
+    result = _proc(tmp_path, roots).process_batch(records, int(time.time() * 1000))
+    sinks.add(records, result)
+    sinks.flush({}, final=True)
+    assert read_layout(tmp_path / "master") is None
+    dates = {f.parent.name for f in _master_files(tmp_path)}
+    assert dates == {f"event_date={r['event_date']}" for r in result.rows}
+    assert len(read_master(tmp_path / "master")) == 6
+
+
+def test_a_backfill_gets_one_master_file_per_bucket_not_one_per_bucket_per_flush(tmp_path: Path) -> None:
     sinks = _writer(tmp_path)  # the master cadence (100k rows / 60 s) is not reached by 30 rows
     _flush_in_steps(tmp_path, sinks, steps=5)
     assert len(_segments(tmp_path)) == 5  # the real-time view is fresh at every flush
     assert _master_files(tmp_path) == []
     sinks.flush({}, final=True)
-    assert len(_master_files(tmp_path)) == 30  # 30 dates, one file each
+    rows = pq.read_table(_segments(tmp_path), columns=["vehicle"]).to_pylist()
+    assert len(_master_files(tmp_path)) == len(_buckets_of(rows))  # one file per bucket, 30 dates
     assert _ids(_master_files(tmp_path)) == _ids(_segments(tmp_path))
     assert len(_ids(_segments(tmp_path))) == 30
     state = json.loads((tmp_path / "speed" / "offsets.json").read_text())
@@ -187,7 +209,8 @@ def test_the_master_dataset_is_written_in_the_background_once_enough_rows_wait(t
         time.sleep(0.01)
     assert sinks.master_lag_rows == 0
     assert _ids(_master_files(tmp_path)) == _ids(_segments(tmp_path))
-    assert len(_master_files(tmp_path)) == 30
+    rows = pq.read_table(_segments(tmp_path), columns=["vehicle"]).to_pylist()
+    assert len(_master_files(tmp_path)) >= len(_buckets_of(rows))
 
 
 def test_crash_with_rows_only_in_the_real_time_view_copies_them_to_the_master_dataset(
@@ -216,6 +239,7 @@ def test_crash_during_a_background_master_write_leaves_each_row_once(tmp_path: P
     sinks = SinkWriter(
         tmp_path / "realtime", tmp_path / "master", tmp_path / "speed", "w0", 250, None, master_flush_rows=10
     )
+    (tmp_path / "master" / "event_date=2000-01-01").mkdir(parents=True)  # many files per write: one per date
     real_write = master_module.write_parquet
     written: list[Path] = []
 

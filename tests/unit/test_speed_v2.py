@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,8 @@ def test_a_version_1_event_after_the_cutover_is_refused_with_a_reason(tmp_path: 
     roots = InMemoryRoots()
     src = SyntheticSource("garage-net-03", roots, checkpoint_every=1000)
     cutover = now() - 5 * DAY
-    proc = EventProcessor(_config(tmp_path, v1_cutover_ms=cutover), roots, keys=NoKeys())  # type: ignore[arg-type]
+    config = _config(tmp_path, v1_cutover=datetime.fromtimestamp(cutover / 1000, UTC))
+    proc = EventProcessor(config, roots, keys=NoKeys())  # type: ignore[arg-type]
     before = clear("odometer_reading", {"odometer_km": 1000}, cutover - DAY)
     after = clear("odometer_reading", {"odometer_km": 1000, "location": PARIS}, cutover + DAY)
     v2 = sealed(clear("odometer_reading", {"odometer_km": 1010, "location": PARIS}, cutover + 2 * DAY))

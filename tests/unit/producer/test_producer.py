@@ -11,7 +11,7 @@ import pytest
 from pipelines.canonical import leaf_hash
 from pipelines.errors import PccTransientError, PccValidationError
 from pipelines.merkle import LeafHashFile, consistency_proof, verify_consistency, verify_inclusion
-from pipelines.producer import MemoryAnchor, MemoryPublisher, Producer
+from pipelines.producer import AnchorUnavailable, MemoryAnchor, MemoryPublisher, Producer
 from pipelines.settings import Settings
 from pipelines.vault import IdentityVault
 from pipelines.vin import with_check_digit
@@ -147,17 +147,88 @@ class DownAnchor(MemoryAnchor):
 
 
 def test_chain_down_publishes_nothing_and_the_next_run_sends_everything(settings, vault):
+    settings = Settings(data_dir=settings.data_dir, producer={**settings.producer.model_dump(), "anchor_wait_s": 0})
     pub = MemoryPublisher()
     producer = make(settings, vault, DownAnchor(), pub)
-    with pytest.raises(PccTransientError, match="unreachable"):
-        for i in range(16):
-            producer.submit(raw(i))
-    producer.log.close()
-    assert pub.sent == []
+    for i in range(40):  # accepted into the log all the same: they wait for their anchor
+        producer.submit(raw(i))
+    assert producer.report.accepted == 40 and producer.log.unpublished == 40
+    with pytest.raises(AnchorUnavailable, match="40 events wait in the log"):
+        producer.close()
+    assert pub.sent == [] and producer.report.unsent == 40
     anchor, later = MemoryAnchor(), MemoryPublisher()
     make(settings, vault, anchor, later).close()
-    assert [wire(e)["proof"]["log_index"] for e in later.sent] == list(range(16))
+    assert [wire(e)["proof"]["log_index"] for e in later.sent] == list(range(40))
     assert len(anchor.checkpoints[SOURCE]) == 1
+
+
+class FlakyAnchor(MemoryAnchor):
+    """Unreachable while ``down``; ``lands`` makes the cut-off attempt land on the ledger (mined, no receipt)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+        self.lands = False
+        self.attempts = 0
+
+    def anchor(self, source_id, tree_size, root):
+        self.attempts += 1
+        if self.down:
+            if self.lands:
+                super().anchor(source_id, tree_size, root)
+            raise PccTransientError("chain node unreachable")
+        return super().anchor(source_id, tree_size, root)
+
+
+def test_an_outage_is_retried_with_backoff_and_one_checkpoint_catches_up(settings, vault, caplog):
+    anchor, pub = FlakyAnchor(), MemoryPublisher()
+    producer = make(settings, vault, anchor, pub)
+    for i in range(16):
+        producer.submit(raw(i))
+    anchor.down = True
+    for i in range(16, 200):
+        producer.submit(raw(i))
+    assert anchor.attempts == 2  # one failed try, then none before the backoff is over
+    assert len(pub.sent) == 16 and producer.log.unpublished == 184
+    assert "the ledger is unreachable" in caplog.text
+    anchor.down = False
+    producer._retry_at = 0.0  # the backoff is over
+    producer.submit(raw(200))
+    assert "the ledger answers again" in caplog.text
+    producer.close()
+    assert [wire(e)["proof"]["log_index"] for e in pub.sent] == list(range(201))
+    assert [size for size, _ in anchor.checkpoints[SOURCE]] == [16, 201]
+
+
+def test_an_anchor_cut_off_by_the_outage_but_mined_is_not_sent_again(settings, vault):
+    anchor, pub = FlakyAnchor(), MemoryPublisher()
+    producer = make(settings, vault, anchor, pub)
+    anchor.down = anchor.lands = True
+    for i in range(16):
+        producer.submit(raw(i))
+    anchor.down = False  # the same checkpoint again: the ledger has it, anchoring it twice would revert
+    producer.close()
+    assert [size for size, _ in anchor.checkpoints[SOURCE]] == [16]
+    assert [wire(e)["proof"]["log_index"] for e in pub.sent] == list(range(16))
+    assert producer.report.checkpoints == 1
+
+
+def test_close_waits_for_the_ledger(settings, vault):
+    anchor, pub = FlakyAnchor(), MemoryPublisher()
+    producer = make(settings, vault, anchor, pub)
+    anchor.down = True
+    for i in range(10):
+        producer.submit(raw(i))
+    calls = []
+
+    def back_on_the_second_try(source_id, tree_size, root):
+        calls.append(tree_size)
+        anchor.down = len(calls) < 2
+        return FlakyAnchor.anchor(anchor, source_id, tree_size, root)
+
+    anchor.anchor = back_on_the_second_try
+    producer.close()
+    assert calls == [10, 10] and [wire(e)["proof"]["log_index"] for e in pub.sent] == list(range(10))
 
 
 def test_broker_down_keeps_events_and_never_anchors_twice(settings, vault):
