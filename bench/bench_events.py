@@ -6,6 +6,9 @@ Measured on one core, each against a same-run reference:
   thousands/s) vs plain ``json.loads`` on the same bytes.
 * ``events.validate``: :func:`validate_envelope` (compiled fast check +
   extra checks) vs the ``jsonschema`` validator alone on the same envelope.
+* ``events.proofs``: :func:`pipelines.merkle.verify_inclusions` over the
+  events of one 1,024-event checkpoint (a poll) vs :func:`verify_inclusion`
+  on each, the same claims.
 * ``vault.pseudonymize``: :meth:`IdentityVault.pseudonymize_vehicle` with the
   in-memory LRU (a producer's steady state) vs the same vault without cache
   (one SQLite lookup per event).
@@ -21,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import record
+from pipelines import merkle
 from pipelines.events import new_event_id, parse_event, validate_envelope
 from pipelines.events.validation import _validator
 from pipelines.vault import IdentityVault
@@ -80,10 +84,46 @@ def main(argv: list[str] | None = None) -> int:
         parse / plain,
     )
 
+    leaves = [merkle.hash_leaf(b"event %d" % i) for i in range(5120)]
+    top = merkle.root(leaves)
+    claims = [(leaves[i], i, 5120, merkle.inclusion_proof(leaves, i), top) for i in range(4096, 5120)]
+    rounds = max(3, n // 5000)
+    batch = _rate(lambda: merkle.verify_inclusions(claims), rounds) * len(claims)
+    single = _rate(lambda: [merkle.verify_inclusion(*c) for c in claims], rounds) * len(claims)
+    record(
+        "events.proofs",
+        {
+            "us_per_event": 1e6 / batch,
+            "events": len(claims),
+            "ratio_is": "per-batch rate / single-proof rate",
+        },
+        {"single_us_per_event": 1e6 / single},
+        batch / single,
+    )
+
     assert validate_envelope(event) == []
     fast = _rate(lambda: validate_envelope(event), n)
     authority = _validator("envelope", 1).validator  # the full schema with its payload dispatch
     slow = _rate(lambda: authority.is_valid(event), max(1000, n // 20))
+    compiled_check = _validator("envelope", 1, core=True).accepts
+    from pipelines.events.fastcheck import compile_python_check
+    from pipelines.events.registry import load_schema
+
+    core_schema = load_schema("envelope", 1)
+    core_schema.pop("allOf")
+    closures = compile_python_check(core_schema)
+    assert closures is not None and compiled_check is not None
+    compiled_rate = _rate(lambda: compiled_check(event), n)
+    closures_rate = _rate(lambda: closures(event), n)
+    record(
+        "events.validate_compiled",
+        {
+            "us_per_envelope": 1e6 / compiled_rate,
+            "ratio_is": "msgspec envelope check rate / Python-closure check rate",
+        },
+        {"closures_us_per_envelope": 1e6 / closures_rate},
+        compiled_rate / closures_rate,
+    )
     record(
         "events.validate",
         {"events_per_s": fast, "ratio_is": "validate_envelope rate / jsonschema-only rate"},

@@ -23,6 +23,7 @@ from eth_utils import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 
+from bench.common import record
 from infra.chain import node
 from ledger.chain import connect_url
 from ledger.client import LedgerClient
@@ -31,15 +32,6 @@ from ledger.deploy import deploy
 from ledger.keys import address_of
 from ledger.market import QueryReceipt
 from ledger.tx import Signer, wait_all
-
-try:
-    from bench.common import record
-except ImportError:  # pragma: no cover - bench/common.py is written by another module's owner
-
-    def record(name, figures, reference=None, ratio=None):  # type: ignore[no-untyped-def]
-        print(f"{name}: {figures} | reference: {reference} | ratio {ratio}")
-        return {}
-
 
 EVENTS_PER_CHECKPOINT = 1_024
 BATCH = 100
@@ -157,7 +149,7 @@ def bench_anchor_throughput(client: LedgerClient, checkpoints: int) -> None:
     fees = ref_signer._fees()
     hashes = []
     for _ in range(checkpoints):
-        tx = {"to": address_of(M2), "value": 1, "gas": 21_000, "nonce": ref_signer._next_nonce(), **fees}
+        tx: dict[str, Any] = {"to": address_of(M2), "value": 1, "gas": 21_000, "nonce": ref_signer._next_nonce(), **fees}
         hashes.append(w3.eth.send_raw_transaction(ref_signer.account.sign_transaction(tx).raw_transaction))
     wait_all(w3, hashes, "reference transfers")
     ref_tps = checkpoints / (time.perf_counter() - t0)

@@ -1,4 +1,4 @@
-"""Onboarding many producers, and how fast ``pcc`` subcommands start.
+"""Onboarding many producers: one process for the fleet against one process per source.
 
 Figures (``python -m bench --only onboarding [--scale F]``), against an anvil
 node started for the run:
@@ -6,10 +6,9 @@ node started for the run:
 - ``pcc ledger register-sources FILE`` for 121 sources (scale 1; the held-out
   fleet of issue 19) in one process, against the same number registered one
   ``pcc ledger register-source`` process at a time, measured on a sample of
-  processes and scaled up (the reference);
-- cold start of ``pcc ledger --help``, ``pcc ingest --help`` and
-  ``pcc kafka --help`` (median of 3 runs each; target <= 1 s for commands
-  that touch no heavy engine).
+  processes and scaled up (the reference).
+
+How fast ``pcc`` itself starts is measured by ``bench/bench_cli.py``.
 """
 
 from __future__ import annotations
@@ -37,21 +36,12 @@ def _run(args: list[str], config: Path | None = None) -> float:
     return time.perf_counter() - started
 
 
-def cold_starts(repeat: int = 3) -> dict[str, float]:
-    out = {}
-    for args in (["ledger", "--help"], ["ingest", "--help"], ["kafka", "--help"], ["--help"]):
-        out["pcc " + " ".join(args)] = round(statistics.median(_run(args) for _ in range(repeat)), 2)
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args(argv)
     sources = max(8, int(121 * args.scale))
     sample = max(3, min(8, sources // 10))
-    starts = cold_starts()
-    record("pcc_cold_start_s", starts, {"target_s": 1.0})
     with tempfile.TemporaryDirectory(prefix="pcc-bench-onboarding-") as tmp:
         root = Path(tmp)
         state = root / "anvil"

@@ -22,7 +22,7 @@ from bench.common import record
 from bench.stack import bench_settings, running_broker
 
 
-def _records(count: int, offset: int = 0) -> list[dict]:
+def _records(count: int, offset: int = 0, source_id: str = "cc-bench") -> list[dict]:
     from pipelines.events import format_time
     from pipelines.vin import with_check_digit
 
@@ -31,7 +31,7 @@ def _records(count: int, offset: int = 0) -> list[dict]:
         {
             "event_type": "odometer_reading",
             "schema_version": 1,
-            "source_id": "cc-bench",
+            "source_id": source_id,
             "vin": with_check_digit(f"WVWZZZ1KZ{(i % 5000):08d}"),
             "event_time": format_time(base + i * 1000),
             "payload": {
@@ -113,6 +113,22 @@ def main(argv: list[str] | None = None) -> int:
         register_source(settings, "cc-bench", "connected_car", 1)
         vault = IdentityVault(settings)
         records = _records(n)
+        # the clear contract (version 1) first, on its own source: the reference for sealing's cost
+        register_source(settings, "cc-bench-clear", "connected_car", 1)
+        clear = settings.model_copy(
+            update={"producer": settings.producer.model_copy(update={"contract_version": 1})}
+        )
+        clear_publisher = KafkaPublisher(settings.kafka.bootstrap)
+        clear_producer = Producer(
+            clear, source_id="cc-bench-clear", source_kind="connected_car", anchor=load_anchor(settings),
+            publisher=clear_publisher, vault=vault,
+        )  # fmt: skip
+        started = time.perf_counter()
+        for raw in _records(n, source_id="cc-bench-clear"):
+            clear_producer.submit(raw)
+        clear_report = clear_producer.close()
+        clear_s = time.perf_counter() - started
+
         publisher = _Capture(KafkaPublisher(settings.kafka.bootstrap), Path(tmp) / "wire.bin")
         producer = Producer(
             settings, source_id="cc-bench", source_kind="connected_car", anchor=load_anchor(settings),
@@ -161,6 +177,17 @@ def main(argv: list[str] | None = None) -> int:
         },
         {"bare_events_per_s": round(bare_rate)},
         sdk_rate / bare_rate,
+    )
+    clear_rate = clear_report.published / clear_s
+    record(
+        "producer.sealing",
+        {
+            "sealed_events_per_s": round(sdk_rate),
+            "ratio_is": "SDK events/s sealing protected fields (contract v2) over the same SDK on the clear "
+            "contract v1, same records, same run (target >= 0.85)",
+        },
+        {"clear_events_per_s": round(clear_rate)},
+        sdk_rate / clear_rate,
     )
     return 0
 

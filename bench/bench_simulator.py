@@ -12,7 +12,7 @@
   bytes / 1 GB.  And ``rules.check_event``: events/s through :func:`check_event`
   against building the same :class:`EventFields` from the events (the input cost).
 * ``rules.kernel``: time per event of the rules now against the rules before
-  issue 22 (``bench/rules_before``, frozen) on the same events in the same run,
+  issue 22 (loaded from git history by :mod:`bench.rules_at`) on the same events in the same run,
   for the speed layer's :func:`check_event` and the batch's :func:`assess_vehicle`
   (a fleet with frauds, 45 % connected); ratio = now / before (<= 1: no worse).
 """
@@ -137,7 +137,9 @@ def _per_event_s(
 
 def _kernel(vehicles: int) -> dict[str, float]:
     """Seconds per event of check_event and assess_vehicle, now and before, on the same histories."""
-    from bench.rules_before import fraud as before
+    from bench.rules_at import rules_at
+
+    before = rules_at()
 
     config = SimulationConfig(vehicles=vehicles, days=365, seed=9, fraud_rate=0.3)
     histories = []

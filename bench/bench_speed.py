@@ -1,7 +1,7 @@
 """Speed layer: ``python -m bench.bench_speed [--scale F] [--bootstrap HOST:PORT]``.
 
 Starts its own Kafka broker on free ports under a temporary directory and stops it
-at the end (``--bootstrap`` uses a running one instead).  Four figures:
+at the end (``--bootstrap`` uses a running one instead).  Five figures:
 
 1. **Throughput, end to end** (Kafka -> verify/score/flag -> real-time view and
    master dataset durable): the Beam pipeline on ``FnApiRunner`` versus, in the
@@ -17,6 +17,10 @@ at the end (``--bootstrap`` uses a running one instead).  Four figures:
    (default 2,000 events/s) produced by another process, with master writes
    every 5 s inside the window.
 4. **Memory**: per-vehicle fraud state for 1M vehicles (target < 1 GB).
+5. **Ordering**: the Beam pipeline with the ordering buffer (events applied in
+   ``sort_key`` order once every partition is read past them) versus, in the
+   same run and on the same records, the pipeline applying each poll as it
+   comes (``order_hold_ms=None``, the order before issue 18) (target >= 0.8).
 
 ``--figures backlog freshness`` measures only those.
 """
@@ -53,7 +57,7 @@ from speed.state import VehicleStates
 from speed.synthetic import SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
-FIGURES = ("throughput", "backlog", "freshness", "memory")
+FIGURES = ("throughput", "backlog", "freshness", "memory", "ordering")
 
 
 class _Roots:
@@ -346,6 +350,25 @@ def _measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
             {"beam_events_per_s": round(beam), "events": n, "ratio_is": "beam FnApiRunner / plain loop"},
             {"plain_loop_events_per_s": round(plain)},
             beam / plain,
+        )
+    if "ordering" in args.figures:
+        n = max(2_000, int(40_000 * args.scale))
+        roots = InMemoryRoots()
+        prefix = _topics(bootstrap)
+        _publish(bootstrap, prefix + "telemetry", _generate(n, roots))
+        per_poll = beam_run(
+            _config(bootstrap, prefix, work / "per-poll", until_idle_s=2.0, order_hold_ms=None), roots, n
+        )
+        ordered = beam_run(_config(bootstrap, prefix, work / "ordered", until_idle_s=2.0), roots, n)
+        record(
+            "speed.ordering",
+            {
+                "ordered_events_per_s": round(ordered),
+                "events": n,
+                "ratio_is": "beam with the ordering buffer / beam applying each poll as it comes",
+            },
+            {"per_poll_events_per_s": round(per_poll)},
+            ordered / per_poll,
         )
     if "backlog" in args.figures:
         n = max(5_000, int(100_000 * args.scale))

@@ -18,7 +18,7 @@ from typing import Any
 
 from infra.kafka.config import PACKAGE_DIR
 from infra.procs import free_ports
-from pipelines.settings import Settings
+from pipelines.settings import KafkaSettings, Settings
 
 #: The broker jars, shared with the tests (tests/fixtures/kafka.py): fetched once, git-ignored.
 JAR_CACHE = PACKAGE_DIR / ".cache" / "libs"
@@ -36,7 +36,7 @@ def bench_settings(data_dir: Path, **sections: Any) -> Settings:
         kafka.setdefault("controller_port", controller)
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("PCC__") or k == "PCC_CONFIG"}
     try:
-        return Settings(data_dir=data_dir, kafka=kafka, **sections)
+        return Settings(data_dir=data_dir, kafka=KafkaSettings(**kafka), **sections)
     finally:
         os.environ.update(saved)
 
