@@ -67,7 +67,7 @@ class FraudParams:
     sale_window_days: int = (
         270  # rollback_before_sale: how long before a sale (tuned, pipelines.simulator.tuning)
     )
-    clocking_ratio: float = 0.75  # gradual_clocking: car's rate after / before over the fleet's (tuned)
+    clocking_ratio: float = 0.6  # gradual_clocking: car's rate after / before over the fleet's (tuned)
     clocking_min_span_days: int = 60  # ... each side of the change spans at least this
     clocking_min_rate: float = 5.0  # ... km/day before the change, else too little signal
     clocking_daily_cv: float = 0.7  # ... how much a car's km vary from day to day (sd / mean)

@@ -422,7 +422,9 @@ def fleet_config(
 def main(argv: Sequence[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--vehicles", type=int, default=600)
-    ap.add_argument("--days", type=int, default=365)
+    ap.add_argument(
+        "--days", type=int, nargs="+", default=[365, 730], help="history spans, each seed once per span"
+    )
     ap.add_argument("--fraud-rate", type=float, default=0.3)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     ap.add_argument("--kinds-only", action="store_true", help="one line per kind, no variants")
@@ -430,9 +432,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     th = Thresholds()
     total = FleetQuality()
-    for seed in args.seeds:
-        quality = evaluate_fleet(fleet_config(seed, args.vehicles, args.days, args.fraud_rate))
-        print(f"seed {seed}: {quality.report(th, variants=not args.kinds_only)}")
+    for seed, days in ((seed, days) for days in args.days for seed in args.seeds):
+        quality = evaluate_fleet(fleet_config(seed, args.vehicles, days, args.fraud_rate))
+        print(f"seed {seed}, {days} days: {quality.report(th, variants=not args.kinds_only)}")
         if args.show_errors:
             for o in quality.outcomes:
                 label, _, reasons = o.verdict(th)
@@ -441,8 +443,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                     cases = [(c.kind, dict(c.variant), c.detectable) for c in o.cases]
                     print(f"    #{o.index} {cases} {label} {list(reasons)}")
         total = total.merge(quality)
-    if len(args.seeds) > 1:
-        print(f"all seeds: {total.report(th, variants=not args.kinds_only)}")
+    if len(args.seeds) * len(args.days) > 1:
+        print(f"all seeds and spans: {total.report(th, variants=not args.kinds_only)}")
 
 
 if __name__ == "__main__":

@@ -40,13 +40,15 @@ def every_two_months(
     return out
 
 
-def test_clocking_at_60_percent_on_a_car_read_every_two_months() -> None:
-    clocked = every_two_months(share_from=5, share=0.6)
+def test_clocking_at_half_the_distance_on_a_car_read_every_two_months() -> None:
+    # The issue's case shows 60 %: that is the threshold now, within the honest year-to-year change of
+    # one car in 200 (docs/fraud.md, "Two-year histories"); half the distance is well past it.
+    clocked = every_two_months(share_from=5, share=0.5)
     assessment = assess_vehicle(clocked)
     hits = [c for c in assessment.checked if "gradual_clocking" in c.flags]
     assert [c.event.event_id for c in hits] == ["e11"]  # the latest reading carries the verdict
     evidence = hits[0].evidence["gradual_clocking"]
-    assert 0.5 < evidence["ratio"] < 0.65
+    assert 0.4 < evidence["ratio"] < DEFAULT_PARAMS.clocking_ratio
     assert evidence["km_per_day_after"] < evidence["km_per_day_before"]
     assert assessment.score.label != "clean" and assessment.score.reasons == ("gradual_clocking",)
 
@@ -57,7 +59,7 @@ def with_reference_typo(events: list[EventFields]) -> list[EventFields]:
 
 
 def test_clocking_is_measured_past_a_reference_typo_and_a_replay_of_the_reading_after_it() -> None:
-    clocked = every_two_months(share_from=5, share=0.6)
+    clocked = every_two_months(share_from=5, share=0.5)
     typo = with_reference_typo(clocked)
     replayed = [*typo, typo[4]._replace(log_index=1_004)]  # e4, that shows e3 was a typo, arrives twice
     expected = assess_vehicle(clocked).checked[-1].evidence["gradual_clocking"]
@@ -76,6 +78,16 @@ def test_clocking_is_measured_past_a_reference_typo_and_a_replay_of_the_reading_
 def test_the_same_car_driven_honestly_is_left_alone() -> None:
     for seed in range(5):
         assert flags(every_two_months(share_from=None, share=1.0, seed=seed)) == set()
+
+
+def test_an_owner_who_drives_a_quarter_less_from_one_year_to_the_next_is_left_alone() -> None:
+    """A new job, a second car: a lasting drop of honest usage is not clocking (the two-year demo flagged 4.8 %)."""
+    for seed in range(5):
+        rng, km, events = random.Random(seed), 70_000.0, []
+        for i in range(24):  # read every month for two years, driving 25 % less from the second year
+            events.append(reading(i, 30.5 * i, km))
+            km += 30.5 * (40.0 if i < 12 else 30.0) * rng.uniform(0.85, 1.15)
+        assert flags(events) == set(), seed
 
 
 def test_clocking_that_starts_too_late_to_show_is_not_claimed() -> None:
@@ -109,8 +121,8 @@ def test_rollbacks_days_weeks_and_months_before_a_sale() -> None:
             assert "rollback_before_sale" in flags(sold_after_rollback(days, drop)), (days, drop)
 
 
-#: A fleet that drives 30 % more from March to August and 30 % less the rest of the year.
-SEASONAL = tuple(1.3 if 2 <= m <= 7 else 0.7 for m in range(12))
+#: A fleet that drives 40 % more from March to August and 40 % less the rest of the year.
+SEASONAL = tuple(1.4 if 2 <= m <= 7 else 0.6 for m in range(12))
 
 
 def monthly_in_a_seasonal_fleet(share_from_month: int | None, share: float) -> list[EventFields]:
@@ -134,13 +146,13 @@ def test_a_slowdown_the_whole_fleet_shares_is_no_clocking() -> None:
 
 
 def test_clocking_in_a_seasonal_fleet_is_measured_against_the_fleet() -> None:
-    clocked = monthly_in_a_seasonal_fleet(7, 0.6)  # shows 60 % from August on
+    clocked = monthly_in_a_seasonal_fleet(7, 0.5)  # shows half from August on
     seasonal = replace(DEFAULT_PARAMS, fleet_profile=SEASONAL)
     hits = [c for c in assess_vehicle(clocked, params=seasonal).checked if "gradual_clocking" in c.flags]
     assert [c.event.event_id for c in hits] == ["e11"]
     evidence = hits[0].evidence["gradual_clocking"]
     assert evidence["fleet_ratio"] < 0.8  # the fleet itself slowed down over the same months ...
-    assert 0.5 < evidence["ratio"] < 0.7  # ... and the car by 60 % on top of that
+    assert 0.4 < evidence["ratio"] < 0.6  # ... and the car by half on top of that
     assert evidence["z"] >= DEFAULT_PARAMS.clocking_min_z
 
 
