@@ -9,6 +9,7 @@ broker, three (``min.insync.replicas=2``) from three brokers up.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -145,7 +146,37 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> list[str]:
                 )
         if created:
             admin.wait_for_topics(created, timeout_ms=int(timeout_s * 1000))
-        return created
+    if created:
+        _wait_on_every_node(settings.kafka.bootstrap, created, time.monotonic() + timeout_s)
+    return created
+
+
+def _wait_on_every_node(bootstrap: str, names: list[str], deadline: float) -> None:
+    """Wait until each node of ``bootstrap`` describes ``names`` with a leader for every partition.
+
+    The node that created them knows them at once; the others learn them from the
+    controller a moment later, and a client bootstrapped on one of those (``pcc kafka
+    status``, a producer) would see no topic.  A node that does not answer is skipped.
+    """
+    from kafka.errors import KafkaError
+
+    addresses = [a.strip() for a in bootstrap.split(",") if a.strip()]
+    if len(addresses) < 2:
+        return
+    for address in addresses:
+        try:
+            with admin_client(address, max(1.0, deadline - time.monotonic())) as admin:
+                while True:
+                    known = {
+                        t["name"]
+                        for t in _describe(admin, names)
+                        if t["partitions"] and all(p["leader_id"] >= 0 for p in t["partitions"])
+                    }
+                    if known >= set(names) or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.1)
+        except (KafkaError, KafkaUnavailableError):
+            continue
 
 
 def describe_topics(

@@ -191,7 +191,10 @@ def test_boundary_swap_under_concurrent_queries(tmp_path) -> None:
     for start in range(0, n, 250):
         write_segment(tmp_path, events.slice(start, 250))
     publish_batch(tmp_path, "v0", events.slice(0, 100))
-    config = ServingConfig(data_dir=tmp_path, refresh_s=0.02, settle_every_s=3600)
+    # four clients in a loop from one account: well over the per-account rate a consumer is allowed
+    config = ServingConfig(
+        data_dir=tmp_path, refresh_s=0.02, settle_every_s=3600, rate_per_s=100_000, rate_burst=100_000
+    )
     billing = InMemoryBilling(PRICES)
     billing.fund(Account.from_key(CONSUMER_KEY).address, 10**12)
     results: list[tuple[int, int]] = []
