@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +31,7 @@ from batch.config import BatchConfig
 from batch.publish import read_current
 from pipelines.alerts import KIND_OF_FLAG, AlertData, AlertSigner, alerts_topic, cloud_event
 from pipelines.files import atomic_write
+from pipelines.layout import BatchManifest
 from pipelines.settings import Settings
 
 #: ``send(alerts)``: publish the alerts and return once the broker holds them (raises otherwise).
@@ -133,7 +134,7 @@ def _set_marker(config: BatchConfig, version: str, sent: int) -> None:
 
 
 def alert_new_verdicts(
-    config: BatchConfig, previous: Mapping[str, Any] | None, send: SendAlerts
+    config: BatchConfig, previous: BatchManifest | None, send: SendAlerts
 ) -> VerdictAlerts | None:
     """Send the alerts of the published version's new verdicts, once; ``None`` if nothing is published.
 
@@ -142,8 +143,8 @@ def alert_new_verdicts(
     current = read_current(config)
     if current is None:
         return None
-    version = current["version"]
-    candidates: Iterable[str | None] = (_marker(config), (previous or {}).get("version"))
+    version = current.version
+    candidates: Iterable[str | None] = (_marker(config), previous.version if previous is not None else None)
     baseline = next((v for v in candidates if v and (config.version_dir(v) / "fraud_scores").is_dir()), None)
     if baseline == version:
         return VerdictAlerts(version, baseline, 0)
@@ -166,7 +167,7 @@ def kafka_sender(bootstrap: str, topic: str, signer: AlertSigner, timeout_s: flo
 
 
 def after_run(
-    settings: Settings, config: BatchConfig, previous: Mapping[str, Any] | None, warn: Callable[[str], None]
+    settings: Settings, config: BatchConfig, previous: BatchManifest | None, warn: Callable[[str], None]
 ) -> VerdictAlerts | None:
     """What ``pcc batch run`` does once a run is over: alert the new verdicts; a broker down only warns
     (the version stays published, the next run sends what is owed)."""

@@ -115,12 +115,12 @@ def status_cmd(ctx: typer.Context) -> None:
     if current is None:
         out.print(f"no batch version published under {config.batch_dir}")
     else:
-        wm = current["watermark"]
-        out.print(f"published: {current['version']} at {current['published_at']}")
+        wm = current.watermark
+        out.print(f"published: {current.version} at {current.published_at}")
         out.print(
-            f"watermark: processed_time {wm['processed_time']}, event_time {wm['event_time']}, {wm['events']} events"
+            f"watermark: processed_time {wm.processed_time}, event_time {wm.event_time}, {wm.events} events"
         )
-        for view, rows in current.get("rows", {}).items():
+        for view, rows in current.rows.items():
             out.print(f"  {view}: {rows} rows")
     last = read_runs(config, limit=1)
     if last:

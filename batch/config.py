@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import model_validator
 
+from pipelines import layout
 from pipelines.settings import BatchSettings, Settings
 
 #: The batch views, in the order a run writes them (docs/contracts.md).
@@ -39,17 +40,17 @@ class BatchConfig(BatchSettings):
         return cls(
             **b.model_dump(exclude={"master", "master_dataset"}),
             master=spark_master or b.master,
-            master_dataset=b.master_dataset or settings.path("master"),
-            batch_dir=settings.path("batch"),
+            master_dataset=layout.master_dir(settings.data_dir, b.master_dataset),
+            batch_dir=layout.batch_dir(settings.data_dir),
         )
 
     @property
     def versions_dir(self) -> Path:
-        return self.batch_dir / "versions"
+        return layout.versions_dir(self.batch_dir)
 
     @property
     def current_file(self) -> Path:
-        return self.batch_dir / "CURRENT.json"
+        return layout.current_file(self.batch_dir)
 
     @property
     def runs_file(self) -> Path:
@@ -60,4 +61,4 @@ class BatchConfig(BatchSettings):
         return self.batch_dir / ".run.lock"
 
     def version_dir(self, version: str) -> Path:
-        return self.versions_dir / version
+        return layout.version_dir(self.batch_dir, version)

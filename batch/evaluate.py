@@ -237,7 +237,8 @@ def evaluate_published(
             f"{sim_dir / 'labels.jsonl'} does not exist (a `pcc simulate --out` directory?)"
         )
     truth = simulation_cases(sim_dir, vehicle_of) if vehicle_of else simulation_cases(sim_dir)
-    scores = read_scores(config.batch_dir / current["views"]["fraud_scores"])
+    views = current.view_dirs(config.batch_dir)
+    scores = read_scores(views["fraud_scores"])
     wanted = set(truth) if speed else set()
-    naive, realtime = history_signals(config.batch_dir / current["views"]["vehicle_history"], wanted, scores)
+    naive, realtime = history_signals(views["vehicle_history"], wanted, scores)
     return evaluate(scores, truth, naive, realtime if speed else None)

@@ -43,6 +43,7 @@ from batch.master import MasterScan
 from batch.views import build
 from batch.views.bucket_views import PER_VEHICLE_VIEWS, BucketTask, bucket_file_name
 from batch.views.buckets import bucket_pass, profile_pass
+from pipelines.layout import BatchManifest, version_dir
 from pipelines.rules.fraud import profile_from_sums
 
 if TYPE_CHECKING:
@@ -87,17 +88,17 @@ def _vehicles(files: list[Path], since: datetime | None = None) -> set[str]:
 
 
 def plan_buckets(
-    scan: MasterScan, current: dict[str, Any] | None, batch_dir: Path, *, full: bool, since: datetime | None
+    scan: MasterScan, current: BatchManifest | None, batch_dir: Path, *, full: bool, since: datetime | None
 ) -> BucketPlan:
     assert scan.buckets is not None
     plan = BucketPlan(scan.buckets)
-    layout = (current or {}).get("layout") or {}
-    usable = not full and current is not None and layout.get("buckets") == scan.buckets
-    if usable:
-        plan.previous = batch_dir / "versions" / current["version"]  # type: ignore[index]
+    layout = current.layout if current is not None else None
+    usable = not full and current is not None and layout is not None and layout.buckets == scan.buckets
+    if usable and current is not None:
+        plan.previous = version_dir(batch_dir, current.version)
         if not all((plan.previous / v).is_dir() for v in PER_VEHICLE_VIEWS):
             usable, plan.previous = False, None
-    before: dict[str, list[str]] = layout.get("files", {}) if usable else {}
+    before: dict[str, list[str]] = layout.files if usable and layout is not None else {}
     for bucket in sorted(scan.bucket_files):
         files = scan.bucket_files[bucket]
         names = {f.name for f in files}
@@ -136,7 +137,7 @@ def settle_profile(
     spark: SparkSession,
     scan: MasterScan,
     plan: BucketPlan,
-    current: dict[str, Any] | None,
+    current: BatchManifest | None,
     tolerance: float,
 ) -> None:
     """Measure the fleet's seasonal profile for ``plan``; if it left the previous version's by more
@@ -145,8 +146,8 @@ def settle_profile(
     A carried bucket's share comes from the previous manifest (its files are
     the same); every other bucket's is measured (:func:`profile_pass`).
     """
-    layout = ((current or {}).get("layout") or {}) if plan.previous is not None else {}
-    stored: dict[str, list[float]] = layout.get("profile_sums") or {}
+    layout = current.layout if current is not None and plan.previous is not None else None
+    stored: dict[str, list[float]] = layout.profile_sums if layout is not None else {}
     measure = {
         b: [str(f) for f in files]
         for b, files in scan.bucket_files.items()
@@ -164,7 +165,7 @@ def settle_profile(
         km = [a + b for a, b in zip(km, sums[:12], strict=True)]
         days = [a + b for a, b in zip(days, sums[12:], strict=True)]
     plan.measured_profile = profile_from_sums(km, days)
-    previous = tuple((current or {}).get("fleet_profile") or ()) if plan.previous is not None else None
+    previous = (current.fleet_profile or ()) if current is not None and plan.previous is not None else None
     plan.profile, plan.profile_moved = reference_profile(previous, plan.measured_profile, tolerance)
     if plan.profile_moved:
         plan.whole = sorted(scan.bucket_files)

@@ -41,6 +41,7 @@ from batch.session import get_spark, require_gx
 from batch.views import build
 from batch.views.bucket_views import PER_VEHICLE_VIEWS, bucket_file_name
 from pipelines.dataset import read_layout
+from pipelines.layout import BatchManifest
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -119,13 +120,13 @@ def _carry_over(
     spark: SparkSession,
     config: BatchConfig,
     fresh: dict[str, DataFrame],
-    current: dict[str, Any],
+    current: BatchManifest,
     touched: DataFrame,
 ) -> dict[str, DataFrame]:
     """Fresh rows for the touched vehicles, the published version's rows for every other vehicle."""
     views: dict[str, DataFrame] = {}
     for view in ("vehicle_history", "mileage_timeline", "fraud_scores"):
-        previous = spark.read.parquet(str(config.batch_dir / current["views"][view]))
+        previous = spark.read.parquet(str(current.view_dirs(config.batch_dir)[view]))
         kept = previous.join(_broadcast(touched), "vehicle", "left_anti")
         views[view] = fresh[view].unionByName(kept)
     views["source_reputation"] = build.source_reputation(views["vehicle_history"], config.timely_lag_s)
@@ -222,12 +223,13 @@ def run_batch(
                 not full
                 and since is None
                 and current is not None
-                and current.get("input", {}).get("fingerprint") == scan.fingerprint
+                and current.input is not None
+                and current.input.fingerprint == scan.fingerprint
             ):
-                record.version = record.run_id = current["version"]
+                record.version = record.run_id = current.version
                 record.status = "up_to_date"
                 record.published = True
-                record.watermark = current.get("watermark")
+                record.watermark = current.watermark.model_dump()
                 return _finish(config, record, t0, timings)
             version = new_version(started, scan.fingerprint)
             record.version = record.run_id = version
@@ -306,7 +308,7 @@ def _write_date_layout(
     spark: SparkSession,
     config: BatchConfig,
     scan: MasterScan,
-    current: dict[str, Any] | None,
+    current: BatchManifest | None,
     out: Path,
     full: bool,
     since: datetime | None,
@@ -327,7 +329,7 @@ def _write_date_layout(
     profile = build.fleet_profile(master, partitions)  # the whole fleet's, also when some cars are redone
     moved = False
     if current is not None and not full:  # the version's profile stays the reference while close
-        previous = tuple(current.get("fleet_profile") or ())
+        previous = current.fleet_profile or ()
         profile, moved = reference_profile(previous, profile, config.profile_tolerance)
     incremental = since is not None and current is not None and not full and not moved
     touched = None

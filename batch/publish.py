@@ -9,7 +9,6 @@ the previous manifest or the new one, never a torn file.
 
 from __future__ import annotations
 
-import json
 import secrets
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 
 from batch.config import VIEWS, BatchConfig
 from batch.errors import RunNotFoundError
-from pipelines.files import atomic_write
+from pipelines.layout import VERSION_MANIFEST, BatchManifest, version_dir
 
 
 def utc_now() -> datetime:
@@ -39,46 +38,43 @@ def new_version(started: datetime, fingerprint: str) -> str:
     return started.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + tail[:4]
 
 
-def read_current(config: BatchConfig) -> dict[str, Any] | None:
+def read_current(config: BatchConfig) -> BatchManifest | None:
     """The published manifest, or ``None`` when nothing was ever published."""
-    try:
-        return json.loads(config.current_file.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
+    return BatchManifest.load(config.current_file)
 
 
-def manifest(version: str, watermark: dict[str, Any], extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    return {
-        "version": version,
-        "published_at": iso_ms(utc_now()),
-        "watermark": watermark,
-        "views": {view: f"versions/{version}/{view}" for view in VIEWS},
-        **(extra or {}),
-    }
+def manifest(version: str, watermark: dict[str, Any], extra: dict[str, Any] | None = None) -> BatchManifest:
+    return BatchManifest.model_validate(
+        {
+            "version": version,
+            "published_at": iso_ms(utc_now()),
+            "watermark": watermark,
+            "views": {view: str(version_dir(Path(), version) / view) for view in VIEWS},
+            **(extra or {}),
+        }
+    )
 
 
-def publish(config: BatchConfig, doc: dict[str, Any]) -> Path:
+def publish(config: BatchConfig, doc: BatchManifest) -> Path:
     """Make ``doc`` the published manifest (atomic pointer swap); its views must exist."""
-    for view, rel in doc["views"].items():
-        if not (config.batch_dir / rel).is_dir():
+    for view, path in doc.view_dirs(config.batch_dir).items():
+        if not path.is_dir():
             raise RunNotFoundError(
-                f"cannot publish version {doc['version']}: view {view} is missing at {rel}"
+                f"cannot publish version {doc.version}: view {view} is missing at {doc.views[view]}"
             )
-    atomic_write(config.current_file, json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    return config.current_file
+    return doc.write(config.current_file)
 
 
-def rollback_to(config: BatchConfig, version: str) -> dict[str, Any]:
+def rollback_to(config: BatchConfig, version: str) -> BatchManifest:
     """Publish an older, audited version again (its stored manifest)."""
-    stored = config.version_dir(version) / "_manifest.json"
-    if not stored.exists():
+    stored = BatchManifest.load(config.version_dir(version) / VERSION_MANIFEST)
+    if stored is None:
         raise RunNotFoundError(f"no audited batch version {version} under {config.versions_dir}")
-    doc = json.loads(stored.read_text(encoding="utf-8"))
-    doc["published_at"] = iso_ms(utc_now())
+    doc = stored.model_copy(update={"published_at": iso_ms(utc_now())})
     publish(config, doc)
     return doc
 
 
-def store_manifest(config: BatchConfig, doc: dict[str, Any]) -> None:
+def store_manifest(config: BatchConfig, doc: BatchManifest) -> None:
     """Keep the version's manifest beside its views (what a rollback republishes)."""
-    atomic_write(config.version_dir(doc["version"]) / "_manifest.json", json.dumps(doc, indent=2) + "\n")
+    doc.write(config.version_dir(doc.version) / VERSION_MANIFEST)

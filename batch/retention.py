@@ -48,7 +48,7 @@ def prune_versions(config: BatchConfig, keep: int) -> list[str]:
     current = read_current(config)
     protected = pinned_versions(config.batch_dir)
     if current is not None:
-        protected.add(current["version"])
+        protected.add(current.version)
     versions = sorted(
         d.name for d in config.versions_dir.iterdir() if d.is_dir()
     )  # names start with the time

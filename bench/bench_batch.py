@@ -282,9 +282,9 @@ def main(argv: list[str] | None = None) -> int:
 
     current = read_current(config)
     assert current is not None
-    full_scores = read_scores(config.batch_dir / f"versions/{run.version}/fraud_scores")
+    full_scores = read_scores(config.version_dir(run.version) / "fraud_scores")
     truth = simulation_labels(work / "sim")
-    scores = read_scores(config.batch_dir / current["views"]["fraud_scores"])
+    scores = read_scores(current.view_dirs(config.batch_dir)["fraud_scores"])
     listed = work / "simulated-vehicles.json"
     if listed.exists():  # a replicated fleet: only copy 0 has labels (every other copy is scored alike)
         simulated = set(json.loads(listed.read_text()))

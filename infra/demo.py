@@ -178,7 +178,7 @@ def run_batch_layer(settings: Settings, result: DemoResult, client: Any, spark: 
     result.batch_version = record.version
     current = read_current(config)
     assert current is not None
-    reputation = pq.read_table(config.batch_dir / current["views"]["source_reputation"]).to_pylist()
+    reputation = pq.read_table(current.view_dirs(config.batch_dir)["source_reputation"]).to_pylist()
     scores = {r["source_id"]: round(10_000 * float(r["reputation"])) for r in reputation}
     tx = client.sources.publish_reputations(scores)
     result.gas["reputations"] = int(tx["gasUsed"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pipelines import layout
 from pipelines.dataset import master_files
 from pipelines.settings import Settings
 
@@ -30,7 +31,7 @@ def master_stats(settings: Settings) -> tuple[int, float]:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    root = settings.batch.master_dataset or settings.path("master")
+    root = layout.master_dir(settings.data_dir, settings.batch.master_dataset)
     files = master_files(Path(root))
     if not files:
         return 0, 0.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipelines import layout
 from pipelines.settings import ServingSettings, Settings
 
 
@@ -25,15 +26,15 @@ class ServingConfig(ServingSettings):
 
     @property
     def master_dir(self) -> Path:
-        return self.master_root or self.data_dir / "master"
+        return layout.master_dir(self.data_dir, self.master_root)
 
     @property
     def realtime_dir(self) -> Path:
-        return self.data_dir / "realtime"
+        return layout.realtime_dir(self.data_dir)
 
     @property
     def batch_dir(self) -> Path:
-        return self.data_dir / "batch"
+        return layout.batch_dir(self.data_dir)
 
     @property
     def state_dir(self) -> Path:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from pydantic import model_validator
 
+from pipelines import layout
 from pipelines.settings import Settings, SpeedSettings
 from pipelines.topics import deadletter_topic, event_topics
 from speed.errors import SpeedError
@@ -66,11 +67,11 @@ class SpeedConfig(SpeedSettings):
 
     @property
     def realtime_dir(self) -> Path:
-        return self.data_dir / "realtime"
+        return layout.realtime_dir(self.data_dir)
 
     @property
     def master_dir(self) -> Path:
-        return self.master_root or self.data_dir / "master"
+        return layout.master_dir(self.data_dir, self.master_root)
 
     @property
     def state_dir(self) -> Path:

@@ -45,10 +45,14 @@ def _grants(settings: Settings) -> ClosableGrantStore:
 
 
 def _views(settings: Settings) -> list[ParquetRows]:
+    from pipelines import layout
     from pipelines.access import ParquetRows
 
-    master = settings.batch.master_dataset or settings.path("master")
-    return [ParquetRows(master, "master dataset"), ParquetRows(settings.path("realtime"), "real-time view")]
+    master = layout.master_dir(settings.data_dir, settings.batch.master_dataset)
+    return [
+        ParquetRows(master, "master dataset"),
+        ParquetRows(layout.realtime_dir(settings.data_dir), "real-time view"),
+    ]
 
 
 def _target(vin: str | None, vehicle: str | None, command: str) -> str:

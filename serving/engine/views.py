@@ -38,7 +38,9 @@ from typing import Any
 
 import duckdb
 
+from pipelines import layout
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
+from pipelines.errors import PccValueError
 from pipelines.files import atomic_write
 from serving.config import ServingConfig
 from serving.engine.sandbox import engine_settings
@@ -75,27 +77,23 @@ def rt_table_ddl() -> str:
 
 @dataclass(frozen=True)
 class BatchManifest:
-    """The published batch version as ``CURRENT.json`` describes it."""
+    """The published batch version as serving reads it: :class:`pipelines.layout.BatchManifest`
+    with the views' directories resolved and the watermark's processed time."""
 
     version: str
     watermark: str  # processed_time, RFC 3339
     views: dict[str, Path]
-    raw: dict[str, Any]
+    doc: layout.BatchManifest
 
     @classmethod
     def read(cls, batch_dir: Path) -> BatchManifest | None:
-        path = batch_dir / "CURRENT.json"
         try:
-            doc = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+            doc = layout.BatchManifest.load(layout.current_file(batch_dir))
+        except PccValueError as exc:
+            raise ViewNotFoundError(str(exc)) from None
+        if doc is None:
             return None
-        except json.JSONDecodeError as exc:
-            raise ViewNotFoundError(f"{path} is not valid JSON: {exc}") from None
-        try:
-            views = {name: batch_dir / rel for name, rel in doc["views"].items()}
-            return cls(str(doc["version"]), str(doc["watermark"]["processed_time"]), views, doc)
-        except (KeyError, TypeError) as exc:
-            raise ViewNotFoundError(f"{path} lacks key {exc}") from None
+        return cls(doc.version, str(doc.watermark.processed_time), doc.view_dirs(batch_dir), doc)
 
 
 class StoreBusy(Exception):

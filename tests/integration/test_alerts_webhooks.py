@@ -261,6 +261,7 @@ def test_a_clocking_verdict_of_the_batch_layer_reaches_the_insurer_once(
     a second run over the same version sends nothing."""
     from batch.alerts import after_run
     from batch.config import BatchConfig
+    from batch.publish import read_current
     from serving.alerts.dispatcher import Dispatcher
     from serving.alerts.feed import AlertFeed
     from serving.alerts.signing import new_secret
@@ -273,7 +274,7 @@ def test_a_clocking_verdict_of_the_batch_layer_reaches_the_insurer_once(
     )
     batch = BatchConfig(master_dataset=tmp_path / "master", batch_dir=tmp_path / "batch")
     _version(batch, "v1", {})
-    previous = orjson.loads(batch.current_file.read_bytes())
+    previous = read_current(batch)
     _version(batch, "v2", {CLOCKED: {"gradual_clocking": [3, 5, 7]}})
 
     receiver = Receiver()

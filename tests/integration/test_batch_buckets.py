@@ -38,7 +38,7 @@ KEYS = (
 def view(config: BatchConfig, name: str, version: str | None = None) -> pd.DataFrame:
     current = read_current(config)
     assert current is not None
-    rel = current["views"][name] if version is None else f"versions/{version}/{name}"
+    rel = current.views[name] if version is None else f"versions/{version}/{name}"
     return pd.read_parquet(config.batch_dir / rel)
 
 
@@ -178,8 +178,8 @@ def test_every_car_is_judged_against_the_whole_fleets_seasons_in_either_layout_a
     dated = BatchConfig(master_dataset=tmp_path / "dated", batch_dir=tmp_path / "b2", spark_master="local[2]")
     run_batch(config, spark=spark)
     run_batch(dated, spark=spark)
-    profile = read_current(config)["fleet_profile"]  # type: ignore[index]
-    assert profile == read_current(dated)["fleet_profile"]  # type: ignore[index]
+    profile = read_current(config).fleet_profile  # type: ignore[union-attr]
+    assert profile == read_current(dated).fleet_profile  # type: ignore[union-attr]
     assert profile[6] > 1.3 and profile[0] < 0.7  # July against January, as the fleet drove
     flagged = view(config, "fraud_scores")
     assert not any("gradual_clocking" in f for f in flagged["flags"]), "seasons taken for clocking"
@@ -192,10 +192,10 @@ def test_every_car_is_judged_against_the_whole_fleets_seasons_in_either_layout_a
     again = run_batch(config, spark=spark)
     assert again.buckets["profile_moved"] == 1 and again.buckets["carried"] == 0
     assert again.buckets["recomputed"] == len(scan_master(master).bucket_files)
-    assert read_current(config)["fleet_profile"] != profile  # type: ignore[index]
+    assert read_current(config).fleet_profile != profile  # type: ignore[union-attr]
     reference = BatchConfig(master_dataset=master, batch_dir=tmp_path / "full", spark_master="local[2]")
     run_batch(reference, spark=spark, full=True)
-    assert read_current(reference)["fleet_profile"] == read_current(config)["fleet_profile"]  # type: ignore[index]
+    assert read_current(reference).fleet_profile == read_current(config).fleet_profile  # type: ignore[union-attr]
     assert_same_views(config, reference)
 
     # a few late readings nudge the measured seasons, within the tolerance: the version's profile stays
@@ -208,7 +208,7 @@ def test_every_car_is_judged_against_the_whole_fleets_seasons_in_either_layout_a
     nudged = run_batch(config, spark=spark)
     assert nudged.buckets["profile_moved"] == 0 and nudged.buckets["recomputed"] == 0
     assert 0 < nudged.buckets["partial"] <= 3 and nudged.buckets["carried"] > 0
-    assert read_current(config)["fleet_profile"] == read_current(reference)["fleet_profile"]  # type: ignore[index]
+    assert read_current(config).fleet_profile == read_current(reference).fleet_profile  # type: ignore[union-attr]
 
 
 def test_a_mistyped_reading_beyond_the_plausible_range_is_tolerated_as_an_outlier_not_a_failed_audit(

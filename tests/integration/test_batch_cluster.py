@@ -30,7 +30,7 @@ def _views(config: BatchConfig) -> dict[str, pd.DataFrame]:
     current = read_current(config)
     assert current is not None
     return {
-        name: pd.read_parquet(config.batch_dir / current["views"][name])
+        name: pd.read_parquet(config.batch_dir / current.views[name])
         .sort_values(KEYS[name])
         .reset_index(drop=True)
         for name in KEYS

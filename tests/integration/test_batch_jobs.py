@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 def view(config: BatchConfig, name: str, version: str | None = None) -> pd.DataFrame:
     current = read_current(config)
     assert current is not None
-    rel = current["views"][name] if version is None else f"versions/{version}/{name}"
+    rel = current.views[name] if version is None else f"versions/{version}/{name}"
     return pd.read_parquet(config.batch_dir / rel)
 
 
@@ -44,17 +44,17 @@ def published(spark: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[Bat
 def test_a_run_publishes_every_view_with_its_watermark(published: tuple[BatchConfig, Any]) -> None:
     config, (record, stages) = published
     current = read_current(config)
-    assert record.status == "published" and current["version"] == record.version
+    assert record.status == "published" and current is not None and current.version == record.version
     assert stages[0] == "scan master dataset" and stages[-1] == "publish"
     rows = fleet.fleet_rows()
     assert (
-        current["watermark"]["processed_time"]
+        current.watermark.processed_time
         == max(r["processed_time"] for r in rows).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
     )
-    assert current["watermark"]["events"] == len(rows)
+    assert current.watermark.events == len(rows)
     assert record.audit["success"] and record.audit["checked"] > 40
     assert Path(record.audit["docs"]).exists()  # GX data docs kept per run
-    for name, rel in current["views"].items():
+    for name, rel in current.views.items():
         assert rel == f"versions/{record.version}/{name}"
 
 
@@ -89,7 +89,7 @@ def test_vehicle_history_is_every_event_in_order(published: tuple[BatchConfig, A
     # range-partitioned on the vehicle and sorted: a vehicle is in one file, files do not overlap
     current = read_current(config)
     ranges = []
-    for file in sorted((config.batch_dir / current["views"]["vehicle_history"]).glob("*.parquet")):
+    for file in sorted((config.batch_dir / current.views["vehicle_history"]).glob("*.parquet")):
         part = pq.read_table(file, columns=["vehicle", "seq"]).to_pandas()
         assert list(part.itertuples(index=False)) == sorted(part.itertuples(index=False))
         ranges.append((part.vehicle.iloc[0], part.vehicle.iloc[-1]))
@@ -141,7 +141,7 @@ def test_the_audit_blocks_wrong_data_and_bad_files_are_quarantined(
         AuditFailedError, match=r"vehicle_history: expect_column_values_to_be_between quality"
     ) as err:
         run_batch(wrong, spark=spark)
-    assert read_current(config)["version"] == before["version"]  # the previous version stays published
+    assert read_current(config).version == before.version  # the previous version stays published
     last = read_runs(config, limit=1)[0]
     assert last["status"] == "audit_failed" and not last["published"]
     assert {q["file"] for q in last["quarantined"]} == {

@@ -119,8 +119,8 @@ def test_every_accepted_event_reaches_each_layer_exactly_once(demo: DemoResult):
 
     config = BatchConfig.from_settings(settings)
     current = read_current(config)
-    assert current is not None and current["version"] == demo.batch_version
-    history = parquet_ids(sorted((config.batch_dir / current["views"]["vehicle_history"]).glob("*.parquet")))
+    assert current is not None and current.version == demo.batch_version
+    history = parquet_ids(sorted((config.batch_dir / current.views["vehicle_history"]).glob("*.parquet")))
     assert sorted(history) == sorted(master)
 
     served = serving_view_ids(settings)

@@ -15,6 +15,7 @@ import pytest
 
 from batch.alerts import alert_new_verdicts
 from batch.config import BatchConfig
+from batch.publish import manifest, read_current
 from batch.views.bucket_views import SCORES_SCHEMA
 from pipelines.alerts import alert_id, alerts_of
 
@@ -63,7 +64,7 @@ def _version(config: BatchConfig, version: str, flags: dict[str, dict[str, list[
     ]
     (out / "vehicle_history").mkdir()
     pq.write_table(pa.Table.from_pylist(history), out / "vehicle_history" / "part-0.parquet")
-    config.current_file.write_text(json.dumps({"version": version, "views": {}}), encoding="utf-8")
+    manifest(version, {"processed_time": None}).write(config.current_file)
 
 
 class FakeTopic:
@@ -84,7 +85,7 @@ def test_only_verdicts_new_in_the_published_version_are_alerted_once(tmp_path: P
     first = alert_new_verdicts(config, None, topic.send)  # nothing published before: every verdict is new
     assert first is not None and (first.baseline, first.sent) == (None, 1)
 
-    previous = json.loads(config.current_file.read_text())
+    previous = read_current(config)
     _version(config, "v2", {ROLLED: {"odometer_rollback": [4, 6]}, CLOCKED: {"gradual_clocking": [3, 5, 7]}})
     second = alert_new_verdicts(config, previous, topic.send)
     assert second is not None and (second.baseline, second.sent) == ("v1", 1)
@@ -105,7 +106,7 @@ def test_only_verdicts_new_in_the_published_version_are_alerted_once(tmp_path: P
     # a re-run of the same version sends nothing; a new version with the same verdicts sends nothing
     assert alert_new_verdicts(config, previous, topic.send).sent == 0  # type: ignore[union-attr]
     _version(config, "v3", {ROLLED: {"odometer_rollback": [4, 6]}, CLOCKED: {"gradual_clocking": [3, 5, 7]}})
-    assert alert_new_verdicts(config, {"version": "v2"}, topic.send).sent == 0  # type: ignore[union-attr]
+    assert alert_new_verdicts(config, manifest("v2", {}), topic.send).sent == 0  # type: ignore[union-attr]
     assert len(topic.alerts) == 2
     assert "vin" not in json.dumps(topic.alerts).lower()
 
@@ -125,12 +126,12 @@ def test_alerts_a_broker_refused_are_sent_by_the_next_run_even_when_nothing_chan
     topic = FakeTopic()
     _version(config, "v1", {})
     alert_new_verdicts(config, None, topic.send)
-    previous = json.loads(config.current_file.read_text())
+    previous = read_current(config)
     _version(config, "v2", {CLOCKED: {"gradual_clocking": [3]}})
     topic.down = True
     with pytest.raises(OSError):
         alert_new_verdicts(config, previous, topic.send)
     topic.down = False
     # the next run finds the master unchanged: v2 stays published, compared with v1 still
-    later = alert_new_verdicts(config, json.loads(config.current_file.read_text()), topic.send)
+    later = alert_new_verdicts(config, read_current(config), topic.send)
     assert later is not None and (later.baseline, later.sent) == ("v1", 1)

@@ -107,10 +107,10 @@ def test_publish_swaps_the_manifest_and_refuses_missing_views(tmp_path: Path) ->
     doc = manifest("v1", {"processed_time": "2025-01-01T00:00:00.000Z", "event_time": None, "events": 1})
     with pytest.raises(Exception, match="view vehicle_history is missing"):
         publish(config, doc)
-    for rel in doc["views"].values():
+    for rel in doc.views.values():
         (config.batch_dir / rel).mkdir(parents=True)
     publish(config, doc)
-    assert read_current(config)["version"] == "v1"
+    assert read_current(config).version == "v1"  # type: ignore[union-attr]
     assert [p.name for p in config.batch_dir.iterdir() if p.is_file()] == ["CURRENT.json"]  # no temp left
 
 
