@@ -19,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from pipelines.errors import PccValueError
 from pipelines.files import atomic_write
@@ -99,6 +99,15 @@ class BatchManifest(_Open):
     rows: dict[str, int] = {}
     fleet_profile: tuple[float, ...] | None = None
     layout: VersionLayout | None = None
+
+    @field_validator("views")
+    @classmethod
+    def _inside_the_batch_directory(cls, views: dict[str, str]) -> dict[str, str]:
+        for name, rel in views.items():
+            path = Path(rel)
+            if path.is_absolute() or ".." in path.parts or not path.parts:
+                raise ValueError(f"view {name} must be a path inside the batch directory, got {rel!r}")
+        return views
 
     def view_dirs(self, batch: Path) -> dict[str, Path]:
         return {name: batch / rel for name, rel in self.views.items()}
