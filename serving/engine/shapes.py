@@ -13,9 +13,10 @@ is parsed and accepted as a shape only if
   column, alias or function name).
 
 The metering rewrite is rendered once from the template; a hit only puts the
-literals back, each re-quoted (``'`` doubled).  Queries the splitter does not
-fully understand (comments, ``$`` quoting or parameters, prefixed strings such
-as ``E'…'``) are simply not cached: they take the full path every time.
+literals back, each re-quoted (``'`` doubled).  The literals are found by
+DuckDB's tokenizer; queries with comments or other kinds of string constants
+(``E'…'``, ``X'…'``, ``$$…$$``) are simply not cached: they take the full path
+every time.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ import threading
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
 
+import duckdb
 from cachetools import LRUCache
 
-_TOKEN = "__pcc_lit_" + secrets.token_hex(6)
+_TOKEN_PREFIX = "__pcc_lit_"
+_TOKEN = _TOKEN_PREFIX + secrets.token_hex(6)
 _SENTINEL = re.compile(rf"'{_TOKEN}_(\d+)__'")
-_UNCACHEABLE = ("--", "/*", "$", "\\", "__pcc_lit_")
+_STRING, _COMMENT = duckdb.token_type.string_const, duckdb.token_type.comment
 _V = TypeVar("_V")
 
 
@@ -41,47 +44,37 @@ def sentinel(i: int) -> str:
 def split_literals(sql: str) -> tuple[str, list[str]] | None:
     """``sql`` with each string literal replaced by a sentinel, and the literals' values.
 
-    None when the text holds something the splitter does not lex exactly as
-    DuckDB does (the query is then not cached).
+    The literals are the string constants DuckDB's own tokenizer finds
+    (``duckdb.tokenize``); only plain ``'…'`` strings are split out.  None (the
+    query is then not cached) for a comment, any other kind of string constant
+    (``E'…'``, ``X'…'``, ``$$…$$``) or text the tokenizer cannot read.
     """
-    if any(s in sql for s in _UNCACHEABLE):
+    if _TOKEN_PREFIX in sql:
         return None
-    out: list[str] = []
+    try:
+        raw = sql.encode("utf-8")  # the tokenizer's positions are byte offsets
+        tokens = duckdb.tokenize(sql)
+    except (UnicodeError, duckdb.Error):
+        return None
+    out: list[bytes] = []
     values: list[str] = []
-    i, n, start = 0, len(sql), 0
-    while i < n:
-        ch = sql[i]
-        if ch == '"':
-            end = i + 1
-            while True:
-                end = sql.find('"', end)
-                if end < 0:
-                    return None
-                if end + 1 < n and sql[end + 1] == '"':
-                    end += 2
-                    continue
-                break
-            i = end + 1
-        elif ch == "'":
-            if i > 0 and (sql[i - 1].isalnum() or sql[i - 1] in "_&'"):
-                return None  # E'…', X'…', U&'…' or adjacent strings
-            end = i + 1
-            while True:
-                end = sql.find("'", end)
-                if end < 0:
-                    return None
-                if end + 1 < n and sql[end + 1] == "'":
-                    end += 2
-                    continue
-                break
-            out.append(sql[start:i])
-            out.append(f"'{sentinel(len(values))}'")
-            values.append(sql[i + 1 : end].replace("''", "'"))
-            i = start = end + 1
-        else:
-            i += 1
-    out.append(sql[start:])
-    return "".join(out), values
+    start = 0
+    ends = [position for position, _ in tokens[1:]] + [len(raw)]
+    for (position, kind), end in zip(tokens, ends, strict=True):
+        if kind == _COMMENT:
+            return None
+        if kind != _STRING:
+            continue
+        text = raw[position:end].rstrip()
+        inner = text[1:-1]
+        if len(text) < 2 or text[:1] != b"'" or text[-1:] != b"'" or b"'" in inner.replace(b"''", b""):
+            return None
+        out.append(raw[start:position])
+        out.append(f"'{sentinel(len(values))}'".encode())
+        values.append(inner.replace(b"''", b"'").decode("utf-8"))
+        start = position + len(text)
+    out.append(raw[start:])
+    return b"".join(out).decode("utf-8"), values
 
 
 def fill(template: str, values: list[str]) -> str:

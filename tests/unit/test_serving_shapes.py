@@ -6,7 +6,10 @@ from __future__ import annotations
 import threading
 import time
 
+import duckdb
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serving.config import ServingConfig
 from serving.engine.query import OverBudget, QueryRunner
@@ -57,6 +60,37 @@ def test_literals_are_split_out_and_put_back_quoted() -> None:
 )
 def test_text_the_splitter_does_not_lex_exactly_is_not_shaped(sql: str) -> None:
     assert split_literals(sql) is None
+
+
+def _quoted(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    values=st.lists(
+        st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00")),
+        min_size=1,
+        max_size=4,
+    ),
+    column=st.sampled_from(["vehicle", '"it\'s"', '"a""b"', "source_id"]),
+    gap=st.sampled_from([" ", "\n", "\t ", ""]),
+)
+def test_the_literals_found_are_the_string_constants_duckdb_reads(
+    values: list[str], column: str, gap: str
+) -> None:
+    sql = "SELECT * FROM t WHERE " + " OR ".join(f"{column} ={gap}{_quoted(v)}{gap}" for v in values)
+    split = split_literals(sql)
+    assert split is not None
+    template, found = split
+    assert found == values and fill(template, found) == sql
+    assert all(
+        v not in template
+        for v in values
+        if len(v) > 2 and "'" not in v and v not in sql.replace(_quoted(v), "")
+    )
+    read = duckdb.sql("SELECT " + ", ".join(_quoted(v) for v in values)).fetchall()[0]
+    assert list(read) == values  # DuckDB reads each constant as the value split out
 
 
 QUERIES = [
