@@ -84,11 +84,7 @@ def test_the_literals_found_are_the_string_constants_duckdb_reads(
     assert split is not None
     template, found = split
     assert found == values and fill(template, found) == sql
-    assert all(
-        v not in template
-        for v in values
-        if len(v) > 2 and "'" not in v and v not in sql.replace(_quoted(v), "")
-    )
+    assert template.count("__pcc_lit_") == len(values)  # every literal, and nothing else, became a sentinel
     read = duckdb.sql("SELECT " + ", ".join(_quoted(v) for v in values)).fetchall()[0]
     assert list(read) == values  # DuckDB reads each constant as the value split out
 
