@@ -39,6 +39,8 @@ def demo_command(
     logging.getLogger("kafka").setLevel(logging.ERROR)
 
     console = Console(stderr=True)
+    if not console.is_terminal:  # a log file or CI: tables whole, not folded into 80 columns
+        console = Console(stderr=True, width=120)
     base = settings_from(ctx)
     demo_dir = (base.data_dir / "demo").resolve()
     for what in stack.reset_dir(demo_dir):
