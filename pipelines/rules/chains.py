@@ -7,6 +7,8 @@ like says what happened:
 
 * one chain: an honest history;
 * a second chain of one reading, the first one going on: a one-off error (a typo);
+  also when the typo was the first chain's last reading (a jump ahead of its pace,
+  the next reading going on from before it): the typo is set apart as the one-off;
 * a second chain that goes on while the first stops: a step (a wind-back, a
   swapped instrument cluster);
 * two chains that each go on (``min_readings`` each, or ``apart_min_readings``
@@ -50,6 +52,8 @@ class Chain(NamedTuple):
     n: int
     lat: float | None = None
     lon: float | None = None
+    prev_km: int = 0  # the reading before the last (a chain of two or more readings)
+    prev_ms: int = 0
 
 
 class ChainParams(NamedTuple):
@@ -118,7 +122,28 @@ def _extend(c: Chain, km: int, t: int, lat: float | None, lon: float | None) -> 
         return c._replace(n=c.n + 1)
     if lat is None or lon is None:
         lat, lon = c.lat, c.lon
-    return Chain(c.first_km, c.first_ms, km, t, c.n + 1, lat, lon)
+    return Chain(c.first_km, c.first_ms, km, t, c.n + 1, lat, lon, c.km, c.ms)
+
+
+def _set_apart(c: Chain, km: int, t: int, lat: float | None, lon: float | None) -> Chain:
+    """``c`` with its last reading replaced by this one (the last one becomes a one-off of its own)."""
+    if lat is None or lon is None:
+        lat, lon = c.lat, c.lon
+    return Chain(c.first_km, c.first_ms, km, t, c.n, lat, lon, c.prev_km, c.prev_ms)
+
+
+def _without_last(c: Chain, km: int, t: int, p: ChainParams) -> bool:
+    """True when the reading continues ``c`` once ``c``'s last reading is left out: that last one jumped
+    ahead of the chain (a typo), and the reading is where the chain goes on."""
+    if c.n < p.min_readings or t < c.ms:
+        return False
+    before = Chain(c.first_km, c.first_ms, c.prev_km, c.prev_ms, c.n - 1, c.lat, c.lon)
+    span = (c.prev_ms - c.first_ms) / DAY_MS
+    rate = (c.prev_km - c.first_km) / span if span >= p.rate_days else p.prior_km_per_day
+    jump_days = max((c.ms - c.prev_ms) / DAY_MS, 1.0)
+    if c.km - c.prev_km <= p.tolerance_km + p.rate_factor * rate * jump_days:
+        return False  # the last reading kept the chain's pace: not a jump to set apart
+    return fit_cost(before, km, t, p) is not None
 
 
 #: The default chain parameters.
@@ -172,6 +197,10 @@ def track(
     elif cost_b is not None:
         assert b is not None
         b, joined = _extend(b, km, t, lat, lon), 1
+    elif (b is None or b.n < 2) and _without_last(a, km, t, p):  # a's last reading was the one-off
+        a, b, joined = _set_apart(a, km, t, lat, lon), Chain(a.km, a.ms, a.km, a.ms, 1, a.lat, a.lon), 0
+    elif b is not None and a.n < 2 and _without_last(b, km, t, p):  # b's last reading was the one-off
+        a, b, joined = Chain(b.km, b.ms, b.km, b.ms, 1, b.lat, b.lon), _set_apart(b, km, t, lat, lon), 1
     elif b is None or b.n < 2:  # a new series; a one-off second chain is forgotten
         b, joined = Chain(km, t, km, t, 1, lat, lon), 1
     elif a.n < 2:
@@ -202,5 +231,8 @@ def chain_ids(
         new = (before.a, before.b)[joined] is None or (state.a, state.b)[joined].n == 1  # type: ignore[union-attr]
         if new:
             slot_id[joined], next_id = next_id, next_id + 1
+        other = (state.a, state.b)[1 - joined]
+        if other is not None and other.n == 1 and other is not (before.a, before.b)[1 - joined]:
+            slot_id[1 - joined], next_id = next_id, next_id + 1  # a typo set apart from the chain it ended
         ids.append(slot_id[joined])
     return ids

@@ -127,6 +127,21 @@ def _fit_cost(C: np.ndarray, CL: np.ndarray, s: int, km: int, t: int, P: np.ndar
 
 
 @njit(cache=True)
+def _without_last(C: np.ndarray, CL: np.ndarray, s: int, km: int, t: int, P: np.ndarray) -> bool:
+    """chains._without_last of slot ``s``: its last reading jumped ahead, and ``km`` continues it without."""
+    if C[s, 4] < P[16] or t < C[s, 3]:
+        return False
+    span = (C[s, 6] - C[s, 1]) / 86_400_000
+    rate = (C[s, 5] - C[s, 0]) / span if span >= P[13] else P[12]
+    jump_days = max((C[s, 3] - C[s, 6]) / 86_400_000, 1.0)
+    if C[s, 2] - C[s, 5] <= P[7] + P[9] * rate * jump_days:
+        return False
+    B = np.empty((1, 7), np.int64)
+    B[0, 0], B[0, 1], B[0, 2], B[0, 3], B[0, 4] = C[s, 0], C[s, 1], C[s, 5], C[s, 6], C[s, 4] - 1
+    return not math.isnan(_fit_cost(B, CL, 0, km, t, P))
+
+
+@njit(cache=True)
 def _region(CL: np.ndarray, s: int, lat: float, lon: float, P: np.ndarray) -> float:
     if math.isnan(lat) or math.isnan(lon) or math.isnan(CL[s, 0]) or math.isnan(CL[s, 1]):
         return 0.0
@@ -153,7 +168,7 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
     has_cand, cand_km, cand_ms = False, 0, 0
     slat, slon, loc_ms, has_loc = math.nan, math.nan, 0, False
     has_wreck, wreck_ms = False, 0
-    C = np.zeros((2, 5), np.int64)  # first_km, first_ms, km, ms, n
+    C = np.zeros((2, 7), np.int64)  # first_km, first_ms, km, ms, n, prev_km, prev_ms
     CL = np.full((2, 2), math.nan)
     exists = np.zeros(2, np.bool_)
     last, switches = -1, 0
@@ -215,10 +230,15 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                             ca += _region(CL, 0, la, lo, P)
                             cb += _region(CL, 1, la, lo, P)
                     new = False
+                    absorbed = -1  # the slot whose last reading is set apart as a one-off
                     if not math.isnan(ca) and (math.isnan(cb) or ca <= cb):
                         joined = 0
                     elif not math.isnan(cb):
                         joined = 1
+                    elif (not exists[1] or C[1, 4] < 2) and _without_last(C, CL, 0, k, ti, P):
+                        joined, absorbed = 0, 0
+                    elif exists[1] and C[0, 4] < 2 and _without_last(C, CL, 1, k, ti, P):
+                        joined, absorbed = 1, 1
                     elif not exists[1] or C[1, 4] < 2:
                         joined, new = 1, True
                     elif C[0, 4] < 2:
@@ -229,8 +249,26 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                         chain[i] = -1
                     else:
                         s = joined
-                        if new:
+                        if absorbed >= 0:  # the typo becomes the other slot's one-off chain
+                            o = 1 - s
+                            C[o, 0], C[o, 1], C[o, 2], C[o, 3], C[o, 4] = (
+                                C[s, 2],
+                                C[s, 3],
+                                C[s, 2],
+                                C[s, 3],
+                                1,
+                            )
+                            C[o, 5], C[o, 6] = 0, 0
+                            CL[o, 0], CL[o, 1] = CL[s, 0], CL[s, 1]
+                            exists[o] = True
+                            if math.isnan(la) or math.isnan(lo):
+                                la, lo = CL[s, 0], CL[s, 1]
+                            C[s, 2], C[s, 3] = k, ti
+                            CL[s, 0], CL[s, 1] = la, lo
+                            slot_id[o], next_id = next_id, next_id + 1
+                        elif new:
                             C[s, 0], C[s, 1], C[s, 2], C[s, 3], C[s, 4] = k, ti, k, ti, 1
+                            C[s, 5], C[s, 6] = 0, 0
                             CL[s, 0], CL[s, 1] = la, lo
                             exists[s] = True
                         elif ti < C[s, 3]:
@@ -238,6 +276,7 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                         else:
                             if math.isnan(la) or math.isnan(lo):
                                 la, lo = CL[s, 0], CL[s, 1]
+                            C[s, 5], C[s, 6] = C[s, 2], C[s, 3]
                             C[s, 2], C[s, 3], C[s, 4] = k, ti, C[s, 4] + 1
                             CL[s, 0], CL[s, 1] = la, lo
                         if C[s, 4] == 1:

@@ -145,3 +145,10 @@ def test_kernels_agree_with_the_python_rules_on_a_simulated_fleet(fleet: list[li
 def test_an_empty_history_scores_clean() -> None:
     got = assess_columns(columns([]))
     assert got.flags == [] and got.score.label == "clean"
+
+
+def test_kernels_agree_on_a_typo_set_apart_from_the_end_of_a_chain() -> None:
+    from tests.unit.test_rules_variants import typo_then_rollback_before_sale
+
+    agree(typo_then_rollback_before_sale())
+

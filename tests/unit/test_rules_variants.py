@@ -104,6 +104,36 @@ def test_a_rollback_with_no_earlier_reading_is_not_claimed() -> None:
     assert assessment.score.label == "clean"
 
 
+def typo_then_rollback_before_sale() -> list[EventFields]:
+    """An owner's weekly readings: one typed 850 km too high in week 10; wound back 9,000 km in week 50,
+    sold in week 53; the lowered readings climb back past the typo's value by week 75."""
+    out, km = [], 80_000.0
+    for week in range(95):
+        shown = km + (850 if week == 10 else 0) - (9_000 if week >= 50 else 0)
+        if week == 11:
+            out.append(reading(900, 7 * week - 1, km - 20, source="garage-net-04", kind="maintenance"))
+        out.append(reading(week, 7 * week, shown))
+        if week == 53:
+            out.append(reading(901, 7 * week + 1, shown + 20, kind="ownership_change"))
+        km += 150
+    return out
+
+
+def test_a_typo_at_the_top_of_the_history_does_not_turn_a_later_rollback_into_a_clone() -> None:
+    # the typo ended the chain, the true readings went on beside it, and the wound-back ones climbed
+    # to the typo's value: counted as a second odometer, the rollback was named a clone (two-year fleets)
+    assessment = assess_vehicle(typo_then_rollback_before_sale())
+    assert flags(typo_then_rollback_before_sale()) == {"odometer_rollback", "rollback_before_sale"}
+    assert assessment.score.label == "fraudulent"
+    standing = {
+        c.event.event_id: c.evidence["odometer_rollback"]["standing"]
+        for c in assessment.checked
+        if "odometer_rollback" in c.flags
+    }
+    assert standing["e900"] == "reference_one_off"  # the garage's reading is below the typo, not wrong
+    assert standing["e50"] == "confirmed"  # the wind-back
+
+
 def sold_after_rollback(days_before_sale: int, drop: int) -> list[EventFields]:
     events, km = [], 90_000.0
     sale_day = 300
