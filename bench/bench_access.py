@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import record
+from bench.common import funded_serving_app, record
 
 VIN_BASE = "WVWZZZ1JZXW"
 CONSUMER_KEY = "0x" + "55" * 32
@@ -137,16 +137,12 @@ def _grant_store(kind: str, data: Path) -> Any:
 def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int, store: str = "sqlite") -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from eth_account import Account
     from fastapi.testclient import TestClient
 
     from pipelines.access import AccessService, ConsumerKeyPair
     from pipelines.dataset import MASTER_SCHEMA
     from pipelines.vault import IdentityVault
-    from serving.api import create_app
     from serving.client import PccClient
-    from serving.config import ServingConfig
-    from serving.market.pricing import InMemoryBilling
     from speed.config import SpeedConfig
     from speed.process import EventProcessor
     from speed.roots import InMemoryRoots
@@ -175,15 +171,7 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int, store
     keys = ConsumerKeyPair.generate()
     for category in ("precise_location", "commercial"):
         access.grant_as_owner(keys.public_key, cars[0], category, 4_000_000_000)
-    billing = InMemoryBilling(PRICES, fee_bps=1000)
-    billing.fund(Account.from_key(CONSUMER_KEY).address, 10**12)
-    app = create_app(
-        # one consumer key sends every query back to back: its rate limit is lifted
-        ServingConfig(data_dir=data, settle_every_s=3600, rate_per_s=1e9, rate_burst=10**9),
-        billing,
-        background=False,
-        access=access,
-    )
+    app = funded_serving_app(data, access, PRICES, CONSUMER_KEY)
     sql = f"SELECT * FROM vehicle_history WHERE vehicle = '{cars[0]}' ORDER BY event_time"
     with TestClient(app) as http:
         granted = PccClient("http://bench", CONSUMER_KEY, grant_keys=keys, http=http)

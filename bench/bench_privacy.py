@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from bench.common import record
+from bench.common import funded_serving_app, record
 
 VIN_BASE = "WVWZZZ1JZXW"
 
@@ -216,17 +216,13 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int) -> No
 
     import pyarrow as pa
     import pyarrow.parquet as pq
-    from eth_account import Account
     from fastapi.testclient import TestClient
 
     from pipelines.access import AccessService, ConsumerKeyPair, SqliteGrantStore, seal_event
     from pipelines.dataset import MASTER_SCHEMA
     from pipelines.events import format_time, new_event_id
     from pipelines.vault import IdentityVault
-    from serving.api import create_app
     from serving.client import PccClient
-    from serving.config import ServingConfig
-    from serving.market.pricing import InMemoryBilling
     from speed.config import SpeedConfig
     from speed.process import EventProcessor
     from speed.roots import InMemoryRoots
@@ -264,15 +260,7 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int) -> No
     prices = {"mileage": 2, "maintenance": 3, "inspection": 4, "accident": 5, "owner_identity": 9,
               "precise_location": 1, "commercial": 1, "fraud_score": 7, "source_reputation": 1}  # fmt: skip
     consumer = "0x" + "55" * 32
-    billing = InMemoryBilling(prices, fee_bps=1000)
-    billing.fund(Account.from_key(consumer).address, 10**12)
-    app = create_app(
-        # one consumer key sends every query back to back: its rate limit is lifted
-        ServingConfig(data_dir=data, settle_every_s=3600, rate_per_s=1e9, rate_burst=10**9),
-        billing,
-        background=False,
-        access=access,
-    )
+    app = funded_serving_app(data, access, prices, consumer)
     sql = f"SELECT * FROM vehicle_history WHERE vehicle = '{cars[0]}' ORDER BY event_time"
     with TestClient(app) as http:
         granted = PccClient("http://bench", consumer, grant_keys=keys, http=http)

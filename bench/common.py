@@ -84,3 +84,20 @@ def _markdown(results: dict[str, Any]) -> str:
             f"| {name} | {_fmt(e.get('figures'))} | {_fmt(e.get('reference'))} | {ratio} | {e.get('recorded_at', '')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def funded_serving_app(data: Path, access: Any, prices: dict[str, int], consumer_key: str) -> Any:
+    """The serving API over ``data`` for one consumer key, funded, billing in memory, settling never.
+
+    The consumer sends every query back to back: its per-account rate limit is lifted.
+    """
+    from eth_account import Account
+
+    from serving.api import create_app
+    from serving.config import ServingConfig
+    from serving.market.pricing import InMemoryBilling
+
+    billing = InMemoryBilling(prices, fee_bps=1000)
+    billing.fund(Account.from_key(consumer_key).address, 10**12)
+    config = ServingConfig(data_dir=data, settle_every_s=3600, rate_per_s=1e9, rate_burst=10**9)
+    return create_app(config, billing, background=False, access=access)
