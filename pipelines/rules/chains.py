@@ -68,6 +68,8 @@ class ChainParams(NamedTuple):
     region_cost_km: float = 1_000.0  # how much further a chain in another region counts
     min_readings: int = 3  # a chain persists from this many readings ...
     apart_min_readings: int = 2  # ... or this many when the two chains are seen in two regions
+    #: a chain that stopped when the other began (a step) is rejoined only at most this many times its rate
+    stopped_rate_factor: float = 2.0
 
 
 class Tracked(NamedTuple):
@@ -89,6 +91,19 @@ def haversine_km(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
         + math.cos(p1) * math.cos(p2) * math.sin(math.radians(lon2 - lon1) / 2) ** 2
     )
     return 12_742.0 * math.asin(min(1.0, math.sqrt(a)))
+
+
+def _rate(c: Chain, p: ChainParams) -> float:
+    span = (c.ms - c.first_ms) / DAY_MS
+    return (c.km - c.first_km) / span if span >= p.rate_days else p.prior_km_per_day
+
+
+def _too_fast_for_stopped(c: Chain, other: Chain, km: int, t: int, p: ChainParams) -> bool:
+    """``c`` stopped before ``other`` began (a step), and rejoining it needs more than
+    ``stopped_rate_factor`` times its own rate: a high typo months later, not the chain going on."""
+    if c.ms >= other.first_ms or t <= c.ms:
+        return False
+    return km - c.km > p.tolerance_km + p.stopped_rate_factor * _rate(c, p) * (t - c.ms) / DAY_MS
 
 
 def fit_cost(c: Chain, km: int, t: int, p: ChainParams) -> float | None:
@@ -184,6 +199,11 @@ def track(
         return Step(Tracked(Chain(km, t, km, t, 1, lat, lon), None, 0, 0), 0, False)
     cost_a = fit_cost(a, km, t, p)
     cost_b = None if b is None else fit_cost(b, km, t, p)
+    if b is not None and b.n >= 2 and a.n >= 2:
+        if cost_a is not None and _too_fast_for_stopped(a, b, km, t, p):
+            cost_a = None
+        if cost_b is not None and _too_fast_for_stopped(b, a, km, t, p):
+            cost_b = None
     if cost_a is not None and cost_b is not None:
         assert b is not None
         if (a.n >= 2) != (b.n >= 2):  # a one-off takes only what the persistent chain cannot

@@ -77,7 +77,7 @@ def _arrays(p: FraudParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             p.max_speed_kmh, p.min_travel_km, p.recent_ids,
             c.tolerance_km, c.slack_km, c.rate_factor, c.min_km_per_day, c.default_km_per_day,
             c.prior_km_per_day, c.rate_days, c.region_km, c.region_cost_km, c.min_readings,
-            c.apart_min_readings,
+            c.apart_min_readings, c.stopped_rate_factor,
         ],
         np.float64,
     ), profile, prefix  # fmt: skip
@@ -124,6 +124,17 @@ def _fit_cost(C: np.ndarray, CL: np.ndarray, s: int, km: int, t: int, P: np.ndar
         if behind < -P[7] or behind > P[8] - cap * days:
             return math.nan
     return abs(km - C[s, 2] - rate * days)
+
+
+@njit(cache=True)
+def _too_fast_for_stopped(C: np.ndarray, s: int, km: int, t: int, P: np.ndarray) -> bool:
+    """chains._too_fast_for_stopped of slot ``s`` against the other slot."""
+    o = 1 - s
+    if C[s, 3] >= C[o, 1] or t <= C[s, 3]:
+        return False
+    span = (C[s, 3] - C[s, 1]) / 86_400_000
+    rate = (C[s, 2] - C[s, 0]) / span if span >= P[13] else P[12]
+    return km - C[s, 2] > P[7] + P[18] * rate * (t - C[s, 3]) / 86_400_000
 
 
 @njit(cache=True)
@@ -220,6 +231,11 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                 else:
                     ca = _fit_cost(C, CL, 0, k, ti, P)
                     cb = _fit_cost(C, CL, 1, k, ti, P) if exists[1] else math.nan
+                    if exists[1] and C[0, 4] >= 2 and C[1, 4] >= 2:
+                        if not math.isnan(ca) and _too_fast_for_stopped(C, 0, k, ti, P):
+                            ca = math.nan
+                        if not math.isnan(cb) and _too_fast_for_stopped(C, 1, k, ti, P):
+                            cb = math.nan
                     if not math.isnan(ca) and not math.isnan(cb):
                         if (C[0, 4] >= 2) != (C[1, 4] >= 2):
                             if C[0, 4] >= 2:

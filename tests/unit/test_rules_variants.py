@@ -134,6 +134,28 @@ def test_a_typo_at_the_top_of_the_history_does_not_turn_a_later_rollback_into_a_
     assert standing["e50"] == "confirmed"  # the wind-back
 
 
+def rollback_then_a_digit_too_many() -> list[EventFields]:
+    """Weekly owner's readings: wound back 5,000 km in week 20, sold in week 21; in week 45 one reading
+    typed 20,000 km high, which the chain stopped by the wind-back could take at its generous allowance."""
+    out, km = [], 50_000.0
+    for week in range(60):
+        shown = km - (5_000 if week >= 20 else 0) + (20_000 if week == 45 else 0)
+        out.append(reading(week, 7 * week, shown, source="manual-portal"))
+        if week == 21:
+            out.append(
+                reading(900, 7 * week + 1, shown + 10, source="manual-portal", kind="ownership_change")
+            )
+        km += 200
+    return out
+
+
+def test_a_typo_months_after_a_rollback_does_not_rejoin_the_odometer_before_it() -> None:
+    # rejoining the stopped chain needed 3.8 times its pace: two switches, and the rollback was a "clone"
+    found = flags(rollback_then_a_digit_too_many())
+    assert "interleaved_odometers" not in found
+    assert {"odometer_rollback", "rollback_before_sale", "implausible_rate"} <= found
+
+
 def sold_after_rollback(days_before_sale: int, drop: int) -> list[EventFields]:
     events, km = [], 90_000.0
     sale_day = 300
