@@ -52,8 +52,25 @@ class Chain(NamedTuple):
     n: int
     lat: float | None = None
     lon: float | None = None
-    prev_km: int = 0  # the reading before the last (a chain of two or more readings)
-    prev_ms: int = 0
+    #: the step from the reading before the last to the last, packed in one int (a vehicle's state is
+    #: kept for millions of vehicles): ``(ms - prev_ms) << 32 | (km - prev_km + 2**31)``; 0: none yet
+    step: int = 0
+
+    @property
+    def prev_km(self) -> int:
+        """The reading before the last (a chain of two or more readings)."""
+        return self.km - ((self.step & _KM_MASK) - _KM_OFFSET)
+
+    @property
+    def prev_ms(self) -> int:
+        return self.ms - (self.step >> 32)
+
+
+_KM_OFFSET, _KM_MASK = 2**31, 2**32 - 1
+
+
+def _step(km_from: int, ms_from: int, km: int, ms: int) -> int:
+    return (ms - ms_from) << 32 | (km - km_from + _KM_OFFSET)
 
 
 class ChainParams(NamedTuple):
@@ -137,14 +154,14 @@ def _extend(c: Chain, km: int, t: int, lat: float | None, lon: float | None) -> 
         return c._replace(n=c.n + 1)
     if lat is None or lon is None:
         lat, lon = c.lat, c.lon
-    return Chain(c.first_km, c.first_ms, km, t, c.n + 1, lat, lon, c.km, c.ms)
+    return Chain(c.first_km, c.first_ms, km, t, c.n + 1, lat, lon, _step(c.km, c.ms, km, t))
 
 
 def _set_apart(c: Chain, km: int, t: int, lat: float | None, lon: float | None) -> Chain:
     """``c`` with its last reading replaced by this one (the last one becomes a one-off of its own)."""
     if lat is None or lon is None:
         lat, lon = c.lat, c.lon
-    return Chain(c.first_km, c.first_ms, km, t, c.n, lat, lon, c.prev_km, c.prev_ms)
+    return Chain(c.first_km, c.first_ms, km, t, c.n, lat, lon, _step(c.prev_km, c.prev_ms, km, t))
 
 
 def _without_last(c: Chain, km: int, t: int, p: ChainParams) -> bool:
@@ -152,11 +169,12 @@ def _without_last(c: Chain, km: int, t: int, p: ChainParams) -> bool:
     ahead of the chain (a typo), and the reading is where the chain goes on."""
     if c.n < p.min_readings or t < c.ms:
         return False
-    before = Chain(c.first_km, c.first_ms, c.prev_km, c.prev_ms, c.n - 1, c.lat, c.lon)
-    span = (c.prev_ms - c.first_ms) / DAY_MS
-    rate = (c.prev_km - c.first_km) / span if span >= p.rate_days else p.prior_km_per_day
-    jump_days = max((c.ms - c.prev_ms) / DAY_MS, 1.0)
-    if c.km - c.prev_km <= p.tolerance_km + p.rate_factor * rate * jump_days:
+    prev_km, prev_ms = c.prev_km, c.prev_ms
+    before = Chain(c.first_km, c.first_ms, prev_km, prev_ms, c.n - 1, c.lat, c.lon)
+    span = (prev_ms - c.first_ms) / DAY_MS
+    rate = (prev_km - c.first_km) / span if span >= p.rate_days else p.prior_km_per_day
+    jump_days = max((c.ms - prev_ms) / DAY_MS, 1.0)
+    if c.km - prev_km <= p.tolerance_km + p.rate_factor * rate * jump_days:
         return False  # the last reading kept the chain's pace: not a jump to set apart
     return fit_cost(before, km, t, p) is not None
 
