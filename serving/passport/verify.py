@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, overload, runtime_checkable
@@ -170,31 +170,14 @@ def verify_event(row: Mapping[str, Any], roots: RootLookup, paths: AuditPaths | 
         # version 2: the leaf commits to the public fields and the salted commitments of the sealed ones,
         # which the row carries: anyone rebuilds it; only a grantee checks an opened value against its
         # commitment (pipelines.access.verify_opened_row)
-        try:
-            leaf = canonical.leaf_hash(public_envelope(row))
-        except PccValueError as exc:
-            result.checks.append(Check("content", False, str(exc)))
-            result.status = "tampered"
-            return result
-        if leaf.hex() != stored_leaf.lower():
-            result.checks.append(
-                Check(
-                    "content",
-                    False,
-                    f"the public fields and commitments hash to {leaf.hex()}, not to its logged leaf {stored_leaf}",
-                )
-            )
-            result.status = "tampered"
-            return result
-        result.checks.append(
-            Check(
-                "content",
-                True,
-                f"the public fields and the salted commitments of the sealed ones hash to its logged leaf "
-                f"{stored_leaf}; a sealed value is checked against its commitment by a grantee who opens it",
-            )
+        leaf = _content(
+            result,
+            lambda: public_envelope(row),
+            "the public fields and commitments hash",
+            "the public fields and the salted commitments of the sealed ones hash",
+            "; a sealed value is checked against its commitment by a grantee who opens it",
         )
-        return _anchor_and_path(result, row, roots, paths, leaf)
+        return result if leaf is None else _anchor_and_path(result, row, roots, paths, leaf)
     if _sealed(row):
         result.checks.append(
             Check(
@@ -206,24 +189,29 @@ def verify_event(row: Mapping[str, Any], roots: RootLookup, paths: AuditPaths | 
         )
         leaf = bytes.fromhex(stored_leaf)
         return _anchor_and_path(result, row, roots, paths, leaf)
+    leaf = _content(result, lambda: envelope_of(row), "the stored event hashes", "the stored event hashes")
+    return result if leaf is None else _anchor_and_path(result, row, roots, paths, leaf)
+
+
+def _content(
+    result: Verification, envelope: Callable[[], Mapping[str, Any]], fails: str, holds: str, note: str = ""
+) -> bytes | None:
+    """Rebuild the leaf from what the row shows and compare it with the logged one; None when tampered."""
+    stored_leaf = result.leaf_hash
     try:
-        leaf = canonical.leaf_hash(envelope_of(row))
+        leaf = canonical.leaf_hash(envelope())
     except PccValueError as exc:
         result.checks.append(Check("content", False, str(exc)))
         result.status = "tampered"
-        return result
+        return None
     if leaf.hex() != stored_leaf.lower():
         result.checks.append(
-            Check(
-                "content",
-                False,
-                f"the stored event hashes to {leaf.hex()}, not to its logged leaf {stored_leaf}",
-            )
+            Check("content", False, f"{fails} to {leaf.hex()}, not to its logged leaf {stored_leaf}")
         )
         result.status = "tampered"
-        return result
-    result.checks.append(Check("content", True, f"the stored event hashes to its logged leaf {stored_leaf}"))
-    return _anchor_and_path(result, row, roots, paths, leaf)
+        return None
+    result.checks.append(Check("content", True, f"{holds} to its logged leaf {stored_leaf}{note}"))
+    return leaf
 
 
 def _anchor_and_path(
