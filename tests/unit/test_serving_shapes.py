@@ -8,7 +8,7 @@ import time
 
 import duckdb
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from serving.config import ServingConfig
@@ -79,6 +79,7 @@ def _quoted(value: str) -> str:
 def test_the_literals_found_are_the_string_constants_duckdb_reads(
     values: list[str], column: str, gap: str
 ) -> None:
+    assume(not any("__pcc_lit_" in v for v in values))  # the sentinels' prefix: such text is never shaped
     sql = "SELECT * FROM t WHERE " + " OR ".join(f"{column} ={gap}{_quoted(v)}{gap}" for v in values)
     split = split_literals(sql)
     assert split is not None
@@ -149,6 +150,43 @@ def test_a_shape_never_lets_a_value_become_a_table(store: ServingStore) -> None:
     assert info.value.rule == "serving_views_only"
     with pytest.raises(ForbiddenQueryError):
         runner.run("SELECT count(*) AS n FROM 'rt'")
+
+
+#: What a consumer who wants rows for free puts in a value once a shape is cached: multi-byte text before
+#: the literal (the tokenizer counts bytes), quotes, a comment opener, a table's name, a sentinel look-alike.
+HOSTILE_VALUES = st.one_of(
+    st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=12),
+    st.sampled_from(["' OR '1'='1", "x'' OR ''1''=''1", "é' --", "/* '", "vehicle_history", "__pcc_lit_0__"]),
+)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(prefix=st.sampled_from(["", "é", "日本", "🚗"]), value=HOSTILE_VALUES)
+def test_a_cached_shape_bills_a_hostile_value_as_the_full_path_does(
+    store: ServingStore, prefix: str, value: str
+) -> None:
+    """The attacker: a shape warmed with an honest value, then a value made to shift or escape the literal.
+    The shaped answer and its price equal those of the same query checked from scratch, or it is refused alike."""
+    runner = runner_for(store)
+    sql = (
+        "SELECT event_id, source_id FROM vehicle_history WHERE event_type <> '"
+        + prefix
+        + "x' AND vehicle = '{v}'"
+    )
+    quoted = value.replace("'", "''")
+    runner.run(sql.format(v=vehicle_id(0)))  # the shape is cached here
+    try:
+        full = runner.run(sql.format(v=quoted) + " -- not shaped")
+    except (ForbiddenQueryError, InvalidQueryError) as refused:
+        with pytest.raises(type(refused)):
+            runner.run(sql.format(v=quoted))
+        return
+    hits = runner.shapes.hits
+    shaped = runner.run(sql.format(v=quoted))
+    assert shaped.table.to_pylist() == full.table.to_pylist()
+    assert shaped.quote == full.quote
+    if split_literals(sql.format(v=quoted)) is not None:
+        assert runner.shapes.hits == hits + 1  # the cached shape answered, not the full path
 
 
 def test_refused_queries_are_not_cached_and_bad_values_stay_invalid(store: ServingStore) -> None:
