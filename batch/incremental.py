@@ -186,7 +186,6 @@ def write_version(
     plan: BucketPlan,
     out: Path,
     timely_lag_s: int,
-    engine_name: str | None = None,
 ) -> dict[str, Any]:
     """Write the four views of a new version under ``out``; returns the manifest's ``layout`` section."""
     tasks = [BucketTask(b, [str(f) for f in scan.bucket_files[b]], str(out)) for b in plan.whole]
@@ -199,7 +198,7 @@ def write_version(
     summaries = []
     if tasks:
         spark.sparkContext.setJobDescription(f"pcc batch: rules pass over {len(tasks)} vehicle buckets")
-        summaries = [r.asDict() for r in bucket_pass(spark, tasks, engine_name, plan.profile).collect()]
+        summaries = [r.asDict() for r in bucket_pass(spark, tasks, plan.profile).collect()]
     assert plan.previous is not None or not plan.carried
     for bucket in plan.carried:
         for view in PER_VEHICLE_VIEWS:

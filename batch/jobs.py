@@ -182,13 +182,11 @@ def run_batch(
     since: datetime | None = None,
     spark: SparkSession | None = None,
     progress: ProgressCallback | None = None,
-    engine: str | None = None,
 ) -> RunRecord:
     """One batch run; returns its record (also appended to the run history).
 
     Raises :class:`AuditFailedError` when the audit blocks the publish, after
-    recording the run.  ``engine`` names an alternative rule engine
-    (``module:Class``), for experiments; the default applies ``pipelines.rules``.
+    recording the run.
     """
     step = progress or _noop
     n = len(STAGES)
@@ -245,14 +243,14 @@ def run_batch(
                 plan = plan_buckets(scan, current, config.batch_dir, full=full, since=since)
                 settle_profile(spark, scan, plan, current, config.profile_tolerance)
                 threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
-                layout = write_version(spark, scan, plan, out, config.timely_lag_s, engine)
+                layout = write_version(spark, scan, plan, out, config.timely_lag_s)
                 for i, view in enumerate(VIEWS):
                     stage(2 + i, f"write {view}")
                 mark, profile = watermark(scan.files), plan.profile
                 record.buckets = {k: v for k, v in layout.items() if k not in ("files", "profile_sums")}
             else:
                 mark, profile = _write_date_layout(
-                    spark, config, scan, current, out, full, since, engine, stage
+                    spark, config, scan, current, out, full, since, stage
                 )
             paths = {view: out / view for view in VIEWS}
             stage(2 + len(VIEWS), "audit")
@@ -312,7 +310,6 @@ def _write_date_layout(
     out: Path,
     full: bool,
     since: datetime | None,
-    engine: str | None,
     stage: Callable[[int, str], None],
 ) -> tuple[dict[str, Any], tuple[float, ...]]:
     """The views of a master dataset still in the date layout: one shuffle into vehicle ranges.
@@ -338,7 +335,7 @@ def _write_date_layout(
         master = master.join(_broadcast(touched), "vehicle", "left_semi")
     # cached on disk, streamed block by block: kept in memory, two wide ranges (~0.5 GB each)
     # ran a 3 GB driver out of heap at 10M events, and at 1M disk was faster (39 s vs 50 s)
-    annotated = build.annotate(master, partitions, engine, profile).persist(StorageLevel.DISK_ONLY)
+    annotated = build.annotate(master, partitions, profile).persist(StorageLevel.DISK_ONLY)
     views = _build(annotated, config.timely_lag_s)
     if incremental:
         views = _carry_over(spark, config, views, current, touched)  # type: ignore[arg-type]

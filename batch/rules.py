@@ -165,15 +165,13 @@ class KernelRuleEngine:
 
 def load_engine(name: str | None = None, fleet_profile: tuple[float, ...] | None = None) -> RuleEngine:
     """The rule engine: the compiled rules (``pipelines.rules.kernels``), or the Python rules
-    (``pipelines.rules.fraud``) when numba is not installed or ``name`` is ``"python"``; another
-    engine when named (``module:Class``).
+    (``pipelines.rules.fraud``) when numba is not installed or ``name`` is ``"python"``.
 
     ``fleet_profile``: the fleet's km/day per twelfth of the year
     (:func:`pipelines.rules.fraud.fleet_profile`), which gradual clocking compares a car's rates with.
     """
-    if name and name != "python":
-        module, _, attr = name.partition(":")
-        return getattr(importlib.import_module(module), attr)()
+    if name not in (None, "python"):
+        raise BatchError(f"unknown rule engine {name!r}: the compiled rules (default) or 'python'")
     try:
         fraud = importlib.import_module("pipelines.rules.fraud")
     except ImportError as exc:

@@ -300,7 +300,7 @@ def annotate_batches(
 
 
 def make_annotator(
-    engine_name: str | None = None, fleet_profile: tuple[float, ...] | None = None
+    fleet_profile: tuple[float, ...] | None = None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The function given to ``mapInArrow``; loads the rule engine once per Python worker."""
     cache: dict[str, RuleEngine] = {}
@@ -308,7 +308,7 @@ def make_annotator(
     def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         engine = cache.get("engine")
         if engine is None:
-            engine = cache["engine"] = load_engine(engine_name, fleet_profile)
+            engine = cache["engine"] = load_engine(fleet_profile=fleet_profile)
         yield from annotate_batches(batches, engine)
 
     return _apply

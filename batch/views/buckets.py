@@ -30,7 +30,7 @@ PROFILE_DDL = "bucket int, part int, km double, days double"
 
 
 def make_bucket_runner(
-    tasks: list[BucketTask], engine_name: str | None = None, profile: tuple[float, ...] | None = None
+    tasks: list[BucketTask], profile: tuple[float, ...] | None = None
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """The function given to ``mapInArrow`` over task numbers: task ``i`` runs ``tasks[i]`` with the
     rules under the fleet's seasonal ``profile``."""
@@ -39,7 +39,7 @@ def make_bucket_runner(
     def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         engine = cache.get("engine")
         if engine is None:
-            engine = cache["engine"] = load_engine(engine_name, profile)
+            engine = cache["engine"] = load_engine(fleet_profile=profile)
         for batch in batches:
             for i in batch.column(0).to_pylist():
                 summary = run_bucket_task(tasks[i], engine)
@@ -51,12 +51,11 @@ def make_bucket_runner(
 def bucket_pass(
     spark: SparkSession,
     tasks: list[BucketTask],
-    engine_name: str | None = None,
     profile: tuple[float, ...] | None = None,
 ) -> DataFrame:
     """One Spark partition per task; collecting the frame runs them (a row per bucket comes back)."""
     numbers = spark.range(0, len(tasks), 1, numPartitions=max(1, len(tasks)))
-    return numbers.mapInArrow(make_bucket_runner(tasks, engine_name, profile), SUMMARY_DDL)
+    return numbers.mapInArrow(make_bucket_runner(tasks, profile), SUMMARY_DDL)
 
 
 def profile_pass(

@@ -71,7 +71,6 @@ def fleet_profile(master: DataFrame, partitions: int) -> tuple[float, ...]:
 def annotate(
     master: DataFrame,
     partitions: int,
-    engine_name: str | None = None,
     profile: tuple[float, ...] | None = None,
 ) -> DataFrame:
     """Run the per-vehicle pass (rules, reconciliation, verdict) over the whole master dataset.
@@ -93,7 +92,7 @@ def annotate(
     added = StructType.fromDDL(ADDED_DDL)
     assert isinstance(added, StructType)
     schema = StructType(flat.schema.fields + added.fields)
-    annotator = make_annotator(engine_name, profile or fleet_profile(master, partitions))
+    annotator = make_annotator(profile or fleet_profile(master, partitions))
     out = vehicle_ranges(flat, partitions).mapInArrow(annotator, schema)
     back = {
         f.name: F.from_json(f.name, ArrayType(StringType())).alias(f.name)
