@@ -233,7 +233,7 @@ def load_simulation_cmd(
     simulation: Annotated[Path, typer.Argument(help="A `pcc simulate --out` directory.")],
 ) -> None:
     """Write simulator output as a master dataset (stands in for the speed layer)."""
-    from batch.testing import master_from_simulation
+    from batch.simulation import master_from_simulation
 
     config = _config(ctx)
     counts = master_from_simulation(simulation, config.master_dataset)

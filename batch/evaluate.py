@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from batch.config import BatchConfig
 from batch.errors import RunNotFoundError
 from batch.publish import read_current
-from batch.testing import pseudonym
+from batch.simulation import pseudonym
 from pipelines.rules.fraud import fields_from
 from pipelines.simulator.evaluation import (
     KIND_FLAGS,
@@ -225,7 +225,7 @@ def evaluate_published(
     """Evaluate the published ``fraud_scores`` against ``sim_dir/labels.jsonl``.
 
     ``vehicle_of`` maps a label's VIN to the views' pseudonym (see
-    :func:`batch.testing.simulation_labels`); by default the stand-in of
+    :func:`batch.simulation.simulation_labels`); by default the stand-in of
     ``pcc batch load-simulation``.  ``speed``: the master dataset came through the
     speed layer, whose real-time flags are measured (not for ``load-simulation``'s stand-in).
     """

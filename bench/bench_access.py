@@ -66,7 +66,7 @@ def bench_speed(data: Path, events: int, rounds: int = 7) -> None:
     from speed.process import EventProcessor
     from speed.roots import InMemoryRoots
     from speed.source import KafkaRecord
-    from speed.synthetic import SyntheticSource, wire
+    from tests.fixtures.synthetic import SyntheticSource, wire
 
     class Unsealed(EventProcessor):
         def _seal(self, env: Any) -> str:  # the reference: the plaintext payload, as stored before sealing
@@ -147,7 +147,7 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int, store
     from speed.process import EventProcessor
     from speed.roots import InMemoryRoots
     from speed.source import KafkaRecord
-    from speed.synthetic import SyntheticSource, wire
+    from tests.fixtures.synthetic import SyntheticSource, wire
 
     vault = IdentityVault(data / "vault" / "identity.sqlite")
     grants = _grant_store(store, data)

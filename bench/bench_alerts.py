@@ -239,7 +239,7 @@ def latency(work: Path, bootstrap: str, scale: float, rate: float) -> None:
     from speed.config import SpeedConfig
     from speed.pipeline import SpeedRun
     from speed.roots import InMemoryRoots
-    from speed.synthetic import SyntheticSource, wire
+    from tests.fixtures.synthetic import SyntheticSource, wire
 
     del Grant, InMemoryGrantStore
     prefix = "bal" + uuid.uuid4().hex[:6] + "."

@@ -4,7 +4,7 @@
     .venv/bin/python -m bench.bench_batch --events 1000000    # 1M events (or --scale 3.6)
     .venv/bin/python -m bench.bench_batch --events 10000000   # 10M events (long; ~3 GB of Parquet)
 
-Simulates a fleet (``pcc simulate`` + ``batch.testing.master_from_simulation``
+Simulates a fleet (``pcc simulate`` + ``batch.simulation.master_from_simulation``
 stand in for the speed layer).  Above 1,008,000 events (7,200 simulated vehicles) the
 simulated master dataset is *replicated*: copy ``c`` of every row gets the vehicle
 pseudonym ``v-`` + SHA-256(vehicle/c)[:32] and the event id ``<id>~c`` (copy 0
@@ -50,7 +50,7 @@ from batch.evaluate import evaluate, read_scores
 from batch.layout import migrate_master
 from batch.publish import read_current
 from batch.session import get_spark
-from batch.testing import master_from_simulation, simulation_labels, write_master_table
+from batch.simulation import master_from_simulation, simulation_labels, write_master_table
 from bench.common import record
 from pipelines.dataset import DEFAULT_BUCKETS, MASTER_SCHEMA, master_files
 from pipelines.rules.fraud import DEFAULT_PARAMS

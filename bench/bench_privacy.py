@@ -163,7 +163,7 @@ def bench_speed(data: Path, events: int, rounds: int = 7) -> None:
     from speed.process import EventProcessor
     from speed.roots import InMemoryRoots
     from speed.source import KafkaRecord
-    from speed.synthetic import SyntheticSource, wire
+    from tests.fixtures.synthetic import SyntheticSource, wire
 
     vault = IdentityVault(data / "vault" / "identity.sqlite")
     keys = KeyRing(vault, SqliteGrantStore(data / "vault" / "grants.sqlite"), cache_s=1.0)
@@ -227,7 +227,7 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int) -> No
     from speed.process import EventProcessor
     from speed.roots import InMemoryRoots
     from speed.source import KafkaRecord
-    from speed.synthetic import SyntheticSource, wire
+    from tests.fixtures.synthetic import SyntheticSource, wire
 
     vault = IdentityVault(data / "vault" / "identity.sqlite")
     grants = SqliteGrantStore(data / "vault" / "grants.sqlite")

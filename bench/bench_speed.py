@@ -54,7 +54,7 @@ from speed.rules import RulesAdapter
 from speed.sinks import SinkWriter
 from speed.source import KafkaRecord
 from speed.state import VehicleStates
-from speed.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
 FIGURES = ("throughput", "backlog", "freshness", "memory", "ordering")

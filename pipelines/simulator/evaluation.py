@@ -2,7 +2,7 @@
 
 Runs :func:`pipelines.rules.fraud.assess_vehicle` on every vehicle of a
 simulated fleet exactly as the batch layer does after the speed layer stored
-it (``batch.testing.master_from_simulation`` then ``batch.rules``):
+it (``batch.simulation.master_from_simulation`` then ``batch.rules``):
 
 * every event is ``verified``, its source tier is unknown to the rules;
 * ``log_index`` is the event's position in its source's log (ingestion order);

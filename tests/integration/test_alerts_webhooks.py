@@ -42,8 +42,8 @@ from serving.alerts.service import AlertService, build_service
 from serving.alerts.signing import WebhookVerificationError, verify
 from serving.ingest.wiring import ledger_domain
 from speed.roots import InMemoryRoots
-from speed.synthetic import SyntheticSource, vehicle, wire
 from tests.fixtures.kafka import KafkaBroker
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 pytestmark = pytest.mark.integration
 

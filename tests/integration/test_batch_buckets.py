@@ -18,7 +18,7 @@ from batch.incremental import plan_buckets
 from batch.jobs import run_batch
 from batch.master import scan_master
 from batch.publish import read_current
-from batch.testing import event_row, pseudonym, write_master_dataset
+from batch.simulation import event_row, pseudonym, write_master_dataset
 from batch.views.bucket_views import BucketTask
 from batch.views.buckets import bucket_pass
 from pipelines.dataset import MASTER_SCHEMA, read_layout, write_layout

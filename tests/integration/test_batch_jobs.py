@@ -18,7 +18,7 @@ from batch.errors import AuditFailedError
 from batch.jobs import run_batch
 from batch.publish import read_current
 from batch.runs import read_runs
-from batch.testing import event_row, write_master_dataset
+from batch.simulation import event_row, write_master_dataset
 from tests.fixtures import batch_fleet as fleet
 
 pytestmark = pytest.mark.integration

@@ -29,7 +29,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from pipelines.dataset import MASTER_COLUMNS
 from speed.roots import InMemoryRoots
-from speed.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 pytestmark = pytest.mark.integration
 

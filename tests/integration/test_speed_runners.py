@@ -38,7 +38,7 @@ from infra.prism import ensure_prism
 from speed.config import SpeedConfig
 from speed.pipeline import SpeedRun
 from speed.roots import InMemoryRoots
-from speed.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 pytestmark = pytest.mark.integration
 

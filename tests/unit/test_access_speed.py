@@ -19,7 +19,7 @@ from speed.config import SpeedConfig
 from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.source import KafkaRecord
-from speed.synthetic import SyntheticSource, wire
+from tests.fixtures.synthetic import SyntheticSource, wire
 
 VIN = "WVWZZZ1JZXW000001"
 PLACE = {"lat": 48.856613, "lon": 2.352222}

@@ -56,3 +56,9 @@ def test_what_a_module_pulls_in_at_import(module: str, absent: tuple[str, ...]) 
     code = f"import sys, {module}; print(' '.join(m for m in {absent!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == ""
+
+
+@pytest.mark.parametrize("package", ("pipelines", *LAYERS))
+def test_no_shipped_package_imports_the_tests(package: str) -> None:
+    """Test helpers live under tests/: what ships never needs them."""
+    assert [(f, m) for f, m in imported_modules(package) if m == "tests"] == []

@@ -16,7 +16,7 @@ from batch.jobs import run_batch
 from batch.layout import compact_bucket, compact_master, migrate_master
 from batch.master import JOURNAL, scan_master
 from batch.runs import read_runs
-from batch.testing import event_row, pseudonym, write_master_dataset
+from batch.simulation import event_row, pseudonym, write_master_dataset
 from pipelines.dataset import bucket_dir, bucket_of, master_files, read_layout, write_layout
 from tests.fixtures import batch_fleet as fleet
 

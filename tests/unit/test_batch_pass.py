@@ -19,7 +19,7 @@ from batch.publish import manifest, publish, read_current
 from batch.rules import load_engine
 from batch.runs import RunRecord, append_run, read_runs, run_lock
 from batch.scheduler import next_times, run_schedule
-from batch.testing import write_master_dataset
+from batch.simulation import write_master_dataset
 from batch.views.annotate import annotate_batches, annotate_table, annotate_vehicle
 from batch.views.mileage import heaviest_monotone_chain, reconcile
 from pipelines.dataset import MASTER_SCHEMA

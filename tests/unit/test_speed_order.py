@@ -21,7 +21,7 @@ from speed.errors import SpeedError
 from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.source import KafkaRecord, RunControl
-from speed.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
 PARTITIONS = 3

@@ -15,7 +15,7 @@ from speed.config import SpeedConfig
 from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.source import KafkaRecord
-from speed.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
 

@@ -19,7 +19,7 @@ from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.sinks import SinkWriter, read_master, recover
 from speed.source import KafkaRecord
-from speed.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
 

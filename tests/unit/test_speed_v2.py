@@ -19,7 +19,7 @@ from pipelines.events import PROTECTED_CATEGORIES, format_time, new_event_id
 from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.rules import RulesAdapter
-from speed.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 from tests.unit.test_speed_process import Feed, _config
 
 DAY = 86_400_000

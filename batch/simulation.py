@@ -1,8 +1,9 @@
-"""Build master datasets from plain rows: hand-built fleets for tests, simulator output for benchmarks.
+"""Master datasets from simulator output (``pcc batch load-simulation``) or from plain rows.
 
 The speed layer is what normally writes the master dataset.  This module
 writes the same layout and schema (``pipelines.dataset.MASTER_SCHEMA``) so the
-batch layer can be exercised alone: proofs are placeholders that are
+batch layer can run on a simulated fleet alone (the demo's evaluation, the
+benches, hand-built fleets in tests): proofs are placeholders that are
 consistent (a leaf hash that is the SHA-256 of the event id, log indexes in
 order per source), verification is ``verified`` unless a row says otherwise.
 """
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.dataset import MASTER_SCHEMA, bucket_dir, read_layout, split_by_bucket
+from pipelines.files import atomic_write
 
 _TOPIC_BY_PREFIX = {"cc-": "pcc.telemetry", "ins-": "pcc.insurer"}
 
@@ -125,8 +126,7 @@ def write_master_dataset(
 ) -> list[Path]:
     """Append ``rows`` to the master dataset at ``root``: one file per event date.
 
-    Files are written under a temporary name and renamed, like the speed layer
-    does.  Returns the files written.
+    Files are written whole or not at all, like the speed layer's.  Returns the files written.
     """
     rows = list(rows)
     if number:
@@ -141,12 +141,14 @@ def write_master_dataset(
         directory = root / f"event_date={date}"
         directory.mkdir(parents=True, exist_ok=True)
         table = pa.Table.from_pylist(part, schema=MASTER_SCHEMA)
-        final = directory / f"{segment}.parquet"
-        tmp = directory / f".{segment}.parquet.tmp"
-        pq.write_table(table, tmp, row_group_size=row_group_size)
-        os.replace(tmp, final)
-        written.append(final)
+        written.append(_write(table, directory / f"{segment}.parquet", row_group_size))
     return written
+
+
+def _write(table: pa.Table, path: Path, row_group_size: int = 1_000_000) -> Path:
+    """Write one Parquet file whole or not at all (a temporary name, then renamed)."""
+    atomic_write(path, lambda fh: pq.write_table(table, fh, row_group_size=row_group_size))
+    return path
 
 
 def _write_buckets(table: pa.Table, root: Path, segment: str, row_group_size: int = 1_000_000) -> list[Path]:
@@ -157,11 +159,7 @@ def _write_buckets(table: pa.Table, root: Path, segment: str, row_group_size: in
     for bucket, part in split_by_bucket(table, buckets):
         directory = root / bucket_dir(bucket)
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"{segment}.parquet"
-        tmp = directory / f".{segment}.parquet.tmp"
-        pq.write_table(part, tmp, row_group_size=row_group_size)
-        os.replace(tmp, final)
-        written.append(final)
+        written.append(_write(part, directory / f"{segment}.parquet", row_group_size))
     return written
 
 
@@ -176,11 +174,7 @@ def write_master_table(table: pa.Table, root: Path, segment: str = "seg-0") -> l
         part = table.filter(pc.equal(table["event_date"], date)).cast(MASTER_SCHEMA)
         directory = root / f"event_date={date}"
         directory.mkdir(parents=True, exist_ok=True)
-        final = directory / f"{segment}.parquet"
-        tmp = directory / f".{segment}.parquet.tmp"
-        pq.write_table(part, tmp, row_group_size=1_000_000)
-        os.replace(tmp, final)
-        written.append(final)
+        written.append(_write(part, directory / f"{segment}.parquet"))
     return written
 
 
