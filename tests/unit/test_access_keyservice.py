@@ -46,7 +46,8 @@ class Platform:
         self.wrapping = ConsumerKeyPair.generate()
 
     def audit(self) -> list[tuple[Any, ...]]:
-        return self.vault._conn().execute("SELECT action, subject, actor, detail FROM audit_log").fetchall()
+        entries = reversed(self.vault.audit_entries(limit=10_000))
+        return [(e["action"], e["subject"], e["actor"], e["detail"]) for e in entries]
 
 
 @pytest.fixture
