@@ -43,7 +43,8 @@ def _fast_ok(obj: Any, depth: int = 0) -> bool:
     if t is str or t is bool or obj is None:
         return True
     if t is int:
-        return -_INT_LIMIT <= obj <= _INT_LIMIT
+        value: int = obj
+        return -_INT_LIMIT <= value <= _INT_LIMIT
     if t is float:
         a = abs(obj)
         return 1e-4 <= a < 1e15 and not obj.is_integer()

@@ -101,7 +101,7 @@ LAYOUT_FILE = "_layout.json"
 #: Vehicle buckets of a new master dataset unless ``batch.master_buckets`` says otherwise.
 DEFAULT_BUCKETS = 64
 _HEX_DIGITS = 6
-_HEX_SPAN = 16**_HEX_DIGITS
+_HEX_SPAN: int = 16**_HEX_DIGITS
 
 
 def bucket_of(vehicle: str, buckets: int) -> int:

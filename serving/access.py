@@ -74,7 +74,7 @@ class SubjectRequest(BaseModel):
 
 
 def _grant_view(grant: Any) -> dict[str, Any]:
-    body = grant.to_dict()
+    body: dict[str, Any] = grant.to_dict()
     body["grantor"] = body["grantor"].split(":", 1)[0]  # the owner's pseudonym is owner_identity
     body.pop("signature", None)
     return body

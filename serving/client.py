@@ -66,7 +66,8 @@ class ClientResult:
 
     @property
     def rows(self) -> list[dict[str, Any]]:
-        return self.table.to_pylist()
+        rows: list[dict[str, Any]] = self.table.to_pylist()
+        return rows
 
     @property
     def opened(self) -> list[dict[str, Any]]:

@@ -71,7 +71,8 @@ class ParquetRows:
                 return []
             try:
                 table = ds.dataset(files, format="parquet").to_table(filter=ds.field("vehicle") == vehicle)
-                return table.to_pylist()
+                rows: list[dict[str, Any]] = table.to_pylist()
+                return rows
             except FileNotFoundError:
                 if attempt == 2:
                     raise

@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -52,6 +52,9 @@ from pipelines.producer.log import ProducerLog
 from pipelines.producer.protocols import Anchor, OutgoingEvent, Publisher
 from pipelines.settings import Settings
 from pipelines.topics import topic_for_kind
+
+if TYPE_CHECKING:
+    from pipelines.access import AccessService
 
 
 class Pseudonymizer(Protocol):
@@ -125,10 +128,10 @@ class _PlatformAccess:
     def __init__(self, settings: Settings, vault: Any) -> None:
         self._settings = settings
         self._vault = vault
-        self._service: Any = None
+        self._service: AccessService | None = None
 
     @property
-    def service(self) -> Any:
+    def service(self) -> AccessService:
         if self._service is None:
             from pipelines.access import AccessService, open_grant_store
 

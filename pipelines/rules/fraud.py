@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import NamedTuple
 
+from pipelines.rules.chains import haversine_km
 from pipelines.rules.history import (
     ODOMETER_FLAGS,
     fleet_days,
@@ -51,7 +52,6 @@ from pipelines.rules.stream import (
     apply_sorted,
     check_event,
     fields_from,
-    haversine_km,
     history_check,
     history_flags,
     odometer_problem,

@@ -66,7 +66,7 @@ def timeliness(ingestion_delay_s: float) -> float:
             f"quality: ingestion_delay_s must be a number of seconds, got {ingestion_delay_s!r}"
         )
     late = max(0.0, float(ingestion_delay_s) - TIMELINESS_GRACE_S)
-    return 0.5 ** (late / TIMELINESS_HALF_LIFE_S)
+    return math.pow(0.5, late / TIMELINESS_HALF_LIFE_S)
 
 
 def consistency_from_flags(flags: Iterable[str]) -> float:

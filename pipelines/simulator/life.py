@@ -150,7 +150,8 @@ class Life:
         day = np.clip(np.floor(rel).astype(np.int64), 0, self.n - 1)
         frac = np.clip(rel - day, 0.0, 1.0)
         odo = self.odo_start[day] + frac * self.km[day]
-        return np.where(rel > self.n, self.odo_start[-1] + (rel - self.n) * float(self.km.mean()), odo)
+        after: np.ndarray = np.where(rel > self.n, self.odo_start[-1] + (rel - self.n) * float(self.km.mean()), odo)
+        return after
 
     def day_of_odo(self, km: float) -> int:
         return int(np.searchsorted(self.odo_start, km))

@@ -71,7 +71,7 @@ def retry_delay(
 ) -> float:
     """Seconds before the next attempt after ``attempts`` failed ones: ``base * 2^(attempts-1)``, at most
     ``max_s``, times a random factor in [0.5, 1) so that many failing deliveries do not retry in step."""
-    exp = min(max_s, base_s * (2 ** max(0, attempts - 1)))
+    exp = min(max_s, base_s * 2.0 ** max(0, attempts - 1))
     return exp * (0.5 + rand() / 2)
 
 
