@@ -108,6 +108,43 @@ class _Check:
     distinct: Column | None = None  # a distinct count: its own aggregate (see audit_views)
 
 
+def _outside(col: Column, kw: dict[str, Any]) -> Column:
+    """True where ``col`` is beyond ``min_value`` or ``max_value`` (either may be absent)."""
+    from pyspark.sql import functions as F
+
+    lo, hi = kw.get("min_value"), kw.get("max_value")
+    out = F.lit(False)
+    if lo is not None:
+        out = out | (col < F.lit(lo))
+    if hi is not None:
+        out = out | (col > F.lit(hi))
+    return out
+
+
+def _failing_rows(kind: str, col: Column, kw: dict[str, Any]) -> Column | None:
+    """The rows failing a row-level expectation, or None for another kind."""
+    if kind == "expect_column_values_to_not_be_null":
+        return col.isNull()
+    if kind == "expect_column_values_to_be_between":
+        return col.isNotNull() & _outside(col, kw)
+    if kind == "expect_column_values_to_be_in_set":
+        return col.isNotNull() & ~col.isin(list(kw["value_set"]))
+    if kind == "expect_column_values_to_match_regex":
+        return col.isNotNull() & ~col.rlike(kw["regex"])
+    return None
+
+
+def _duplicates(kind: str, col: Column, kw: dict[str, Any]) -> Column:
+    """Rows minus distinct values of a column, or of a compound key (rows with a null part left out)."""
+    from pyspark.sql import functions as F
+
+    if kind == "expect_column_values_to_be_unique":
+        return F.count(col) - F.count_distinct(col)
+    cols = [F.col(c) for c in kw["column_list"]]
+    key = F.when(F.greatest(*[c.isNull() for c in cols]), None).otherwise(F.struct(*cols))
+    return F.count(key) - F.count_distinct(key)
+
+
 def _aggregates(doc: dict[str, Any], parameters: dict[str, int]) -> tuple[list[_Check], list[Column]]:
     """The suite's expectations as one list of Spark aggregate expressions."""
     from pyspark.sql import functions as F
@@ -121,51 +158,26 @@ def _aggregates(doc: dict[str, Any], parameters: dict[str, int]) -> tuple[list[_
         checks.append(check)
         where = F.expr(kw["row_condition"]) if kw.get("row_condition") else F.lit(True)
         col = F.col(kw["column"]) if kw.get("column") else F.lit(None)
-        bad: Column | None = None  # the rows failing a row-level check
-        if kind == "expect_column_values_to_not_be_null":
-            bad = col.isNull()
-        elif kind == "expect_column_values_to_be_between":
-            lo, hi = kw.get("min_value"), kw.get("max_value")
-            out = F.lit(False)
-            if lo is not None:
-                out = out | (col < F.lit(lo))
-            if hi is not None:
-                out = out | (col > F.lit(hi))
-            bad = col.isNotNull() & out
-        elif kind == "expect_column_values_to_be_in_set":
-            bad = col.isNotNull() & ~col.isin(list(kw["value_set"]))
-        elif kind == "expect_column_values_to_match_regex":
-            bad = col.isNotNull() & ~col.rlike(kw["regex"])
-        elif kind == "expect_column_values_to_be_unique":
-            check.unexpected = f"_u{i}"
-            check.distinct = (F.count(col) - F.count_distinct(col)).alias(check.unexpected)
-        elif kind == "expect_compound_columns_to_be_unique":
-            cols = [F.col(c) for c in kw["column_list"]]
-            check.unexpected = f"_u{i}"
-            key = F.when(F.greatest(*[c.isNull() for c in cols]), None).otherwise(F.struct(*cols))
-            check.distinct = (F.count(key) - F.count_distinct(key)).alias(check.unexpected)
-        elif kind == "expect_column_sum_to_be_between":
-            check.observed = f"_o{i}"
-            exprs.append(F.sum(col).alias(check.observed))
-        elif kind in ("expect_table_row_count_to_equal", "expect_table_row_count_to_be_between"):
-            pass  # from the Parquet footers of the whole view
-        else:
-            raise ValueError(f"{doc['name']}: {kind} is not an aggregate expectation the audit computes")
+        bad = _failing_rows(kind, col, kw)
         if bad is not None:
             check.unexpected, check.considered = f"_u{i}", f"_n{i}"
             exprs.append(F.sum(F.when(where & bad, 1).otherwise(0)).alias(check.unexpected))
             exprs.append(F.sum(F.when(where, 1).otherwise(0)).alias(check.considered))
+        elif kind in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
+            check.unexpected = f"_u{i}"
+            check.distinct = _duplicates(kind, col, kw).alias(check.unexpected)
+        elif kind == "expect_column_sum_to_be_between":
+            check.observed = f"_o{i}"
+            exprs.append(F.sum(col).alias(check.observed))
+        elif kind not in ("expect_table_row_count_to_equal", "expect_table_row_count_to_be_between"):
+            # (row counts come from the Parquet footers of the whole view)
+            raise ValueError(f"{doc['name']}: {kind} is not an aggregate expectation the audit computes")
         if kind == "expect_column_values_to_be_between" and kw.get("row_condition"):
             # what the condition set aside beyond the bounds: tolerated, counted with their reasons
-            lo, hi = kw.get("min_value"), kw.get("max_value")
-            out = F.lit(False)
-            if lo is not None:
-                out = out | (col < F.lit(lo))
-            if hi is not None:
-                out = out | (col > F.lit(hi))
+            aside = ~where & col.isNotNull() & _outside(col, kw)
             reason = F.col(check.tolerated_reason) if check.tolerated_reason else F.lit(None)
-            exprs.append(F.collect_set(F.when(~where & col.isNotNull() & out, reason)).alias(f"_t{i}"))
-            exprs.append(F.sum(F.when(~where & col.isNotNull() & out, 1).otherwise(0)).alias(f"_tn{i}"))
+            exprs.append(F.collect_set(F.when(aside, reason)).alias(f"_t{i}"))
+            exprs.append(F.sum(F.when(aside, 1).otherwise(0)).alias(f"_tn{i}"))
     return checks, exprs
 
 

@@ -175,7 +175,7 @@ def _written(out: Path, plan: BucketPlan) -> dict[str, list[Path]]:
     }
 
 
-def run_batch(
+def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
     config: BatchConfig,
     *,
     full: bool = False,

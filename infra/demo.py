@@ -216,7 +216,7 @@ def _get_spark(master: str, driver_memory: str, shuffle_partitions: int) -> Any:
     return get_spark(master, driver_memory, shuffle_partitions)
 
 
-def run_demo(
+def run_demo(  # noqa: PLR0915 (the demo's steps in order)
     settings: Settings, options: DemoOptions = DemoOptions(), *, spark: Any = None, console: Any = None
 ) -> DemoResult:
     """The main job end to end on ``settings`` (see the module docstring); returns what happened."""

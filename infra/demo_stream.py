@@ -110,7 +110,7 @@ def _log_ends(settings: Settings) -> dict[str, int]:
     return {f"{t.name}[{p}]": end for t in infos for p, end in t.end_offsets.items()}
 
 
-def stream(
+def stream(  # noqa: C901, PLR0915 (the demo's stream phase in order)
     settings: Settings, result: DemoResult, options: DemoOptions, jobs: list[tuple[str, str, str]],
     progress: Any, *, say: Say | None = None, on_producers_done: Callable[[], None] | None = None,
 ) -> StageMeter:  # fmt: skip

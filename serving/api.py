@@ -227,7 +227,7 @@ class ServingApp(FastAPI):
         await send({"type": "http.response.body", "body": result.body})
 
 
-def create_app(
+def create_app(  # noqa: C901, PLR0915 (routes are closures over the app's state)
     config: ServingConfig,
     billing: Billing,
     store: ServingStore | None = None,

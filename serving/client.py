@@ -21,7 +21,7 @@ from __future__ import annotations
 import http.client
 import io
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -109,6 +109,38 @@ def _retry_after(response: httpx.Response, detail: Mapping[str, Any]) -> int | N
         return None
 
 
+#: errors the service names where one status covers several kinds
+_NAMED: dict[tuple[int, str], Callable[[str], Exception]] = {
+    (400, "MalformedRequestError"): MalformedRequestError,
+    (403, "AccessDenied"): AccessDenied,
+    (403, "NoProducerKey"): AccessDenied,
+    (403, "NotSourceKeyError"): NotSourceKeyError,
+    (409, "ProofMismatchError"): ProofMismatchError,
+    (413, "RequestTooLargeError"): RequestTooLargeError,
+    (503, "PriceUnavailableError"): PriceUnavailableError,  # wrong state: governance has to set the price
+}
+#: the kind of a status the service answers with, when the body names none of the above
+_BY_STATUS: dict[int, Callable[[str], Exception]] = {
+    400: InvalidQueryError,
+    401: AuthenticationError,
+    404: PccNotFoundError,
+    408: QueryTimeoutError,
+    409: ProducerUnavailableError,
+    413: ResultTooLargeError,
+    422: TamperedCiphertext,
+}
+
+
+def _detail(response: httpx.Response) -> dict[str, Any]:
+    try:
+        detail = response.json()
+        if not isinstance(detail, dict):
+            raise ValueError(detail)
+    except ValueError:
+        detail = {"message": response.text or response.reason_phrase}
+    return detail
+
+
 def raise_for(response: httpx.Response) -> None:
     """Turn an error response back into the serving error it came from.
 
@@ -116,53 +148,24 @@ def raise_for(response: httpx.Response) -> None:
     status covers several kinds; the kind decides ``pcc``'s exit code (docs/cli.md).
     An answer that is not the service's own (a proxy's 502, 503 or 504) is transient.
     """
-    if response.status_code < 400:
-        return
-    try:
-        detail = response.json()
-        if not isinstance(detail, dict):
-            raise ValueError(detail)
-    except ValueError:
-        detail = {"message": response.text or response.reason_phrase}
-    message = str(detail.get("message", response.reason_phrase))
     status = response.status_code
-    name = detail.get("error")
-    if status == 400:
-        raise (
-            MalformedRequestError(message) if name == "MalformedRequestError" else InvalidQueryError(message)
-        )
-    if status == 401:
-        raise AuthenticationError(message)
+    if status < 400:
+        return
+    detail = _detail(response)
+    message = str(detail.get("message", response.reason_phrase))
+    kind = _NAMED.get((status, str(detail.get("error"))), _BY_STATUS.get(status))
+    if kind is not None:
+        raise kind(message)
     if status == 402:
         raise PaymentRequiredError(message, detail.get("quote", {}))
-    if status == 403 and detail.get("error") in ("AccessDenied", "NoProducerKey"):
-        raise AccessDenied(message)
-    if status == 403 and detail.get("error") == "NotSourceKeyError":
-        raise NotSourceKeyError(message)
     if status == 403:
         exc = ForbiddenQueryError(str(detail.get("rule", "?")), "")
         exc.message = message
         exc.args = (message,)
         raise exc
-    if status == 408:
-        raise QueryTimeoutError(message)
-    if status == 413:
-        raise (
-            RequestTooLargeError(message) if name == "RequestTooLargeError" else ResultTooLargeError(message)
-        )
-    if status == 404:
-        raise PccNotFoundError(message)
-    if status == 409:
-        raise (
-            ProofMismatchError(message) if name == "ProofMismatchError" else ProducerUnavailableError(message)
-        )
-    if status == 422:
-        raise TamperedCiphertext(message)
     if status == 429:
         retry_after = _retry_after(response, detail)
         raise TooManyRequestsError(message, 1 if retry_after is None else retry_after)
-    if status == 503 and name == "PriceUnavailableError":  # wrong state: governance has to set the price
-        raise PriceUnavailableError(message)
     if status in (502, 503, 504):
         raise ServiceUnavailableError(f"HTTP {status}: {message}", _retry_after(response, detail))
     raise ServingError(f"HTTP {status}: {message}")

@@ -281,7 +281,7 @@ class SinkWriter:
         """Rows in the real-time view not yet in the master dataset."""
         return self._master.waiting_rows
 
-    def flush(self, pending_floor: Offsets, *, final: bool = False) -> int:
+    def flush(self, pending_floor: Offsets, *, final: bool = False) -> int:  # noqa: C901, PLR0912 (the commit protocol, read in one place)
         """Make everything buffered durable; returns the number of rows written to the real-time view.
 
         ``final`` (the end of a run): the master dataset is brought up to the

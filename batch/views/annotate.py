@@ -188,7 +188,7 @@ def _stream_flags(table: pa.Table) -> dict[str, list[str]]:
     return out
 
 
-def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:
+def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:  # noqa: PLR0915 (the per-vehicle pass over Arrow columns)
     """Annotate whole vehicles (any row order in; vehicle then the rules' order out)."""
     table, duplicates = _deduplicated(table)
     table = table.take(pc.sort_indices(table, sort_keys=_RULE_ORDER))

@@ -153,6 +153,46 @@ def summary_table(reports: dict[str, ProducerReport]) -> Table:
     return table
 
 
+def _jobs(
+    files: list[str], source: str | None, kind: str | None, fleet: Path | None
+) -> list[tuple[str, str, str]]:
+    """(path, source, kind) of every file to produce: a fleet's sources, then the files given."""
+    jobs: list[tuple[str, str, str]] = []
+    if fleet is not None:
+        try:
+            meta = json.loads((fleet / "fleet.json").read_text())
+        except FileNotFoundError:
+            raise PccValueError(
+                f"--fleet: {fleet / 'fleet.json'} does not exist (run pcc simulate)"
+            ) from None
+        for src in meta["sources"]:
+            fleet_file = fleet / "events" / f"{src['id']}.jsonl"
+            if fleet_file.exists():
+                jobs.append((str(fleet_file), src["id"], src["kind"]))
+    if files and (not source or not kind):
+        raise PccValueError("--source and --kind are required when files are given")
+    jobs += [(path, source, kind) for path in files if source and kind]
+    if not jobs:
+        raise PccValueError(
+            "nothing to produce: give JSON Lines files (with --source and --kind) or --fleet DIR"
+        )
+    return jobs
+
+
+def _progress(console: Any, jobs: list[tuple[str, str, str]], quiet: bool) -> Any:
+    """A bar on a terminal, a line every 10 s into a file or a pipe (a bar nobody sees), or nothing."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if quiet:
+        return contextlib.nullcontext(None)
+    if console.is_terminal:
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        return Progress(*columns, console=console)
+    counts = [count_lines(path) for path, _, _ in jobs]
+    total = None if None in counts else sum(c or 0 for c in counts)
+    return LineProgress("pcc produce", total=total)
+
+
 def produce(
     ctx: typer.Context,
     files: Annotated[
@@ -186,34 +226,13 @@ def produce(
     """Validate, pseudonymise, log, anchor and publish events to Kafka.
 
     On a terminal a progress bar; otherwise a progress line every 10 s (done, left, rate)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from pipelines.producer import load_anchor
 
     console = _console()
     settings = settings_from(ctx)
-    jobs: list[tuple[str, str, str]] = []  # (path, source, kind)
     if register and fleet is None:
         raise PccValueError("--register registers the sources of a --fleet; give --fleet DIR")
-    if fleet is not None:
-        try:
-            meta = json.loads((fleet / "fleet.json").read_text())
-        except FileNotFoundError:
-            raise PccValueError(
-                f"--fleet: {fleet / 'fleet.json'} does not exist (run pcc simulate)"
-            ) from None
-        for src in meta["sources"]:
-            fleet_file = fleet / "events" / f"{src['id']}.jsonl"
-            if fleet_file.exists():
-                jobs.append((str(fleet_file), src["id"], src["kind"]))
-    for path in files or []:
-        if not source or not kind:
-            raise PccValueError("--source and --kind are required when files are given")
-        jobs.append((path, source, kind))
-    if not jobs:
-        raise PccValueError(
-            "nothing to produce: give JSON Lines files (with --source and --kind) or --fleet DIR"
-        )
+    jobs = _jobs(files or [], source, kind, fleet)
     if register:
         assert fleet is not None
         _register_fleet(settings, fleet / "fleet.json", quiet)
@@ -222,17 +241,7 @@ def produce(
 
     vault = IdentityVault(settings)
     reports: dict[str, ProducerReport] = {}
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    progress: Any
-    if quiet:
-        progress = contextlib.nullcontext(None)
-    elif console.is_terminal:
-        progress = Progress(*columns, console=console)
-    else:  # a file or a pipe: a line every 10 s instead of a bar nobody sees
-        counts = [count_lines(path) for path, _, _ in jobs]
-        total = None if None in counts else sum(c or 0 for c in counts)
-        progress = LineProgress("pcc produce", total=total)
-    with progress as shown:
+    with _progress(console, jobs, quiet) as shown:
         for job_path, src, knd in jobs:
             reports[src] = produce_file(
                 settings, job_path, source_id=src, kind=knd, strict=strict, anchor=anchor, vault=vault,

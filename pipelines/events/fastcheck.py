@@ -141,7 +141,7 @@ def _every(item: Check) -> Check:
     return lambda x: all(map(item, x))
 
 
-def _compile(schema: Any) -> Check:
+def _compile(schema: Any) -> Check:  # noqa: C901, PLR0912 (a case per JSON Schema keyword)
     if schema is True:
         return lambda x: True
     if schema is False:
@@ -280,7 +280,7 @@ def _object_type(schema: dict[str, Any]) -> Any:
     return msgspec.defstruct(f"Schema{next(_STRUCT_NAMES)}", fields, kw_only=True, forbid_unknown_fields=True)
 
 
-def _msgspec_type(schema: Any) -> Any:
+def _msgspec_type(schema: Any) -> Any:  # noqa: C901, PLR0912 (a case per JSON Schema keyword)
     if schema is True or schema == {}:
         return Any
     if not isinstance(schema, dict):

@@ -211,7 +211,7 @@ def odometer_problem(
     return None
 
 
-def check_event(
+def check_event(  # noqa: C901, PLR0912 (the per-event hot path: a call per rule costs)
     state: VehicleState, event: EventFields, params: FraudParams = DEFAULT_PARAMS
 ) -> tuple[VehicleState, tuple[str, ...], Evidence]:
     """Apply one event to a vehicle's state: the new state, the flags raised and their evidence."""

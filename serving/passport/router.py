@@ -113,7 +113,7 @@ def _signed(headers: Mapping[str, str]) -> bool:
     return any(headers.get(h) is not None for h in (HEADER_SIGNATURE, HEADER_ACCOUNT))
 
 
-def passport_router(
+def passport_router(  # noqa: C901 (routes are closures over the router's state)
     source: PassportSource,
     roots: RootLookup,
     paths: AuditPaths | None = None,
