@@ -42,6 +42,7 @@ from serving.auth import (
     Authenticator,
     Consumer,
     service_domain,
+    signed_target,
 )
 from serving.bodylimit import bounded, declared_too_large, too_large
 from serving.config import ServingConfig
@@ -295,8 +296,7 @@ def create_app(  # noqa: C901, PLR0915 (routes are closures over the app's state
 
     async def consumer_of(request: Request, deferred: bool = False) -> Consumer:
         body = await request.body()
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        return auth.verify(request.method, target, body, request.headers, deferred)
+        return auth.verify(request.method, signed_target(request), body, request.headers, deferred)
 
     app.max_body_bytes = config.max_body_bytes
     # a receipt only pays producers the Marketplace can pay (registered and active); the rows of the
@@ -313,8 +313,7 @@ def create_app(  # noqa: C901, PLR0915 (routes are closures over the app's state
     async def query(request: Request) -> Response:
         # reached under a root_path only: ServingApp answers POST /v1/query itself, the same way
         body = await request.body()
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        answer = await run_in_threadpool(paid.answer, request.method, target, request.headers, body)
+        answer = await run_in_threadpool(paid.answer, request.method, signed_target(request), request.headers, body)
         return _response(answer)
 
     app.answer_query = paid.answer

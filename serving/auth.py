@@ -33,7 +33,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from eth_account.signers.local import LocalAccount
@@ -73,6 +73,9 @@ REQUEST_TYPE = StructType(
         ("expires", "uint256"),
     ),
 )
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
 
 
 def public_host(text: str) -> str:
@@ -246,6 +249,12 @@ class Consumer:
     expires: int = 0  # unix seconds: the nonce is remembered until then
 
 
+def signed_target(request: Request) -> str:
+    """What a signature covers of a request's URL: the path, and the query as sent."""
+    url = request.url
+    return url.path + (f"?{url.query}" if url.query else "")
+
+
 class Authenticator:
     """Verifies signed requests and spends their nonces."""
 
@@ -261,6 +270,16 @@ class Authenticator:
     def document(self) -> dict[str, Any]:
         """``GET /v1/domain``: the EIP-712 domain, host and types requests are signed with."""
         return self.domain.document(self.max_age_s)
+
+    async def verify_request(self, request: Request) -> tuple[bytes, Consumer]:
+        """A web request's body and signer (:meth:`verify`, off the event loop: it touches SQLite)."""
+        from starlette.concurrency import run_in_threadpool
+
+        body = await request.body()
+        consumer = await run_in_threadpool(
+            self.verify, request.method, signed_target(request), body, request.headers
+        )
+        return body, consumer
 
     def verify(
         self, method: str, path: str, body: bytes, headers: Mapping[str, str], deferred: bool = False

@@ -182,9 +182,7 @@ def create_alerts_app(
         return _error(exc)
 
     async def signed(request: Request) -> tuple[bytes, str]:
-        body = await request.body()
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        consumer = await run_in_threadpool(auth.verify, request.method, target, body, request.headers)
+        body, consumer = await auth.verify_request(request)
         return body, consumer.account
 
     @app.get("/v1/domain", summary="The EIP-712 domain, host and types requests are signed with")

@@ -173,9 +173,7 @@ def create_ingest_app(
         return _error(exc)
 
     async def signed(request: Request) -> tuple[bytes, str]:
-        body = await request.body()
-        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        consumer = await run_in_threadpool(auth.verify, request.method, target, body, request.headers)
+        body, consumer = await auth.verify_request(request)
         return body, consumer.account
 
     @app.post(

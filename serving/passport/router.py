@@ -34,7 +34,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 
 from pipelines.errors import PccError
-from serving.auth import HEADER_ACCOUNT, HEADER_SIGNATURE
+from serving.auth import HEADER_ACCOUNT, HEADER_SIGNATURE, signed_target
 from serving.errors import PaymentRequiredError, ServingError, http_status
 from serving.market.pricing import Billing
 from serving.passport.access import PSEUDONYM, OwnerAccess, resolve_vehicle
@@ -157,7 +157,7 @@ def passport_router(  # noqa: C901 (routes are closures over the router's state)
                     raise PassportClosedError(
                         "this service sells no passport reports: open the owner's share link"
                     )
-                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                target = signed_target(request)
                 note = "Passport report, paid in PCC_token (the signed receipt: GET /v1/receipts)."
                 sale = sales.sell(
                     request.method, target, request.headers, identifier, fmt,
