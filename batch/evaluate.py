@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from batch.config import BatchConfig
 from batch.errors import RunNotFoundError
 from batch.publish import read_current
-from batch.simulation import pseudonym
+from batch.simulation import pseudonym, simulation_label_rows
 from pipelines.rules.fraud import fields_from
 from pipelines.simulator.evaluation import (
     KIND_FLAGS,
@@ -152,18 +152,11 @@ def simulation_cases(
     sim_dir: Path, vehicle_of: Callable[[str], str | None] = pseudonym
 ) -> dict[str, list[Case]]:
     """Ground truth: vehicle pseudonym -> its fraud cases with variant and detectability (``noise`` excluded)."""
-    import orjson
-
     truth: dict[str, list[Case]] = {}
-    with open(sim_dir / "labels.jsonl", "rb") as fh:
-        for line in fh:
-            label = orjson.loads(line)
-            vehicle = vehicle_of(label["vin"])
-            if vehicle is None:
-                continue
-            cases = truth.setdefault(vehicle, [])
-            if label["kind"] != "noise":
-                cases.append(label_case(label))
+    for vehicle, label in simulation_label_rows(sim_dir, vehicle_of):
+        cases = truth.setdefault(vehicle, [])
+        if label["kind"] != "noise":
+            cases.append(label_case(label))
     return truth
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -237,16 +237,23 @@ def simulation_labels(
     the identity vault's lookup (``IdentityVault.find_vehicle``) for data that
     came through the producers; a VIN it does not know is skipped.
     """
+    truth: dict[str, set[str]] = {}
+    for vehicle, label in simulation_label_rows(sim_dir, vehicle_of):
+        kinds = truth.setdefault(vehicle, set())
+        if label["kind"] != "noise":
+            kinds.add(label["kind"])
+    return truth
+
+
+def simulation_label_rows(
+    sim_dir: Path, vehicle_of: Callable[[str], str | None] = pseudonym
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(vehicle pseudonym, label) for each line of ``labels.jsonl`` whose VIN ``vehicle_of`` knows."""
     import orjson
 
-    truth: dict[str, set[str]] = {}
     with open(sim_dir / "labels.jsonl", "rb") as fh:
         for line in fh:
             label = orjson.loads(line)
             vehicle = vehicle_of(label["vin"])
-            if vehicle is None:
-                continue
-            kinds = truth.setdefault(vehicle, set())
-            if label["kind"] != "noise":
-                kinds.add(label["kind"])
-    return truth
+            if vehicle is not None:
+                yield vehicle, label
