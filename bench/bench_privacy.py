@@ -27,9 +27,12 @@ import argparse
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from bench.common import funded_serving_app, record
+
+if TYPE_CHECKING:
+    from pipelines.events import Envelope
 
 VIN_BASE = "WVWZZZ1JZXW"
 
@@ -94,7 +97,7 @@ def bench_producer(data: Path, events: int, rounds: int = 5) -> None:
     from pipelines.events import new_event_id
 
     keys = AccessService(vault, open_grant_store(shared), key_cache_s=1.0).keys
-    envelopes = [
+    envelopes: list[Envelope] = [
         {"event_id": new_event_id(), "event_type": r["event_type"], "schema_version": 1, "source_id": r["source_id"],
          "vehicle": vault.pseudonymize_vehicle(r["vin"]), "event_time": r["event_time"],
          "ingestion_time": r["event_time"], "payload": r["payload"]}
@@ -175,7 +178,7 @@ def bench_speed(data: Path, events: int, rounds: int = 7) -> None:
         src = SyntheticSource(f"garage-v{version}", roots, checkpoint_every=events + 1)
         for i in range(events):
             raw = _input(i, start)
-            env = {"event_id": new_event_id(), "event_type": "maintenance", "schema_version": 1,
+            env: Envelope = {"event_id": new_event_id(), "event_type": "maintenance", "schema_version": 1,
                    "source_id": src.source_id, "vehicle": vehicles[i % 200], "event_time": raw["event_time"],
                    "ingestion_time": format_time(start + i * 60_000 + 1000), "payload": raw["payload"]}  # fmt: skip
             src.append(seal_event(env, keys.key_for(env["vehicle"])) if version == 2 else env)
@@ -241,7 +244,7 @@ def bench_query(data: Path, vehicles: int, per_vehicle: int, queries: int) -> No
     start = int(time.time() * 1000) - 400 * 86_400_000
     for i in range(vehicles * per_vehicle):  # version 2: sealed as the producer SDK seals, before the leaf
         raw = _input(i, start)
-        env = {"event_id": new_event_id(), "event_type": "maintenance", "schema_version": 1,
+        env: Envelope = {"event_id": new_event_id(), "event_type": "maintenance", "schema_version": 1,
                "source_id": src.source_id, "vehicle": cars[i % vehicles], "event_time": raw["event_time"],
                "ingestion_time": format_time(start + i * 60_000 + 1000), "payload": raw["payload"]}  # fmt: skip
         src.append(seal_event(env, access.keys.key_for(env["vehicle"])))

@@ -20,10 +20,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import duckdb
 from fastapi import APIRouter
+from typing_extensions import TypedDict  # pydantic reads it on Python 3.11 (the API documents it)
 
 from pipelines import merkle
 from pipelines.dataset import master_files, read_layout
@@ -32,6 +33,20 @@ from serving.errors import EventNotFoundError, ProofMismatchError
 from serving.passport.verify import AuditPaths, RootLookup
 
 _FIELDS = ("event_id", "source_id", "leaf_hash", "log_index", "tree_size", "root")
+
+
+class EventProof(TypedDict):
+    """``GET /v1/proof/{event_id}``: what anyone needs to check an event against the anchored root."""
+
+    event_id: str
+    source_id: str
+    leaf_hash: str  # hex RFC 6962 leaf hash: SHA-256(0x00 || SHA-256(JCS(envelope without proof, sealed)))
+    log_index: int
+    tree_size: int  # the anchored checkpoint the event belongs to
+    root: str  # that checkpoint's root, hex
+    path: list[str] | None  # the RFC 9162 audit path, hex; None when no copy of it is reachable
+    #: where the path came from: the serving views, the master dataset or the producer's log
+    path_from: Literal["dataset", "master_dataset", "producer_log"] | None
 
 
 def _hex(value: Any) -> str:
@@ -71,7 +86,7 @@ def master_path(master_dir: Path, event_id: str, event_time: Any) -> list[str] |
 
 def find_proof(
     store: ServingStore, event_id: str, paths: AuditPaths | None = None, master_dir: Path | None = None
-) -> dict[str, Any]:
+) -> EventProof:
     """The proof of one event as the serving views hold it; raises :class:`EventNotFoundError`."""
     columns = {c for c, _ in store.columns().get("vehicle_history", [])}
     select = ", ".join(_FIELDS) + ", event_time" + (", proof_path" if "proof_path" in columns else "")
@@ -82,7 +97,7 @@ def find_proof(
     if not rows:
         raise EventNotFoundError(f"no event {event_id!r} in the serving views")
     row = dict(zip([*_FIELDS, "event_time", "proof_path"], rows[0], strict=False))
-    proof: dict[str, Any] = {
+    proof: EventProof = {
         "event_id": str(row["event_id"]),
         "source_id": str(row["source_id"]),
         "leaf_hash": _hex(row["leaf_hash"]),
@@ -111,7 +126,7 @@ def proof_router(
     @router.get(
         "/v1/proof/{event_id}", summary="An event's leaf hash, log position, anchored root and audit path"
     )
-    def proof(event_id: str) -> dict[str, Any]:
+    def proof(event_id: str) -> EventProof:
         return find_proof(store, event_id, paths, master_dir)
 
     return router

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from pipelines import canonical, merkle
 from pipelines.access import (
@@ -55,7 +55,7 @@ from pipelines.access import (
 )
 from pipelines.dataset import region
 from pipelines.errors import PccValidationError
-from pipelines.events import EVENT_TYPES, format_time, parse_event, parse_time_ms, validate_envelope
+from pipelines.events import EVENT_TYPES, Envelope, format_time, parse_event, parse_time_ms, validate_envelope
 from pipelines.events.categories import PUBLIC_CATEGORIES, top_level_categories
 from pipelines.events.commitments import COMMITTED_VERSION, is_commitment
 from speed.config import SpeedConfig
@@ -115,7 +115,7 @@ class _Checked:
     """An event that passed parsing, schema, hash and proof-shape checks."""
 
     record: KafkaRecord
-    env: dict[str, Any]
+    env: Envelope
     leaf: bytes
     event_ms: int
     ingestion_ms: int
@@ -205,16 +205,17 @@ class EventProcessor:
     def _parse(self, record: KafkaRecord, now_ms: int) -> tuple[_Checked, merkle.InclusionClaim]:
         """The event parsed, validated and hashed, and the inclusion claim its proof makes."""
         try:
-            env = parse_event(record.value, max_bytes=self._config.max_event_bytes)
+            parsed = parse_event(record.value, max_bytes=self._config.max_event_bytes)
         except PccValidationError as exc:
             raise RejectedEvent("unparseable", "; ".join(exc.problems) or str(exc)) from None
-        problems = validate_envelope(env, now_ms=now_ms, future_tolerance_s=self._config.future_tolerance_s)
+        problems = validate_envelope(parsed, now_ms=now_ms, future_tolerance_s=self._config.future_tolerance_s)
         if problems:
             text = "; ".join(str(p) for p in problems)
             future = any("in the future" in p.message for p in problems)
             raise RejectedEvent("future_timestamp" if future else "bad_schema", text)
-        if "proof" not in env:
+        if "proof" not in parsed:
             raise RejectedEvent("bad_schema", "$.proof: missing (the producer SDK adds it)")
+        env = cast(Envelope, parsed)  # the shape validate_envelope checked, proof included
         cutover = self._v1_cutover_ms
         if (
             cutover is not None

@@ -27,6 +27,7 @@ import orjson
 from pipelines.canonical import canonical_bytes
 from pipelines.dataset import region
 from pipelines.events.commitments import COMMITTED_VERSION, SALT_SIZE
+from pipelines.events.envelope import Envelope
 from pipelines.events.registry import load_schema
 
 from .fields import _NONCE, KeyFor, _current_cipher, _fresh, row_aad
@@ -100,20 +101,27 @@ def _flat_ok(key: Any, value: Any) -> bool:
     )
 
 
-def seal_event(env: Mapping[str, Any], key_for: KeyFor, *, randbytes: RandomBytes = _fresh) -> dict[str, Any]:
+def seal_event(env: Envelope, key_for: KeyFor, *, randbytes: RandomBytes = _fresh) -> Envelope:
     """The version 2 envelope of a clear (validated) one: commitments in ``payload``, values in ``sealed``.
 
     ``key_for(category) -> (epoch, key)`` is called once per protected category
     present.  Without protected members the envelope only changes version.
     """
     payload = dict(env["payload"])
-    out = {k: v for k, v in env.items() if k not in ("payload", "proof", "sealed")}
-    out["schema_version"] = COMMITTED_VERSION
+    out: Envelope = {
+        "event_id": env["event_id"],
+        "event_type": env["event_type"],
+        "schema_version": COMMITTED_VERSION,
+        "source_id": env["source_id"],
+        "vehicle": env["vehicle"],
+        "event_time": env["event_time"],
+        "ingestion_time": env["ingestion_time"],
+        "payload": payload,
+    }
     if "location" in payload and (place := public_region(payload["location"])) is not None:
         payload["region"] = place
     present = [m for m in committed_members(str(env["event_type"])) if m[0] in payload]
     if not present:
-        out["payload"] = payload
         return out
     aad = row_aad(str(env["vehicle"]), str(env["event_id"]))
     fresh = randbytes((SALT_SIZE + _NONCE) * len(present))
@@ -132,7 +140,6 @@ def seal_event(env: Mapping[str, Any], key_for: KeyFor, *, randbytes: RandomByte
         blob = nonce + aead.encrypt(nonce, plain, aad + aad_mid + tail)
         payload[name] = "cm:" + digest
         sealed[name] = prefix + digest + ":" + binascii.b2a_base64(blob, newline=False).decode("ascii")
-    out["payload"] = payload
     out["sealed"] = sealed
     return out
 

@@ -19,6 +19,7 @@ from typing import Any
 
 from pipelines.canonical import canonical_bytes, envelope_without_proof, leaf_data, leaf_hash
 from pipelines.events.commitments import commit_bytes, commitment
+from pipelines.events.envelope import Envelope, EventType
 
 from .sealing import committed_members, seal_event
 
@@ -32,8 +33,8 @@ _KEYS = {
 }
 
 
-def _case(name: str, event_id: str, event_type: str, time: str, payload: dict[str, Any]) -> dict[str, Any]:
-    clear = {
+def _case(name: str, event_id: str, event_type: EventType, time: str, payload: dict[str, Any]) -> dict[str, Any]:
+    clear: Envelope = {
         "event_id": event_id,
         "event_type": event_type,
         "schema_version": 1,

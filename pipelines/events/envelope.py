@@ -43,6 +43,8 @@ _TIME = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-
 
 
 class Proof(TypedDict):
+    """The inclusion proof an envelope travels with (RFC 9162 audit path, hex SHA-256 hashes)."""
+
     log_index: int
     tree_size: int
     root: str
@@ -61,7 +63,9 @@ class Envelope(TypedDict):
     event_time: str
     ingestion_time: str
     payload: dict[str, Any]
-    proof: NotRequired[Proof]
+    #: version 2: the protected members' sealed values (``enc:v2:...``), not hashed (docs/access.md)
+    sealed: NotRequired[dict[str, str]]
+    proof: NotRequired[Proof]  # added by the producer SDK when the event's checkpoint is anchored
 
 
 class ProducerInput(TypedDict):

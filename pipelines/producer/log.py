@@ -28,6 +28,7 @@ from typing import Any
 import orjson
 
 from pipelines.errors import PccStateError, PccValueError
+from pipelines.events.envelope import Envelope
 from pipelines.files import atomic_write, process_alive
 from pipelines.merkle import (
     HASH_SIZE,
@@ -57,7 +58,7 @@ class AnchoredCheckpoint:
 @dataclass(frozen=True, slots=True)
 class SpooledEvent:
     index: int
-    envelope: dict[str, Any]
+    envelope: Envelope  # as the log spooled it (the producer validated it before)
 
 
 class ProducerLog:
@@ -180,7 +181,7 @@ class ProducerLog:
     def unpublished(self) -> int:
         return self.size - self.published.size
 
-    def append(self, envelope: dict[str, Any], leaf_hash: bytes) -> int:
+    def append(self, envelope: Envelope, leaf_hash: bytes) -> int:
         """Record one event; returns its log index.  Durable at the next :meth:`sync`."""
         index = self.size
         self._leaf_buffer.append(leaf_hash)

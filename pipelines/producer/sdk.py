@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import orjson
 
@@ -46,6 +46,7 @@ from pipelines.canonical import leaf_hash
 from pipelines.errors import PccTransientError, PccValidationError, PccValueError
 from pipelines.events import format_time, new_event_id, now_ms, validate_envelope, validate_input
 from pipelines.events.commitments import COMMITTED_VERSION
+from pipelines.events.envelope import Envelope, ProducerInput
 from pipelines.events.validation import clear_version
 from pipelines.merkle import Checkpoint
 from pipelines.producer.log import ProducerLog
@@ -199,7 +200,7 @@ class Producer:
 
     # ------------------------------------------------------------------ events
 
-    def prepare(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+    def prepare(self, raw: Mapping[str, Any]) -> Envelope:
         """Validate a producer input record and build its envelope (no side effect on the log).
 
         Raises :class:`PccValidationError` listing every problem with its JSON path.
@@ -214,24 +215,25 @@ class Producer:
                 "event rejected",
                 [f"$.source_id: {raw['source_id']!r} is not this producer ({self.source_id})"],
             )
-        vehicle = self._vault.pseudonymize_vehicle(raw["vin"])
-        payload = dict(raw["payload"])
+        record = cast(ProducerInput, raw)  # the shape validate_input checked
+        vehicle = self._vault.pseudonymize_vehicle(record["vin"])
+        payload = dict(record["payload"])
         for name in _OWNER_FIELDS:
             identity = payload.get(name)
             if isinstance(identity, Mapping):
                 payload[name] = self._vault.pseudonymize_owner(identity)
-        if raw["event_type"] == "ownership_change":
+        if record["event_type"] == "ownership_change":
             self._vault.record_ownership(vehicle, payload["new_owner"])
             if self._on_ownership_change is not None:
                 self._on_ownership_change(vehicle)
-        version = max(self._contract, raw.get("schema_version", 1))
-        envelope = {
-            "event_id": raw.get("event_id") or new_event_id(),
-            "event_type": raw["event_type"],
+        version = max(self._contract, record.get("schema_version", 1))
+        envelope: Envelope = {
+            "event_id": record.get("event_id") or new_event_id(),
+            "event_type": record["event_type"],
             "schema_version": clear_version(version),
             "source_id": self.source_id,
             "vehicle": vehicle,
-            "event_time": raw["event_time"],
+            "event_time": record["event_time"],
             "ingestion_time": format_time(self._clock()),
             "payload": payload,
         }
