@@ -16,11 +16,11 @@ import os
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pipelines.errors import PccConfigError, PccNotFoundError
+from pipelines.errors import PccConfigError, PccNotFoundError, PccValueError
 from pipelines.settings import Settings
 from pipelines.sqlite import ThreadLocalSqlite
 
@@ -76,7 +76,11 @@ class GrantStore(Protocol):
         ...
 
     def put(self, grant: Grant) -> Grant:
-        """Record (or replace) a grant at the current epoch; returns it as stored."""
+        """Record (or replace) a grant made at the current epoch; returns it as stored.
+
+        A grant made at another epoch is refused (:class:`PccValueError`): its signature
+        covers the epoch, and a revocation may have started a new one since it was checked.
+        """
         ...
 
     def get(self, vehicle: str, category: str, grantee: bytes) -> Grant | None: ...
@@ -88,8 +92,19 @@ class GrantStore(Protocol):
     def grants(self, *, vehicle: str | None = None, grantee: bytes | None = None) -> list[Grant]: ...
 
     def erase_vehicle(self, vehicle: str) -> int:
-        """Forget a vehicle's grants and epochs (GDPR erasure); returns how many grants went."""
+        """Forget a vehicle's grants (GDPR erasure), and its epochs where the backend can (the chain's
+        counters stay); returns how many grants went."""
         ...
+
+
+def _made_at(grant: Grant, epoch: int) -> Grant:
+    """``grant`` if it was made at ``epoch``, the current one; else :class:`PccValueError`."""
+    if grant.epoch != epoch:
+        raise PccValueError(
+            f"the grant of {grant.category} of {grant.vehicle} was signed at key epoch {grant.epoch}, "
+            f"the current epoch is {epoch}: the grantor signs it again"
+        )
+    return grant
 
 
 def _no_grant(vehicle: str, category: str, grantee: bytes) -> PccNotFoundError:
@@ -119,7 +134,7 @@ class InMemoryGrantStore:
 
     def put(self, grant: Grant) -> Grant:
         with self._lock:
-            stored = replace(grant, epoch=self._epochs.get((grant.vehicle, grant.category), 0))
+            stored = _made_at(grant, self._epochs.get((grant.vehicle, grant.category), 0))
             self._grants[(grant.vehicle, grant.category, grant.grantee)] = stored
         return stored
 
@@ -223,7 +238,7 @@ class SqliteGrantStore:
 
     def put(self, grant: Grant) -> Grant:
         with self._tx() as tx:
-            stored = replace(grant, epoch=self._epoch(tx, grant.vehicle, grant.category))
+            stored = _made_at(grant, self._epoch(tx, grant.vehicle, grant.category))
             tx.execute(
                 f"INSERT OR REPLACE INTO grants({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (

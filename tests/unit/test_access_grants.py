@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import stat
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from pipelines.access import (
     AccessDenied,
     AccessService,
     ConsumerKeyPair,
-    Grant,
     GranteeKeys,
     GrantStore,
     InMemoryGrantStore,
@@ -33,6 +31,7 @@ from pipelines.access import (
 from pipelines.errors import PccNotFoundError, PccValueError
 from pipelines.vault import IdentityVault
 from tests.fixtures.access_data import ANA, BRUNO, NOW, PAYLOAD, VIN, Clock
+from tests.fixtures.grant_store import GrantStoreContract
 
 
 @pytest.fixture
@@ -272,40 +271,7 @@ def test_consumer_key_files_are_private_and_never_overwritten(tmp_path: Path) ->
         ConsumerKeyPair.generate().save(path)
 
 
-# --- the grant store contract, for every implementation ----------------------------------
-
-
-class GrantStoreContract:
-    @pytest.fixture
-    def store(self, tmp_path: Path) -> GrantStore:
-        raise NotImplementedError
-
-    def grant(self, grantee: bytes, category: str = "commercial", vehicle: str = "v-" + "a" * 32) -> Grant:
-        return Grant(grantee, vehicle, category, NOW, 99, "producer:garage-net-03", b"sig")
-
-    def test_put_records_the_current_epoch_and_revoke_starts_the_next(self, store: GrantStore) -> None:
-        g = self.grant(b"\x01" * 32)
-        assert store.put(g).epoch == 0
-        assert store.get(g.vehicle, "commercial", g.grantee) == replace(g, epoch=0)
-        assert store.revoke(g.vehicle, "commercial", g.grantee) == 1
-        assert store.get(g.vehicle, "commercial", g.grantee) is None
-        assert store.epoch(g.vehicle, "commercial") == 1 and store.epoch(g.vehicle, "precise_location") == 0
-        assert store.put(g).epoch == 1
-        with pytest.raises(PccNotFoundError, match="no grant"):
-            store.revoke(g.vehicle, "commercial", b"\x02" * 32)
-        assert store.bump(g.vehicle, "commercial") == 2
-
-    def test_listing_and_erasure(self, store: GrantStore) -> None:
-        a, b = self.grant(b"\x01" * 32), self.grant(b"\x02" * 32, vehicle="v-" + "b" * 32)
-        store.put(a)
-        store.put(b)
-        store.bump(a.vehicle, "commercial")
-        assert {g.grantee for g in store.grants()} == {a.grantee, b.grantee}
-        assert [g.grantee for g in store.grants(vehicle=a.vehicle)] == [a.grantee]
-        assert [g.vehicle for g in store.grants(grantee=b.grantee)] == [b.vehicle]
-        assert store.erase_vehicle(a.vehicle) == 1
-        assert store.grants(vehicle=a.vehicle) == [] and store.epoch(a.vehicle, "commercial") == 0
-        assert len(store.grants()) == 1
+# --- the grant store contract (tests/fixtures/grant_store.py), for every implementation ------------
 
 
 class TestInMemoryGrantStore(GrantStoreContract):

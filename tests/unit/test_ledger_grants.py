@@ -42,6 +42,7 @@ from pipelines.errors import PccNotFoundError
 from pipelines.settings import Settings
 from pipelines.vault import IdentityVault
 from tests.fixtures.access_data import ANA, BRUNO, PAYLOAD, VIN, Clock
+from tests.fixtures.grant_store import GrantStoreContract
 
 OP, OUTSIDER = DEV_KEYS[0], DEV_KEYS[6]
 CAR = "v-" + "a1" * 16
@@ -83,6 +84,18 @@ def chain_text(client: LedgerClient) -> bytes:
 
 
 # --- the store on chain -------------------------------------------------------------------
+
+
+class TestChainGrantStoreContract(GrantStoreContract):
+    """The AccessRegistry-backed store keeps the contract every grant store keeps."""
+
+    @pytest.fixture
+    def store(self, client: LedgerClient, tmp_path: Path) -> Iterator[ChainGrantStore]:
+        with ChainGrantStore(client, tmp_path / "vault" / "grant-details.sqlite", refresh_s=0.0) as s:
+            yield s
+
+    def grant(self, grantee: bytes, category: str = "commercial", vehicle: str = "v-" + "a" * 32) -> Grant:
+        return Grant(grantee, vehicle, category, later(), 0, producer_grantor("garage-net-03"), b"s" * 64)
 
 
 def test_a_grant_is_recorded_on_chain_with_expiry_epoch_kind_and_message_hash(
