@@ -72,6 +72,19 @@ def atomic_writer(path: str | os.PathLike[str], *, mode: int = 0o666) -> Iterato
     fsync_dir(target.parent)
 
 
+def durable_replace(tmp: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Move a finished file written by another library (a DuckDB database...) into place durably:
+    its content on disk first, then the rename, then the directory entry."""
+    fd = os.open(tmp, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
+    fsync_dir(Path(target).parent)
+    return Path(target)
+
+
 def atomic_write(
     path: str | os.PathLike[str],
     data: bytes | str | Callable[[BinaryIO], object],

@@ -1,7 +1,7 @@
 """EIP-191 signatures made and recovered with libsecp256k1 (coincurve) directly.
 
 The same bytes as ``eth_account``'s ``sign_message(encode_defunct(...))`` and
-``recover_message`` (``tests/unit/test_serving_eip191.py`` checks both ways),
+``recover_message`` (``tests/unit/serving/test_serving_eip191.py`` checks both ways),
 without their per-call key derivations: a signature costs ~20 µs, a recovery
 ~50 µs, on the request path of every query.  :meth:`Signer.sign_digest` and
 :func:`recover_digest` take a digest already made, e.g. the EIP-712 (version

@@ -4,7 +4,7 @@
 ``keccak(0x19 0x01 ‖ domainSeparator ‖ hashStruct(message))``, for structs
 whose fields are ``string``, ``bytes``, ``bytes32``, ``uintN`` or ``address``
 (no nested structs or arrays: a signed request needs none).  The same digest as
-``eth_account.messages.encode_typed_data`` (``tests/unit/test_serving_eip712.py``
+``eth_account.messages.encode_typed_data`` (``tests/unit/serving/test_serving_eip712.py``
 checks both ways) in ~15 µs, without its JSON-schema walk; the domain
 separator and each type hash are computed once.
 """

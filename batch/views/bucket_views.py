@@ -13,7 +13,6 @@ the bucket (sorted by vehicle, then ``seq``).  It returns a one-row summary.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import pyarrow.parquet as pq
 from batch.rules import RuleEngine
 from batch.views.annotate import CHUNK_ROWS, annotate_batches, profile_table_sums
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
+from pipelines.files import atomic_write
 
 PER_VEHICLE_VIEWS: tuple[str, ...] = ("vehicle_history", "mileage_timeline", "fraud_scores")
 HISTORY_COLUMNS = [
@@ -144,10 +144,7 @@ def project_scores(annotated: pa.Table) -> pa.Table:
 
 
 def _write(table: pa.Table, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp, compression="zstd", row_group_size=100_000)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd", row_group_size=100_000))
 
 
 def _kept(previous: Path, redo: pa.Array) -> pa.Table | None:

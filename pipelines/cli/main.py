@@ -96,7 +96,7 @@ class _LazyLayers(_Group):
     (:mod:`pipelines.cli.lazy`).  A command module imports Typer and what its
     help needs, never an engine (web3, DuckDB, Arrow, Beam, Spark, kafka-python)
     nor the settings model; its commands import those when they run
-    (tests/unit/test_cli_lazy_imports.py).  A new layer adds one line under
+    (tests/unit/pipelines/test_cli_lazy_imports.py).  A new layer adds one line under
     ``[project.entry-points."pcc.commands"]`` in pyproject.toml.
     """
 

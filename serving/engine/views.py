@@ -41,7 +41,7 @@ import duckdb
 from pipelines import layout
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
 from pipelines.errors import PccValueError
-from pipelines.files import atomic_write
+from pipelines.files import atomic_write, durable_replace
 from serving.config import ServingConfig
 from serving.engine.sandbox import engine_settings
 from serving.errors import ViewNotFoundError
@@ -165,8 +165,7 @@ def build_version_store(manifest: BatchManifest, target: Path) -> Path:
         con.execute("CHECKPOINT")
     finally:
         con.close()
-    os.replace(tmp, target)
-    return target
+    return durable_replace(tmp, target)
 
 
 class ServingStore:

@@ -266,7 +266,7 @@ def test_a_clocking_verdict_of_the_batch_layer_reaches_the_insurer_once(
     from serving.alerts.feed import AlertFeed
     from serving.alerts.signing import new_secret
     from serving.alerts.store import AlertStore, Subscription
-    from tests.unit.test_batch_alerts import CLOCKED, _version
+    from tests.unit.batch.test_batch_alerts import CLOCKED, _version
 
     prefix = f"t{uuid.uuid4().hex[:8]}."
     settings = kafka_broker.settings.model_copy(

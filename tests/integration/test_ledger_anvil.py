@@ -15,7 +15,7 @@ from ledger.deploy import deploy
 from ledger.keys import address_of
 from ledger.tx import Signer
 from pipelines.errors import PccStateError
-from tests.unit.test_ledger_contract import ADDR, SRC, LedgerContractTests, root
+from tests.unit.ledger.test_ledger_contract import ADDR, SRC, LedgerContractTests, root
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,7 @@ from pipelines.errors import PccValueError
 from pipelines.producer import MemoryAnchor, MemoryPublisher, Producer
 from pipelines.settings import Settings
 from pipelines.vault import IdentityVault
-from tests.unit.producer.test_producer_sealing import SECRETS, service, vin
+from tests.unit.pipelines.producer.test_producer_sealing import SECRETS, service, vin
 
 SOURCE = "garage-ext-01"
 VIN = vin(0)

@@ -148,12 +148,12 @@ def test_an_empty_history_scores_clean() -> None:
 
 
 def test_kernels_agree_on_a_typo_set_apart_from_the_end_of_a_chain() -> None:
-    from tests.unit.test_rules_variants import typo_then_rollback_before_sale
+    from tests.unit.pipelines.test_rules_variants import typo_then_rollback_before_sale
 
     agree(typo_then_rollback_before_sale())
 
 
 def test_kernels_agree_when_a_typo_could_rejoin_a_stopped_chain() -> None:
-    from tests.unit.test_rules_variants import rollback_then_a_digit_too_many
+    from tests.unit.pipelines.test_rules_variants import rollback_then_a_digit_too_many
 
     agree(rollback_then_a_digit_too_many())

@@ -20,7 +20,7 @@ from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.rules import RulesAdapter
 from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
-from tests.unit.test_speed_process import Feed, _config
+from tests.unit.speed.test_speed_process import Feed, _config
 
 DAY = 86_400_000
 PARIS = {"lat": 48.856613, "lon": 2.352222}

@@ -25,7 +25,7 @@ from serving.eip191 import Signer
 from serving.ingest.sources import MemorySources, RegisteredSource
 from serving.market.pricing import InMemoryBilling
 from tests.fixtures.serving import PRICES, make_events, publish_batch
-from tests.unit.producer.test_producer import vin
+from tests.unit.pipelines.producer.test_producer import vin
 
 with warnings.catch_warnings():  # Starlette asks for its httpx fork; the pinned httpx works as is
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")

@@ -18,7 +18,7 @@ from pipelines.cli.main import exit_code
 from pipelines.errors import PccError
 from serving.client import PccClient, ServiceUnavailableError, raise_for
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KEY = "0x" + "11" * 32
 
 

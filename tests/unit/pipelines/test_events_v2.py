@@ -40,9 +40,9 @@ from pipelines.events import (
 )
 from pipelines.events.commitments import commitment
 from pipelines.events.derive import SCHEMA_DIR, derived
-from tests.unit.test_access_fields import KEYS, PAYLOADS, envelope, key_for
+from tests.unit.pipelines.test_access_fields import KEYS, PAYLOADS, envelope, key_for
 
-VECTOR_DIR = Path(__file__).resolve().parents[2] / "pipelines" / "events" / "vectors"
+VECTOR_DIR = Path(__file__).resolve().parents[3] / "pipelines" / "events" / "vectors"
 NOW_MS = 1_773_000_000_000  # after every envelope time used here (2026-03-08)
 
 

@@ -12,7 +12,7 @@ import pytest
 
 from pipelines.quiet import EXPECTED, quiet_expected_warnings
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 SLOW_TASK = (
     "Task <Task _poll_loop state=RUNNING> ran for 1.645s (>0.100s threshold). It is blocking the event "

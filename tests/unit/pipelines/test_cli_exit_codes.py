@@ -19,7 +19,7 @@ from serving.errors import (
     TooManyRequestsError,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pipelines.events import validate_envelope
 from pipelines.producer import MemoryAnchor, MemoryPublisher, Producer
 from pipelines.settings import Settings
 from pipelines.vault import IdentityVault
-from tests.unit.producer.test_producer import SOURCE, vin
+from tests.unit.pipelines.producer.test_producer import SOURCE, vin
 
 ANA = {"name": "Ana Marques Silva", "id_number": "PT-12345678"}
 SECRETS = [b"48.856613", b"2.352222", b"18990", b"INV-2026-0042", b"1450000", b"Ana Marques", b"PT-1234"]

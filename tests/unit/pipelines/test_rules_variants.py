@@ -1,6 +1,6 @@
 """Hand-built histories of the fraud variants the rules must hold on (issue 22).
 
-A clone's variants are in tests/unit/test_rules_chains.py; here: clocking on a
+A clone's variants are in tests/unit/pipelines/test_rules_chains.py; here: clocking on a
 car read every two months, clocking and honest slowdowns in a fleet with
 seasons, a rollback with no earlier reading on record, and rollbacks of every
 timing before a sale.

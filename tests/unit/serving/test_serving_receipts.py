@@ -109,7 +109,7 @@ def test_receipts_not_yet_copied_back_survive_the_service_dying(tmp_path: Path) 
         "    store.issue('0x' + 'Ab' * 20, f'nonce-{k:08d}', '9f' * 32, q, 2**31)\n"
         "os._exit(0)  # no close, no checkpoint: the receipts are in the log only\n"
     )
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     subprocess.run([sys.executable, "-c", script], check=True, cwd=root, timeout=60)
     assert path.with_name(path.name + "-wal").stat().st_size > 0
     store = ReceiptStore(path, SERVICE)

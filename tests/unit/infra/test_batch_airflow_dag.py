@@ -8,7 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
-DAG_FILE = Path(__file__).resolve().parents[2] / "infra" / "airflow" / "pcc_batch_dag.py"
+DAG_FILE = Path(__file__).resolve().parents[3] / "infra" / "airflow" / "pcc_batch_dag.py"
 
 
 def test_dag_file_runs_pcc_batch_run_then_status() -> None:
@@ -24,7 +24,7 @@ def test_dag_file_runs_pcc_batch_run_then_status() -> None:
     assert any("batch run" in t for t in texts) and any("batch status" in t for t in texts)
 
 
-AIRFLOW_PYTHON = Path(__file__).resolve().parents[2] / ".venv-airflow" / "bin" / "python"
+AIRFLOW_PYTHON = Path(__file__).resolve().parents[3] / ".venv-airflow" / "bin" / "python"
 PARSE = """
 import json, sys
 from airflow.models import DagBag

@@ -166,7 +166,7 @@ def test_routes_refuse_bad_identifiers_and_vins_without_owner_access(history: Hi
     assert client.get("/passport/not-a-car/data.json").status_code == 400
     response = client.get(f"/passport/{VIN}/data.json")
     assert response.status_code == 403 and "not enabled" in response.json()["message"]
-    # a pseudonym alone opens nothing: the page is sold or shared (tests/unit/test_passport_sales.py)
+    # a pseudonym alone opens nothing: the page is sold or shared (tests/unit/serving/test_passport_sales.py)
     data = client.get(f"/passport/{VEHICLE}/data.json")
     assert data.status_code == 401 and "share link" in data.json()["message"]
 
