@@ -211,11 +211,14 @@ def beam_run(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> float:
 
 
 def _steady_producer(
-    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float, out: Any
+    bootstrap: str, topic: str, messages: list[tuple[bytes, bytes]], rate: float, out: Any, durable: bool = False
 ) -> None:
+    """Send ``messages`` at ``rate``; ``durable``: as the platform's producer sends (acks=all, idempotent),
+    which a cluster losing a node needs, else acks=1 (one broker: the least the clock measures)."""
     from kafka import KafkaProducer
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, acks=1, enable_idempotence=False)
+    acks: dict[str, Any] = {"acks": "all", "enable_idempotence": True} if durable else {"acks": 1}
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=0, **acks)
     stamps: list[tuple[int, int, int]] = []
     futures = []
     start = time.monotonic()
@@ -226,16 +229,27 @@ def _steady_producer(
         futures.append(producer.send(topic, key=key, value=value))
     producer.flush()
     for f in futures:
-        md = f.get(timeout=30)
+        md = f.get(timeout=120)
         stamps.append((md.partition, md.offset, md.timestamp))
     producer.close()
     out.put(stamps)
 
 
-def freshness(
-    config: SpeedConfig, roots: InMemoryRoots, messages: list[tuple[bytes, bytes]], rate: float
-) -> tuple[float, float, float]:
-    """p50, p99 (ms) produce -> visible in the real-time view, and the achieved rate."""
+def visibility(
+    config: SpeedConfig,
+    roots: InMemoryRoots,
+    messages: list[tuple[bytes, bytes]],
+    rate: float,
+    *,
+    durable: bool = False,
+    meanwhile: Any = None,
+) -> tuple[list[tuple[int, float]], float, int]:
+    """Run the speed layer while ``messages`` are produced at ``rate`` into ``config.topics[0]``.
+
+    Returns (produce time ms, visible time ms) per event seen in the real-time view, the
+    achieved rate and how many (partition, offset) the view holds more than once.
+    ``meanwhile(t0)`` runs in a thread from the moment the producer starts (a fault to inject).
+    """
     seen: dict[str, float] = {}
     stop = threading.Event()
 
@@ -250,9 +264,8 @@ def freshness(
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     queue: Any = mp.get_context("spawn").Queue()
-    topic = config.topics[0]
     producer = mp.get_context("spawn").Process(
-        target=_steady_producer, args=(config.bootstrap, topic, messages, rate, queue)
+        target=_steady_producer, args=(config.bootstrap, config.topics[0], messages, rate, queue, durable)
     )
     run = SpeedRun(config, _Roots(roots))
     runner = threading.Thread(target=run.run)
@@ -260,22 +273,38 @@ def freshness(
     time.sleep(3.0)  # let the pipeline start before the clock runs
     t0 = time.monotonic()
     producer.start()
-    stamps = queue.get(timeout=600)
+    fault = threading.Thread(target=meanwhile, args=(t0,)) if meanwhile is not None else None
+    if fault is not None:
+        fault.start()
+    stamps = queue.get(timeout=900)
     achieved = len(messages) / (time.monotonic() - t0)
     producer.join()
     runner.join()
+    if fault is not None:
+        fault.join()
     stop.set()
     watcher.join()
     produced = {(p, o): ts for p, o, ts in stamps}
-    latencies = []
+    pairs: list[tuple[int, float]] = []
+    held: set[tuple[int, int]] = set()
+    repeated = 0
     for name, visible in seen.items():
         table = pq.read_table(config.realtime_dir / name, columns=["partition", "offset"])
-        for p, o in zip(
-            table.column("partition").to_pylist(), table.column("offset").to_pylist(), strict=True
-        ):
-            if (p, o) in produced:
-                latencies.append(visible - produced[(p, o)])
-    latencies.sort()
+        for key in zip(table.column("partition").to_pylist(), table.column("offset").to_pylist(), strict=True):
+            if key in held:
+                repeated += 1
+            held.add(key)
+            if key in produced:
+                pairs.append((produced[key], visible))
+    return pairs, achieved, repeated
+
+
+def freshness(
+    config: SpeedConfig, roots: InMemoryRoots, messages: list[tuple[bytes, bytes]], rate: float
+) -> tuple[float, float, float]:
+    """p50, p99 (ms) produce -> visible in the real-time view, and the achieved rate."""
+    pairs, achieved, _ = visibility(config, roots, messages, rate)
+    latencies = sorted(visible - produced for produced, visible in pairs)
     if len(latencies) != len(messages):
         raise RuntimeError(f"{len(latencies)} of {len(messages)} events became visible")
     return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)], achieved
