@@ -87,6 +87,8 @@ class ChainParams(NamedTuple):
     apart_min_readings: int = 2  # ... or this many when the two chains are seen in two regions
     #: a chain that stopped when the other began (a step) is rejoined only at most this many times its rate
     stopped_rate_factor: float = 2.0
+    #: ... and, once the other has driven past it, not at all after a silence of this many of its own gaps
+    overtaken_gap_factor: float = 3.0
 
 
 class Tracked(NamedTuple):
@@ -121,6 +123,16 @@ def _too_fast_for_stopped(c: Chain, other: Chain, km: int, t: int, p: ChainParam
     if c.ms >= other.first_ms or t <= c.ms:
         return False
     return km - c.km > p.tolerance_km + p.stopped_rate_factor * _rate(c, p) * (t - c.ms) / DAY_MS
+
+
+def _overtaken(c: Chain, other: Chain, t: int, p: ChainParams) -> bool:
+    """``c`` stopped when ``other`` began (a step), ``other`` has since reached ``c``'s last reading and
+    ``c`` has been silent for ``overtaken_gap_factor`` of its own gaps: the car went on as ``other`` (a
+    rollback it has driven past), so a reading both could continue is ``other``'s, not ``c`` resuming.
+    (A sparse car beside a busy twin is silent for about one of its gaps, and resumes.)"""
+    if c.ms >= other.first_ms or other.km < c.km or c.n < 2:
+        return False
+    return t - c.ms > p.overtaken_gap_factor * (c.ms - c.first_ms) / (c.n - 1)
 
 
 def fit_cost(c: Chain, km: int, t: int, p: ChainParams) -> float | None:
@@ -192,6 +204,29 @@ def _persistent(a: Chain, b: Chain, p: ChainParams) -> bool:
     return haversine_km(a.lat, a.lon, b.lat, b.lon) > p.region_km  # type: ignore[arg-type]
 
 
+def _costs(
+    a: Chain, b: Chain | None, km: int, t: int, lat: float | None, lon: float | None, p: ChainParams
+) -> tuple[float | None, float | None]:
+    """What continuing each slot with this reading costs (km off its prediction); None: it may not."""
+    cost_a = fit_cost(a, km, t, p)
+    cost_b = None if b is None else fit_cost(b, km, t, p)
+    other = b if b is not None and b.n >= 2 and a.n >= 2 else None  # b, when both chains persist
+    if other is not None and cost_a is not None and _too_fast_for_stopped(a, other, km, t, p):
+        cost_a = None
+    if other is not None and cost_b is not None and _too_fast_for_stopped(other, a, km, t, p):
+        cost_b = None
+    if b is None or cost_a is None or cost_b is None:
+        return cost_a, cost_b
+    if other is not None and _overtaken(a, other, t, p):
+        return None, cost_b
+    if other is not None and _overtaken(other, a, t, p):
+        return cost_a, None
+    if (a.n >= 2) != (b.n >= 2):  # a one-off takes only what the persistent chain cannot
+        return (cost_a, None) if a.n >= 2 else (None, cost_b)
+    # both could continue: the region decides when the rates cannot
+    return cost_a + _region_cost(a, lat, lon, p), cost_b + _region_cost(b, lat, lon, p)
+
+
 class Step(NamedTuple):
     state: Tracked
     joined: int  # the slot the reading joined (0 or 1), -1 when it fits neither persistent chain
@@ -215,21 +250,7 @@ def track(
     a, b = s.a, s.b
     if a is None:
         return Step(Tracked(Chain(km, t, km, t, 1, lat, lon), None, 0, 0), 0, False)
-    cost_a = fit_cost(a, km, t, p)
-    cost_b = None if b is None else fit_cost(b, km, t, p)
-    if b is not None and b.n >= 2 and a.n >= 2:
-        if cost_a is not None and _too_fast_for_stopped(a, b, km, t, p):
-            cost_a = None
-        if cost_b is not None and _too_fast_for_stopped(b, a, km, t, p):
-            cost_b = None
-    if cost_a is not None and cost_b is not None:
-        assert b is not None
-        if (a.n >= 2) != (b.n >= 2):  # a one-off takes only what the persistent chain cannot
-            cost_b = None if a.n >= 2 else cost_b
-            cost_a = cost_a if a.n >= 2 else None
-        else:  # both could continue: the region decides when the rates cannot
-            cost_a += _region_cost(a, lat, lon, p)
-            cost_b += _region_cost(b, lat, lon, p)
+    cost_a, cost_b = _costs(a, b, km, t, lat, lon, p)
     if cost_a is not None and (cost_b is None or cost_a <= cost_b):
         a, joined = _extend(a, km, t, lat, lon), 0
     elif cost_b is not None:

@@ -77,7 +77,7 @@ def _arrays(p: FraudParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             p.max_speed_kmh, p.min_travel_km, p.recent_ids,
             c.tolerance_km, c.slack_km, c.rate_factor, c.min_km_per_day, c.default_km_per_day,
             c.prior_km_per_day, c.rate_days, c.region_km, c.region_cost_km, c.min_readings,
-            c.apart_min_readings, c.stopped_rate_factor,
+            c.apart_min_readings, c.stopped_rate_factor, c.overtaken_gap_factor,
         ],
         np.float64,
     ), profile, prefix  # fmt: skip
@@ -124,6 +124,15 @@ def _fit_cost(C: np.ndarray, CL: np.ndarray, s: int, km: int, t: int, P: np.ndar
         if behind < -P[7] or behind > P[8] - cap * days:
             return math.nan
     return abs(km - C[s, 2] - rate * days)
+
+
+@njit(cache=True)
+def _overtaken(C: np.ndarray, s: int, t: int, P: np.ndarray) -> bool:
+    """chains._overtaken of slot ``s`` by the other slot."""
+    o = 1 - s
+    if C[s, 3] >= C[o, 1] or C[o, 2] < C[s, 2] or C[s, 4] < 2:
+        return False
+    return t - C[s, 3] > P[19] * (C[s, 3] - C[s, 1]) / (C[s, 4] - 1)
 
 
 @njit(cache=True)
@@ -236,6 +245,11 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                             ca = math.nan
                         if not math.isnan(cb) and _too_fast_for_stopped(C, 1, k, ti, P):
                             cb = math.nan
+                        if not math.isnan(ca) and not math.isnan(cb):
+                            if _overtaken(C, 0, ti, P):
+                                ca = math.nan
+                            elif _overtaken(C, 1, ti, P):
+                                cb = math.nan
                     if not math.isnan(ca) and not math.isnan(cb):
                         if (C[0, 4] >= 2) != (C[1, 4] >= 2):
                             if C[0, 4] >= 2:

@@ -157,3 +157,9 @@ def test_kernels_agree_when_a_typo_could_rejoin_a_stopped_chain() -> None:
     from tests.unit.pipelines.test_rules_variants import rollback_then_a_digit_too_many
 
     agree(rollback_then_a_digit_too_many())
+
+
+def test_kernels_agree_when_the_car_drove_past_a_rollback() -> None:
+    from tests.unit.pipelines.test_rules_variants import drove_past_a_small_rollback
+
+    agree(drove_past_a_small_rollback())

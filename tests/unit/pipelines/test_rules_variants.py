@@ -156,6 +156,35 @@ def test_a_typo_months_after_a_rollback_does_not_rejoin_the_odometer_before_it()
     assert {"odometer_rollback", "rollback_before_sale", "implausible_rate"} <= found
 
 
+#: (day, km, source, event type): a garage's monthly readings of a car wound back 892 km on day 450 and
+#: sold two weeks later; the new owner drives more at first, then less (a simulated fleet's car, seed 8).
+DROVE_PAST_A_SMALL_ROLLBACK = [
+    (0.0, 8269), (26.3, 8850), (51.1, 9463), (73.4, 9933), (97.3, 10493), (135.0, 11425), (164.0, 12270),
+    (191.2, 13056), (220.4, 13696, "garage-ind-21"), (225.1, 13770), (258.3, 14672), (284.2, 15347),
+    (314.1, 16054), (348.4, 16665), (372.3, 17300), (411.3, 18670), (450.3, 17778),
+    (465.4, 18258, "manual-portal", "ownership_change"), (477.1, 18645), (504.1, 19427), (534.2, 20647),
+    (564.1, 21914), (564.1, 21914, "garage-net-03"), (598.1, 23033), (627.0, 23879), (655.4, 24757),
+    (688.2, 25768), (710.3, 26356),
+]  # fmt: skip
+
+
+def drove_past_a_small_rollback() -> list[EventFields]:
+    out = []
+    for i, (day, km, *rest) in enumerate(DROVE_PAST_A_SMALL_ROLLBACK):
+        source = str(rest[0]) if rest else "garage-net-02"
+        kind = str(rest[1]) if len(rest) > 1 else "maintenance"
+        out.append(reading(i, day, km, source=source, kind=kind))
+    return out
+
+
+def test_a_car_driven_past_a_small_rollback_is_not_the_odometer_before_it_resuming() -> None:
+    # 205 days after the wind-back, a reading fitted the old chain's slow pace a little better than the
+    # car's own recent one: it "resumed", two odometers interleaved, and the rollback was named a clone
+    found = flags(drove_past_a_small_rollback())
+    assert "interleaved_odometers" not in found
+    assert {"odometer_rollback", "rollback_before_sale"} <= found
+
+
 def sold_after_rollback(days_before_sale: int, drop: int) -> list[EventFields]:
     events, km = [], 90_000.0
     sale_day = 300
