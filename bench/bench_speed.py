@@ -22,6 +22,13 @@ at the end (``--bootstrap`` uses a running one instead).  Five figures:
    same run and on the same records, the pipeline applying each poll as it
    comes (``order_hold_ms=None``, the order before issue 18) (target >= 0.8).
 
+6. **Bad input at speed**: the throughput run's events with 1 % tampered after their proof
+   was made (one more digit on the odometer), 1 % replayed (the same record again) and 1 %
+   malformed (cut JSON, or an envelope without its vehicle): every one must be dead-lettered
+   with its reason (``bad_hash``, ``duplicate_event``, ``unparseable``, ``bad_schema``) and
+   every honest event accepted.  Ratio: bad records dead-lettered with the right reason /
+   bad records sent (target 1.0).
+
 ``--figures backlog freshness`` measures only those.
 """
 
@@ -57,7 +64,7 @@ from speed.state import VehicleStates
 from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
-FIGURES = ("throughput", "backlog", "freshness", "memory", "ordering")
+FIGURES = ("throughput", "backlog", "freshness", "memory", "ordering", "bad_input")
 
 
 class _Roots:
@@ -310,6 +317,62 @@ def freshness(
     return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)], achieved
 
 
+def _with_bad_input(
+    honest: list[tuple[bytes, bytes]], every: int = 100
+) -> tuple[list[tuple[bytes, bytes]], dict[str, int]]:
+    """``honest`` with, per ``every`` records, one tampered, one replayed and one malformed; and how many
+    dead letters of each reason that must give."""
+    import orjson
+
+    out: list[tuple[bytes, bytes]] = []
+    replays: list[tuple[bytes, bytes]] = []
+    want = {"bad_hash": 0, "duplicate_event": 0, "unparseable": 0, "bad_schema": 0}
+    for i, (key, value) in enumerate(honest):
+        if i % every == every // 2:  # changed after the proof was made: the leaf no longer matches
+            out.append((key, value.replace(b'"odometer_km":', b'"odometer_km":1', 1)))
+            want["bad_hash"] += 1
+            continue
+        out.append((key, value))
+        if i % every == 0:
+            replays.append((key, value))
+        if i % every == every // 4:  # malformed: alternately cut JSON and an envelope without its vehicle
+            if (i // every) % 2:
+                out.append((key, value[: len(value) // 2]))
+                want["unparseable"] += 1
+            else:
+                env = orjson.loads(value)
+                del env["vehicle"]
+                out.append((key, orjson.dumps(env)))
+                want["bad_schema"] += 1
+    want["duplicate_event"] = len(replays)
+    return out + replays, want  # the replays come after the events they copy
+
+
+def bad_input(bootstrap: str, work: Path, n: int) -> tuple[dict[str, int], dict[str, int], int, float]:
+    """Dead letters by reason wanted and got, honest events accepted, events/s over all records."""
+    from collections import Counter
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    roots = InMemoryRoots()
+    prefix = _topics(bootstrap)
+    records, want = _with_bad_input(_generate(n, roots))
+    _publish(bootstrap, prefix + "telemetry", records)
+    config = _config(bootstrap, prefix, work / "bad-input", until_idle_s=2.0)
+    run = SpeedRun(config, _Roots(roots))
+    run.run()
+    assert METRICS.first_event_at is not None and METRICS.last_rows_at is not None
+    rate = len(records) / (METRICS.last_rows_at - METRICS.first_event_at)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, consumer_timeout_ms=3_000)
+    dead = TopicPartition(prefix + "deadletter", 0)
+    consumer.assign([dead])
+    consumer.seek_to_beginning(dead)
+    got = Counter(dict(r.headers)["pcc-reason"].decode() for r in consumer)
+    consumer.close()
+    accepted = sum(pq.read_metadata(f).num_rows for f in config.realtime_dir.glob("*.parquet"))
+    return want, dict(got), accepted, rate
+
+
 def state_memory(vehicles: int) -> float:
     """MB of per-vehicle fraud state for ``vehicles`` vehicles (one reading each, with a location)."""
     rules = RulesAdapter()
@@ -444,6 +507,24 @@ def _measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
             },
             {"target_p99_ms": 1000},
             p99 / 1000,
+        )
+    if "bad_input" in args.figures:
+        n = max(2_000, int(40_000 * args.scale))
+        want, got, accepted, rate = bad_input(bootstrap, work, n)
+        caught = sum(min(got.get(reason, 0), count) for reason, count in want.items())
+        sent = sum(want.values())
+        record(
+            "speed.bad_input",
+            {
+                "events_per_s": round(rate),
+                "honest_events": n - want["bad_hash"],
+                "honest_accepted": accepted,
+                "dead_letters_wanted": want,
+                "dead_letters_got": got,
+                "ratio_is": "bad records dead-lettered with the right reason / bad records sent (target 1.0)",
+            },
+            {"bad_records": sent},
+            caught / sent,
         )
     if "memory" in args.figures:
         vehicles = max(10_000, int(1_000_000 * args.scale))
