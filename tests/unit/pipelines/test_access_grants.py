@@ -9,11 +9,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pipelines.access import (
     AccessDenied,
     AccessService,
     ConsumerKeyPair,
+    Grant,
     GranteeKeys,
     GrantStore,
     InMemoryGrantStore,
@@ -293,3 +296,60 @@ class TestSqliteGrantStore(GrantStoreContract):
         with SqliteGrantStore(tmp_path / "g.sqlite") as s:
             assert [g.grantee for g in s.grants()] == [b"\x03" * 32]
             assert s.epoch("v-" + "a" * 32, "commercial") == 1
+
+
+# --- as an attacker: a revoked consumer who kept its old signed grant --------------------------------
+
+
+def test_a_revoked_consumer_cannot_replay_its_old_signed_grant(service: AccessService, car: str) -> None:
+    """The grant's signature covers the key epoch: after the revocation started the next epoch, the very
+    same signed grant is refused by the service, and a store handed it directly refuses it too."""
+    ex = ConsumerKeyPair.generate()
+    old = service.grant_as_owner(ex.public_key, car, "commercial", NOW + 3600)
+    service.revoke_as_owner(ex.public_key, car, "commercial")
+    with pytest.raises(AccessDenied, match="does not verify"):
+        service.grant(ex.public_key, car, "commercial", old.expiry_s, old.grantor, old.signature)
+    with pytest.raises(PccValueError, match="epoch"):  # straight to the store: the race the service lost
+        service.store.put(old)
+    assert service.store.get(car, "commercial", ex.public_key) is None
+    after = write_event(service, car, "e2")
+    with pytest.raises(AccessDenied, match="no grant"):
+        read_event(service, ex, car, after)
+
+
+_OPS = st.lists(
+    st.tuples(st.sampled_from(["put", "revoke", "bump"]), st.integers(0, 2), st.integers(-1, 1)),
+    max_size=30,
+)
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+@settings(max_examples=60, deadline=None)
+@given(ops=_OPS)
+def test_no_sequence_of_grants_and_revocations_stores_a_grant_off_its_epoch(
+    kind: str, ops: list[tuple[str, int, int]], tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Generated put / revoke / bump sequences over three grantees: a grant signed at any epoch but the
+    current one is refused and changes nothing; what the store holds is always at the epoch it was made."""
+    store: GrantStore = (
+        InMemoryGrantStore()
+        if kind == "memory"
+        else SqliteGrantStore(tmp_path_factory.mktemp("grants") / "g.sqlite")
+    )
+    car, held = "v-" + "c" * 32, {}
+    for op, who, offset in ops:
+        grantee = bytes([who + 1]) * 32
+        current = store.epoch(car, "commercial")
+        if op == "put":
+            grant = Grant(grantee, car, "commercial", NOW + 60, current + offset, "owner:o-" + "0" * 32, b"s")
+            if offset:
+                with pytest.raises(PccValueError, match="epoch"):
+                    store.put(grant)
+            else:
+                held[grantee] = store.put(grant)
+        elif op == "revoke" and grantee in held:
+            assert store.revoke(car, "commercial", grantee) == current + 1
+            del held[grantee]
+        elif op == "bump":
+            store.bump(car, "commercial")
+        assert {g.grantee: g for g in store.grants(vehicle=car)} == held
