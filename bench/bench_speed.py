@@ -61,20 +61,11 @@ from speed.rules import RulesAdapter
 from speed.sinks import SinkWriter
 from speed.source import KafkaRecord
 from speed.state import VehicleStates
-from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import FixedRoots, SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
 FIGURES = ("throughput", "backlog", "freshness", "memory", "ordering", "bad_input")
 
-
-class _Roots:
-    """Picklable factory handing the bench's in-memory roots to the pipeline."""
-
-    def __init__(self, roots: InMemoryRoots) -> None:
-        self.roots = roots
-
-    def __call__(self) -> InMemoryRoots:
-        return self.roots
 
 
 def _topics(bootstrap: str) -> str:
@@ -208,7 +199,7 @@ def plain_loop(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> floa
 
 
 def beam_run(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> float:
-    run = SpeedRun(config, _Roots(roots))
+    run = SpeedRun(config, FixedRoots(roots))
     run.run()
     rows = METRICS.snapshot().rows_flushed
     if rows != expected:
@@ -274,7 +265,7 @@ def visibility(
     producer = mp.get_context("spawn").Process(
         target=_steady_producer, args=(config.bootstrap, config.topics[0], messages, rate, queue, durable)
     )
-    run = SpeedRun(config, _Roots(roots))
+    run = SpeedRun(config, FixedRoots(roots))
     runner = threading.Thread(target=run.run)
     runner.start()
     time.sleep(3.0)  # let the pipeline start before the clock runs
@@ -359,7 +350,7 @@ def bad_input(bootstrap: str, work: Path, n: int) -> tuple[dict[str, int], dict[
     records, want = _with_bad_input(_generate(n, roots))
     _publish(bootstrap, prefix + "telemetry", records)
     config = _config(bootstrap, prefix, work / "bad-input", until_idle_s=2.0)
-    run = SpeedRun(config, _Roots(roots))
+    run = SpeedRun(config, FixedRoots(roots))
     run.run()
     assert METRICS.first_event_at is not None and METRICS.last_rows_at is not None
     rate = len(records) / (METRICS.last_rows_at - METRICS.first_event_at)

@@ -33,7 +33,7 @@ from speed.config import SpeedConfig
 from speed.pipeline import SpeedRun
 from speed.roots import InMemoryRoots
 from tests.fixtures.kafka import free_ports, isolated_settings
-from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import FixedRoots, SyntheticSource, vehicle, wire
 
 pytestmark = pytest.mark.integration
 
@@ -202,15 +202,6 @@ def read_ids(bootstrap: str, run: str, timeout_s: float = 60.0) -> list[str]:
         consumer.close()
 
 
-class _Roots:
-    """The anchored roots handed to the speed job (picklable, as a runner needs)."""
-
-    def __init__(self, roots: InMemoryRoots) -> None:
-        self.roots = roots
-
-    def __call__(self) -> InMemoryRoots:
-        return self.roots
-
 
 def _event_ids(directory: Path) -> Counter[str]:
     files = sorted(directory.rglob("*.parquet"))
@@ -245,7 +236,7 @@ def test_a_node_killed_while_the_speed_layer_reads_loses_and_repeats_nothing(
         settings, metrics_port=None, max_events=len(events), master_flush_rows=1_000, master_flush_interval_s=1.0
     )
     publish(events[:3_000])
-    run = SpeedRun(config, _Roots(roots))
+    run = SpeedRun(config, FixedRoots(roots))
     errors: list[BaseException] = []
 
     def speed() -> None:

@@ -29,7 +29,7 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 from pipelines.dataset import MASTER_COLUMNS
 from speed.roots import InMemoryRoots
-from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import FixedRoots, SyntheticSource, vehicle, wire
 
 pytestmark = pytest.mark.integration
 
@@ -269,7 +269,7 @@ def test_a_run_leaves_no_kafka_client_behind(kafka_broker, tmp_path: Path) -> No
     _publish(bootstrap, prefix + "telemetry", [(e["vehicle"].encode(), wire(e)) for e in sent])
     before = {t.ident for t in threading.enumerate()}
     config = _in_process(bootstrap, prefix, tmp_path)
-    SpeedRun(config, _Roots(roots)).run()
+    SpeedRun(config, FixedRoots(roots)).run()
     assert len(_rows(tmp_path / "master")) == 100
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -294,13 +294,6 @@ def _in_process(bootstrap: str, prefix: str, data_dir: Path, **settings: Any) ->
         **settings,
     )
 
-
-class _Roots:
-    def __init__(self, roots: InMemoryRoots) -> None:
-        self.roots = roots
-
-    def __call__(self) -> InMemoryRoots:
-        return self.roots
 
 
 def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_restart_loses_nothing(
@@ -335,13 +328,13 @@ def test_a_full_disk_stops_the_run_with_a_clear_error_and_a_restart_loses_nothin
 
     monkeypatch.setattr(master_module.pq, "write_table", filling)  # both sinks write through it
     with pytest.raises(DiskFull, match=r"no space left on the disk of .*the speed layer stopped"):
-        SpeedRun(config, _Roots(roots)).run()
+        SpeedRun(config, FixedRoots(roots)).run()
     durable = len(_rows(tmp_path / "realtime"))
     assert durable < len(sent), "the disk should fill before the end of the stream"
     assert not list(tmp_path.rglob("*.tmp")), "a failed write left a temporary file"
 
     monkeypatch.undo()  # space is back
-    SpeedRun(config, _Roots(roots)).run()
+    SpeedRun(config, FixedRoots(roots)).run()
     want = Counter(e["event_id"] for e in sent)
     assert Counter(r["event_id"] for r in _rows(tmp_path / "realtime")) == want
     assert Counter(r["event_id"] for r in _rows(tmp_path / "master")) == want

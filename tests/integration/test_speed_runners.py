@@ -38,7 +38,7 @@ from infra.prism import ensure_prism
 from speed.config import SpeedConfig
 from speed.pipeline import SpeedRun
 from speed.roots import InMemoryRoots
-from tests.fixtures.synthetic import SyntheticSource, vehicle, wire
+from tests.fixtures.synthetic import FixedRoots, SyntheticSource, vehicle, wire
 
 pytestmark = pytest.mark.integration
 
@@ -47,13 +47,6 @@ PARTITIONS = 4
 HOLD_MS = 600_000  # longer than the publish takes: nothing is applied before every partition is read
 COMPARED = ("event_id", "verification", "flags", "quality", "q_source", "q_proof", "q_consistency")
 
-
-class _Roots:
-    def __init__(self, roots: InMemoryRoots) -> None:
-        self.roots = roots
-
-    def __call__(self) -> InMemoryRoots:
-        return self.roots
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +120,7 @@ def _run(kafka_broker: Any, published: Any, tmp_path: Path, runner: str, *args: 
         runner=runner,
         pipeline_args=tuple(args),
     )
-    SpeedRun(config, _Roots(roots)).run()
+    SpeedRun(config, FixedRoots(roots)).run()
     return {
         "realtime": _rows(tmp_path / "realtime"),
         "master": _rows(tmp_path / "master"),
