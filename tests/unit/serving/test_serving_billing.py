@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,3 +107,41 @@ def test_what_a_consumer_owes_follows_every_receipt_and_settlement(tmp_path: Pat
     assert [r["signature"] == first["signature"] for r in store.for_consumer("0xabc")] == [False, False, True]
     store.mark_settled([first["receipt_no"]], "0xtx1")
     assert (store.pending_cents("0xabc"), store.pending_cents("0xdef")) == (25, 25)
+
+
+def _web_request(method: str, target: str, body: bytes, headers: dict[str, str]) -> Any:
+    from starlette.requests import Request
+
+    path, _, query = target.partition("?")
+    scope = {
+        "type": "http", "method": method, "path": path, "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }  # fmt: skip
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return Request(scope, receive)
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        "/v1/subscriptions?kinds=fraud.clone&after=2",  # a query value changed after signing
+        "/v1/subscriptions?kinds=fraud.clone&after=1&extra=1",  # a parameter added
+        "/v1/subscriptions",  # the query dropped
+        "/v1/subscriptions/?kinds=fraud.clone&after=1",  # another path
+    ],
+)
+def test_a_web_request_is_refused_when_its_url_is_not_the_one_signed(store: ReceiptStore, sent: str) -> None:
+    """As an attacker holding one signed request: any change to its path or query is refused
+    (``verify_request`` checks the signature over the path and the query as sent)."""
+    import asyncio
+
+    signed = "/v1/subscriptions?kinds=fraud.clone&after=1"
+    headers = sign_request(KEY, "GET", signed, b"")
+    auth = Authenticator(store)
+    with pytest.raises(AuthenticationError, match="does not match"):
+        asyncio.run(auth.verify_request(_web_request("GET", sent, b"", headers)))
+    body, consumer = asyncio.run(auth.verify_request(_web_request("GET", signed, b"", headers)))
+    assert consumer.account == headers["X-PCC-Account"] and body == b""
