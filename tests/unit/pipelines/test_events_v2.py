@@ -268,3 +268,52 @@ def test_any_payload_round_trips_and_verifies(cost: int, ref: str, lat: float, l
     )
     verify_opened_row(row, opened, [], salts=salts)
     verify_public_row(row, [])
+
+
+_MEMBERS = ("cost_cents", "invoice_ref", "location", "notes")
+
+
+def _edit(wire: dict[str, Any], edit: tuple[str, str, str]) -> None:
+    """One hostile edit of a sealed event's tokens or commitments (the kinds a producer could send)."""
+    kind, name, other = edit
+    tokens, payload = wire["sealed"], wire["payload"]
+    if kind == "drop_token":
+        tokens.pop(name, None)
+    elif kind == "swap_token" and other in tokens:
+        tokens[name] = tokens[other]
+    elif kind == "extra_token" and other in tokens:
+        tokens[name] = tokens[other]
+    elif kind == "relabel" and name in tokens:
+        tokens[name] = tokens[name].replace(":commercial:", ":owner_identity:", 1)
+    elif kind == "v1_token" and name in tokens:
+        tokens[name] = tokens[name].replace("enc:v2:", "enc:v1:", 1)
+    elif kind == "commitment" and name in payload:
+        payload[name] = "cm:" + sha256(other.encode()).hexdigest()
+    elif kind == "clear":
+        payload[name] = other
+    elif kind == "drop_member":
+        payload.pop(name, None)
+    elif kind == "tokens_not_object":
+        wire["sealed"] = [tokens]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(["drop_token", "swap_token", "extra_token", "relabel", "v1_token", "commitment",
+                             "clear", "drop_member", "tokens_not_object"]),
+            st.sampled_from(_MEMBERS),
+            st.sampled_from(_MEMBERS),
+        ),
+        max_size=3,
+    )
+)  # fmt: skip
+def test_the_fast_check_of_commitments_agrees_with_the_full_report(edits: list[tuple[str, str, str]]) -> None:
+    from pipelines.events.validation import _committed_problems, _committed_report
+
+    wire = sealed("maintenance")
+    for edit in edits:
+        _edit(wire, edit)
+    report = _committed_report("maintenance", wire["payload"], wire.get("sealed"))
+    assert _committed_problems("maintenance", wire["payload"], wire.get("sealed")) == report
