@@ -5,6 +5,8 @@ from __future__ import annotations
 import socket
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from kafka.errors import KafkaConfigurationError
 from kafka.producer.record_accumulator import RecordAccumulator
 
@@ -37,3 +39,37 @@ def test_a_short_timeout_reports_the_missing_broker_not_a_configuration_error():
         reason.__cause__, KafkaConfigurationError
     )
     assert "Must set delivery_timeout_ms" not in str(reason)
+
+
+class _Cluster:
+    """The part of kafka-python's ClusterMetadata a partitioner reads."""
+
+    def __init__(self, partitions: int) -> None:
+        self.count = partitions
+
+    def topics(self) -> set[str]:
+        return {"pcc.telemetry"}
+
+    def partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.count))
+
+    def available_partitions_for_topic(self, topic: str) -> set[int]:
+        return set(range(self.count))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    keys=st.lists(st.binary(min_size=1, max_size=48), min_size=1, max_size=20),
+    counts=st.lists(st.integers(1, 64), min_size=1, max_size=4),
+)
+def test_each_key_goes_to_the_partition_kafkas_default_partitioner_gives_also_after_the_topic_grows(
+    keys: list[bytes], counts: list[int]
+) -> None:
+    from kafka.partitioner import DefaultPartitioner
+
+    remembered, reference = producer_config("127.0.0.1:9092", "p", 30)["partitioner"], DefaultPartitioner()
+    for count in counts:  # the same partitioner object while the topic's partition count changes
+        cluster = _Cluster(count)
+        for key in keys + keys:  # asked twice: computed, then remembered
+            got = remembered.partition("pcc.telemetry", key, key, b"v", b"v", cluster)
+            assert got == reference.partition("pcc.telemetry", key, key, b"v", b"v", cluster)
