@@ -153,3 +153,88 @@ safe_values = st.recursive(
 @given(doc=st.dictionaries(st.text(max_size=5), safe_values, max_size=5))
 def test_canonical_documents_are_always_accepted(doc: dict[str, Any]) -> None:
     assert parse_event(json.dumps(doc, ensure_ascii=False).encode(), max_bytes=1 << 20) == doc
+
+
+def _strict_answer(raw: bytes) -> Any:
+    """What the strict parser alone answers: the value, or the problems it names."""
+    from pipelines.events.parsing import _parse_strictly
+
+    try:
+        return _parse_strictly(raw)
+    except PccValidationError as exc:
+        return ("refused", exc.problems)
+
+
+def _answer(raw: bytes) -> Any:
+    try:
+        return parse_event(raw, max_bytes=1 << 20)
+    except PccValidationError as exc:
+        return ("refused", exc.problems)
+
+
+number_literals = st.sampled_from(
+    ["1.0", "-0", "-0.0", "1e3", "1E+3", "2.5e-7", "45.10", "0.000001", "9007199254740992", "1e+16",
+     "10000000000000000.0", "0.1", "-7", "123.456", "1.5e300"]
+)  # fmt: skip
+
+
+def _hostile(raw: bytes, edit: tuple[str, int, str]) -> bytes:
+    """One edit a hostile or careless producer could make to a compact message."""
+    kind, at, literal = edit
+    at = at % (len(raw) + 1)
+    if kind == "number":  # a number literal of any form as a member of the top object
+        return raw[:-1] + (b"," if raw != b"{}" else b"") + b'"n":' + literal.encode() + b"}"
+    if kind == "duplicate":  # the first member again at the end
+        first = raw[1 : raw.find(b",") if b"," in raw else -1]
+        return raw[:-1] + (b"," + first if first else b"") + b"}"
+    if kind == "space":
+        return raw[:at] + b" " + raw[at:]
+    if kind == "escape":
+        return raw.replace(b"a", b"\\u0061", 1)
+    return raw[:at] + raw[at + 1 :]  # a byte dropped
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    doc=st.dictionaries(st.text(max_size=6), json_values, max_size=6),
+    edits=st.lists(
+        st.tuples(st.sampled_from(["number", "duplicate", "space", "escape", "drop"]), st.integers(0, 400),
+                  number_literals),
+        max_size=2,
+    ),
+)  # fmt: skip
+def test_the_compiled_path_answers_what_the_strict_parser_answers(
+    doc: dict[str, Any], edits: list[Any]
+) -> None:
+    import orjson
+
+    try:
+        raw = orjson.dumps(doc)
+    except orjson.JSONEncodeError:  # a lone surrogate or an integer orjson cannot write
+        raw = json.dumps(doc).encode()
+    for edit in edits:
+        raw = _hostile(raw, edit)
+    assert _answer(raw) == _strict_answer(raw)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=st.floats(allow_nan=False, allow_infinity=False) | st.integers(-(2**64), 2**64))
+def test_every_number_orjson_writes_is_judged_as_the_strict_parser_judges_it(value: float) -> None:
+    import orjson
+
+    try:
+        raw = orjson.dumps({"odometer_km": value, "lat": [value]})
+    except orjson.JSONEncodeError:
+        raw = json.dumps({"odometer_km": value, "lat": [value]}).encode()
+    assert _answer(raw) == _strict_answer(raw)
+
+
+def test_an_event_as_the_producer_sends_it_takes_the_compiled_path() -> None:
+    from pipelines.events import parsing
+
+    raw = (
+        b'{"event_id":"0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b","payload":{"odometer_km":41300,'
+        b'"location":{"lat":48.856613,"lon":2.352222},"cost_cents":18990},"proof":{"path":["3e5a","1e9f"]}}'
+    )
+    assert parsing._as_sent(raw) == json.loads(raw) == parse_event(raw)
+    assert parsing._as_sent(raw.replace(b"41300", b"41300.0")) is None  # the strict path decides that one
