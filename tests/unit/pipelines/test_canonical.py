@@ -166,3 +166,32 @@ def test_fast_path_bytes_equal_the_reference_implementation(doc):
             canonical_bytes(doc)
         return
     assert canonical_bytes(doc) == expected
+
+
+_any_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),  # beyond ±(2**53 - 1) too
+    st.floats(allow_nan=False, allow_infinity=False),  # integral, tiny and huge ones too
+    st.text(),
+)
+_any_docs = st.recursive(
+    _any_scalars,
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(max_size=4), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_any_docs)
+def test_any_document_gets_the_reference_bytes_or_a_clear_refusal(doc: Any) -> None:
+    """Whichever path a value takes (orjson with sorted keys or rfc8785), its bytes are RFC 8785's."""
+    import rfc8785
+
+    try:
+        expected = rfc8785.dumps(doc)
+    except Exception:
+        with pytest.raises(PccValueError):
+            canonical_bytes(doc)
+        return
+    assert canonical_bytes(doc) == expected
