@@ -54,7 +54,7 @@ from bench.common import record
 from bench.stack import bench_settings, running_broker
 from speed.config import SpeedConfig
 from speed.metrics import METRICS
-from speed.pipeline import SpeedRun
+from speed.pipeline import SpeedRun, settle_collector
 from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.rules import RulesAdapter
@@ -153,6 +153,7 @@ def plain_loop(config: SpeedConfig, roots: InMemoryRoots, expected: int) -> floa
     from kafka import KafkaConsumer, TopicPartition
 
     processor = EventProcessor(config, roots)
+    settle_collector(config.gc_threshold)  # as build_runtime does for the pipeline's worker
     sinks = SinkWriter(
         config.realtime_dir,
         config.master_dir,

@@ -14,6 +14,7 @@ through (``pipeline_args``): see docs/speed.md for Flink and Dataflow.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import uuid
@@ -102,7 +103,25 @@ def build_runtime(config: SpeedConfig, roots: RootSource) -> Runtime:
         master_flush_rows=config.master_flush_rows,
         master_flush_interval_s=config.master_flush_interval_s,
     )
+    settle_collector(config.gc_threshold)
     return Runtime(processor, sinks, restored, alerts=AlertPublisher.for_config(config))
+
+
+def settle_collector(threshold: int | None) -> None:
+    """Freeze what the worker holds now out of the cyclic collector and collect less often.
+
+    Everything alive once the state is rebuilt (vehicle states, replay index,
+    schemas, modules) moves to the permanent generation, which collections
+    never scan; the first generation's threshold is raised to ``threshold``
+    (``speed.gc_threshold``).  Per-event objects are freed by reference
+    counting either way.  Process-wide, like the collector; None: untouched.
+    """
+    if threshold is None:
+        return
+    gc.collect()
+    gc.freeze()
+    first, second, third = gc.get_threshold()
+    gc.set_threshold(max(first, threshold), second, third)
 
 
 class ProcessAndSink(beam.DoFn):
