@@ -135,7 +135,7 @@ def _token_heads(event_type: str) -> tuple[tuple[str, str], ...]:
 def _committed_clean(event_type: str, payload: dict[str, Any], sealed: Any) -> bool:
     """The common case at once: every commitment present has its token, of its category and commitment.
 
-    False sends the payload to :func:`_committed_problems`' full report (the
+    False sends the payload to the full report, :func:`_committed_report` (the
     schema is checked by the caller either way).
     """
     if type(sealed) is not dict:
