@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 from hexbytes import HexBytes
-from web3.exceptions import TransactionNotFound
+from web3.exceptions import ContractLogicError, TransactionNotFound
 
 from ledger import tx
-from ledger.errors import LedgerUnavailable
+from ledger.errors import LedgerRuleError, LedgerUnavailable
 
 TX = HexBytes("0x" + "ab" * 32)
 
@@ -63,3 +63,34 @@ def test_polls_grow_to_at_most_half_a_second_and_the_wait_ends_with_a_clear_erro
     )  # growing; the last cut at the deadline
     assert max(slept) == tx.MAX_POLL_S and abs(sum(slept) - 12.0) < 1e-9
     assert node.looks < 40  # a chain with 12 s blocks is polled about 30 times, not 120
+
+
+class _RevertingNode(_Node):
+    """The transaction is mined after a few looks, and failed: replaying it names the revert."""
+
+    def __init__(self, misses: int, reason: str | None) -> None:
+        super().__init__(misses)
+        self.reason = reason
+
+    def get_transaction_receipt(self, tx_hash: HexBytes) -> dict[str, Any]:
+        receipt = super().get_transaction_receipt(tx_hash)
+        return {**receipt, "status": 0, "blockNumber": 7}
+
+    def get_transaction(self, tx_hash: HexBytes) -> dict[str, Any]:
+        return {"from": "0x" + "11" * 20, "to": "0x" + "22" * 20, "input": "0x", "gas": 90_000}
+
+    def call(self, tx: Any, block: int) -> bytes:
+        if self.reason is not None:
+            raise ContractLogicError(f"execution reverted: {self.reason}")
+        return b""
+
+
+@pytest.mark.parametrize("reason", ["caller is not the source's anchorer", None])
+def test_a_failed_transaction_found_by_the_polls_is_never_taken_for_a_success(
+    monkeypatch: pytest.MonkeyPatch, reason: str | None
+) -> None:
+    """A producer anchoring a log that is not its own (or any reverted call): the wait names the failure."""
+    _sleeps(monkeypatch)
+    node = _RevertingNode(misses=3, reason=reason)
+    with pytest.raises(LedgerRuleError, match=reason or "failed in block 7"):
+        tx.wait(node, TX, "anchoring cc-aurora")  # type: ignore[arg-type]
