@@ -250,6 +250,8 @@ def track(
     a, b = s.a, s.b
     if a is None:
         return Step(Tracked(Chain(km, t, km, t, 1, lat, lon), None, 0, 0), 0, False)
+    if b is None and fit_cost(a, km, t, p) is not None:  # one chain going on: most readings
+        return Step(Tracked(_extend(a, km, t, lat, lon), None, 0, s.switches), 0, False)
     cost_a, cost_b = _costs(a, b, km, t, lat, lon, p)
     if cost_a is not None and (cost_b is None or cost_a <= cost_b):
         a, joined = _extend(a, km, t, lat, lon), 0

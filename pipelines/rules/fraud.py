@@ -123,7 +123,11 @@ def assess_vehicle(
     ]:
         extra.setdefault(event_id, {}).update(evidence)
     merged = []
+    stream = stream_flags or {}
     for c in checked:
+        if not c.flags and c.event.event_id not in extra and c.event.event_id not in stream:
+            merged.append(c)  # nothing to add (most events): its evidence is its own, empty
+            continue
         flags = list(c.flags)
         evidence = {flag: dict(detail) for flag, detail in c.evidence.items()}
         if c.event.event_id in standing:
@@ -132,7 +136,7 @@ def assess_vehicle(
         for flag, detail in extra.get(c.event.event_id, {}).items():
             flags.append(flag)
             evidence[flag] = detail
-        for flag in (stream_flags or {}).get(c.event.event_id, ()):
+        for flag in stream.get(c.event.event_id, ()):
             if flag not in flags:
                 flags.append(flag)
                 evidence.setdefault(flag, {"raised_by": "stream"})

@@ -58,7 +58,12 @@ def reading_chains(
 
 def _odometer_flag(c: Checked) -> str | None:
     """The odometer flag the event carries (at most one: a rollback or an implausible rate), if any."""
-    return next((f for f in ("odometer_rollback", "implausible_rate") if f in c.flags), None)
+    flags = c.flags
+    if not flags:  # most events: no generator, no lookups
+        return None
+    if "odometer_rollback" in flags:
+        return "odometer_rollback"
+    return "implausible_rate" if "implausible_rate" in flags else None
 
 
 def _agrees(km: int, t: int, ref_km: int, ref_ms: int, params: FraudParams) -> bool:
@@ -244,9 +249,11 @@ def _prefix(profile: tuple[float, ...]) -> tuple[float, ...]:
     return tuple(accumulate(profile, initial=0.0))
 
 
-def fleet_time(t: int, profile: tuple[float, ...]) -> float:
-    """Fleet-days since the epoch at ``t``: each day weighed by the fleet's relative km/day on it."""
-    prefix = _prefix(profile)
+def fleet_time(t: int, profile: tuple[float, ...], prefix: tuple[float, ...] | None = None) -> float:
+    """Fleet-days since the epoch at ``t``: each day weighed by the fleet's relative km/day on it
+    (``prefix``: ``_prefix(profile)``, when the caller has it already)."""
+    if prefix is None:
+        prefix = _prefix(profile)
     years, rest = divmod(t, YEAR_MS)
     part = min(int(rest // PART_MS), len(profile) - 1)
     return (years * prefix[-1] + prefix[part]) * PART_MS / DAY_MS + profile[part] * (
@@ -355,7 +362,8 @@ def gradual_clocking(
     best: tuple[float, float, float, float, int, float] | None = None
     starts, ends = [s[0] for s in steps], [s[1] for s in steps]
     profile = params.fleet_profile
-    clock = {t: fleet_time(t, profile) for step in steps for t in step[:2]}
+    prefix = _prefix(profile)
+    clock = {t: fleet_time(t, profile, prefix) for t in {t for step in steps for t in step[:2]}}
     days_sum = [0.0, *accumulate(clock[t1] - clock[t0] for t0, t1, _ in steps)]
     real_sum = [0, *accumulate(t1 - t0 for t0, t1, _ in steps)]
     km_sum = [0, *accumulate(s[2] for s in steps)]

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from pipelines.errors import PccValueError
-from pipelines.rules.chains import CHAIN_PARAMS, EMPTY_TRACK, ChainParams, Tracked, haversine_km, track
+from pipelines.rules.chains import CHAIN_PARAMS, EMPTY_TRACK, ChainParams, Step, Tracked, haversine_km, track
 
 DAY_MS = 86_400_000
 Evidence = dict[str, dict[str, Any]]
@@ -167,12 +167,29 @@ class VehicleState:
 
 
 EMPTY_STATE = VehicleState()
-_STATE_FIELDS = tuple(VehicleState.__dataclass_fields__)
+_SET = tuple(getattr(VehicleState, f).__set__ for f in VehicleState.__dataclass_fields__)
 
 
-def _with(state: VehicleState, changes: dict[str, Any]) -> VehicleState:
-    """``dataclasses.replace`` without its per-call field inspection (the speed layer's hot path)."""
-    return VehicleState(*[changes[f] if f in changes else getattr(state, f) for f in _STATE_FIELDS])
+def _state(
+    last_key: tuple[int, str, int, str] | None,
+    ref_km: int | None,
+    ref_ms: int,
+    cand_km: int | None,
+    cand_ms: int,
+    lat: float | None,
+    lon: float | None,
+    loc_ms: int,
+    wreck_ms: int | None,
+    recent: bytes,
+    chains: Tracked,
+) -> VehicleState:
+    """``VehicleState(...)`` through its slots: a frozen dataclass's ``__init__`` costs twice as much,
+    and this runs once for every event the speed layer takes."""
+    s = object.__new__(VehicleState)
+    a, b, c, d, e, f, g, h, i, j, k = _SET
+    a(s, last_key), b(s, ref_km), c(s, ref_ms), d(s, cand_km), e(s, cand_ms), f(s, lat)
+    g(s, lon), h(s, loc_ms), i(s, wreck_ms), j(s, recent), k(s, chains)
+    return s
 
 
 def _digest(event_id: str) -> bytes:
@@ -214,96 +231,117 @@ def odometer_problem(
 def check_event(  # noqa: C901, PLR0912 (the per-event hot path: a call per rule costs)
     state: VehicleState, event: EventFields, params: FraudParams = DEFAULT_PARAMS
 ) -> tuple[VehicleState, tuple[str, ...], Evidence]:
-    """Apply one event to a vehicle's state: the new state, the flags raised and their evidence."""
+    """Apply one event to a vehicle's state: the new state, the flags raised and their evidence.
+
+    The new state is built once from locals (no change dict, no per-field lookup): this runs
+    for every event the speed layer takes.
+    """
     digest = _digest(event.event_id)
-    if _seen(state.recent, digest):
+    recent = state.recent
+    if _seen(recent, digest):
         return state, ("duplicate_event",), {"duplicate_event": {"event_id": event.event_id}}
+    last_key, ref_km, ref_ms, cand_km, cand_ms = (
+        state.last_key,
+        state.ref_km,
+        state.ref_ms,
+        state.cand_km,
+        state.cand_ms,
+    )
+    lat, lon, loc_ms, wreck_ms, chains = state.lat, state.lon, state.loc_ms, state.wreck_ms, state.chains
     flags: list[str] = []
     evidence: Evidence = {}
     t = event.event_time_ms
-    key = sort_key(event)
-    late = state.last_key is not None and key < state.last_key
-    changes: dict[str, Any] = {"recent": (state.recent + digest)[-8 * params.recent_ids :]}
+    key = (t, event.source_id, event.log_index, event.event_id)  # sort_key(event)
+    late = last_key is not None and key < last_key
     if not late:
-        changes["last_key"] = key
-    if state.wreck_ms is not None and t > state.wreck_ms:
+        last_key = key
+    verified = event.verified
+    if wreck_ms is not None and t > wreck_ms:
         flags.append("activity_after_wreck")
-        evidence["activity_after_wreck"] = {
-            "wreck_time_ms": state.wreck_ms,
-            "days_after": (t - state.wreck_ms) / DAY_MS,
-        }
-    if event.verified and event.event_type == "wreck_declaration":
-        changes["wreck_ms"] = t if state.wreck_ms is None else min(t, state.wreck_ms)
+        evidence["activity_after_wreck"] = {"wreck_time_ms": wreck_ms, "days_after": (t - wreck_ms) / DAY_MS}
+    if verified and event.event_type == "wreck_declaration":
+        wreck_ms = t if wreck_ms is None else min(t, wreck_ms)
     km = event.odometer_km
     if not late and km is not None:
-        if state.ref_km is None:
-            problem = None
-        else:
-            problem = odometer_problem(km, t, state.ref_km, state.ref_ms, params)
+        problem = None if ref_km is None else odometer_problem(km, t, ref_km, ref_ms, params)
         if problem is None:
-            if event.verified:
-                changes.update(ref_km=km, ref_ms=t, cand_km=None)
-        elif (
-            state.cand_km is not None
-            and odometer_problem(km, t, state.cand_km, state.cand_ms, params) is None
-        ):  # the candidate is confirmed: the odometer really moved, already flagged once
-            if event.verified:
-                changes.update(ref_km=km, ref_ms=t, cand_km=None)
+            if verified:
+                ref_km, ref_ms, cand_km = km, t, None
+        elif cand_km is not None and odometer_problem(km, t, cand_km, cand_ms, params) is None:
+            # the candidate is confirmed: the odometer really moved, already flagged once
+            if verified:
+                ref_km, ref_ms, cand_km = km, t, None
         else:
             flag, detail = problem
             flags.append(flag)
             evidence[flag] = {**detail, "odometer_km": km}
-            if event.verified:
-                changes.update(cand_km=km, cand_ms=t)
-    if km is not None and event.verified:  # late ones too: a chain reading is sound out of order
-        step = track(state.chains, km, t, event.lat, event.lon, params.chains)
-        changes["chains"] = step.state
+            if verified:
+                cand_km, cand_ms = km, t
+    if km is not None and verified:  # late ones too: a chain reading is sound out of order
+        step = track(chains, km, t, event.lat, event.lon, params.chains)
+        chains = step.state
         if step.interleaved:  # the other series explains the jump: one flag, the clone's
-            other = step.state.b if step.joined == 0 else step.state.a
-            assert other is not None
-            for f in ODOMETER_PROBLEMS.intersection(flags):
-                flags.remove(f)
-                del evidence[f]
-            detail = {
-                "odometer_km": km,
-                "other_km": other.km,
-                "other_time_ms": other.ms,
-                "switches": step.state.switches,
-                "signal": "odometer_chains",
-            }
-            if (
-                event.lat is not None
-                and event.lon is not None
-                and other.lat is not None
-                and other.lon is not None
-            ):
-                detail["distance_km"] = round(haversine_km(event.lat, event.lon, other.lat, other.lon))
-            flags.append("interleaved_odometers")
-            evidence["interleaved_odometers"] = detail
+            _interleaved(step, km, event, flags, evidence)
     if not late and event.lat is not None and event.lon is not None:
-        near = (
-            params.min_travel_km >= NEAR_KM
-            and state.lat is not None
-            and state.lon is not None
-            and abs(event.lat - state.lat) < NEAR_DEGREES
-            and abs(event.lon - state.lon) < NEAR_DEGREES
-        )  # within min_travel_km whatever the speed: no distance to compute
-        if not near and state.lat is not None and state.lon is not None:
-            distance = haversine_km(state.lat, state.lon, event.lat, event.lon)
-            hours = (t - state.loc_ms) / 3_600_000
-            if distance > params.min_travel_km and (hours <= 0 or distance / hours > params.max_speed_kmh):
-                flags.append("impossible_travel")
-                evidence["impossible_travel"] = {
-                    "distance_km": round(distance, 1),
-                    "hours": round(hours, 3),
-                    "previous_time_ms": state.loc_ms,
-                }
-        if event.verified:
-            changes.update(lat=event.lat, lon=event.lon, loc_ms=t)
+        if lat is not None and lon is not None:
+            near = (
+                params.min_travel_km >= NEAR_KM
+                and abs(event.lat - lat) < NEAR_DEGREES
+                and abs(event.lon - lon) < NEAR_DEGREES
+            )  # within min_travel_km whatever the speed: no distance to compute
+            if not near:
+                _travel(lat, lon, loc_ms, event, params, flags, evidence)
+        if verified:
+            lat, lon, loc_ms = event.lat, event.lon, t
     if event.tier is not None:
         for detail in evidence.values():
             detail["tier"] = event.tier
-    return _with(state, changes), tuple(flags), evidence
+    recent = (recent + digest)[-8 * params.recent_ids :]
+    new = _state(last_key, ref_km, ref_ms, cand_km, cand_ms, lat, lon, loc_ms, wreck_ms, recent, chains)
+    return new, tuple(flags), evidence
+
+
+def _interleaved(step: Step, km: int, event: EventFields, flags: list[str], evidence: Evidence) -> None:
+    """The reading switched between two persistent odometer chains: the clone's flag replaces the
+    odometer problems the jump raised."""
+    other = step.state.b if step.joined == 0 else step.state.a
+    assert other is not None
+    for f in ODOMETER_PROBLEMS.intersection(flags):
+        flags.remove(f)
+        del evidence[f]
+    detail = {
+        "odometer_km": km,
+        "other_km": other.km,
+        "other_time_ms": other.ms,
+        "switches": step.state.switches,
+        "signal": "odometer_chains",
+    }
+    if event.lat is not None and event.lon is not None and other.lat is not None and other.lon is not None:
+        detail["distance_km"] = round(haversine_km(event.lat, event.lon, other.lat, other.lon))
+    flags.append("interleaved_odometers")
+    evidence["interleaved_odometers"] = detail
+
+
+def _travel(
+    lat: float,
+    lon: float,
+    loc_ms: int,
+    event: EventFields,
+    params: FraudParams,
+    flags: list[str],
+    evidence: Evidence,
+) -> None:
+    """``impossible_travel`` when the car got from the last verified place to this one too fast."""
+    assert event.lat is not None and event.lon is not None
+    distance = haversine_km(lat, lon, event.lat, event.lon)
+    hours = (event.event_time_ms - loc_ms) / 3_600_000
+    if distance > params.min_travel_km and (hours <= 0 or distance / hours > params.max_speed_kmh):
+        flags.append("impossible_travel")
+        evidence["impossible_travel"] = {
+            "distance_km": round(distance, 1),
+            "hours": round(hours, 3),
+            "previous_time_ms": loc_ms,
+        }
 
 
 def apply_sorted(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import random
 
@@ -390,3 +391,19 @@ def test_flags_do_not_depend_on_arrival_order(
         state, applied = apply_sorted(state, batch)
         got += [(e.event_id, flags) for e, flags, _ in applied]
     assert got == expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_event, min_size=1, max_size=25), st.randoms())
+def test_every_state_the_rules_return_is_whole_and_frozen(raw: list[tuple], rnd: random.Random) -> None:
+    """The speed layer shares states between events and vehicles: each must have every field set and
+    refuse to change (the rules build states through their slots, not ``__init__``)."""
+    events = _history(raw, [])
+    rnd.shuffle(events)  # late events too
+    state = EMPTY_STATE
+    for e in events:
+        state = check_event(state, e)[0]
+        copy = dataclasses.replace(state)  # reads every field: one left unset raises here
+        assert copy == state and hash(copy) == hash(state)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            state.ref_km = 0  # type: ignore[misc]
