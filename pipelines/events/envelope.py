@@ -7,6 +7,7 @@ Times on the wire are RFC 3339 UTC with milliseconds and a ``Z``
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -136,5 +137,6 @@ def parse_time_ms(text: str) -> int:
 
 
 def now_ms() -> int:
-    """The current time in Unix milliseconds."""
-    return _floor_ms(datetime.now(UTC))
+    """The current time in Unix milliseconds (the clock read directly: a ``datetime`` costs 0.5 µs,
+    and the speed layer asks once an event)."""
+    return time.time_ns() // 1_000_000

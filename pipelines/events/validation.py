@@ -229,8 +229,8 @@ def _time_problems(
     obj: dict[str, Any], problems: list[Problem], now_ms: int | None, tolerance_s: float
 ) -> None:
     limit = (_now_ms() if now_ms is None else now_ms) + int(tolerance_s * 1000)
-    times = {key: _time_ms(obj, key, problems) for key in ("event_time", "ingestion_time")}
-    for key, ms in times.items():
+    event_ms, ingestion_ms = _time_ms(obj, "event_time", problems), _time_ms(obj, "ingestion_time", problems)
+    for key, ms in (("event_time", event_ms), ("ingestion_time", ingestion_ms)):
         if ms is not None and ms > limit:
             ahead = (ms - limit) / 1000 + tolerance_s
             problems.append(
@@ -238,7 +238,6 @@ def _time_problems(
                     f"$.{key}", f"{obj[key]} is {ahead:.0f} s in the future (tolerance {tolerance_s:g} s)"
                 )
             )
-    event_ms, ingestion_ms = times["event_time"], times["ingestion_time"]
     if (
         event_ms is not None
         and ingestion_ms is not None

@@ -14,7 +14,7 @@ import copy
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, find, given, settings
+from hypothesis import HealthCheck, example, find, given, settings
 from hypothesis import strategies as st
 
 from pipelines.events import list_schemas, load_schema
@@ -148,3 +148,55 @@ def test_the_corpus_holds_valid_and_invalid_documents(name: str, version: int) -
     budget = settings(max_examples=300, database=None, deadline=None, suppress_health_check=list(HealthCheck))
     assert authority.is_valid(find(_near(schema), authority.is_valid, settings=budget))
     assert not authority.is_valid(find(_near(schema), lambda d: not authority.is_valid(d), settings=budget))
+
+
+# -- the audit path's hashes, checked in one pass --------------------------------------------------
+
+_HEX_PROOF = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "proof": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "path": {"type": "array", "items": {"type": "string", "pattern": "^[0-9a-f]{8}$"}}
+            },
+        }
+    },
+}
+_HEX_ITEM = st.from_regex(r"\A[0-9a-f]{8}\Z")
+
+
+@st.composite
+def _edited_hex(draw: st.DrawFn) -> str:
+    """A hex item, often with characters changed, inserted or appended: a space, a tab, a newline,
+    an uppercase digit, a letter beyond f, a non-ASCII digit or letter (whitespace between two pairs
+    of digits is what ``bytes.fromhex`` skips)."""
+    text = draw(_HEX_ITEM)
+    for _ in range(draw(st.sampled_from([0, 0, 1, 2]))):
+        odd = draw(st.sampled_from([" ", "  ", "\t", "\n", "\r", "A", "F", "g", "٣", "ß", "Ａ", "0", "a"]))
+        at = (
+            2 * draw(st.integers(0, len(text) // 2))
+            if draw(st.booleans())
+            else draw(st.integers(0, len(text)))
+        )
+        how = draw(st.sampled_from(["replace", "insert", "append"]))
+        if how == "append":
+            text += odd
+        elif how == "insert":
+            text = text[:at] + odd + text[at:]
+        else:
+            text = text[:at] + odd + text[at + len(odd) :]
+    return text
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(_edited_hex(), max_size=6))
+@example(["ab def01", "2 456789"])  # whitespace bytes.fromhex skips: 14 digits, an even count
+@example(["abcdef01", "ABCDEF01"])  # uppercase digits bytes.fromhex reads
+@example(["abcdef01", "abcdef01\n"])  # a trailing newline, which the pattern's $ allows
+def test_a_list_of_hashes_is_checked_in_one_pass_as_each_item_against_its_pattern(items: list[str]) -> None:
+    doc = {"proof": {"path": items}}
+    expected = _authority(_HEX_PROOF).is_valid(doc)
+    assert _msgspec_check(_HEX_PROOF)(doc) == expected, items
