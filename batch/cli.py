@@ -68,6 +68,11 @@ def _run(config: BatchConfig, full: bool, since: datetime | None) -> None:
         progress.update(task, description=record.status, completed=len(STAGES))
     for q in record.quarantined:
         console.print(f"[yellow]quarantined[/yellow] {q['file']}: {q['reason']}")
+    for r in record.set_aside:
+        console.print(
+            f"[yellow]set aside[/yellow] {r['rows']} row(s) of {r['vehicle']}: event id {r['event_id']}"
+            f" is {r['kept_by']}'s"
+        )
     if record.status == "up_to_date":
         out.print(f"version {record.version} is up to date with the master dataset (use --full to rebuild)")
     else:

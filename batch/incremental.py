@@ -40,9 +40,11 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from batch.master import MasterScan
+from batch.reused import ReusedIds
 from batch.views import build
 from batch.views.bucket_views import PER_VEHICLE_VIEWS, BucketTask, bucket_file_name
 from batch.views.buckets import bucket_pass, profile_pass
+from pipelines.dataset import bucket_of
 from pipelines.layout import BatchManifest, version_dir
 from pipelines.rules.fraud import profile_from_sums
 
@@ -63,6 +65,8 @@ class BucketPlan:
     profile_sums: dict[int, list[float]] = field(default_factory=dict)  # bucket -> 12 km then 12 days
     profile_moved: bool = False  # the measured profile left the previous version's: every bucket redone
     measured_profile: tuple[float, ...] = (1.0,) * 12  # the profile of the master as it is now
+    #: bucket -> (event id, vehicle) rows left out: ids another vehicle keeps (:mod:`batch.reused`)
+    set_aside: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
         return {
@@ -172,6 +176,22 @@ def settle_profile(
         plan.partial, plan.carried = {}, []
 
 
+def apply_set_aside(plan: BucketPlan, reused: ReusedIds) -> None:
+    """Leave out the rows of ids another vehicle keeps: their vehicles are redone without them (a
+    carried bucket holding one becomes partly redone), on every run while the rows are in the master."""
+    by_bucket: dict[int, list[tuple[str, str]]] = {}
+    for event_id, vehicle in reused.pairs():
+        by_bucket.setdefault(bucket_of(vehicle, plan.buckets), []).append((event_id, vehicle))
+    plan.set_aside = {b: tuple(pairs) for b, pairs in by_bucket.items()}
+    for bucket, pairs in by_bucket.items():
+        vehicles = {v for _, v in pairs}
+        if bucket in plan.carried:
+            plan.carried.remove(bucket)
+            plan.partial[bucket] = sorted(vehicles)
+        elif bucket in plan.partial:
+            plan.partial[bucket] = sorted(set(plan.partial[bucket]) | vehicles)
+
+
 def _link(src: Path, dst: Path) -> None:
     dst.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -188,9 +208,20 @@ def write_version(
     timely_lag_s: int,
 ) -> dict[str, Any]:
     """Write the four views of a new version under ``out``; returns the manifest's ``layout`` section."""
-    tasks = [BucketTask(b, [str(f) for f in scan.bucket_files[b]], str(out)) for b in plan.whole]
+    aside = plan.set_aside
+    tasks = [
+        BucketTask(b, [str(f) for f in scan.bucket_files[b]], str(out), set_aside=aside.get(b, ()))
+        for b in plan.whole
+    ]
     tasks += [
-        BucketTask(b, [str(f) for f in scan.bucket_files[b]], str(out), str(plan.previous), vehicles)
+        BucketTask(
+            b,
+            [str(f) for f in scan.bucket_files[b]],
+            str(out),
+            str(plan.previous),
+            vehicles,
+            aside.get(b, ()),
+        )
         for b, vehicles in sorted(plan.partial.items())
     ]
     for view in PER_VEHICLE_VIEWS:

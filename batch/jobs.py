@@ -31,11 +31,19 @@ from typing import TYPE_CHECKING, Any
 from batch.audit import AuditResult, audit_views
 from batch.config import VIEWS, BatchConfig
 from batch.errors import AuditFailedError, BatchError
-from batch.incremental import BucketPlan, plan_buckets, reference_profile, settle_profile, write_version
+from batch.incremental import (
+    BucketPlan,
+    apply_set_aside,
+    plan_buckets,
+    reference_profile,
+    settle_profile,
+    write_version,
+)
 from batch.layout import compact_master
 from batch.master import MasterScan, read_master, scan_master
 from batch.publish import iso_ms, manifest, new_version, publish, read_current, store_manifest, utc_now
 from batch.retention import prune_versions
+from batch.reused import REUSED_COLUMNS, ReusedIds, find_reused_ids
 from batch.runs import RunRecord, append_run, run_lock
 from batch.session import get_spark, require_gx
 from batch.views import build
@@ -133,7 +141,9 @@ def _carry_over(
     return views
 
 
-def _parameters(scan: MasterScan, paths: dict[str, Path], carried: list[int] | None = None) -> dict[str, int]:
+def _parameters(
+    scan: MasterScan, paths: dict[str, Path], carried: list[int] | None = None, set_aside: int = 0
+) -> dict[str, int]:
     """What the audit reconciles with, counted from the Parquet footers and the written views.
 
     ``carried``: the buckets carried over by reference; their vehicles are counted from the
@@ -158,8 +168,8 @@ def _parameters(scan: MasterScan, paths: dict[str, Path], carried: list[int] | N
     duplicates = int(pc.sum(scores["duplicates"]).as_py() or 0)
     carried_files = [paths["fraud_scores"] / bucket_file_name(b) for b in carried or []]
     return {
-        "history_rows": scan.rows - duplicates,
-        "mileage_rows_min": max(0, with_km - duplicates),
+        "history_rows": scan.rows - duplicates - set_aside,
+        "mileage_rows_min": max(0, with_km - duplicates - set_aside),
         "mileage_rows_max": with_km,
         "vehicles_carried": sum(pq.read_metadata(f).num_rows for f in carried_files if f.exists()),
         "duplicates": duplicates,
@@ -235,6 +245,8 @@ def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
             if spark is None:
                 spark = get_spark(config.master, config.driver_memory, config.shuffle_partitions)
             record.spark_master = spark.sparkContext.master or ""
+            reused = find_reused_ids(read_master(spark, scan).select(*REUSED_COLUMNS))
+            record.set_aside = reused.record()
             layout: dict[str, Any] | None = None
             plan: BucketPlan | None = None
             profile: tuple[float, ...]
@@ -242,6 +254,7 @@ def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
                 stage(1, STAGES[1])
                 plan = plan_buckets(scan, current, config.batch_dir, full=full, since=since)
                 settle_profile(spark, scan, plan, current, config.profile_tolerance)
+                apply_set_aside(plan, reused)
                 threading.Thread(target=_preload_gx, name="pcc-gx-import", daemon=True).start()
                 layout = write_version(spark, scan, plan, out, config.timely_lag_s)
                 for i, view in enumerate(VIEWS):
@@ -250,12 +263,14 @@ def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
                 record.buckets = {k: v for k, v in layout.items() if k not in ("files", "profile_sums")}
             else:
                 mark, profile = _write_date_layout(
-                    spark, config, scan, current, out, full, since, stage
+                    spark, config, scan, current, out, full, since, stage, reused
                 )
             paths = {view: out / view for view in VIEWS}
             stage(2 + len(VIEWS), "audit")
             record.rows_out = {view: _parquet_rows(path) for view, path in paths.items()}
-            params = _parameters(scan, paths, plan.carried if plan is not None else None)
+            params = _parameters(
+                scan, paths, plan.carried if plan is not None else None, reused.set_aside_rows
+            )
             written = _written(out, plan) if plan is not None else None
             audit = audit_views(paths, params, config.batch_dir / "audits" / version, spark, written)
             if len(scan.quarantined) > config.max_quarantined_files:
@@ -311,6 +326,7 @@ def _write_date_layout(
     full: bool,
     since: datetime | None,
     stage: Callable[[int, str], None],
+    reused: ReusedIds,
 ) -> tuple[dict[str, Any], tuple[float, ...]]:
     """The views of a master dataset still in the date layout: one shuffle into vehicle ranges.
 
@@ -320,6 +336,9 @@ def _write_date_layout(
     from pyspark import StorageLevel
 
     master = read_master(spark, scan)
+    if reused.rows:  # ids another vehicle keeps: those rows are left out of every view
+        aside = spark.createDataFrame(reused.pairs(), "event_id string, vehicle string")
+        master = master.join(_broadcast(aside), ["event_id", "vehicle"], "left_anti")
     stage(1, STAGES[1])
     cores = spark.sparkContext.defaultParallelism
     partitions = build.partitions_for(scan.rows, cores)

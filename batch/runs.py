@@ -41,6 +41,8 @@ class RunRecord:
     buckets: dict[str, Any] | None = None  # bucketed master: buckets recomputed, partly redone, carried over
     compacted: int = 0  # master files merged by the compaction at the start of the run
     pruned: list[str] = field(default_factory=list)  # versions removed by batch.keep_versions
+    #: rows left out because another vehicle keeps their event id (batch.reused; the first 100 listed)
+    set_aside: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

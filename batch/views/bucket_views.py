@@ -93,15 +93,23 @@ class BucketTask:
     out: str  # the new version's directory
     previous: str | None = None  # the previous version's directory (incremental), else None
     redo: list[str] | None = None  # vehicles to redo (None: every vehicle of the bucket)
+    #: (event id, vehicle) rows left out: ids another vehicle keeps (:mod:`batch.reused`)
+    set_aside: tuple[tuple[str, str], ...] = ()
 
 
-def read_bucket(files: list[str], columns_filter: list[str] | None = None) -> pa.Table:
-    """A bucket's rows (optionally only some vehicles), clustered by vehicle."""
+def read_bucket(
+    files: list[str], columns_filter: list[str] | None = None, set_aside: tuple[tuple[str, str], ...] = ()
+) -> pa.Table:
+    """A bucket's rows (optionally only some vehicles, less the ``set_aside`` rows), clustered by vehicle."""
     tables = []
     for f in files:
         t = pq.read_table(f, schema=MASTER_SCHEMA, partitioning=None).replace_schema_metadata(None)
         if columns_filter is not None:
             t = t.filter(pc.is_in(t["vehicle"], value_set=pa.array(columns_filter, pa.string())))
+        if set_aside:
+            pairs = pa.array([f"{e}\x00{v}" for e, v in set_aside], pa.string())
+            keys = pc.binary_join_element_wise(t["event_id"], t["vehicle"], "\x00")
+            t = t.filter(pc.invert(pc.is_in(keys, value_set=pairs)))
         tables.append(t)
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
     if len(tables) > 1:
@@ -157,7 +165,7 @@ def _kept(previous: Path, redo: pa.Array) -> pa.Table | None:
 
 def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, int]:
     """Annotate the task's vehicles and write the bucket's three per-vehicle view files."""
-    table = read_bucket(task.files, task.redo)
+    table = read_bucket(task.files, task.redo, task.set_aside)
     parts: list[pa.Table] = []
     if table.num_rows:
         parts = [

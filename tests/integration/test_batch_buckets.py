@@ -16,12 +16,13 @@ import pytest
 from batch.config import BatchConfig
 from batch.incremental import plan_buckets
 from batch.jobs import run_batch
-from batch.master import scan_master
+from batch.master import read_master, scan_master
 from batch.publish import read_current
+from batch.reused import REUSED_COLUMNS, find_reused_ids
 from batch.simulation import event_row, pseudonym, write_master_dataset
 from batch.views.bucket_views import BucketTask
 from batch.views.buckets import bucket_pass
-from pipelines.dataset import MASTER_SCHEMA, read_layout, write_layout
+from pipelines.dataset import MASTER_SCHEMA, bucket_of, read_layout, write_layout
 from speed.master import write_master_files
 from tests.fixtures import batch_fleet as fleet
 
@@ -232,3 +233,75 @@ def test_a_mistyped_reading_beyond_the_plausible_range_is_tolerated_as_an_outlie
     mileage = view(config, "mileage_timeline").set_index("odometer_km")
     assert bool(mileage.loc[9_084_399, "is_outlier"]) and mileage.loc[9_084_399, "outlier_reason"]
     assert mileage["reconciled_km"].max() <= 3_000_000
+
+
+def _fleet_with_a_reused_id() -> tuple[list[dict[str, Any]], dict[str, Any], str, str]:
+    """The hand fleet plus one row that takes a car's event id for a car of another bucket, a month
+    later: (rows, the original row, the car that keeps the id, the other car)."""
+    rows = fleet.fleet_rows()
+    by_bucket = sorted({r["vehicle"] for r in rows}, key=lambda v: bucket_of(v, 64))
+    first, other = by_bucket[0], by_bucket[-1]
+    assert bucket_of(first, 64) != bucket_of(other, 64)
+    original = next(r for r in rows if r["vehicle"] == first and r["odometer_km"] is not None)
+    reused = {
+        **original,
+        "vehicle": other,
+        "processed_time": original["processed_time"] + timedelta(days=30),
+        "offset": original["offset"] + 100_000,
+        "odometer_km": 1,  # what the copy claims for the other car: it must not count anywhere
+    }
+    return [*rows, reused], original, first, other
+
+
+def _write_bucketed(rows: list[dict[str, Any]], root: Path) -> None:
+    table = pa.Table.from_pylist(rows, schema=MASTER_SCHEMA)
+    for tmp, final in write_master_files(table, root, "flush-1", {}):  # the speed layer's writer
+        os.replace(tmp, final)
+
+
+def test_ids_that_share_a_hash_are_told_apart(spark: Any, tmp_path: Path, monkeypatch: Any) -> None:
+    """The search groups ids by a 64-bit hash first: with every id given the same hash, only the id
+    really carried by two cars is found."""
+    from pyspark.sql import functions as F
+
+    rows, original, first, other = _fleet_with_a_reused_id()
+    _write_bucketed(rows, tmp_path / "master")
+    real = F.xxhash64
+    monkeypatch.setattr(F, "xxhash64", lambda col: real(col) if col == "vehicle" else F.lit(7).cast("long"))
+    found = find_reused_ids(read_master(spark, scan_master(tmp_path / "master")).select(*REUSED_COLUMNS))
+    assert found.kept == {original["event_id"]: first}
+    assert found.rows == {(original["event_id"], other): 1}
+
+
+def test_a_producer_reusing_another_cars_event_id_cannot_stop_the_batch_layer_from_publishing(
+    spark: Any, tmp_path: Path
+) -> None:
+    """Past the speed layer's dedupe window a member can send an id again, for another car: the first
+    car keeps it, the copy is left out of the views and named in the run record, the run publishes."""
+    rows, original, first, other = _fleet_with_a_reused_id()
+    bucketed, dated = tmp_path / "bucketed", tmp_path / "dated"
+    _write_bucketed(rows, bucketed)
+    write_master_dataset(rows, dated, number=False)
+    configs = [
+        BatchConfig(master_dataset=root, batch_dir=tmp_path / f"batch-{root.name}", spark_master="local[2]")
+        for root in (bucketed, dated)
+    ]
+    for config in configs:
+        record = run_batch(config, spark=spark)
+        assert record.status == "published" and record.audit["success"], record.error
+        assert record.set_aside == [
+            {
+                "event_id": original["event_id"],
+                "vehicle": other,
+                "kept_by": first,
+                "rows": 1,
+                "reason": "event id of another vehicle",
+            }
+        ]
+        history = view(config, "vehicle_history")
+        holders = history.loc[history["event_id"] == original["event_id"], "vehicle"].tolist()
+        assert holders == [first]
+        assert 1 not in view(config, "mileage_timeline")["odometer_km"].tolist()
+        replays = int(view(config, "fraud_scores")["duplicates"].sum())  # the fleet holds one replay
+        assert replays == 1 and history.shape[0] == len(rows) - 1 - replays
+    assert_same_views(*configs)
