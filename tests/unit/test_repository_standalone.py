@@ -15,6 +15,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,18 @@ def test_the_session_allows_temporary_and_system_places_not_siblings() -> None:
 
 def test_the_session_is_audited() -> None:
     assert AUDIT.installed and SESSION in AUDIT.watchers
+
+
+def test_a_watcher_of_the_audit_itself_sees_its_own_thread_only(tmp_path: Path) -> None:
+    """Another thread (a server an earlier test left running) reading meanwhile is not this test's read;
+    the session's watcher still sees every thread."""
+    outside = tmp_path / "outside.json"
+    outside.write_text("{}")
+    watcher = OutsideReads(tmp_path / "repo", allowed=())
+    with AUDIT.watching(watcher):
+        reader = threading.Thread(target=outside.read_text)
+        reader.start()
+        reader.join()
+        assert watcher.found == {}
+        outside.read_text()
+    assert list(watcher.found) == [str(outside)]
