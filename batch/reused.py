@@ -19,7 +19,6 @@ in the run record (``set_aside``), with the vehicle that kept it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -46,10 +45,6 @@ class ReusedIds:
     def pairs(self) -> list[tuple[str, str]]:
         """The (event id, vehicle) pairs whose rows are left out, sorted."""
         return sorted(self.rows)
-
-    def in_vehicles(self, vehicles: Iterable[str]) -> list[tuple[str, str]]:
-        wanted = set(vehicles)
-        return [p for p in self.pairs() if p[1] in wanted]
 
     def record(self) -> list[dict[str, Any]]:
         """What the run record lists (the first :data:`LISTED` ids)."""
