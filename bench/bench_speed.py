@@ -1,7 +1,7 @@
 """Speed layer: ``python -m bench.bench_speed [--scale F] [--bootstrap HOST:PORT]``.
 
 Starts its own Kafka broker on free ports under a temporary directory and stops it
-at the end (``--bootstrap`` uses a running one instead).  Five figures:
+at the end (``--bootstrap`` uses a running one instead).  Seven figures:
 
 1. **Throughput, end to end** (Kafka -> verify/score/flag -> real-time view and
    master dataset durable): the Beam pipeline on ``FnApiRunner`` versus, in the
@@ -29,6 +29,12 @@ at the end (``--bootstrap`` uses a running one instead).  Five figures:
    every honest event accepted.  Ratio: bad records dead-lettered with the right reason /
    bad records sent (target 1.0).
 
+7. **Keyed state**: the Beam pipeline with per-vehicle state in Beam keyed state
+   (``speed.state: keyed``, a shuffle keyed by vehicle) versus, in the same run and on the
+   same records, per-worker state (the fused default), on FnApiRunner (``keyed``) and on
+   Prism (``keyed_prism``, its SDK worker in this process, state cache on and off)
+   (target >= 0.8).
+
 ``--figures backlog freshness`` measures only those.
 """
 
@@ -54,17 +60,18 @@ from bench.common import record
 from bench.stack import bench_settings, running_broker
 from speed.config import SpeedConfig
 from speed.metrics import METRICS
-from speed.pipeline import SpeedRun, settle_collector
+from speed.pipeline import SpeedRun
 from speed.process import EventProcessor
 from speed.roots import InMemoryRoots
 from speed.rules import RulesAdapter
+from speed.runtime import settle_collector
 from speed.sinks import SinkWriter
 from speed.source import KafkaRecord
 from speed.state import VehicleStates
 from tests.fixtures.synthetic import FixedRoots, SyntheticSource, vehicle, wire
 
 DAY = 86_400_000
-FIGURES = ("throughput", "backlog", "freshness", "memory", "ordering", "bad_input")
+FIGURES = ("throughput", "backlog", "freshness", "memory", "ordering", "bad_input", "keyed", "keyed_prism")
 
 
 
@@ -419,6 +426,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _keyed(bootstrap: str, work: Path, scale: float, runner: str) -> None:
+    """Keyed state against per-worker state on one runner, same records, same run."""
+    n = max(2_000, int(40_000 * scale))
+    roots = InMemoryRoots()
+    prefix = _topics(bootstrap)
+    _publish(bootstrap, prefix + "telemetry", _generate(n, roots))
+    args: tuple[str, ...] = ()
+    if runner == "PrismRunner":
+        from infra.prism import ensure_prism
+
+        args = (f"--prism_location={ensure_prism()}", "--environment_type=LOOPBACK")
+    tag = runner.removesuffix("Runner").lower()
+    runs: dict[str, float] = {}
+    for name, state, extra in (
+        ("worker", "worker", ()),
+        ("keyed", "keyed", ()),
+        *((("keyed_no_cache", "keyed", ("--max_cache_memory_usage_mb=0",)),) if runner == "PrismRunner" else ()),
+    ):
+        config = _config(
+            bootstrap, prefix, work / f"{tag}-{name}", until_idle_s=2.0, runner=runner,
+            state=state, pipeline_args=(*args, *extra),
+        )  # fmt: skip
+        runs[name] = beam_run(config, roots, n)
+        print(f"  {runner} {name}: {runs[name]:,.0f} events/s", flush=True)
+    record(
+        f"speed.keyed_state.{tag}",
+        {
+            **{f"{k}_events_per_s": round(v) for k, v in runs.items() if k != "worker"},
+            "events": n,
+            "vehicles": min(n, 20_000),
+            "ratio_is": f"beam {runner} with keyed state / the same with per-worker state",
+        },
+        {"worker_events_per_s": round(runs["worker"])},
+        max(v for k, v in runs.items() if k != "worker") / runs["worker"],
+    )
+
+
 def _measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
     """The figures asked for, against the broker at ``bootstrap``."""
     if "throughput" in args.figures:
@@ -454,6 +498,10 @@ def _measure(args: argparse.Namespace, bootstrap: str, work: Path) -> None:
             {"per_poll_events_per_s": round(per_poll)},
             ordered / per_poll,
         )
+    if "keyed" in args.figures:
+        _keyed(bootstrap, work, args.scale, "FnApiRunner")
+    if "keyed_prism" in args.figures:
+        _keyed(bootstrap, work, args.scale, "PrismRunner")
     if "backlog" in args.figures:
         n = max(5_000, int(100_000 * args.scale))
         roots = InMemoryRoots()

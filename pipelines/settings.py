@@ -90,6 +90,10 @@ class VaultSettings(_Section):
 
 class SpeedSettings(_Section):
     runner: str = "FnApiRunner"
+    # where per-vehicle state lives: "worker" (each worker process keeps the state of the vehicles
+    # whose events it reads, in one fused stage) or "keyed" (Beam keyed state, keyed by vehicle,
+    # behind a shuffle: right whichever worker reads which partition); docs/speed.md, "Keyed state"
+    state: Literal["worker", "keyed"] = "worker"
     until_idle_s: float | None = None
     max_events: int | None = None
     metrics_port: int = 9464

@@ -63,7 +63,7 @@ from speed.errors import LedgerUnavailable, RejectedEvent
 from speed.roots import RootSource, SourceInfo
 from speed.rules import RulesAdapter
 from speed.source import KafkaRecord
-from speed.state import SeenEvents, VehicleStates, origin_key
+from speed.state import ReplayIndex, SeenEvents, VehicleSlot, VehicleStates, VehicleStore, origin_key
 
 
 @dataclass(slots=True)
@@ -285,6 +285,18 @@ class EventProcessor:
         ``watermark_ms``: every partition read is past this Kafka timestamp; decided events
         wait until it passes theirs by ``order_hold_ms``.  ``None``: apply everything decided.
         """
+        ready, result = self.check_batch(records, now_ms)
+        held = self._held + ready if self._held else ready
+        ready, self._held = release(held, None if watermark_ms is None else watermark_ms - self._order_hold_ms)
+        self.apply(ready, now_ms, result)
+        return result
+
+    def check_batch(self, records: Iterable[KafkaRecord], now_ms: int) -> tuple[list[_Checked], BatchResult]:
+        """Parse, validate and prove ``records``; retry the events waiting for their checkpoint.
+
+        Returns the events decided (verified, or unverified after the wait), not applied yet, and
+        the dead letters; the others wait in this processor for their checkpoint.
+        """
         result = BatchResult()
         if now_ms - self._expired_at >= 60_000:
             self.seen.expire(now_ms)
@@ -324,41 +336,33 @@ class EventProcessor:
                 ev.first_seen_ms = now_ms  # the wait for a checkpoint starts once the ledger answers
                 waiting.append(ev)
         self._pending = waiting
-        ready = self._release(ready, watermark_ms)
+        return ready, result
+
+    def apply(
+        self,
+        ready: list[_Checked],
+        now_ms: int,
+        result: BatchResult,
+        *,
+        seen: ReplayIndex | None = None,
+        vehicles: VehicleStore | None = None,
+    ) -> None:
+        """Apply decided events in the rules' order: replay check, fraud flags, quality, the row.
+
+        ``seen`` and ``vehicles``: the replay index and fraud states to use (one vehicle's keyed
+        state); by default this processor's own.
+        """
+        seen = self.seen if seen is None else seen
+        vehicles = self.vehicles if vehicles is None else vehicles
         ready.sort(key=_order)
-        for ev, payload in zip(ready, self._seal_all(ready), strict=True):
-            self._accept(ev, now_ms, result, payload)
-        return result
+        for ev, payload in zip(ready, self._seal_all(ready, seen), strict=True):
+            self._accept(ev, now_ms, result, payload, seen, vehicles)
 
-    def _release(self, ready: list[_Checked], watermark_ms: int | None) -> list[_Checked]:
-        """The decided events to apply now; the others stay in the ordering buffer."""
-        held = self._held + ready if self._held else ready
-        if watermark_ms is None:
-            self._held = []
-            return held
-        limit = watermark_ms - self._order_hold_ms
-        top: dict[str, tuple[Any, ...]] = {}  # per vehicle, the last released sort key
-        for ev in held:
-            if ev.record.timestamp_ms <= limit:
-                key, vehicle = _order(ev), ev.env["vehicle"]
-                if vehicle not in top or key > top[vehicle]:
-                    top[vehicle] = key
-        if not top:
-            self._held = held
-            return []
-        out: list[_Checked] = []
-        keep: list[_Checked] = []
-        for ev in held:
-            last = top.get(ev.env["vehicle"])
-            (out if last is not None and _order(ev) <= last else keep).append(ev)
-        self._held = keep
-        return out
-
-    def _seal_all(self, ready: list[_Checked]) -> list[str | RejectedEvent]:
+    def _seal_all(self, ready: list[_Checked], seen: ReplayIndex) -> list[str | RejectedEvent]:
         """The stored payload of each ready event, sealed in one pass (ciphers and key cache stay warm)."""
         out: list[str | RejectedEvent] = []
         for ev in ready:
-            if self.seen.origin_of(ev.env["event_id"]) is not None:
+            if seen.origin_of(ev.env["event_id"]) is not None:
                 out.append("")  # a duplicate or redelivery: _accept drops it before using the payload
                 continue
             try:
@@ -367,11 +371,19 @@ class EventProcessor:
                 out.append(exc)
         return out
 
-    def _accept(self, ev: _Checked, now_ms: int, result: BatchResult, payload: str | RejectedEvent) -> None:
+    def _accept(
+        self,
+        ev: _Checked,
+        now_ms: int,
+        result: BatchResult,
+        payload: str | RejectedEvent,
+        seen: ReplayIndex,
+        vehicles: VehicleStore,
+    ) -> None:
         env, rec = ev.env, ev.record
         event_id = env["event_id"]
         origin = origin_key(rec.topic, rec.partition, rec.offset)
-        before = self.seen.origin_of(event_id)
+        before = seen.origin_of(event_id)
         if before is not None:
             if before == origin:
                 result.redelivered += 1  # the same record read again after a restart: already in the sinks
@@ -383,10 +395,10 @@ class EventProcessor:
         if isinstance(payload, RejectedEvent):
             result.dead.append(DeadLetter(rec, payload.reason, payload.detail, event_id))
             return
-        self.seen.add(event_id, origin, now_ms)
-        state = self.vehicles.get(env["vehicle"])
+        seen.add(event_id, origin, now_ms)
+        state = vehicles.get(env["vehicle"])
         state, flags = self._rules.fraud(state, env, ev.event_ms, ev.verified)
-        self.vehicles.put(env["vehicle"], state)
+        vehicles.put(env["vehicle"], state)
         assert ev.source is not None
         quality = self._rules.quality(
             env, ev.source, ev.verified, flags, ev.event_ms, ev.ingestion_ms, now_ms
@@ -421,6 +433,19 @@ class EventProcessor:
             self.vehicles.put(r["vehicle"], state)
         return len(ordered)
 
+    def slots(self, rows: Iterable[Mapping[str, Any]]) -> dict[str, VehicleSlot]:
+        """Per vehicle, the keyed state a restart gives it: the fraud state and replay index
+        :meth:`restore` rebuilt from ``rows`` (``speed.state: keyed``)."""
+        window_ms = self._config.dedupe_window_s * 1000
+        out: dict[str, VehicleSlot] = {}
+        for r in rows:
+            vehicle = r["vehicle"]
+            slot = out.get(vehicle)
+            if slot is None:
+                slot = out[vehicle] = VehicleSlot(window_ms, self.vehicles.get(vehicle))
+            slot.add(r["event_id"], origin_key(r["topic"], r["partition"], r["offset"]))
+        return out
+
     def pending_floor(self) -> dict[tuple[str, int], int]:
         """Per partition, the lowest offset still waiting (the sinks must not commit past it)."""
         floor: dict[tuple[str, int], int] = {}
@@ -438,6 +463,31 @@ class EventProcessor:
     def held(self) -> int:
         """Decided events in the ordering buffer, waiting for the watermark."""
         return len(self._held)
+
+
+def release(held: list[_Checked], limit_ms: int | None) -> tuple[list[_Checked], list[_Checked]]:
+    """The ordering buffer's rule: the held events to apply now, and those that keep waiting.
+
+    An event whose Kafka timestamp is at most ``limit_ms`` (the watermark less ``order_hold_ms``)
+    is released, and with it every held event of its vehicle that sorts before the vehicle's
+    last released one.  ``None``: everything is released (the end of a run, the plain loop).
+    """
+    if limit_ms is None:
+        return held, []
+    top: dict[str, tuple[Any, ...]] = {}  # per vehicle, the last released sort key
+    for ev in held:
+        if ev.record.timestamp_ms <= limit_ms:
+            key, vehicle = _order(ev), ev.env["vehicle"]
+            if vehicle not in top or key > top[vehicle]:
+                top[vehicle] = key
+    if not top:
+        return [], held
+    out: list[_Checked] = []
+    keep: list[_Checked] = []
+    for ev in held:
+        last = top.get(ev.env["vehicle"])
+        (out if last is not None and _order(ev) <= last else keep).append(ev)
+    return out, keep
 
 
 def _order(ev: _Checked) -> tuple[Any, ...]:

@@ -155,15 +155,21 @@ def test_bad_input_is_dead_lettered_with_its_reason_and_honest_events_pass(
 
 
 @pytest.mark.parametrize(
-    ("master_flush_rows", "restart_on"),
-    [(None, "FnApiRunner"), (1_500, "FnApiRunner"), (1_500, "PrismRunner")],
-    ids=["master-behind-the-view", "master-written-mid-stream", "restarted-on-prism"],
+    ("master_flush_rows", "restart_on", "state"),
+    [
+        (None, "FnApiRunner", "worker"),
+        (1_500, "FnApiRunner", "worker"),
+        (1_500, "PrismRunner", "worker"),
+        (1_500, "FnApiRunner", "keyed"),
+    ],
+    ids=["master-behind-the-view", "master-written-mid-stream", "restarted-on-prism", "keyed-state"],
 )
 def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(
-    kafka_broker, tmp_path: Path, master_flush_rows: int | None, restart_on: str
+    kafka_broker, tmp_path: Path, master_flush_rows: int | None, restart_on: str, state: str
 ) -> None:
     """``kill -9`` mid-stream, then a restart (on the same runner, or on another: the job's state
-    is in its sinks' directory and the committed offsets, not in the runner)."""
+    is in its sinks' directory and the committed offsets, not in the runner; with keyed state, the
+    sinks commit no offset past an event still in the shuffle or held by its vehicle's key)."""
     bootstrap = kafka_broker.bootstrap
     prefix = _topics(bootstrap)
     roots = InMemoryRoots()
@@ -194,6 +200,7 @@ def test_kill_9_mid_stream_then_restart_keeps_every_event_exactly_once(
     env = _env(bootstrap, prefix, data)
     if master_flush_rows is not None:  # master files written (and being written) when the crash comes
         env["PCC__SPEED__MASTER_FLUSH_ROWS"] = str(master_flush_rows)
+    env["PCC__SPEED__STATE"] = state
     first = _speed(env, roots_file)  # runs forever: we crash it
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:

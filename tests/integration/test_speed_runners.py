@@ -100,7 +100,9 @@ def published(kafka_broker: Any) -> tuple[str, InMemoryRoots, list[dict[str, Any
     return prefix, roots, events
 
 
-def _run(kafka_broker: Any, published: Any, tmp_path: Path, runner: str, *args: str) -> dict[str, Any]:
+def _run(
+    kafka_broker: Any, published: Any, tmp_path: Path, runner: str, *args: str, state: str = "worker"
+) -> dict[str, Any]:
     prefix, roots, _ = published
     bootstrap = kafka_broker.bootstrap
     deadletter = f"{prefix}deadletter-{runner.lower()}-{uuid.uuid4().hex[:6]}"
@@ -119,6 +121,7 @@ def _run(kafka_broker: Any, published: Any, tmp_path: Path, runner: str, *args: 
         order_hold_ms=HOLD_MS,
         runner=runner,
         pipeline_args=tuple(args),
+        state=state,
     )
     SpeedRun(config, FixedRoots(roots)).run()
     return {
@@ -225,4 +228,14 @@ def test_two_fnapi_workers_give_the_same_answer(
         "--direct_num_workers=2",
         "--direct_running_mode=multi_threading",
     )
+    assert differences(got, reference) == []
+
+
+@pytest.mark.parametrize("runner", ["FnApiRunner", "PrismRunner"])
+def test_vehicle_state_in_beam_keyed_state_gives_the_same_answer(
+    kafka_broker: Any, published: Any, reference: dict[str, Any], tmp_path: Path, runner: str
+) -> None:
+    """``speed.state: keyed``: a vehicle's events meet its state behind a shuffle, on either runner."""
+    args = (f"--prism_location={ensure_prism()}", "--environment_type=LOOPBACK") if runner == "PrismRunner" else ()
+    got = _run(kafka_broker, published, tmp_path, runner, *args, state="keyed")
     assert differences(got, reference) == []

@@ -10,8 +10,8 @@ import pytest
 from pydantic import ValidationError
 
 from pipelines.settings import Settings
-from speed import pipeline
-from speed.pipeline import settle_collector
+from speed import runtime
+from speed.runtime import settle_collector
 
 
 def _spy(calls: list[str], name: str, real: Callable[..., Any]) -> Callable[..., Any]:
@@ -29,7 +29,7 @@ def collector(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
     gc.set_threshold(700, 10, 10)
     calls: list[str] = []
     for name in ("collect", "freeze"):
-        monkeypatch.setattr(pipeline.gc, name, _spy(calls, name, getattr(gc, name)))
+        monkeypatch.setattr(runtime.gc, name, _spy(calls, name, getattr(gc, name)))
     yield calls
     gc.set_threshold(*saved)
 
