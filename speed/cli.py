@@ -6,7 +6,7 @@ import contextlib
 import signal
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -43,6 +43,13 @@ def run(
     metrics_port: Annotated[
         int | None, typer.Option("--metrics-port", help="Prometheus port on 127.0.0.1 (0: off).")
     ] = None,
+    state: Annotated[
+        Literal["worker", "keyed"] | None,
+        typer.Option(
+            "--state",
+            help="Where per-vehicle state lives: each worker's (default) or Beam keyed state, keyed by vehicle.",
+        ),
+    ] = None,
     roots_file: Annotated[
         Path | None,
         typer.Option(
@@ -69,6 +76,7 @@ def run(
         max_events=max_events,
         runner=runner,
         metrics_port=metrics_port,
+        state=state,
         pipeline_args=tuple(beam_option or ()),
     )
     speed_run = SpeedRun(config, _roots_factory(settings, roots_file))  # type: ignore[arg-type]

@@ -165,6 +165,8 @@ class ApplyKeyed(beam.DoFn):
             self._rt.processor.apply(out, now_ms, result, seen=state, vehicles=state)
             state.expire(now_ms)
         slot.write(state)
+        if out:  # work done downstream of the source is not idle time (--until-idle)
+            self._control.saw_records()
         if state.held:
             earliest = min(ev.record.timestamp_ms for ev in state.held)
             wake.set(Timestamp.of((earliest + (self._hold or 0)) / 1000))

@@ -25,6 +25,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.typehints import Tuple
 
 from speed.config import SpeedConfig
 from speed.errors import SpeedError
@@ -137,7 +138,8 @@ class SpeedRun:
             (
                 polls
                 | "VerifyAndKey" >> beam.ParDo(CheckAndKey(*args))
-                | "ScoreFlagPerVehicle" >> beam.ParDo(ApplyKeyed(*args))
+                | "ScoreFlagPerVehicle"
+                >> beam.ParDo(ApplyKeyed(*args)).with_input_types(Tuple[str, Any])  # a str key: deterministic
                 | "Sink" >> beam.ParDo(SinkOutcomes(*args))
             )
         else:

@@ -153,3 +153,14 @@ def test_a_key_takes_the_state_the_restart_rebuilt_on_its_first_event(tmp_path: 
     assert sorted((r["event_id"], r["flags"]) for r in keyed.rows) == sorted(
         (r["event_id"], r["flags"]) for r in whole.rows
     )
+
+
+def test_the_cli_takes_the_state_shape_and_refuses_an_unknown_one() -> None:
+    from typer.testing import CliRunner
+
+    from pipelines.cli.main import app
+
+    refused = CliRunner().invoke(app, ["speed", "run", "--state", "shared"])
+    assert refused.exit_code == 2
+    assert "--state" in refused.output and "'worker', 'keyed'" in refused.output
+    assert "--state" in CliRunner().invoke(app, ["speed", "run", "--help"]).output
