@@ -35,27 +35,18 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
-from speed.config import SpeedConfig
 from speed.metrics import METRICS
 from speed.process import BatchResult, release
-from speed.runtime import RootsFactory, Runtime, runtime_for
-from speed.source import KafkaRecord, control_for
+from speed.runtime import WorkerDoFn
+from speed.source import KafkaRecord
 from speed.state import VehicleSlot
 
 #: runners whose SDK worker runs in this process and whose watermark does not follow the source
 LOCAL_RUNNERS = frozenset({"FnApiRunner", "PrismRunner"})
 
 
-class CheckAndKey(beam.DoFn):
+class CheckAndKey(WorkerDoFn):
     """Per poll: the checks that need no vehicle state, then each vehicle's decided events."""
-
-    def __init__(self, config: SpeedConfig, roots_factory: RootsFactory, run_id: str) -> None:
-        self._config = config
-        self._roots_factory = roots_factory
-        self._run_id = run_id
-
-    def setup(self) -> None:
-        self._rt = runtime_for(self._run_id, self._config, self._roots_factory)
 
     def process(self, batch: list[KafkaRecord]) -> Iterator[Any]:
         METRICS.started_batch()
@@ -91,20 +82,14 @@ def _timestamp(events: list[Any]) -> Timestamp:
     return Timestamp.of(min(ev.record.timestamp_ms for ev in events) / 1000)
 
 
-class ApplyKeyed(beam.DoFn):
+class ApplyKeyed(WorkerDoFn):
     """One vehicle's events against its keyed state, in the rules' order once the watermark allows."""
 
     SLOT = ReadModifyWriteStateSpec("vehicle", PickleCoder())
     WAKE = TimerSpec("release", TimeDomain.WATERMARK)
 
-    def __init__(self, config: SpeedConfig, roots_factory: RootsFactory, run_id: str) -> None:
-        self._config = config
-        self._roots_factory = roots_factory
-        self._run_id = run_id
-
     def setup(self) -> None:
-        self._rt: Runtime = runtime_for(self._run_id, self._config, self._roots_factory)
-        self._control = control_for(self._run_id)
+        super().setup()
         self._local = self._config.runner in LOCAL_RUNNERS
         self._hold = self._config.order_hold_ms
 
@@ -173,17 +158,8 @@ class ApplyKeyed(beam.DoFn):
         return ([ev.record for ev in out], result) if out else None
 
 
-class SinkOutcomes(beam.DoFn):
+class SinkOutcomes(WorkerDoFn):
     """Per worker: what the keys decided into the sinks; the sinks flushed on their interval."""
-
-    def __init__(self, config: SpeedConfig, roots_factory: RootsFactory, run_id: str) -> None:
-        self._config = config
-        self._roots_factory = roots_factory
-        self._run_id = run_id
-
-    def setup(self) -> None:
-        self._rt = runtime_for(self._run_id, self._config, self._roots_factory)
-        self._control = control_for(self._run_id)
 
     def process(self, element: tuple[list[KafkaRecord], BatchResult]) -> Iterator[Any]:
         records, result = element

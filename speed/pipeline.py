@@ -31,7 +31,7 @@ from speed.config import SpeedConfig
 from speed.errors import SpeedError
 from speed.keyed import ApplyKeyed, CheckAndKey, SinkOutcomes
 from speed.metrics import METRICS
-from speed.runtime import RootsFactory, Runtime, build_runtime, register, runtime_for, unregister
+from speed.runtime import RootsFactory, Runtime, WorkerDoFn, build_runtime, register, unregister
 from speed.sinks import Offsets, recover
 from speed.source import (
     ConsumerOptions,
@@ -39,7 +39,6 @@ from speed.source import (
     PartitionStart,
     ReadKafkaPartitions,
     RunControl,
-    control_for,
     register_control,
 )
 
@@ -62,17 +61,8 @@ def partition_starts(config: SpeedConfig, durable: Offsets) -> list[PartitionSta
         consumer.close()
 
 
-class ProcessAndSink(beam.DoFn):
+class ProcessAndSink(WorkerDoFn):
     """Runs the per-event logic on each polled batch and flushes the sinks on time."""
-
-    def __init__(self, config: SpeedConfig, roots_factory: RootsFactory, run_id: str) -> None:
-        self._config = config
-        self._roots_factory = roots_factory
-        self._run_id = run_id
-
-    def setup(self) -> None:
-        self._rt = runtime_for(self._run_id, self._config, self._roots_factory)
-        self._control = control_for(self._run_id)
 
     def process(self, batch: list[KafkaRecord]) -> Any:
         METRICS.started_batch()

@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import apache_beam as beam
+
 from speed.alerts import AlertPublisher
 from speed.config import SpeedConfig
 from speed.errors import LedgerUnavailable
@@ -20,7 +22,7 @@ from speed.metrics import METRICS
 from speed.process import BatchResult, EventProcessor
 from speed.roots import RootSource
 from speed.sinks import DeadLetterProducer, OffsetCommitter, Offsets, SinkWriter, read_master, recover
-from speed.source import KafkaRecord
+from speed.source import KafkaRecord, RunControl, control_for
 from speed.state import InFlight, VehicleSlot
 
 RootsFactory = Callable[[], RootSource]
@@ -122,6 +124,19 @@ def register(run_id: str, runtime: Runtime) -> None:
 
 def unregister(run_id: str) -> Runtime | None:
     return _RUNTIMES.pop(run_id, None)
+
+
+class WorkerDoFn(beam.DoFn):
+    """A DoFn of the run ``run_id`` that uses its worker's :class:`Runtime` and the run's stop conditions."""
+
+    def __init__(self, config: SpeedConfig, roots_factory: RootsFactory, run_id: str) -> None:
+        self._config = config
+        self._roots_factory = roots_factory
+        self._run_id = run_id
+
+    def setup(self) -> None:
+        self._rt: Runtime = runtime_for(self._run_id, self._config, self._roots_factory)
+        self._control: RunControl = control_for(self._run_id)
 
 
 def settle_collector(threshold: int | None) -> None:

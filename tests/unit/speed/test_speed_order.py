@@ -83,13 +83,19 @@ def _run(
     return rows
 
 
-def test_held_events_give_the_same_flags_whatever_the_polling_order(tmp_path: Path) -> None:
-    # a hold longer than the whole produce span: the answer is the one of applying all at once
-    roots, parts = _records(5)
+def flags_applied_at_once(tmp_path: Path, roots: InMemoryRoots, parts: list[list[KafkaRecord]]) -> dict[str, list[str]]:
+    """Each event's flags when every record is applied at once, in the rules' order (the reference)."""
     now = int(time.time() * 1000)
     once = EventProcessor(_config(tmp_path), roots).process_batch([r for p in parts for r in p], now)
     want = {r["event_id"]: r["flags"] for r in once.rows}
     assert any(want.values())  # the rollback is flagged
+    return want
+
+
+def test_held_events_give_the_same_flags_whatever_the_polling_order(tmp_path: Path) -> None:
+    # a hold longer than the whole produce span: the answer is the one of applying all at once
+    roots, parts = _records(5)
+    want = flags_applied_at_once(tmp_path, roots, parts)
     for order_seed in range(4):
         assert _run(tmp_path, roots, parts, order_seed, hold_ms=1_000) == want
 
