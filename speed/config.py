@@ -12,6 +12,10 @@ from pipelines.settings import Settings, SpeedSettings
 from pipelines.topics import deadletter_topic, event_topics
 from speed.errors import SpeedError
 
+#: runners whose SDK worker runs in this process: nothing of an event leaves the machine before it is
+#: sealed, and their watermark does not follow the source (speed.keyed)
+LOCAL_RUNNERS = frozenset({"FnApiRunner", "PrismRunner"})
+
 
 class SpeedConfig(SpeedSettings):
     """Everything a speed run needs: the ``speed`` settings and what is derived from the rest.
@@ -55,6 +59,14 @@ class SpeedConfig(SpeedSettings):
             raise SpeedError(f"speed.order_hold_ms must be >= 0, got {self.order_hold_ms}")
         if self.max_events is not None and self.max_events <= 0:
             raise SpeedError(f"--max-events must be positive, got {self.max_events}")
+        if self.state == "keyed" and self.runner not in LOCAL_RUNNERS and self.v1_cutover is None:
+            # a version-1 event carries protected fields in clear until it is applied and sealed; with
+            # keyed state it crosses the runner's shuffle and waits in its state backend (disk, checkpoints)
+            raise SpeedError(
+                f"speed.state keyed on {self.runner} moves events through the runner's shuffle and state "
+                "backend before they are sealed: set speed.v1_cutover so that version-1 events (protected "
+                "fields in clear) are refused, or keep speed.state worker"
+            )
         return self
 
     @property

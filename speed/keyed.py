@@ -35,14 +35,12 @@ from apache_beam.transforms.window import GlobalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 from apache_beam.utils.windowed_value import WindowedValue
 
+from speed.config import LOCAL_RUNNERS
 from speed.metrics import METRICS
 from speed.process import BatchResult, release
 from speed.runtime import WorkerDoFn
 from speed.source import KafkaRecord
 from speed.state import VehicleSlot
-
-#: runners whose SDK worker runs in this process and whose watermark does not follow the source
-LOCAL_RUNNERS = frozenset({"FnApiRunner", "PrismRunner"})
 
 
 class CheckAndKey(WorkerDoFn):

@@ -160,3 +160,15 @@ def test_the_cli_takes_the_state_shape_and_refuses_an_unknown_one() -> None:
     assert refused.exit_code == 2
     assert "--state" in refused.output and "'worker', 'keyed'" in refused.output
     assert "--state" in CliRunner().invoke(app, ["speed", "run", "--help"]).output
+
+
+def test_keyed_state_on_a_distributed_runner_needs_version_1_retired(tmp_path: Path) -> None:
+    """A version-1 event carries protected fields in clear until applied: with keyed state on Flink or
+    Dataflow it would cross the shuffle and the state backend, so the configuration is refused."""
+    from speed.errors import SpeedError
+
+    with pytest.raises(SpeedError, match=r"speed\.v1_cutover"):
+        _config(tmp_path, state="keyed", runner="FlinkRunner")
+    assert _config(tmp_path, state="keyed", runner="FlinkRunner", v1_cutover="2026-01-01T00:00:00Z").state == "keyed"
+    assert _config(tmp_path, state="keyed", runner="PrismRunner").state == "keyed"  # in this process
+    assert _config(tmp_path, state="worker", runner="FlinkRunner").state == "worker"
