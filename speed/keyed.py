@@ -76,6 +76,9 @@ class CheckAndKey(WorkerDoFn):
         return by_vehicle
 
 
+_NOTHING = -(2**63)  # a release limit below every Kafka timestamp
+
+
 def _timestamp(events: list[Any]) -> Timestamp:
     return Timestamp.of(min(ev.record.timestamp_ms for ev in events) / 1000)
 
@@ -126,30 +129,26 @@ class ApplyKeyed(WorkerDoFn):
         """The latest Kafka timestamp that may be released now; None: everything."""
         if self._hold is None or self._control.stopped.is_set():
             return None
-        limits = []
-        if fired_ms is not None and not self._local:  # the runner's watermark has reached the timer
-            limits.append(fired_ms - self._hold)
-        if self._local:
-            assert self._rt.in_flight is not None
-            watermark = self._control.watermark_ms()
-            transit = self._rt.in_flight.earliest_in_transit()
-            if transit is not None:
-                watermark = min(watermark, transit - 1)
-            limits.append(watermark - self._hold)
-        return max(limits)
+        if not self._local:  # the runner's watermark: proved only by a timer firing
+            return _NOTHING if fired_ms is None else fired_ms - self._hold
+        assert self._rt.in_flight is not None
+        watermark = self._control.watermark_ms()
+        transit = self._rt.in_flight.earliest_in_transit()
+        if transit is not None:
+            watermark = min(watermark, transit - 1)
+        return watermark - self._hold
 
     def _release(
         self, state: VehicleSlot, slot: Any, wake: Any, fired_ms: int | None
     ) -> tuple[list[KafkaRecord], BatchResult] | None:
         out, state.held = release(state.held, self._limit(fired_ms))
         result = BatchResult()
-        now_ms = int(time.time() * 1000)
         if out:
+            now_ms = int(time.time() * 1000)
             self._rt.processor.apply(out, now_ms, result, seen=state, vehicles=state)
             state.expire(now_ms)
+            self._control.saw_records()  # work done downstream of the source is not idle time (--until-idle)
         slot.write(state)
-        if out:  # work done downstream of the source is not idle time (--until-idle)
-            self._control.saw_records()
         if state.held:
             earliest = min(ev.record.timestamp_ms for ev in state.held)
             wake.set(Timestamp.of((earliest + (self._hold or 0)) / 1000))

@@ -23,7 +23,7 @@ from speed.process import BatchResult, EventProcessor
 from speed.roots import RootSource
 from speed.sinks import DeadLetterProducer, OffsetCommitter, Offsets, SinkWriter, read_master, recover
 from speed.source import KafkaRecord, RunControl, control_for
-from speed.state import InFlight, VehicleSlot
+from speed.state import InFlight, SeenEvents, VehicleSlot
 
 RootsFactory = Callable[[], RootSource]
 
@@ -106,6 +106,7 @@ def build_runtime(config: SpeedConfig, roots: RootSource) -> Runtime:
     if config.state == "keyed":
         runtime.in_flight = InFlight()
         runtime.slots = processor.slots(rows)
+        processor.seen = SeenEvents(config.dedupe_window_s)  # the keys hold the replay index now
     settle_collector(config.gc_threshold)
     return runtime
 

@@ -172,3 +172,34 @@ def test_keyed_state_on_a_distributed_runner_needs_version_1_retired(tmp_path: P
     assert _config(tmp_path, state="keyed", runner="FlinkRunner", v1_cutover="2026-01-01T00:00:00Z").state == "keyed"
     assert _config(tmp_path, state="keyed", runner="PrismRunner").state == "keyed"  # in this process
     assert _config(tmp_path, state="worker", runner="FlinkRunner").state == "worker"
+
+
+def test_on_a_distributed_runner_only_the_runners_watermark_releases(tmp_path: Path) -> None:
+    """Flink or Dataflow: an event waits in its key until the runner's watermark reaches its timer."""
+    roots, parts = _records(3)
+    run_id = "keyed-test-remote"
+    config = _config(
+        tmp_path, order_hold_ms=1_000, state="keyed", runner="FlinkRunner", v1_cutover="2099-01-01T00:00:00Z"
+    )
+    runtime = Runtime(EventProcessor(config, roots), sinks=None, in_flight=InFlight())  # type: ignore[arg-type]
+    register(run_id, runtime)
+    register_control(run_id, RunControl())
+    try:
+        fn = ApplyKeyed(config, lambda: roots, run_id)
+        fn.setup()
+        ready, _ = runtime.processor.check_batch(parts[0], int(time.time() * 1000))
+        vehicle = ready[0].env["vehicle"]
+        mine = [ev for ev in ready if ev.env["vehicle"] == vehicle]
+        state, timer = _State(), _Timer()
+        assert list(fn.process((vehicle, mine), slot=state, wake=timer)) == []  # nothing before the timer
+        assert timer.at is not None and len(state.read().held) == len(mine)
+        earliest = min(ev.record.timestamp_ms for ev in mine)
+        assert timer.at == Timestamp.of((earliest + 1_000) / 1000)
+        fired, timer.at = timer.at, None
+        out = list(fn.on_release(fired=fired, slot=state, wake=timer))
+        released = [r for records, _ in out for r in records]
+        # the event the timer was set for goes, with any of the vehicle's held events sorting before it
+        assert earliest in {r.timestamp_ms for r in released}
+        assert len(released) + len(state.read().held) == len(mine)
+    finally:
+        unregister(run_id)
