@@ -52,7 +52,7 @@ def _records(source_id: str, n: int) -> list[dict[str, Any]]:
 
 def sdk(settings: Any, n: int) -> float:
     from pipelines.producer import MemoryAnchor, Producer
-    from pipelines.producer.kafka import KafkaPublisher
+    from pipelines.producer.kafka import publisher_for
     from pipelines.vault import IdentityVault
 
     source = "garage-sdk-" + uuid.uuid4().hex[:6]
@@ -60,7 +60,7 @@ def sdk(settings: Any, n: int) -> float:
     vault = IdentityVault(settings)
     producer = Producer(
         settings, source_id=source, source_kind="garage", anchor=MemoryAnchor(),
-        publisher=KafkaPublisher(settings.kafka.bootstrap), vault=vault,
+        publisher=publisher_for(settings), vault=vault,
     )  # fmt: skip
     t0 = time.perf_counter()
     producer.submit_many(enumerate(records, start=1))
@@ -79,7 +79,7 @@ def bridge(settings: Any, n: int, batch: int = 1000) -> float:
 
     from infra.procs import free_ports
     from pipelines.producer import MemoryAnchor
-    from pipelines.producer.kafka import KafkaPublisher
+    from pipelines.producer.kafka import publisher_for
     from pipelines.vault import IdentityVault
     from serving.auth import RequestDomain, sign_request
     from serving.eip191 import Signer
@@ -99,7 +99,7 @@ def bridge(settings: Any, n: int, batch: int = 1000) -> float:
     sources = MemorySources({source: RegisteredSource(source, "garage", Signer(SOURCE_KEY).address)})
     ingest = IngestBridge(
         settings, config, sources=sources, anchor=MemoryAnchor(),
-        publisher=KafkaPublisher(settings.kafka.bootstrap, client_id="pcc-ingest"), vault=vault,
+        publisher=publisher_for(settings, client_id="pcc-ingest"), vault=vault,
     )  # fmt: skip
     domain = RequestDomain.local(host=config.request_host)
     auth = request_authenticator(config, domain)

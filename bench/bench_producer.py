@@ -2,8 +2,9 @@
 against a bare Kafka producer sending the very same bytes, in the same run, on the same broker.
 
 Starts its own broker and anvil node on free ports under a temporary directory, and stops them.
-Also reports the process's resident memory after N/2 and after N events (the log keeps
-its compact range, not every leaf, so it should stay flat).
+The SDK publishes with the default client (confluent-kafka); the same SDK with kafka-python and
+both bare clients are measured in the same run (docs/kafka.md). Also reports the process's
+resident memory after N events (the log keeps its compact range, not every leaf).
 
     python -m bench.bench_producer [--scale 1.0]     # 1.0 = 100k events
 """
@@ -17,6 +18,7 @@ import struct
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from bench.common import record
 from bench.stack import bench_settings, running_broker
@@ -80,20 +82,56 @@ def _rss_kib() -> int:
     return int(psutil.Process().memory_info().rss // 1024)
 
 
+def _bare(client: str, bootstrap: str, wire: list[tuple[bytes, bytes]]) -> float:
+    """events/s of a bare producer of ``client`` sending ``wire`` with the SDK's settings (all acknowledged)."""
+    from pipelines.producer.kafka import confluent_config, producer_config
+
+    started = time.perf_counter()
+    if client == "kafka-python":
+        from kafka import KafkaProducer
+
+        config = producer_config(bootstrap, "pcc-bench-bare", 30.0)
+        bare = KafkaProducer(**config)
+        futures = [bare.send("pcc.telemetry", key=k, value=v) for k, v in wire]
+        bare.flush()
+        for f in futures:
+            f.get(timeout=60)
+        elapsed = time.perf_counter() - started
+        bare.close()
+        return len(wire) / elapsed
+    from confluent_kafka import Producer as Librdkafka
+
+    errors: list[object] = []
+
+    def delivered(err: object, _msg: object) -> None:
+        if err is not None:
+            errors.append(err)
+
+    plain = Librdkafka(confluent_config(bootstrap, "pcc-bench-bare", 30.0))
+    for k, v in wire:
+        while True:
+            try:
+                plain.produce("pcc.telemetry", v, k, on_delivery=delivered)
+                break
+            except BufferError:
+                plain.poll(0.05)
+    if plain.flush(60) or errors:
+        raise RuntimeError(f"the bare confluent-kafka producer lost events: {errors[:3]}")
+    return len(wire) / (time.perf_counter() - started)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bench_producer")
     parser.add_argument("--scale", type=float, default=1.0)
     args = parser.parse_args(argv)
     n = max(2_000, int(100_000 * args.scale))
 
-    from kafka import KafkaProducer
-
     from infra.chain import node
     from infra.kafka import ensure_topics
     from infra.procs import free_ports
     from ledger.onboarding import deploy_consortium, register_source
-    from pipelines.producer import Producer, load_anchor
-    from pipelines.producer.kafka import KafkaPublisher
+    from pipelines.producer import MemoryAnchor, MemoryPublisher, Producer, load_anchor
+    from pipelines.producer.kafka import publisher_for
     from pipelines.vault import IdentityVault
 
     with tempfile.TemporaryDirectory(prefix="pcc-bench-producer-") as tmp, contextlib.ExitStack() as stack:
@@ -110,75 +148,86 @@ def main(argv: list[str] | None = None) -> int:
         stack.callback(node.stop, chain_state)
         ensure_topics(settings)
         deploy_consortium(settings)
-        register_source(settings, "cc-bench", "connected_car", 1)
         vault = IdentityVault(settings)
-        records = _records(n)
-        # the clear contract (version 1) first, on its own source: the reference for sealing's cost
-        register_source(settings, "cc-bench-clear", "connected_car", 1)
-        clear = settings.model_copy(
-            update={"producer": settings.producer.model_copy(update={"contract_version": 1})}
-        )
-        clear_publisher = KafkaPublisher(settings.kafka.bootstrap)
-        clear_producer = Producer(
-            clear, source_id="cc-bench-clear", source_kind="connected_car", anchor=load_anchor(settings),
-            publisher=clear_publisher, vault=vault,
-        )  # fmt: skip
-        started = time.perf_counter()
-        for raw in _records(n, source_id="cc-bench-clear"):
-            clear_producer.submit(raw)
-        clear_report = clear_producer.close()
-        clear_s = time.perf_counter() - started
 
-        publisher = _Capture(KafkaPublisher(settings.kafka.bootstrap), Path(tmp) / "wire.bin")
-        producer = Producer(
-            settings, source_id="cc-bench", source_kind="connected_car", anchor=load_anchor(settings),
-            publisher=publisher, vault=vault,
+        def variant(client: str, contract: int) -> Any:
+            kafka = settings.kafka.model_copy(update={"producer_client": client})
+            producer = settings.producer.model_copy(update={"contract_version": contract})
+            return settings.model_copy(update={"kafka": kafka, "producer": producer})
+
+        def run_sdk(source: str, client: str, contract: int, capture: Path | None = None) -> tuple[Any, float, Any]:
+            register_source(settings, source, "connected_car", 1)
+            chosen = variant(client, contract)
+            publisher: Any = publisher_for(chosen)
+            if capture is not None:
+                publisher = _Capture(publisher, capture)
+            producer = Producer(
+                chosen, source_id=source, source_kind="connected_car", anchor=load_anchor(chosen),
+                publisher=publisher, vault=vault,
+            )  # fmt: skip
+            records = _records(n, source_id=source)
+            gc.collect()
+            started = time.perf_counter()
+            for i, raw in enumerate(records):
+                producer.submit(raw)
+                if i == n // 2 and capture is not None:
+                    producer.flush()
+                    gc.collect()
+                    mem_half.append(_rss_kib())
+            report = producer.close()
+            return report, report.published / (time.perf_counter() - started), publisher
+
+        mem_half: list[int] = []
+        # not timed: the vault's first sight of the 5,000 vehicles and their data keys, so that every
+        # timed run below meets the steady state of a producer that has seen its fleet before
+        register_source(settings, "cc-bench-warm", "connected_car", 1)
+        warm = Producer(
+            settings, source_id="cc-bench-warm", source_kind="connected_car", anchor=MemoryAnchor(),
+            publisher=MemoryPublisher(), vault=vault,
         )  # fmt: skip
-        gc.collect()
-        started = time.perf_counter()
-        half = n // 2
-        for raw in records[:half]:
-            producer.submit(raw)
-        producer.flush()
-        gc.collect()
-        mem_half = _rss_kib()
-        for raw in records[half:]:
-            producer.submit(raw)
-        report = producer.close()
-        sdk_s = time.perf_counter() - started
+        for raw in _records(min(n, 5_000), source_id="cc-bench-warm"):
+            warm.submit(raw)
+        warm.close()
+        # the clear contract (version 1) on its own source: the reference for sealing's cost
+        _, clear_rate, _ = run_sdk("cc-bench-clear", "confluent-kafka", 1)
+        # the SDK on kafka-python: the reference for the choice of client
+        _, kp_rate, _ = run_sdk("cc-bench-kp", "kafka-python", 2)
+        report, sdk_rate, captured = run_sdk("cc-bench", "confluent-kafka", 2, Path(tmp) / "wire.bin")
         gc.collect()
         mem_full = _rss_kib()
+        wire = list(captured.values())
+        # references: bare producers sending the same bytes to the same broker with the SDK's settings
+        bare_ck = _bare("confluent-kafka", settings.kafka.bootstrap, wire)
+        bare_kp = _bare("kafka-python", settings.kafka.bootstrap, wire)
 
-        # reference: a bare producer sending the same bytes to the same broker
-        bare = KafkaProducer(
-            bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
-            linger_ms=5, batch_size=256 * 1024,
-        )  # fmt: skip
-        started = time.perf_counter()
-        futures = [bare.send("pcc.telemetry", key=k, value=v) for k, v in publisher.values()]
-        bare.flush()
-        for f in futures:
-            f.get(timeout=60)
-        bare_s = time.perf_counter() - started
-        bare.close()
-
-    sdk_rate = report.published / sdk_s
-    bare_rate = publisher.count / bare_s
     record(
         "producer_throughput",
         {
             "events": report.published,
             "events_per_s": round(sdk_rate),
+            "client": "confluent-kafka",
             "checkpoints": report.checkpoints,
             "gas_per_event": round(report.gas_used / max(1, report.published), 1),
-            "rss_after_half_kib": mem_half,
+            "rss_after_half_kib": mem_half[0],
             "rss_after_all_kib": mem_full,
-            "ratio_is": "SDK events/s over bare kafka-python events/s, same bytes, same broker (target >= 0.5)",
+            "ratio_is": "SDK events/s (contract v2, confluent-kafka) over a bare confluent-kafka producer's, "
+            "same bytes, same settings, same broker (target >= 0.7, and >= 20,000 events/s)",
         },
-        {"bare_events_per_s": round(bare_rate)},
-        sdk_rate / bare_rate,
+        {"bare_events_per_s": round(bare_ck)},
+        sdk_rate / bare_ck,
     )
-    clear_rate = clear_report.published / clear_s
+    record(
+        "producer.client",
+        {
+            "sdk_events_per_s": round(sdk_rate),
+            "bare_confluent_events_per_s": round(bare_ck),
+            "bare_kafka_python_events_per_s": round(bare_kp),
+            "ratio_is": "SDK events/s publishing with confluent-kafka over the same SDK with kafka-python, "
+            "same records, same run (the choice of kafka.producer_client)",
+        },
+        {"sdk_kafka_python_events_per_s": round(kp_rate)},
+        sdk_rate / kp_rate,
+    )
     record(
         "producer.sealing",
         {

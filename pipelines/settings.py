@@ -39,6 +39,9 @@ class KafkaSettings(_Section):
     retention_ms: int = 7 * 24 * 3600 * 1000
     heap: str = "512m"
     libs_dir: Path | None = None  # where the broker jars are cached; default home/libs
+    # the producers' client: librdkafka (confluent-kafka) or kafka-python, same guarantees and
+    # partitioning; docs/kafka.md, "The producer SDK against the bare client"
+    producer_client: Literal["confluent-kafka", "kafka-python"] = "confluent-kafka"
 
 
 class LedgerSettings(_Section):

@@ -78,9 +78,9 @@ def produce_file(
     if anchor is None:
         anchor = load_anchor(settings)
     if publisher is None:
-        from pipelines.producer.kafka import KafkaPublisher
+        from pipelines.producer.kafka import publisher_for
 
-        publisher = KafkaPublisher(settings.kafka.bootstrap)
+        publisher = publisher_for(settings)
     if vault is None:
         from pipelines.vault import IdentityVault
 

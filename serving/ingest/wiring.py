@@ -21,13 +21,11 @@ def bridge_from_settings(settings: Settings, config: IngestConfig, client: Any =
     """A bridge over the deployment of ``settings.ledger`` and the broker of ``settings.kafka``."""
     from ledger.client import LedgerClient
     from pipelines.producer import load_anchor
-    from pipelines.producer.kafka import KafkaPublisher
+    from pipelines.producer.kafka import publisher_for
     from pipelines.vault import IdentityVault
 
     client = client or LedgerClient.from_settings(settings)
-    publisher = KafkaPublisher(
-        settings.kafka.bootstrap, delivery_timeout_s=config.publish_timeout_s, client_id="pcc-ingest"
-    )
+    publisher = publisher_for(settings, delivery_timeout_s=config.publish_timeout_s, client_id="pcc-ingest")
     return IngestBridge(
         settings,
         config,

@@ -27,7 +27,7 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from infra.kafka.cluster import Cluster, NodeAddress
 from infra.kafka.topics import PartitionInfo, admin_client, describe_partitions, ensure_topics
 from pipelines.cli.main import main as pcc_main
-from pipelines.producer.kafka import KafkaPublisher
+from pipelines.producer.kafka import ConfluentPublisher, KafkaPublisher
 from pipelines.producer.protocols import OutgoingEvent
 from speed.config import SpeedConfig
 from speed.pipeline import SpeedRun
@@ -83,10 +83,11 @@ def test_topics_are_on_three_nodes_and_need_two_for_a_write(cluster: Cluster) ->
     assert all(configs[t]["min.insync.replicas"]["value"] == "2" for t in EVENT_TOPICS)
 
 
-def test_a_node_killed_mid_produce_loses_and_duplicates_nothing(cluster: Cluster) -> None:
+@pytest.mark.parametrize("kind", [ConfluentPublisher, KafkaPublisher], ids=["confluent-kafka", "kafka-python"])
+def test_a_node_killed_mid_produce_loses_and_duplicates_nothing(cluster: Cluster, kind: type) -> None:
     victim = 2
     run = uuid.uuid4().hex[:8]
-    publisher = KafkaPublisher(cluster.bootstrap, delivery_timeout_s=60.0, client_id=f"pcc-chaos-{run}")
+    publisher = kind(cluster.bootstrap, delivery_timeout_s=60.0, client_id=f"pcc-chaos-{run}")
     sent: list[str] = []
     failed: list[tuple[str, str]] = []
     sent_during_outage = 0

@@ -1,4 +1,5 @@
-"""KafkaPublisher's client settings hold for every delivery timeout, short ones included."""
+"""Both publishers' client settings hold for every delivery timeout, short ones included, and a missing
+broker is reported as such by either."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from hypothesis import strategies as st
 from kafka.errors import KafkaConfigurationError
 from kafka.producer.record_accumulator import RecordAccumulator
 
-from pipelines.producer.kafka import KafkaPublisher, producer_config
+from pipelines.producer.kafka import ConfluentPublisher, KafkaPublisher, confluent_config, producer_config
 from pipelines.producer.protocols import OutgoingEvent
 
 
@@ -25,19 +26,34 @@ def test_kafka_python_accepts_the_settings_of_any_delivery_timeout(timeout_s: fl
         assert config["delivery_timeout_ms"] == int(timeout_s * 1000)
 
 
-def test_a_short_timeout_reports_the_missing_broker_not_a_configuration_error():
+@pytest.mark.parametrize("timeout_s", [0.001, 0.5, 3, 9.99, 10, 10.005, 30, 120])
+def test_librdkafka_accepts_the_settings_of_any_delivery_timeout(timeout_s: float):
+    from confluent_kafka import Producer
+
+    config = confluent_config("127.0.0.1:9092", "pcc-producer", timeout_s)
+    Producer(config)  # librdkafka checks its configuration here (no connection yet)
+    assert config["request.timeout.ms"] <= min(config["message.timeout.ms"], 10_000)
+    assert config["enable.idempotence"] is True and config["acks"] == "all"
+    assert config["partitioner"] == "murmur2_random"  # the Java client's partition for a key
+    if timeout_s >= 1:
+        assert config["message.timeout.ms"] == int(timeout_s * 1000)
+
+
+@pytest.mark.parametrize("kind", [KafkaPublisher, ConfluentPublisher])
+def test_a_short_timeout_reports_the_missing_broker_not_a_configuration_error(kind):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    publisher = KafkaPublisher(f"127.0.0.1:{port}", delivery_timeout_s=1)
-    event = OutgoingEvent(topic="pcc.garage", key=b"k", value=b"{}", event_id="e-1", log_index=0)
-    failed = publisher.publish([event])
+    publisher = kind(f"127.0.0.1:{port}", delivery_timeout_s=1)
+    events = [
+        OutgoingEvent(topic="pcc.garage", key=b"k", value=b"{}", event_id=f"e-{i}", log_index=i) for i in range(3)
+    ]
+    failed = publisher.publish(events)
     publisher.close()
-    assert [e for e, _ in failed] == [event]
+    assert sorted(e.event_id for e, _ in failed) == ["e-0", "e-1", "e-2"]
     reason = failed[0][1]
-    assert not isinstance(reason, KafkaConfigurationError) and not isinstance(
-        reason.__cause__, KafkaConfigurationError
-    )
+    assert isinstance(reason, ConnectionError) and f"127.0.0.1:{port}" in str(reason)
+    assert not isinstance(reason.__cause__, KafkaConfigurationError)
     assert "Must set delivery_timeout_ms" not in str(reason)
 
 
