@@ -8,10 +8,12 @@ from the master dataset's Parquet footers).
 Every expectation of a suite is an aggregate: a row count, a count of null,
 out-of-range, out-of-set, non-matching or repeated values, a column sum.  The
 audit turns a view's whole suite into one ``agg`` over the view's files (one
-Spark scan of the suite's columns, nothing collected but one row), and each
-distinct count (unique keys, vehicles) its own ``agg`` over its narrow columns, then hands
-the results to GX as validation results: GX keeps the suite format and renders
-the data docs under ``<batch_dir>/audits/<version>/``.
+Spark scan of the suite's columns, nothing collected but one row).  Repeated
+values (unique keys) and distinct vehicles are counted file by file where the
+files hold whole vehicles (:mod:`batch.filekeys`: no shuffle), else each by an
+exact distinct count of its own.  The results go to GX as validation results:
+GX keeps the suite format and renders the data docs under
+``<batch_dir>/audits/<version>/``.
 
 What is scanned (``files``): the files this run wrote.  A file carried over
 from the previous version (a hard link) was audited when it was written, so
@@ -38,7 +40,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.config import VIEWS
+from batch.filekeys import file_key_pass, merge
 from batch.session import require_gx
+from batch.views.bucket_views import PER_VEHICLE_VIEWS
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, SparkSession
@@ -181,6 +185,12 @@ def _aggregates(doc: dict[str, Any], parameters: dict[str, int]) -> tuple[list[_
     return checks, exprs
 
 
+def _key(check: _Check) -> tuple[str, ...]:
+    """The column(s) a uniqueness check is about."""
+    kw = check.kwargs
+    return (kw["column"],) if check.kind == "expect_column_values_to_be_unique" else tuple(kw["column_list"])
+
+
 def _footer_rows(files: Sequence[Path]) -> int:
     import pyarrow.parquet as pq
 
@@ -236,18 +246,59 @@ def _describe(view: str, check: _Check, result: dict[str, Any]) -> str:
     return f"{view}: {check.kind}{col} {bounds} ({', '.join(detail) or 'failed'})"
 
 
+def _scan(
+    spark: SparkSession,
+    view: str,
+    scanned: Sequence[Path],
+    columns: list[str],
+    exprs: list[Column],
+    checks: list[_Check],
+    distinct: Column | None,
+    *,
+    vehicle_files: bool,
+) -> dict[str, Any]:
+    """The suite's aggregates over the scanned files, its repeated keys and (``distinct``) vehicles."""
+    if not scanned:
+        return {"_rows": 0}
+    spark.sparkContext.setJobDescription(f"pcc batch audit: {view} ({len(scanned)} files)")
+    frame = spark.read.parquet(*[str(f) for f in scanned]).select(*dict.fromkeys(columns))
+    row: dict[str, Any] = frame.agg(*exprs).collect()[0].asDict()
+    unique = [c for c in checks if c.distinct is not None]
+    if vehicle_files and view in PER_VEHICLE_VIEWS:
+        keys = [_key(c) for c in unique]
+        spark.sparkContext.setJobDescription(f"pcc batch audit: {view} keys, file by file")
+        vouched = merge(file_key_pass(spark, [str(f) for f in scanned], keys), keys)
+        row.update({str(c.unexpected): vouched.repeats[_key(c)] for c in unique})
+        if distinct is not None and vouched.vehicles is not None:
+            row["_vehicles"], distinct = vouched.vehicles, None
+    # what the files cannot vouch for is counted exactly, each count alone: a distinct count beside
+    # the other aggregates makes Spark expand every row once per distinct key (63 s against 3.5 s
+    # for a count over 282k history rows)
+    for check in unique:
+        if row.get(check.unexpected or "") is None and check.distinct is not None:
+            row.update(frame.agg(check.distinct).collect()[0].asDict())
+    if distinct is not None:
+        row.update(frame.agg(distinct).collect()[0].asDict())
+    return row
+
+
 def audit_views(
     paths: dict[str, Path],
     parameters: dict[str, int],
     project_dir: Path,
     spark: SparkSession,
     files: dict[str, list[Path]] | None = None,
+    *,
+    vehicle_files: bool = False,
 ) -> AuditResult:
     """Validate each written view with its stored suite; build the data docs; say what failed.
 
     ``files[view]`` lists the files to check row by row (those this run
     wrote); without it, every file of the view.  The reconciliations always
-    cover the whole view.  ``parameters`` may leave out ``vehicles``: it is
+    cover the whole view.  ``vehicle_files``: each file of the per-vehicle
+    views holds whole vehicles (the bucketed layout), so their uniqueness
+    checks run file by file (:mod:`batch.filekeys`), exactly where the files
+    cannot vouch for the answer.  ``parameters`` may leave out ``vehicles``: it is
     then the distinct vehicles of the scanned ``vehicle_history`` files plus
     ``vehicles_carried``.
     """
@@ -288,17 +339,7 @@ def audit_views(
         for exp in doc["expectations"]:
             if (exp.get("meta") or {}).get("tolerated_reason"):
                 columns.append(exp["meta"]["tolerated_reason"])
-        if scanned:
-            spark.sparkContext.setJobDescription(f"pcc batch audit: {view} ({len(scanned)} files)")
-            frame = spark.read.parquet(*[str(f) for f in scanned]).select(*dict.fromkeys(columns))
-            row = frame.agg(*exprs).collect()[0].asDict()
-            # a distinct count beside the other aggregates makes Spark expand every row once per
-            # distinct key (63 s against 3.5 s for a count over 282k history rows): each runs alone
-            for alone in [c.distinct for c in checks if c.distinct is not None] + [distinct]:
-                if alone is not None:
-                    row.update(frame.agg(alone).collect()[0].asDict())
-        else:
-            row = {"_rows": 0}
+        row = _scan(spark, view, scanned, columns, exprs, checks, distinct, vehicle_files=vehicle_files)
         if distinct is not None:
             carried_vehicles = int(params.get("vehicles_carried", 0)) if files is not None else 0
             params["vehicles"] = int(row.get("_vehicles") or 0) + carried_vehicles

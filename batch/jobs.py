@@ -272,7 +272,9 @@ def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
                 scan, paths, plan.carried if plan is not None else None, reused.set_aside_rows
             )
             written = _written(out, plan) if plan is not None else None
-            audit = audit_views(paths, params, config.batch_dir / "audits" / version, spark, written)
+            audit = audit_views(
+                paths, params, config.batch_dir / "audits" / version, spark, written, vehicle_files=plan is not None
+            )
             if len(scan.quarantined) > config.max_quarantined_files:
                 audit.success = False
                 audit.failures.insert(

@@ -305,3 +305,60 @@ def test_a_producer_reusing_another_cars_event_id_cannot_stop_the_batch_layer_fr
         replays = int(view(config, "fraud_scores")["duplicates"].sum())  # the fleet holds one replay
         assert replays == 1 and history.shape[0] == len(rows) - 1 - replays
     assert_same_views(*configs)
+
+
+def test_the_audit_counts_keys_file_by_file_and_exactly_what_the_files_cannot_vouch_for(
+    spark: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    import shutil
+
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    import batch.audit as audit
+    from batch.config import VIEWS
+
+    table = pa.Table.from_pylist(fleet.fleet_rows(), schema=MASTER_SCHEMA)
+    for tmp, final in write_master_files(table, tmp_path / "master", "flush-1", {}):
+        os.replace(tmp, final)
+    config = BatchConfig(
+        master_dataset=tmp_path / "master", batch_dir=tmp_path / "b", spark_master="local[2]"
+    )
+    record = run_batch(config, spark=spark)
+    version_dir = config.version_dir(record.version)
+    params = json.loads((version_dir / "_audit.json").read_text())["parameters"]
+    merged: list[Any] = []
+    real = audit.merge
+    monkeypatch.setattr(audit, "merge", lambda parts, keys: merged.append(real(parts, keys)) or merged[-1])
+    paths = {v: version_dir / v for v in VIEWS}
+    good = audit.audit_views(paths, params, tmp_path / "good", spark, vehicle_files=True)
+    assert good.success and len(merged) == 3  # history, timeline, scores: each vouched for by its files
+    assert all(None not in m.repeats.values() for m in merged)
+
+    # one history row copied into another bucket's file, under a vehicle of that file: no file holds
+    # a repeat, and the vehicle ranges stay disjoint; only the event ids across files tell
+    history = tmp_path / "tampered" / "vehicle_history"
+    shutil.copytree(version_dir / "vehicle_history", history)
+    first, second = sorted(history.glob("*.parquet"))[:2]
+    source, target = pq.read_table(first), pq.read_table(second)
+    copy = source.slice(0, 1)
+    copy = copy.set_column(copy.schema.get_field_index("vehicle"), "vehicle", target["vehicle"].slice(0, 1))
+    seq = pc.max(target["seq"]).as_py() + 1
+    copy = copy.set_column(
+        copy.schema.get_field_index("seq"), "seq", pa.array([seq], copy.schema.field("seq").type)
+    )
+    pq.write_table(
+        pa.concat_tables([target, copy.cast(target.schema)]).sort_by(
+            [("vehicle", "ascending"), ("seq", "ascending")]
+        ),
+        second,
+    )
+    merged.clear()
+    bad = audit.audit_views(
+        {**paths, "vehicle_history": history}, params, tmp_path / "bad", spark, vehicle_files=True
+    )
+    assert merged[0].repeats[("event_id",)] is None  # equal digests in two files: counted exactly
+    assert any(
+        f.startswith("vehicle_history: expect_column_values_to_be_unique event_id") for f in bad.failures
+    )
+    assert not bad.success
