@@ -21,7 +21,7 @@ replaces: null values (and compound keys with a null part) are left out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import TYPE_CHECKING, Any
@@ -165,24 +165,16 @@ def merge(parts: Iterable[FileKeys], keys: Sequence[Key]) -> Merged:
 def file_key_pass(spark: SparkSession, files: Sequence[str], keys: Sequence[Key]) -> list[FileKeys]:
     """:func:`file_keys` of every file, a few Spark tasks per core reading the key columns; nothing is
     shuffled and one row per file comes back."""
-    from batch.views.buckets import groups
+    from batch.views.buckets import collect_over_groups
 
     if not files:
         return []
-    names = list(files)
-    n = groups(spark, len(names))
     wanted = [tuple(k) for k in keys]
 
-    def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for g in batch.column(0).to_pylist():
-                for name in names[g::n]:
-                    part = file_keys(name, wanted)
-                    yield pa.RecordBatch.from_pylist([part.__dict__], schema=_SCHEMA)
+    def _keys(name: str) -> pa.RecordBatch:
+        return pa.RecordBatch.from_pylist([file_keys(name, wanted).__dict__], schema=_SCHEMA)
 
-    numbers = spark.range(0, n, 1, numPartitions=n)
-    rows = numbers.mapInArrow(_apply, FILE_KEYS_DDL).collect()
-    return [_from_row(r.asDict()) for r in rows]
+    return [_from_row(r.asDict()) for r in collect_over_groups(spark, list(files), _keys, FILE_KEYS_DDL)]
 
 
 _SCHEMA = pa.schema(

@@ -12,8 +12,8 @@ into the next version by reference (:mod:`batch.incremental`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import pyarrow as pa
 
@@ -21,7 +21,9 @@ from batch.rules import RuleEngine, load_engine
 from batch.views.bucket_views import SUMMARY_SCHEMA, BucketTask, bucket_profile_sums, run_bucket_task
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import DataFrame, Row, SparkSession
+
+T = TypeVar("T")
 
 SUMMARY_DDL = "bucket int, rows_in bigint, vehicles_redone bigint, history_rows bigint, mileage_rows bigint, score_rows bigint"
 
@@ -73,34 +75,44 @@ def bucket_pass(
     return numbers.mapInArrow(make_bucket_runner(tasks, profile, n), SUMMARY_DDL)
 
 
-def profile_pass(
-    spark: SparkSession, bucket_files: dict[int, list[str]]
-) -> dict[int, tuple[list[float], list[float]]]:
-    """Each bucket's share of the fleet's seasonal profile (:func:`bucket_profile_sums`), a few Spark
-    tasks per core (:func:`groups`) reading four narrow columns; nothing is shuffled."""
-    if not bucket_files:
-        return {}
-    buckets = sorted(bucket_files)
-
-    n = groups(spark, len(buckets))
+def collect_over_groups(
+    spark: SparkSession, items: Sequence[T], task: Callable[[T], pa.RecordBatch], ddl: str
+) -> list[Row]:
+    """``task`` of every item in a few Spark tasks per core (:func:`groups`), each taking
+    ``items[g::n]``; nothing is shuffled, the rows (schema ``ddl``) come back to the driver."""
+    n = groups(spark, len(items))
 
     def _apply(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             for g in batch.column(0).to_pylist():
-                for bucket in buckets[g::n]:
-                    km, days = bucket_profile_sums(bucket_files[bucket])
-                    yield pa.RecordBatch.from_pydict(
-                        {
-                            "bucket": pa.array([bucket] * 12, pa.int32()),
-                            "part": pa.array(range(12), pa.int32()),
-                            "km": pa.array(km, pa.float64()),
-                            "days": pa.array(days, pa.float64()),
-                        }
-                    )
+                for item in items[g::n]:
+                    yield task(item)
 
-    numbers = spark.range(0, n, 1, numPartitions=n)
+    return spark.range(0, n, 1, numPartitions=n).mapInArrow(_apply, ddl).collect()
+
+
+def profile_pass(
+    spark: SparkSession, bucket_files: dict[int, list[str]]
+) -> dict[int, tuple[list[float], list[float]]]:
+    """Each bucket's share of the fleet's seasonal profile (:func:`bucket_profile_sums`), a few Spark
+    tasks per core reading four narrow columns; nothing is shuffled."""
+    if not bucket_files:
+        return {}
+    buckets = sorted(bucket_files)
+
+    def _sums(bucket: int) -> pa.RecordBatch:
+        km, days = bucket_profile_sums(bucket_files[bucket])
+        return pa.RecordBatch.from_pydict(
+            {
+                "bucket": pa.array([bucket] * 12, pa.int32()),
+                "part": pa.array(range(12), pa.int32()),
+                "km": pa.array(km, pa.float64()),
+                "days": pa.array(days, pa.float64()),
+            }
+        )
+
     out: dict[int, tuple[list[float], list[float]]] = {b: ([0.0] * 12, [0.0] * 12) for b in buckets}
-    for row in numbers.mapInArrow(_apply, PROFILE_DDL).collect():
+    for row in collect_over_groups(spark, buckets, _sums, PROFILE_DDL):
         out[row["bucket"]][0][row["part"]] = row["km"]
         out[row["bucket"]][1][row["part"]] = row["days"]
     return out

@@ -57,6 +57,13 @@ def keyed_partitioner() -> Any:
     return _Remembered()
 
 
+def _timeouts_ms(delivery_timeout_s: float) -> tuple[int, int]:
+    """(delivery, request) timeouts in ms: a request may wait what is left of the delivery timeout
+    after the linger, 10 s at most."""
+    delivery_ms = max(int(delivery_timeout_s * 1000), LINGER_MS + 1)
+    return delivery_ms, min(delivery_ms - LINGER_MS, MAX_REQUEST_TIMEOUT_MS)
+
+
 def producer_config(bootstrap: str, client_id: str, delivery_timeout_s: float) -> dict[str, Any]:
     """kafka-python's settings for one delivery timeout: a batch is acknowledged or failed within it,
     a broker that does not answer included.
@@ -64,7 +71,7 @@ def producer_config(bootstrap: str, client_id: str, delivery_timeout_s: float) -
     kafka-python refuses a ``delivery_timeout_ms`` below ``linger_ms + request_timeout_ms``, so a
     request may wait at most what is left of the delivery timeout after the linger (10 s at most).
     """
-    delivery_ms = max(int(delivery_timeout_s * 1000), LINGER_MS + 1)
+    delivery_ms, request_ms = _timeouts_ms(delivery_timeout_s)
     return {
         "bootstrap_servers": bootstrap,
         "client_id": client_id,
@@ -74,7 +81,7 @@ def producer_config(bootstrap: str, client_id: str, delivery_timeout_s: float) -
         "max_in_flight_requests_per_connection": 5,
         "linger_ms": LINGER_MS,
         "batch_size": 256 * 1024,
-        "request_timeout_ms": min(delivery_ms - LINGER_MS, MAX_REQUEST_TIMEOUT_MS),
+        "request_timeout_ms": request_ms,
         "max_block_ms": delivery_ms,
         "bootstrap_timeout_ms": delivery_ms,  # no broker answers: the batch fails within the timeout too
         "partitioner": keyed_partitioner(),
@@ -143,7 +150,7 @@ def confluent_config(bootstrap: str, client_id: str, delivery_timeout_s: float) 
     with CRC-32, which would split one vehicle's events between partitions
     when producers use different clients).
     """
-    delivery_ms = max(int(delivery_timeout_s * 1000), LINGER_MS + 1)
+    delivery_ms, request_ms = _timeouts_ms(delivery_timeout_s)
     return {
         "bootstrap.servers": bootstrap,
         "client.id": client_id,
@@ -153,7 +160,7 @@ def confluent_config(bootstrap: str, client_id: str, delivery_timeout_s: float) 
         "linger.ms": LINGER_MS,
         "batch.size": 256 * 1024,
         "message.timeout.ms": delivery_ms,
-        "request.timeout.ms": max(1, min(delivery_ms - LINGER_MS, MAX_REQUEST_TIMEOUT_MS)),
+        "request.timeout.ms": request_ms,
         "partitioner": "murmur2_random",
         "compression.type": "none",
     }
