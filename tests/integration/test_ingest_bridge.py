@@ -227,3 +227,40 @@ def test_a_broker_outage_is_503_and_nothing_acknowledged_is_lost(
     assert sorted({e["event_id"] for e in events}) == sorted(acknowledged)
     again = bridge.post(source_id, key, as_lines(batch)).json()
     assert again["duplicate"] == 20 and all(line["published"] for line in again["lines"])
+
+
+def test_a_garage_cannot_publish_as_another_source_choose_a_topic_or_put_a_vin_on_kafka(
+    settings: Settings, bridge: Bridge, source: tuple[str, str]
+) -> None:
+    """As an attacker through the bridge's publisher (librdkafka by default): lines claiming another
+    member's source id or naming their own topic are refused, and what is published carries the
+    sender's source, its topic and the vehicle's pseudonym as key, never the VIN."""
+    source_id, key = source
+    other = f"garage-{uuid.uuid4().hex[:8]}"
+    register_source(settings, other, "garage", 2, client=bridge.ledger)
+    assert settings.kafka.producer_client == "confluent-kafka"
+    own = readings(source_id, 300, 2)
+    as_other = dict(readings(source_id, 302, 1)[0], source_id=other)
+    with_topic = dict(readings(source_id, 303, 1)[0], topic="pcc.telemetry")
+    answer = bridge.post(source_id, key, as_lines([*own, as_other, with_topic])).json()
+    statuses = [line["status"] for line in answer["lines"]]
+    assert statuses == ["accepted", "accepted", "refused", "refused"], answer
+    assert "$.source_id" in answer["lines"][2]["path"]
+    consumer = KafkaConsumer(
+        *("pcc.garage", "pcc.telemetry"), bootstrap_servers=settings.kafka.bootstrap, group_id=None,
+        auto_offset_reset="earliest", enable_auto_commit=False, consumer_timeout_ms=3000,
+    )  # fmt: skip
+    mine: list[tuple[str, bytes, dict]] = []
+    try:
+        for message in consumer:
+            event = orjson.loads(message.value)
+            assert event.get("source_id") != other, "an event was published under another member's id"
+            if event.get("source_id") == source_id:
+                mine.append((message.topic, message.key, event))
+    finally:
+        consumer.close()
+    vins = {r["vin"].encode() for r in [*own, as_other, with_topic]}
+    assert sorted(e["event_id"] for _, _, e in mine) == sorted(line["event_id"] for line in answer["lines"][:2])
+    for topic, message_key, event in mine:
+        assert topic == "pcc.garage" and message_key == event["vehicle"].encode()
+        assert message_key.startswith(b"v-") and not any(v in message_key or v in orjson.dumps(event) for v in vins)
