@@ -89,6 +89,8 @@ class ChainParams(NamedTuple):
     stopped_rate_factor: float = 2.0
     #: ... and, once the other has driven past it, not at all after a silence of this many of its own gaps
     overtaken_gap_factor: float = 3.0
+    #: ... and, silent this many days, not by a reading the other's rate predicts better (a stray of the other)
+    gone_days: float = 60.0
 
 
 class Tracked(NamedTuple):
@@ -133,6 +135,20 @@ def _overtaken(c: Chain, other: Chain, t: int, p: ChainParams) -> bool:
     if c.ms >= other.first_ms or other.km < c.km or c.n < 2:
         return False
     return t - c.ms > p.overtaken_gap_factor * (c.ms - c.first_ms) / (c.n - 1)
+
+
+def _stray(c: Chain, other: Chain, km: int, t: int, p: ChainParams) -> bool:
+    """``c`` (overtaken) has been silent ``gone_days`` and ``other``'s rate predicts the reading better than
+    ``c``'s own, though ``other`` cannot take it (it is below ``other``'s last): the reading is a stray of
+    the car that went on as ``other`` (a late entry, a typo), not ``c`` coming back."""
+    if t - c.ms <= p.gone_days * DAY_MS:
+        return False
+    return _miss(other, km, t, p) < _miss(c, km, t, p)
+
+
+def _miss(c: Chain, km: int, t: int, p: ChainParams) -> float:
+    """How far (km) the reading is from where the chain's own rate puts it."""
+    return abs(km - c.km - _rate(c, p) * (t - c.ms) / DAY_MS)
 
 
 def fit_cost(c: Chain, km: int, t: int, p: ChainParams) -> float | None:
@@ -215,12 +231,20 @@ def _costs(
         cost_a = None
     if other is not None and cost_b is not None and _too_fast_for_stopped(other, a, km, t, p):
         cost_b = None
+    if (
+        other is not None
+        and _overtaken(a, other, t, p)
+        and (cost_b is not None or _stray(a, other, km, t, p))
+    ):
+        cost_a = None
+    elif (
+        other is not None
+        and _overtaken(other, a, t, p)
+        and (cost_a is not None or _stray(other, a, km, t, p))
+    ):
+        cost_b = None
     if b is None or cost_a is None or cost_b is None:
         return cost_a, cost_b
-    if other is not None and _overtaken(a, other, t, p):
-        return None, cost_b
-    if other is not None and _overtaken(other, a, t, p):
-        return cost_a, None
     if (a.n >= 2) != (b.n >= 2):  # a one-off takes only what the persistent chain cannot
         return (cost_a, None) if a.n >= 2 else (None, cost_b)
     # both could continue: the region decides when the rates cannot

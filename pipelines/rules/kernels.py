@@ -77,7 +77,7 @@ def _arrays(p: FraudParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             p.max_speed_kmh, p.min_travel_km, p.recent_ids,
             c.tolerance_km, c.slack_km, c.rate_factor, c.min_km_per_day, c.default_km_per_day,
             c.prior_km_per_day, c.rate_days, c.region_km, c.region_cost_km, c.min_readings,
-            c.apart_min_readings, c.stopped_rate_factor, c.overtaken_gap_factor,
+            c.apart_min_readings, c.stopped_rate_factor, c.overtaken_gap_factor, c.gone_days,
         ],
         np.float64,
     ), profile, prefix  # fmt: skip
@@ -133,6 +133,22 @@ def _overtaken(C: np.ndarray, s: int, t: int, P: np.ndarray) -> bool:
     if C[s, 3] >= C[o, 1] or C[o, 2] < C[s, 2] or C[s, 4] < 2:
         return False
     return t - C[s, 3] > P[19] * (C[s, 3] - C[s, 1]) / (C[s, 4] - 1)
+
+
+@njit(cache=True)
+def _miss(C: np.ndarray, s: int, km: int, t: int, P: np.ndarray) -> float:
+    """chains._miss of slot ``s``."""
+    span = (C[s, 3] - C[s, 1]) / 86_400_000
+    rate = (C[s, 2] - C[s, 0]) / span if span >= P[13] else P[12]
+    return abs(km - C[s, 2] - rate * (t - C[s, 3]) / 86_400_000)
+
+
+@njit(cache=True)
+def _stray(C: np.ndarray, s: int, km: int, t: int, P: np.ndarray) -> bool:
+    """chains._stray of slot ``s`` against the other slot."""
+    if t - C[s, 3] <= P[20] * 86_400_000:
+        return False
+    return _miss(C, 1 - s, km, t, P) < _miss(C, s, km, t, P)
 
 
 @njit(cache=True)
@@ -245,11 +261,10 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                             ca = math.nan
                         if not math.isnan(cb) and _too_fast_for_stopped(C, 1, k, ti, P):
                             cb = math.nan
-                        if not math.isnan(ca) and not math.isnan(cb):
-                            if _overtaken(C, 0, ti, P):
-                                ca = math.nan
-                            elif _overtaken(C, 1, ti, P):
-                                cb = math.nan
+                        if _overtaken(C, 0, ti, P) and (not math.isnan(cb) or _stray(C, 0, k, ti, P)):
+                            ca = math.nan
+                        elif _overtaken(C, 1, ti, P) and (not math.isnan(ca) or _stray(C, 1, k, ti, P)):
+                            cb = math.nan
                     if not math.isnan(ca) and not math.isnan(cb):
                         if (C[0, 4] >= 2) != (C[1, 4] >= 2):
                             if C[0, 4] >= 2:

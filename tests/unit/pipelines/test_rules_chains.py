@@ -154,3 +154,19 @@ def test_a_twin_seen_for_ten_weeks_then_only_the_real_car_is_a_step() -> None:
     assert flagged(events, "odometer_rollback")[:1] == ["r0"]
     assert speed_flags(events, "odometer_rollback")[:1] == ["r0"]
     assert assess_vehicle(events).score.label != "clean"
+
+
+def test_a_real_car_unseen_for_eleven_weeks_beside_a_busier_twin_above_it_is_still_a_clone() -> None:
+    # the real car's own chain is overtaken (the twin reads higher) and silent longer than two months;
+    # its next reading is where its own pace puts it, so it is the car coming back, not a stray
+    events = [
+        reading("r0", 0.2, 74_667, "insp-dekra-07", PARIS),
+        reading("r1", 15.3, 74_916, "manual-portal", None),
+    ]
+    events += [
+        reading(f"r{i}", d, 74_916 + 16 * (d - 15.3), "manual-portal", None)
+        for i, d in ((2, 93.2), (3, 183), (4, 273))
+    ]
+    events += twin(70, 290, 7, 94_000, 25.0, None, "manual-portal")
+    assert flagged(events, "interleaved_odometers")
+    assert assess_vehicle(events).score.label != "clean"

@@ -163,3 +163,10 @@ def test_kernels_agree_when_the_car_drove_past_a_rollback() -> None:
     from tests.unit.pipelines.test_rules_variants import drove_past_a_small_rollback
 
     agree(drove_past_a_small_rollback())
+
+
+def test_kernels_agree_on_a_late_hand_entry_long_after_a_rollback() -> None:
+    from tests.unit.pipelines.test_rules_variants import connected_car_rolled_back_then_a_late_hand_entry
+
+    for below in (0, 300, 3_000, 4_500):
+        agree(connected_car_rolled_back_then_a_late_hand_entry(below))

@@ -185,6 +185,33 @@ def test_a_car_driven_past_a_small_rollback_is_not_the_odometer_before_it_resumi
     assert {"odometer_rollback", "rollback_before_sale"} <= found
 
 
+def connected_car_rolled_back_then_a_late_hand_entry(entry_below_km: int = 300) -> list[EventFields]:
+    """A connected car read daily at 45 km/day, wound back 4,275 km on day 60 and sold on day 80; on day
+    280 its new owner types in a reading ``entry_below_km`` below the telematics (a reading from days ago)."""
+    events, km = [], 49_000.0
+    for day in range(0, 300):
+        shown = km - (4_275 if day >= 60 else 0)
+        events.append(reading(day, day + 0.5, shown, source="cc-cassini"))
+        if day == 80:
+            events.append(
+                reading(1_000, day + 0.7, shown + 20, source="manual-portal", kind="ownership_change")
+            )
+        if day == 280:
+            events.append(reading(1_001, day + 0.9, shown - entry_below_km, source="manual-portal"))
+        km += 45
+    return events
+
+
+def test_a_late_hand_entry_long_after_a_rollback_the_car_drove_past_does_not_resume_the_old_odometer() -> (
+    None
+):
+    # the entry is below the car's telematics, so only the chain the wind-back stopped could take it;
+    # that chain has been silent for seven months and the car's own pace predicts the entry far better
+    found = flags(connected_car_rolled_back_then_a_late_hand_entry())
+    assert "interleaved_odometers" not in found
+    assert {"odometer_rollback", "rollback_before_sale"} <= found
+
+
 def sold_after_rollback(days_before_sale: int, drop: int) -> list[EventFields]:
     events, km = [], 90_000.0
     sale_day = 300
