@@ -91,6 +91,8 @@ class ChainParams(NamedTuple):
     overtaken_gap_factor: float = 3.0
     #: ... and, silent this many days, not by a reading the other's rate predicts better (a stray of the other)
     gone_days: float = 60.0
+    #: a reading this many days or fewer after a chain's last, one digit away from its prediction, is its typo
+    typo_days: float = 14.0
 
 
 class Tracked(NamedTuple):
@@ -220,13 +222,43 @@ def _persistent(a: Chain, b: Chain, p: ChainParams) -> bool:
     return haversine_km(a.lat, a.lon, b.lat, b.lon) > p.region_km  # type: ignore[arg-type]
 
 
+def typo_of(c: Chain, km: int, t: int, p: ChainParams) -> bool:
+    """One digit of the reading changed puts it where ``c``'s own rate predicts (within ``tolerance_km``
+    and half the distance the chain drives meanwhile): a reading of ``c`` mistyped, the commonest error
+    of a reading entered by hand."""
+    rate = _rate(c, p)
+    days = max((t - c.ms) / DAY_MS, 0.0)
+    if days > p.typo_days:
+        return False
+    predicted, window = c.km + rate * days, p.tolerance_km + 0.5 * rate * days
+    place = 1
+    while place <= km:
+        digit = km // place % 10
+        fixed = km + (min(9, max(0, digit + round((predicted - km) / place))) - digit) * place
+        if fixed != km and abs(fixed - predicted) <= window:
+            return True
+        place *= 10
+    return False
+
+
 def _costs(
-    a: Chain, b: Chain | None, km: int, t: int, lat: float | None, lon: float | None, p: ChainParams
+    a: Chain,
+    b: Chain | None,
+    km: int,
+    t: int,
+    lat: float | None,
+    lon: float | None,
+    p: ChainParams,
+    last: int,
 ) -> tuple[float | None, float | None]:
     """What continuing each slot with this reading costs (km off its prediction); None: it may not."""
     cost_a = fit_cost(a, km, t, p)
     cost_b = None if b is None else fit_cost(b, km, t, p)
     other = b if b is not None and b.n >= 2 and a.n >= 2 else None  # b, when both chains persist
+    if other is not None and last == 0 and cost_a is None and typo_of(a, km, t, p):
+        cost_b = None  # a's reading mistyped, not a switch to b
+    elif other is not None and last == 1 and cost_b is None and typo_of(other, km, t, p):
+        cost_a = None
     if other is not None and cost_a is not None and _too_fast_for_stopped(a, other, km, t, p):
         cost_a = None
     if other is not None and cost_b is not None and _too_fast_for_stopped(other, a, km, t, p):
@@ -276,7 +308,7 @@ def track(
         return Step(Tracked(Chain(km, t, km, t, 1, lat, lon), None, 0, 0), 0, False)
     if b is None and fit_cost(a, km, t, p) is not None:  # one chain going on: most readings
         return Step(Tracked(_extend(a, km, t, lat, lon), None, 0, s.switches), 0, False)
-    cost_a, cost_b = _costs(a, b, km, t, lat, lon, p)
+    cost_a, cost_b = _costs(a, b, km, t, lat, lon, p, s.last)
     if cost_a is not None and (cost_b is None or cost_a <= cost_b):
         a, joined = _extend(a, km, t, lat, lon), 0
     elif cost_b is not None:

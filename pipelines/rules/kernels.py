@@ -77,7 +77,7 @@ def _arrays(p: FraudParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             p.max_speed_kmh, p.min_travel_km, p.recent_ids,
             c.tolerance_km, c.slack_km, c.rate_factor, c.min_km_per_day, c.default_km_per_day,
             c.prior_km_per_day, c.rate_days, c.region_km, c.region_cost_km, c.min_readings,
-            c.apart_min_readings, c.stopped_rate_factor, c.overtaken_gap_factor, c.gone_days,
+            c.apart_min_readings, c.stopped_rate_factor, c.overtaken_gap_factor, c.gone_days, c.typo_days,
         ],
         np.float64,
     ), profile, prefix  # fmt: skip
@@ -141,6 +141,25 @@ def _miss(C: np.ndarray, s: int, km: int, t: int, P: np.ndarray) -> float:
     span = (C[s, 3] - C[s, 1]) / 86_400_000
     rate = (C[s, 2] - C[s, 0]) / span if span >= P[13] else P[12]
     return abs(km - C[s, 2] - rate * (t - C[s, 3]) / 86_400_000)
+
+
+@njit(cache=True)
+def _typo_of(C: np.ndarray, s: int, km: int, t: int, P: np.ndarray) -> bool:
+    """chains.typo_of of slot ``s``."""
+    span = (C[s, 3] - C[s, 1]) / 86_400_000
+    rate = (C[s, 2] - C[s, 0]) / span if span >= P[13] else P[12]
+    days = max((t - C[s, 3]) / 86_400_000, 0.0)
+    if days > P[21]:
+        return False
+    predicted, window = C[s, 2] + rate * days, P[7] + 0.5 * rate * days
+    place = 1
+    while place <= km:
+        digit = km // place % 10
+        fixed = km + (min(9, max(0, digit + round((predicted - km) / place))) - digit) * place
+        if fixed != km and abs(fixed - predicted) <= window:
+            return True
+        place *= 10
+    return False
 
 
 @njit(cache=True)
@@ -257,6 +276,10 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                     ca = _fit_cost(C, CL, 0, k, ti, P)
                     cb = _fit_cost(C, CL, 1, k, ti, P) if exists[1] else math.nan
                     if exists[1] and C[0, 4] >= 2 and C[1, 4] >= 2:
+                        if last == 0 and math.isnan(ca) and _typo_of(C, 0, k, ti, P):
+                            cb = math.nan
+                        elif last == 1 and math.isnan(cb) and _typo_of(C, 1, k, ti, P):
+                            ca = math.nan
                         if not math.isnan(ca) and _too_fast_for_stopped(C, 0, k, ti, P):
                             ca = math.nan
                         if not math.isnan(cb) and _too_fast_for_stopped(C, 1, k, ti, P):

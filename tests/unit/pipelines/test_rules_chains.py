@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import math
 
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
 from pipelines.rules import EMPTY_STATE, EventFields, assess_vehicle, check_event, sort_key
-from pipelines.rules.chains import EMPTY_TRACK, chain_ids, track
+from pipelines.rules.chains import CHAIN_PARAMS, EMPTY_TRACK, Chain, chain_ids, track, typo_of
 
 DAY = 86_400_000
 T0 = 1_704_067_200_000  # 2024-01-01
@@ -170,3 +173,24 @@ def test_a_real_car_unseen_for_eleven_weeks_beside_a_busier_twin_above_it_is_sti
     events += twin(70, 290, 7, 94_000, 25.0, None, "manual-portal")
     assert flagged(events, "interleaved_odometers")
     assert assess_vehicle(events).score.label != "clean"
+
+
+@given(st.integers(1_000, 999_999), st.data())
+def test_a_reading_with_any_one_digit_mistyped_is_recognised_as_the_chains(
+    km: int, data: st.DataObject
+) -> None:
+    digits = str(km)
+    pos = data.draw(st.integers(0, len(digits) - 1))
+    typed_digit = data.draw(
+        st.sampled_from([d for d in "0123456789" if d != digits[pos] and (pos or d != "0")])
+    )
+    typed = int(digits[:pos] + typed_digit + digits[pos + 1 :])
+    assume(abs(typed - (km + 20)) > 60)  # a digit mistyped that still reads where the car is: no matter
+    chain = Chain(km - 400, T0 - 10 * DAY, km, T0, 5)  # 40 km/day; half a day later it predicts km + 20
+    assert typo_of(chain, typed, T0 + DAY // 2, CHAIN_PARAMS)
+
+
+def test_a_reading_two_digits_off_or_weeks_later_is_not_a_typo() -> None:
+    chain = Chain(60_605, T0 - 10 * DAY, 61_005, T0, 5)
+    assert not typo_of(chain, 85_005, T0 + DAY, CHAIN_PARAMS)  # two digits: another odometer
+    assert not typo_of(chain, 65_005, T0 + 30 * DAY, CHAIN_PARAMS)  # a month on: too far to tell

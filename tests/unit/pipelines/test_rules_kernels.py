@@ -170,3 +170,9 @@ def test_kernels_agree_on_a_late_hand_entry_long_after_a_rollback() -> None:
 
     for below in (0, 300, 3_000, 4_500):
         agree(connected_car_rolled_back_then_a_late_hand_entry(below))
+
+
+def test_kernels_agree_on_a_digit_mistyped_after_a_rollback() -> None:
+    from tests.unit.pipelines.test_rules_variants import rollback_then_one_digit_mistyped
+
+    agree(rollback_then_one_digit_mistyped())

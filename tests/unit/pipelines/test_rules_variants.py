@@ -156,6 +156,35 @@ def test_a_typo_months_after_a_rollback_does_not_rejoin_the_odometer_before_it()
     assert {"odometer_rollback", "rollback_before_sale", "implausible_rate"} <= found
 
 
+def rollback_then_one_digit_mistyped() -> list[EventFields]:
+    """Weekly owner's readings at 35 km/day: wound back 3,819 km in week 20, sold in week 22; in week 27
+    the owner types one digit wrong (the thousands: 61,xxx as 65,xxx), which lands where the odometer
+    before the wind-back would be by then."""
+    out, km = [], 58_000.0
+    for week in range(40):
+        shown = round(km - (3_819 if week >= 20 else 0))
+        if week == 27:
+            typed = shown + 4_000
+            assert sum(x != y for x, y in zip(str(shown), str(typed), strict=True)) == 1
+            assert abs(typed - round(km)) < 300  # the odometer before the wind-back, at its pace
+            shown = typed
+        out.append(reading(week, 7 * week, shown, source="manual-portal"))
+        if week == 22:
+            out.append(
+                reading(900, 7 * week + 1, shown + 10, source="manual-portal", kind="ownership_change")
+            )
+        km += 7 * 35
+    return out
+
+
+def test_a_digit_mistyped_after_a_rollback_is_a_typo_not_the_odometer_before_it() -> None:
+    # the mistyped reading fitted the chain the wind-back had stopped at its own pace: two switches, and
+    # the rollback was named a clone; one digit changed, it is where the car's own chain predicts
+    found = flags(rollback_then_one_digit_mistyped())
+    assert "interleaved_odometers" not in found
+    assert {"odometer_rollback", "rollback_before_sale"} <= found
+
+
 #: (day, km, source, event type): a garage's monthly readings of a car wound back 892 km on day 450 and
 #: sold two weeks later; the new owner drives more at first, then less (a simulated fleet's car, seed 8).
 DROVE_PAST_A_SMALL_ROLLBACK = [
