@@ -71,26 +71,52 @@ def _agrees(km: int, t: int, ref_km: int, ref_ms: int, params: FraudParams) -> b
 
 
 def _reference_is_off(
-    trusted: Sequence[tuple[int, int]], ref: tuple[int, int], flagged: tuple[int, int], params: FraudParams
+    trusted: Sequence[tuple[int, int]],
+    ref: tuple[int, int],
+    flagged: tuple[int, int],
+    params: FraudParams,
+    later: tuple[int, int] | None = None,
 ) -> bool:
     """Whether the flagged reading, not its reference, continues the readings before the reference.
 
     The flagged reading must agree with the last trusted reading before the
-    reference and, when the readings before show a rate, lie closer than the
-    reference to that rate's extrapolation.
+    reference and lie closer than the reference to where the car's rate puts
+    it from there: the rate of the readings before, or, when they show none
+    (one reading), the car's pace from the flagged reading to ``later`` (a
+    verified reading at least ``LATER_DAYS`` on). With no rate at all, the
+    reference is taken for the one-off.
     """
     (t0, km0), (t, km) = trusted[-1], flagged
     if not _agrees(km, t, km0, t0, params):
         return False
     first = next((p for p in trusted if t0 - p[0] >= DAY_MS), None)
-    if first is None:
+    if first is not None:
+        rate = (km0 - first[1]) / (t0 - first[0])
+    elif later is not None:
+        rate = (later[1] - km) / (later[0] - t)
+    else:
         return True
-    rate = (km0 - first[1]) / (t0 - first[0])
 
     def residual(p: tuple[int, int]) -> float:
         return abs(p[1] - (km0 + rate * (p[0] - t0)))
 
     return residual(flagged) < residual(ref)
+
+
+#: The car's pace after a flagged reading is measured to a verified reading at least this many days on.
+LATER_DAYS = 30
+
+
+def _later(readings: Sequence[Checked], i: int) -> tuple[int, int] | None:
+    """The first verified reading ``LATER_DAYS`` or more after reading ``i``, not below it: ``(time, km)``."""
+    t, km = readings[i].event.event_time_ms, readings[i].event.odometer_km
+    assert km is not None
+    for r in readings[i + 1 :]:
+        x = r.event
+        late_enough = x.event_time_ms - t >= LATER_DAYS * DAY_MS
+        if late_enough and x.verified and x.odometer_km is not None and x.odometer_km >= km:
+            return x.event_time_ms, x.odometer_km
+    return None
 
 
 def _follows(
@@ -147,7 +173,9 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
             with_ref = with_this = False
         if with_ref and not with_this:
             out[e.event_id] = "one_off"
-        elif before_ref and _reference_is_off(before_ref, (ref_ms, ref_km), (t, km), params):
+        elif before_ref and _reference_is_off(
+            before_ref, (ref_ms, ref_km), (t, km), params, _later(readings, i)
+        ):
             out[e.event_id] = "reference_one_off"
         elif with_ref:  # close to both: the car's own rate says which line the next reading is on
             assert nxt is not None and nxt.odometer_km is not None

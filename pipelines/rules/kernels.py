@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from pipelines.rules.columns import OWNERSHIP_CHANGE, Columns, columns
-from pipelines.rules.history import ONE_OFF, _prefix
+from pipelines.rules.history import LATER_DAYS, ONE_OFF, _prefix
 from pipelines.rules.scoring import Score, fraud_score
 from pipelines.rules.stream import (
     DAY_MS,
@@ -456,10 +456,19 @@ def _standing(codes, t, km, has_km, verified, flags, num, rank, chained, n_codes
                     if t0 - tt[j] >= 86_400_000:
                         first = j
                         break
+                later = -1  # history._later: the car's pace after the flagged reading
                 if first < 0:
+                    for j in range(i + 1, n):
+                        if has_km[j] and verified[j] and t[j] - ti >= LATER_DAYS * 86_400_000 and km[j] >= k:
+                            later = j
+                            break
+                if first < 0 and later < 0:
                     ref_off = True
                 else:
-                    rate = (km0 - tkm[first]) / (t0 - tt[first])
+                    if first >= 0:
+                        rate = (km0 - tkm[first]) / (t0 - tt[first])
+                    else:
+                        rate = (km[later] - k) / (t[later] - ti)
                     ref_off = abs(k - (km0 + rate * (ti - t0))) < abs(ref_km - (km0 + rate * (ref_ms - t0)))
         if with_ref and not with_this:
             out[codes[i]] = 1

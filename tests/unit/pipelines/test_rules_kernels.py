@@ -176,3 +176,10 @@ def test_kernels_agree_on_a_digit_mistyped_after_a_rollback() -> None:
     from tests.unit.pipelines.test_rules_variants import rollback_then_one_digit_mistyped
 
     agree(rollback_then_one_digit_mistyped())
+
+
+def test_kernels_agree_on_a_drop_after_a_single_earlier_reading() -> None:
+    from tests.unit.pipelines.test_rules_variants import one_reading_then_a_drop
+
+    for second, drop_to in ((8_714, 7_590), (18_714, None), (8_714, 7_700), (8_714, None)):
+        agree(one_reading_then_a_drop(second, drop_to))

@@ -185,6 +185,33 @@ def test_a_digit_mistyped_after_a_rollback_is_a_typo_not_the_odometer_before_it(
     assert {"odometer_rollback", "rollback_before_sale"} <= found
 
 
+def one_reading_then_a_drop(second_km: int, drop_to: int | None) -> list[EventFields]:
+    """A young car its garage reads every two months: 7,631 km on day 0, ``second_km`` on day 63; on day
+    107 it reads ``drop_to`` (or its honest 8,714 + 44 days at 17 km/day), sold on day 109, then driven
+    at 25 km/day, read every 45 days."""
+    out = [reading(0, 0, 7_631), reading(1, 63, second_km)]
+    km = float(drop_to if drop_to is not None else 8_714 + 44 * 17)
+    out.append(reading(2, 107, km))
+    out.append(reading(3, 109, km + 40, source="manual-portal", kind="ownership_change"))
+    for i, day in enumerate(range(124, 300, 45), start=4):
+        out.append(reading(i, day, km + 25 * (day - 107)))
+    return out
+
+
+def test_a_drop_after_a_single_earlier_reading_is_judged_on_the_cars_later_pace() -> None:
+    # 7,631 -> 8,714 -> 7,590: the drop agrees with the first reading, and with no pace before the
+    # 8,714 that was taken for the typo; the car's pace after (25 km/day) says 8,714 was on its line
+    found = flags(one_reading_then_a_drop(8_714, 7_590))
+    assert {"odometer_rollback", "rollback_before_sale"} <= found
+
+
+def test_a_high_typo_after_a_single_earlier_reading_is_still_the_typo() -> None:
+    events = one_reading_then_a_drop(18_714, None)  # 8,714 typed with a 1 too many
+    assessment = assess_vehicle(events)
+    assert "rollback_before_sale" not in {f for c in assessment.checked for f in c.flags}
+    assert assessment.score.label == "clean"
+
+
 #: (day, km, source, event type): a garage's monthly readings of a car wound back 892 km on day 450 and
 #: sold two weeks later; the new owner drives more at first, then less (a simulated fleet's car, seed 8).
 DROVE_PAST_A_SMALL_ROLLBACK = [
