@@ -133,8 +133,13 @@ def _columns(table: pa.Table) -> Columns:
         pc.multiply(
             pc.cast(pc.equal(table["event_type"], "wreck_declaration"), pa.int8()), pa.scalar(1, pa.int8())
         ),
-        pc.multiply(
-            pc.cast(pc.equal(table["event_type"], "ownership_change"), pa.int8()), pa.scalar(2, pa.int8())
+        pc.add(
+            pc.multiply(
+                pc.cast(pc.equal(table["event_type"], "ownership_change"), pa.int8()), pa.scalar(2, pa.int8())
+            ),
+            pc.multiply(
+                pc.cast(pc.equal(table["event_type"], "odometer_reading"), pa.int8()), pa.scalar(3, pa.int8())
+            ),
         ),
     )
     return Columns(

@@ -13,10 +13,10 @@ import numpy as np
 
 from pipelines.rules.stream import EventFields
 
-__all__ = ["OTHER", "OWNERSHIP_CHANGE", "WRECK_DECLARATION", "Columns", "columns"]
+__all__ = ["ODOMETER_READING", "OTHER", "OWNERSHIP_CHANGE", "WRECK_DECLARATION", "Columns", "columns"]
 
 #: event kinds the rules read
-OTHER, WRECK_DECLARATION, OWNERSHIP_CHANGE = 0, 1, 2
+OTHER, WRECK_DECLARATION, OWNERSHIP_CHANGE, ODOMETER_READING = 0, 1, 2, 3
 
 
 class Columns(NamedTuple):
@@ -30,7 +30,7 @@ class Columns(NamedTuple):
     lat: np.ndarray  # float64, NaN: none
     lon: np.ndarray  # float64, NaN: none
     verified: np.ndarray  # bool
-    kind: np.ndarray  # int8: OTHER, WRECK_DECLARATION, OWNERSHIP_CHANGE
+    kind: np.ndarray  # int8: OTHER, WRECK_DECLARATION, OWNERSHIP_CHANGE, ODOMETER_READING
     tier: Sequence[int | None] | None = None
 
 
@@ -38,7 +38,11 @@ def columns(events: Sequence[EventFields]) -> Columns:
     """The columns of events already in ``sort_key`` order (tests and benches; the batch builds them from Arrow)."""
     ids = [e.event_id for e in events]
     codes: dict[str, int] = {}
-    kinds = {"wreck_declaration": WRECK_DECLARATION, "ownership_change": OWNERSHIP_CHANGE}
+    kinds = {
+        "wreck_declaration": WRECK_DECLARATION,
+        "ownership_change": OWNERSHIP_CHANGE,
+        "odometer_reading": ODOMETER_READING,
+    }
     tiers = [e.tier for e in events]
     return Columns(
         ids,

@@ -32,7 +32,7 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit
 
-from pipelines.rules.columns import OWNERSHIP_CHANGE, Columns, columns
+from pipelines.rules.columns import ODOMETER_READING, OWNERSHIP_CHANGE, Columns, columns
 from pipelines.rules.history import LATER_DAYS, ONE_OFF, _prefix
 from pipelines.rules.scoring import Score, fraud_score
 from pipelines.rules.stream import (
@@ -78,6 +78,7 @@ def _arrays(p: FraudParams) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             c.tolerance_km, c.slack_km, c.rate_factor, c.min_km_per_day, c.default_km_per_day,
             c.prior_km_per_day, c.rate_days, c.region_km, c.region_cost_km, c.min_readings,
             c.apart_min_readings, c.stopped_rate_factor, c.overtaken_gap_factor, c.gone_days, c.typo_days,
+            p.record_slack_h,
         ],
         np.float64,
     ), profile, prefix  # fmt: skip
@@ -221,7 +222,7 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
     seen = 0
     has_ref, ref_km, ref_ms = False, 0, 0
     has_cand, cand_km, cand_ms = False, 0, 0
-    slat, slon, loc_ms, has_loc = math.nan, math.nan, 0, False
+    slat, slon, loc_ms, has_loc, loc_record = math.nan, math.nan, 0, False, False
     has_wreck, wreck_ms = False, 0
     C = np.zeros((2, 7), np.int64)  # first_km, first_ms, km, ms, n, prev_km, prev_ms
     CL = np.full((2, 2), math.nan)
@@ -388,11 +389,13 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
             if not near and has_loc:
                 d = _haversine(slat, slon, lat[i], lon[i])
                 hours = (ti - loc_ms) / 3_600_000
-                if d > P[5] and (hours <= 0 or d / hours > P[4]):
+                slack = P[22] * (int(loc_record) + int(kind[i] != ODOMETER_READING))  # stream._travel
+                if d > P[5] and (hours + slack <= 0 or d / (hours + slack) > P[4]):
                     f |= TRAVEL
                     num2[i, 0], num2[i, 1], num2[i, 3] = d, hours, loc_ms
             if verified[i]:
                 slat, slon, loc_ms, has_loc = lat[i], lon[i], ti, True
+                loc_record = kind[i] != ODOMETER_READING
         flags[i] = f
     return flags, num, num2, chain
 

@@ -76,6 +76,9 @@ class FraudParams:
     #: (:func:`pipelines.rules.history.fleet_profile`); flat: every day counts the same.
     fleet_profile: tuple[float, ...] = (1.0,) * 12
     far_travel_km: float = 600.0  # impossible_travel counts fully from this distance (batch score)
+    #: a record's time (a garage's, an inspection's, an insurer's: every event but an odometer reading)
+    #: is when it was written, within this many hours of the car being at its place (impossible_travel)
+    record_slack_h: float = 2.0
     chains: ChainParams = CHAIN_PARAMS  # interleaved_odometers: what one odometer series may do
 
 
@@ -161,6 +164,7 @@ class VehicleState:
     lat: float | None = None  # last verified location ...
     lon: float | None = None
     loc_ms: int = 0
+    loc_record: bool = False  # ... from a record (its time within ``record_slack_h``), not a live reading
     wreck_ms: int | None = None  # earliest total-loss declaration
     recent: bytes = b""  # 8-byte digests of the last ``recent_ids`` event ids
     chains: Tracked = EMPTY_TRACK  # the odometer chains of the trusted readings (pipelines.rules.chains)
@@ -179,6 +183,7 @@ def _state(
     lat: float | None,
     lon: float | None,
     loc_ms: int,
+    loc_record: bool,
     wreck_ms: int | None,
     recent: bytes,
     chains: Tracked,
@@ -186,9 +191,9 @@ def _state(
     """``VehicleState(...)`` through its slots: a frozen dataclass's ``__init__`` costs twice as much,
     and this runs once for every event the speed layer takes."""
     s = object.__new__(VehicleState)
-    a, b, c, d, e, f, g, h, i, j, k = _SET
+    a, b, c, d, e, f, g, h, r, i, j, k = _SET
     a(s, last_key), b(s, ref_km), c(s, ref_ms), d(s, cand_km), e(s, cand_ms), f(s, lat)
-    g(s, lon), h(s, loc_ms), i(s, wreck_ms), j(s, recent), k(s, chains)
+    g(s, lon), h(s, loc_ms), r(s, loc_record), i(s, wreck_ms), j(s, recent), k(s, chains)
     return s
 
 
@@ -248,6 +253,7 @@ def check_event(  # noqa: C901, PLR0912 (the per-event hot path: a call per rule
         state.cand_ms,
     )
     lat, lon, loc_ms, wreck_ms, chains = state.lat, state.lon, state.loc_ms, state.wreck_ms, state.chains
+    loc_record = state.loc_record
     flags: list[str] = []
     evidence: Evidence = {}
     t = event.event_time_ms
@@ -290,14 +296,16 @@ def check_event(  # noqa: C901, PLR0912 (the per-event hot path: a call per rule
                 and abs(event.lon - lon) < NEAR_DEGREES
             )  # within min_travel_km whatever the speed: no distance to compute
             if not near:
-                _travel(lat, lon, loc_ms, event, params, flags, evidence)
+                _travel(lat, lon, loc_ms, loc_record, event, params, flags, evidence)
         if verified:
-            lat, lon, loc_ms = event.lat, event.lon, t
+            lat, lon, loc_ms, loc_record = event.lat, event.lon, t, event.event_type != "odometer_reading"
     if event.tier is not None:
         for detail in evidence.values():
             detail["tier"] = event.tier
     recent = (recent + digest)[-8 * params.recent_ids :]
-    new = _state(last_key, ref_km, ref_ms, cand_km, cand_ms, lat, lon, loc_ms, wreck_ms, recent, chains)
+    new = _state(
+        last_key, ref_km, ref_ms, cand_km, cand_ms, lat, lon, loc_ms, loc_record, wreck_ms, recent, chains
+    )
     return new, tuple(flags), evidence
 
 
@@ -326,16 +334,24 @@ def _travel(
     lat: float,
     lon: float,
     loc_ms: int,
+    loc_record: bool,
     event: EventFields,
     params: FraudParams,
     flags: list[str],
     evidence: Evidence,
 ) -> None:
-    """``impossible_travel`` when the car got from the last verified place to this one too fast."""
+    """``impossible_travel`` when the car got from the last verified place to this one too fast.
+
+    A record's time (every event but an odometer reading: a garage's invoice, an inspection's
+    report, an insurer's claim) is when it was written, so each record in the pair gives the car
+    ``record_slack_h`` more hours."""
     assert event.lat is not None and event.lon is not None
     distance = haversine_km(lat, lon, event.lat, event.lon)
     hours = (event.event_time_ms - loc_ms) / 3_600_000
-    if distance > params.min_travel_km and (hours <= 0 or distance / hours > params.max_speed_kmh):
+    slack = params.record_slack_h * (loc_record + (event.event_type != "odometer_reading"))
+    if distance > params.min_travel_km and (
+        hours + slack <= 0 or distance / (hours + slack) > params.max_speed_kmh
+    ):
         flags.append("impossible_travel")
         evidence["impossible_travel"] = {
             "distance_km": round(distance, 1),

@@ -122,6 +122,35 @@ def test_impossible_travel_needs_distance_and_speed() -> None:
     assert two(0.01, (PARIS[0] + 0.2, PARIS[1])) == ()  # 22 km: location noise, not travel
 
 
+LYON = (45.764, 4.8357)  # 392 km from Paris
+WARSAW = (52.2297, 21.0122)  # 1,367 km
+
+
+def test_a_records_time_is_when_it_was_written_so_it_gives_the_car_hours() -> None:
+    """A garage's invoice, an inspection report or an insurer's claim carries the time it was written:
+    the car was at that place within ``record_slack_h`` (2 h) of it. Two live readings carry no slack."""
+
+    def flags(minutes: float, first: str, second: str, where: tuple[float, float] = LYON) -> tuple[str, ...]:
+        a = ev(0, 0, kind=first, lat=PARIS[0], lon=PARIS[1])
+        b = ev(1, minutes / 1_440, kind=second, lat=where[0], lon=where[1])
+        return flags_of([a, b])["e1"]
+
+    reading = "odometer_reading"
+    assert flags(20, reading, reading) == ("impossible_travel",)  # a twin's telematics 392 km away
+    assert flags(20, reading, "maintenance") == ()  # the garage wrote the invoice up to 2 h after
+    assert flags(20, "inspection", reading) == ()
+    assert flags(60, "maintenance", "inspection") == ()  # 392 km within 5 h of slack and interval
+    assert flags(20, reading, "maintenance", BERLIN) == ("impossible_travel",)  # 878 km: out of reach
+    assert flags(20, "accident_declaration", "maintenance", BERLIN) == ()  # 878 km within 4 h 20 min
+    assert flags(20, "accident_declaration", "maintenance", WARSAW) == ("impossible_travel",)
+    no_slack = FraudParams(record_slack_h=0.0)
+    a, b = (
+        ev(0, 0, lat=PARIS[0], lon=PARIS[1]),
+        ev(1, 20 / 1_440, kind="maintenance", lat=LYON[0], lon=LYON[1]),
+    )
+    assert dict(history_flags([a, b], no_slack))["e1"] == ("impossible_travel",)
+
+
 def test_a_replay_is_flagged_as_duplicate_only() -> None:
     events = [ev(0, 0, 50_000), ev(1, 1, 50_040), ev(2, 1, 50_040, event_id="e1")]
     assert history_flags(events) == [("e0", ()), ("e1", ()), ("e1", ("duplicate_event",))]

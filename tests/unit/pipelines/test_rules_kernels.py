@@ -183,3 +183,16 @@ def test_kernels_agree_on_a_drop_after_a_single_earlier_reading() -> None:
 
     for second, drop_to in ((8_714, 7_590), (18_714, None), (8_714, 7_700), (8_714, None)):
         agree(one_reading_then_a_drop(second, drop_to))
+
+
+def test_kernels_agree_on_travel_between_records_and_live_readings() -> None:
+    from tests.unit.pipelines.test_rules_fraud import LYON, PARIS, WARSAW, ev
+
+    kinds = ("odometer_reading", "maintenance", "inspection", "accident_declaration")
+    for first in kinds:
+        for second in kinds:
+            for where in (LYON, WARSAW):
+                for minutes in (20, 60, 300):
+                    a = ev(0, 0, kind=first, lat=PARIS[0], lon=PARIS[1])
+                    b = ev(1, minutes / 1_440, kind=second, lat=where[0], lon=where[1])
+                    agree([a, b])
