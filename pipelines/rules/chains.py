@@ -255,10 +255,13 @@ def _costs(
     cost_a = fit_cost(a, km, t, p)
     cost_b = None if b is None else fit_cost(b, km, t, p)
     other = b if b is not None and b.n >= 2 and a.n >= 2 else None  # b, when both chains persist
-    if other is not None and last == 0 and cost_a is None and typo_of(a, km, t, p):
-        cost_b = None  # a's reading mistyped, not a switch to b
-    elif other is not None and last == 1 and cost_b is None and typo_of(other, km, t, p):
-        cost_a = None
+    # a reading that would bring back a chain stopped before the last one began (a step), and that one
+    # digit changed puts where the last chain predicts: the last chain's reading mistyped. (Only a stopped
+    # chain: between two live ones, a twin shown 10,000 km off would pass every reading for a mistype.)
+    if other is not None and last in (0, 1):
+        mine, theirs = (a, other) if last == 0 else (other, a)
+        if (cost_a, cost_b)[last] is None and theirs.ms < mine.first_ms and typo_of(mine, km, t, p):
+            cost_a, cost_b = (cost_a, None) if last == 0 else (None, cost_b)
     if other is not None and cost_a is not None and _too_fast_for_stopped(a, other, km, t, p):
         cost_a = None
     if other is not None and cost_b is not None and _too_fast_for_stopped(other, a, km, t, p):

@@ -277,9 +277,9 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                     ca = _fit_cost(C, CL, 0, k, ti, P)
                     cb = _fit_cost(C, CL, 1, k, ti, P) if exists[1] else math.nan
                     if exists[1] and C[0, 4] >= 2 and C[1, 4] >= 2:
-                        if last == 0 and math.isnan(ca) and _typo_of(C, 0, k, ti, P):
+                        if last == 0 and math.isnan(ca) and C[1, 3] < C[0, 1] and _typo_of(C, 0, k, ti, P):
                             cb = math.nan
-                        elif last == 1 and math.isnan(cb) and _typo_of(C, 1, k, ti, P):
+                        elif last == 1 and math.isnan(cb) and C[0, 3] < C[1, 1] and _typo_of(C, 1, k, ti, P):
                             ca = math.nan
                         if not math.isnan(ca) and _too_fast_for_stopped(C, 0, k, ti, P):
                             ca = math.nan
