@@ -28,6 +28,7 @@ from pipelines.rules.history import (
     odometer_standing,
     profile_from_sums,
     profile_sums,
+    repeated_drops,
     rollback_before_sale,
 )
 from pipelines.rules.scoring import (
@@ -90,6 +91,7 @@ __all__ = [
     "odometer_standing",
     "profile_from_sums",
     "profile_sums",
+    "repeated_drops",
     "rollback_before_sale",
     "sort_key",
     "strength",
@@ -118,6 +120,7 @@ def assess_vehicle(
     extra: dict[str, Evidence] = {}
     clone = any("interleaved_odometers" in c.flags for c in checked)  # two odometers: no one rate to measure
     for event_id, evidence in [
+        *repeated_drops(checked, params, standing),
         *rollback_before_sale(checked, params, standing),
         *([] if clone else gradual_clocking(checked, params, standing)),
     ]:

@@ -188,6 +188,43 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
     return out
 
 
+#: Standings of an odometer drop that the next reading undid: a mistype, once in a while.
+UNDONE = frozenset({"one_off", "reference_one_off"})
+
+
+def repeated_drops(
+    checked: Sequence[Checked], params: FraudParams = DEFAULT_PARAMS, standing: dict[str, str] | None = None
+) -> list[tuple[str, Evidence]]:
+    """``interleaved_odometers`` (``signal: repeated_drops``) on every undone drop from the ``repeated_drops``-th.
+
+    An honest car's readings are mistyped now and then (no clean car of the
+    simulator's seeds has more than two drops the next reading undid); drop after
+    drop that the next reading undoes is two odometers a few hundred km apart,
+    read in turn, which no chain tells apart (each is within the other's
+    allowance): a clone whose twin shows about the real car's mileage.
+    """
+    standing = odometer_standing(checked, params) if standing is None else standing
+    drops = [
+        c for c in checked if "odometer_rollback" in c.flags and standing.get(c.event.event_id) in UNDONE
+    ]
+    if len(drops) < params.repeated_drops:
+        return []
+    return [
+        (
+            c.event.event_id,
+            {
+                "interleaved_odometers": {
+                    "signal": "repeated_drops",
+                    "drops": len(drops),
+                    "odometer_km": c.event.odometer_km,
+                    "other_km": c.evidence["odometer_rollback"]["previous_km"],
+                }
+            },
+        )
+        for c in drops[params.repeated_drops - 1 :]
+    ]
+
+
 def rollback_before_sale(
     checked: Sequence[Checked],
     params: FraudParams = DEFAULT_PARAMS,

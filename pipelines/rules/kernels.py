@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from pipelines.rules.columns import ODOMETER_READING, OWNERSHIP_CHANGE, Columns, columns
-from pipelines.rules.history import LATER_DAYS, ONE_OFF, _prefix
+from pipelines.rules.history import LATER_DAYS, ONE_OFF, UNDONE, _prefix
 from pipelines.rules.scoring import Score, fraud_score
 from pipelines.rules.stream import (
     DAY_MS,
@@ -641,6 +641,7 @@ _BIT_FLAGS = (
     (DUPLICATE, "duplicate_event"),
 )
 _ONE_OFF_CODES = frozenset(STANDINGS.index(s) for s in ONE_OFF)
+_UNDONE_CODES = frozenset(STANDINGS.index(s) for s in UNDONE)
 
 
 def _stream_evidence(
@@ -706,6 +707,20 @@ def assess_columns(
     else:
         standing = np.zeros(n_codes, np.int8)
     extra: dict[int, Evidence] = {}  # id code -> history flags
+    # repeated drops: the undone drops from the repeated_drops-th on (history.repeated_drops)
+    drops = (
+        [i for i in np.flatnonzero(bits & ROLLBACK).tolist() if int(standing[c.codes[i]]) in _UNDONE_CODES]
+        if any_bits & ROLLBACK
+        else []
+    )
+    if len(drops) >= params.repeated_drops:
+        for i in drops[params.repeated_drops - 1 :]:
+            extra.setdefault(int(c.codes[i]), {})["interleaved_odometers"] = {
+                "signal": "repeated_drops",
+                "drops": len(drops),
+                "odometer_km": int(c.km[i]),
+                "other_km": int(num[i, 0]),
+            }
     # rollback before a sale: over the sales and the rollbacks only
     sales = (
         np.flatnonzero((c.kind == OWNERSHIP_CHANGE) & ((bits & DUPLICATE) == 0))

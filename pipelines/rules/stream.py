@@ -79,6 +79,9 @@ class FraudParams:
     #: a record's time (a garage's, an inspection's, an insurer's: every event but an odometer reading)
     #: is when it was written, within this many hours of the car being at its place (impossible_travel)
     record_slack_h: float = 2.0
+    #: interleaved_odometers (batch, signal repeated_drops): from this many odometer drops that the next
+    #: reading undid (one-offs), they are not mistypes but two odometers near each other
+    repeated_drops: int = 3
     chains: ChainParams = CHAIN_PARAMS  # interleaved_odometers: what one odometer series may do
 
 

@@ -8,8 +8,9 @@ with no location, two typos months apart, a wind-back (one step), a single outli
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pipelines.rules import EMPTY_STATE, EventFields, assess_vehicle, check_event, sort_key
@@ -194,3 +195,67 @@ def test_a_reading_two_digits_off_or_weeks_later_is_not_a_typo() -> None:
     chain = Chain(60_605, T0 - 10 * DAY, 61_005, T0, 5)
     assert not typo_of(chain, 85_005, T0 + DAY, CHAIN_PARAMS)  # two digits: another odometer
     assert not typo_of(chain, 65_005, T0 + 30 * DAY, CHAIN_PARAMS)  # a month on: too far to tell
+
+
+def twin_read_in_turn(offset: int, lag: int, every: int, rate: float, start: int) -> list[EventFields]:
+    """A real car read every ``every`` days; from day ``start`` a twin showing ``offset`` km more (or less),
+    driven at the same pace, entered by hand ``lag`` days after each of the real car's readings."""
+    events = [
+        reading(f"r{i}", d + 0.4, 200_000 + rate * d, "garage-ind-05", None)
+        for i, d in enumerate(range(0, 365, every))
+    ]
+    events += [
+        reading(f"t{i}", d + lag + 0.4, 200_000 + offset + rate * (d + lag), "manual-portal", None)
+        for i, d in enumerate(range(0, 365, every))
+        if d >= start
+    ]
+    return events
+
+
+def drops_on_record(events: list[EventFields]) -> int:
+    kms = [e.odometer_km for e in sorted(events, key=sort_key) if e.odometer_km is not None]
+    return sum(1 for x, y in pairwise(kms) if y < x - 50)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.one_of(st.sampled_from([1_000, 10_000, 100_000]), st.integers(300, 120_000)),
+    st.sampled_from([1, -1]),
+    st.integers(1, 6),
+    st.sampled_from([7, 14, 30]),
+    st.floats(15, 80),
+    st.integers(20, 200),
+)
+def test_a_twin_cannot_hide_its_readings_as_mistypes_or_noise(
+    size: int, sign: int, lag: int, every: int, rate: float, start: int
+) -> None:
+    """As a clone's operator: choose the twin's odometer (exactly 10^k off, so that every reading is one
+    digit from the real car's; or a few hundred km off, within each chain's allowance) and when it is read.
+    Whenever the odometer goes down on record three times or more (what the naive check sees), the car
+    is not scored clean and is named a clone."""
+    events = twin_read_in_turn(sign * size, lag, every, rate, start)
+    assume(drops_on_record(events) >= 3)
+    assessment = assess_vehicle(events)
+    assert assessment.score.label != "clean"
+    assert any("interleaved_odometers" in c.flags for c in assessment.checked)
+
+
+def test_a_twin_a_few_hundred_km_off_is_named_by_its_repeated_drops() -> None:
+    events = twin_read_in_turn(1_000, 3, 7, 40.0, 70)
+    found = [
+        c.evidence["interleaved_odometers"]
+        for c in assess_vehicle(events).checked
+        if "interleaved_odometers" in c.flags
+    ]
+    assert found and {e["signal"] for e in found} == {"repeated_drops"}
+    assert found[0]["drops"] >= 3
+
+
+def test_two_mistypes_in_a_year_are_not_a_second_odometer() -> None:
+    events = real_car(every=7)
+    for i in (10, 30):  # two readings typed 900 km low, each undone by the next
+        e = events[i]
+        events[i] = e._replace(odometer_km=e.odometer_km - 900)
+    assessment = assess_vehicle(events)
+    assert not any("interleaved_odometers" in c.flags for c in assessment.checked)
+    assert assessment.score.label == "clean"

@@ -196,3 +196,11 @@ def test_kernels_agree_on_travel_between_records_and_live_readings() -> None:
                     a = ev(0, 0, kind=first, lat=PARIS[0], lon=PARIS[1])
                     b = ev(1, minutes / 1_440, kind=second, lat=where[0], lon=where[1])
                     agree([a, b])
+
+
+def test_kernels_agree_on_twins_read_in_turn() -> None:
+    from tests.unit.pipelines.test_rules_chains import twin_read_in_turn
+
+    for offset in (1_000, -800, 10_000, 2_500):
+        for every in (7, 30):
+            agree(twin_read_in_turn(offset, 3, every, 40.0, 70))
