@@ -209,20 +209,18 @@ def repeated_drops(
     ]
     if len(drops) < params.repeated_drops:
         return []
-    return [
-        (
-            c.event.event_id,
-            {
-                "interleaved_odometers": {
-                    "signal": "repeated_drops",
-                    "drops": len(drops),
-                    "odometer_km": c.event.odometer_km,
-                    "other_km": c.evidence["odometer_rollback"]["previous_km"],
-                }
-            },
-        )
-        for c in drops[params.repeated_drops - 1 :]
-    ]
+    out: list[tuple[str, Evidence]] = []
+    for c in drops[params.repeated_drops - 1 :]:
+        detail = {
+            "signal": "repeated_drops",
+            "drops": len(drops),
+            "odometer_km": c.event.odometer_km,
+            "other_km": c.evidence["odometer_rollback"]["previous_km"],
+        }
+        if c.event.tier is not None:  # an owner's entries weigh less than a garage's (scoring.TIER_FACTOR)
+            detail["tier"] = c.event.tier
+        out.append((c.event.event_id, {"interleaved_odometers": detail}))
+    return out
 
 
 def rollback_before_sale(

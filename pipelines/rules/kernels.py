@@ -715,12 +715,15 @@ def assess_columns(
     )
     if len(drops) >= params.repeated_drops:
         for i in drops[params.repeated_drops - 1 :]:
-            extra.setdefault(int(c.codes[i]), {})["interleaved_odometers"] = {
+            detail = {
                 "signal": "repeated_drops",
                 "drops": len(drops),
                 "odometer_km": int(c.km[i]),
                 "other_km": int(num[i, 0]),
             }
+            if c.tier is not None and c.tier[i] is not None:
+                detail["tier"] = c.tier[i]
+            extra.setdefault(int(c.codes[i]), {})["interleaved_odometers"] = detail
     # rollback before a sale: over the sales and the rollbacks only
     sales = (
         np.flatnonzero((c.kind == OWNERSHIP_CHANGE) & ((bits & DUPLICATE) == 0))
