@@ -31,6 +31,13 @@ the distance since is within what the chain's own rate allows
 the one whose own rate predicts it best, a chain in another region
 (``region_km``) counting ``region_cost_km`` further; a chain of one reading
 (maybe a typo) takes only a reading the persistent chain cannot.
+
+Two readings join no chain (:func:`track` leaves them out): one that would
+bring back a chain stopped before the last one began, when one digit changed
+puts it where the last chain predicts (:func:`typo_of`, within ``typo_days``);
+and one that only a chain the car has driven past and not shown for
+``gone_days`` could take, when the other chain's rate predicts it better
+(``_stray``: a late entry of the car that went on).
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@
   a one-off reading (a typo) that the next reading contradicts, a one-off
   reference that the flagged reading only seems to contradict, a jump the later
   readings follow (confirmed), or one nothing has followed yet (unconfirmed).
+* :func:`repeated_drops`: from the third drop that the next reading undid, two
+  odometers near each other (``interleaved_odometers``, ``signal: repeated_drops``).
 * :func:`rollback_before_sale`: a sale preceded by a rollback that is not a one-off.
 * :func:`gradual_clocking`: the car's mileage rate dropping well below its own
   earlier rate, measured on the increments between trusted readings so that a
