@@ -208,7 +208,7 @@ def _region(CL: np.ndarray, s: int, lat: float, lon: float, P: np.ndarray) -> fl
 def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
     """check_event over a sorted history.
 
-    Returns per event: flag bits; ``num`` (n, 7): odometer previous km, previous ms, drop or km/day;
+    Returns per event: flag bits (and all of them or-ed, last); ``num`` (n, 7): odometer previous km, previous ms, drop or km/day;
     interleaved other km, other ms, switches, distance (NaN: unlocated);
     ``num2`` (n, 4): travel distance, hours, wreck ms, travel previous ms; the chain id of each reading (-2: not one).
     """
@@ -230,6 +230,7 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
     last, switches = -1, 0
     slot_id = np.full(2, -1, np.int64)
     next_id = 0
+    any_bits = 0  # every flag bit raised, or-ed
     for i in range(n):
         dup = False
         for j in range(min(seen, recent_n)):
@@ -238,6 +239,7 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                 break
         if dup:
             flags[i] = DUPLICATE
+            any_bits |= DUPLICATE
             continue
         if recent_n > 0:
             recent[seen % recent_n] = codes[i]
@@ -397,7 +399,8 @@ def _stream(codes, t, km, has_km, lat, lon, verified, kind, P):
                 slat, slon, loc_ms, has_loc = lat[i], lon[i], ti, True
                 loc_record = kind[i] != ODOMETER_READING
         flags[i] = f
-    return flags, num, num2, chain
+        any_bits |= f
+    return flags, num, num2, chain, any_bits
 
 
 @njit(cache=True)
@@ -642,11 +645,17 @@ _BIT_FLAGS = (
 )
 _ONE_OFF_CODES = frozenset(STANDINGS.index(s) for s in ONE_OFF)
 _UNDONE_CODES = frozenset(STANDINGS.index(s) for s in UNDONE)
+_NO_TIMES = np.empty(0, np.int64)
 
 
 def _stream_evidence(
     i: int, bits: int, c: Columns, num: np.ndarray, num2: np.ndarray
 ) -> tuple[list[str], Evidence]:
+    if bits == WRECK and c.tier is None:  # most flagged events: every one after a wreck
+        w = int(num2[i, 2])
+        return ["activity_after_wreck"], {
+            "activity_after_wreck": {"wreck_time_ms": w, "days_after": (int(c.t[i]) - w) / DAY_MS}
+        }
     flags: list[str] = []
     ev: Evidence = {}
     t = int(c.t[i])
@@ -692,8 +701,9 @@ def assess_columns(
     P, profile, prefix = _params(params)
     n = len(c.t)
     n_codes = int(c.codes.max()) + 1 if n else 0
-    bits, num, num2, chain = _stream(c.codes, c.t, c.km, c.has_km, c.lat, c.lon, c.verified, c.kind, P)
-    any_bits = int(np.bitwise_or.reduce(bits)) if n else 0
+    bits, num, num2, chain, any_bits = _stream(
+        c.codes, c.t, c.km, c.has_km, c.lat, c.lon, c.verified, c.kind, P
+    )
     chained = bool(any_bits & INTERLEAVED)
     rank = chain  # -2: not a chain reading; only read when chained
     if chained:  # chain 0: the one with the most readings, ties to the first seen
@@ -754,9 +764,14 @@ def assess_columns(
                 }
                 extra.setdefault(int(c.codes[s]), {}).update({"rollback_before_sale": detail})
     if not chained:
-        wrong = [i for i in np.flatnonzero(bits & (ROLLBACK | RATE)).tolist() if standing[c.codes[i]] == 2]
-        wrong_t = np.array([int(num[i, 1]) for i in wrong], np.int64)
-        wrong_km = np.array([int(num[i, 0]) for i in wrong], np.int64)
+        if any_bits & (ROLLBACK | RATE):
+            wrong = [
+                i for i in np.flatnonzero(bits & (ROLLBACK | RATE)).tolist() if standing[c.codes[i]] == 2
+            ]
+            wrong_t = np.array([int(num[i, 1]) for i in wrong], np.int64)
+            wrong_km = np.array([int(num[i, 0]) for i in wrong], np.int64)
+        else:  # most vehicles: no odometer flag, no reference to leave out
+            wrong_t = wrong_km = _NO_TIMES
         found, z, ratio, before, after, since, fleet, latest = _clocking(
             c.codes, c.t, c.km, c.has_km, c.verified, bits, standing, rank, chained, wrong_t, wrong_km,
             profile, prefix, float(params.clocking_min_span_days), params.clocking_min_rate,
@@ -779,13 +794,16 @@ def assess_columns(
         touched.update(np.flatnonzero(np.isin(c.codes, list(extra))).tolist())
     if stream_flags:
         touched.update(stream_flags)
-    for i in sorted(touched):
-        flags, ev = _stream_evidence(i, int(bits[i]), c, num, num2)
-        code = int(c.codes[i])
-        if standing[code]:
+    order = sorted(touched)
+    codes = c.codes[order] if order else _NO_TIMES  # one NumPy call for every flagged event, not one each
+    for i, b, code, st in zip(
+        order, bits[order].tolist(), codes.tolist(), standing[codes].tolist(), strict=True
+    ):
+        flags, ev = _stream_evidence(i, b, c, num, num2)
+        if st:
             for flag in ("odometer_rollback", "implausible_rate"):
                 if flag in ev:
-                    ev[flag]["standing"] = STANDINGS[standing[code]]
+                    ev[flag]["standing"] = STANDINGS[st]
         for flag, detail in extra.get(code, {}).items():
             flags.append(flag)
             ev[flag] = detail
