@@ -627,6 +627,56 @@ def _clocking(codes, t, km, has_km, verified, flags, standing, rank, chained, wr
     return found, bz, bratio, bbefore, bafter, bcut, bfleet, si[latest]
 
 
+@njit(cache=True)
+def _ranks(chain: np.ndarray) -> np.ndarray:
+    """Each chain reading's chain rank (0: the chain with the most readings, ties to the first seen)."""
+    m = 0
+    for x in chain:
+        if x >= 0:
+            m = max(m, x + 1)
+    sizes = np.zeros(m, np.int64)
+    for x in chain:
+        if x >= 0:
+            sizes[x] += 1
+    order = np.argsort(-sizes, kind="mergesort")
+    ranks = np.empty(m, np.int64)
+    ranks[order] = np.arange(m)
+    rank = chain.copy()
+    for i in range(len(chain)):
+        if chain[i] >= 0:
+            rank[i] = ranks[chain[i]]
+    return rank
+
+
+@njit(cache=True)
+def _verdict(codes, t, km, has_km, lat, lon, verified, kind, P, profile, prefix, span_days, min_rate, cv):
+    """What assess_columns needs of the kernels, in one call: _stream's flags and numbers, every flag
+    bit or-ed, the standing of each odometer flag and gradual clocking's best change point."""
+    n = len(t)
+    n_codes = 0
+    for i in range(n):
+        n_codes = max(n_codes, codes[i] + 1)
+    bits, num, num2, chain, any_bits = _stream(codes, t, km, has_km, lat, lon, verified, kind, P)
+    chained = (any_bits & INTERLEAVED) != 0
+    rank = _ranks(chain) if chained else chain  # -2: not a chain reading; only read when chained
+    if any_bits & (ROLLBACK | RATE):
+        standing = _standing(codes, t, km, has_km, verified, bits, num, rank, chained, n_codes, P)
+    else:
+        standing = np.zeros(n_codes, np.int8)
+    clock = (False, 0.0, 0.0, 0.0, 0.0, 0, 0.0, -1)
+    if not chained:  # references the standing found wrong (reference_one_off) are left out of the rates
+        wrong_t = np.empty(n, np.int64)
+        wrong_km = np.empty(n, np.int64)
+        nw = 0
+        for i in range(n):
+            if bits[i] & (ROLLBACK | RATE) and standing[codes[i]] == 2:
+                wrong_t[nw], wrong_km[nw] = int(num[i, 1]), int(num[i, 0])
+                nw += 1
+        clock = _clocking(codes, t, km, has_km, verified, bits, standing, rank, chained, wrong_t[:nw],
+                          wrong_km[:nw], profile, prefix, span_days, min_rate, cv)  # fmt: skip
+    return bits, num, num2, any_bits, standing, clock
+
+
 class KernelAssessment(NamedTuple):
     """What :func:`assess_columns` finds: the flags per event (empty for most), evidence of flagged ones, the score."""
 
@@ -700,22 +750,11 @@ def assess_columns(
     """
     P, profile, prefix = _params(params)
     n = len(c.t)
-    n_codes = int(c.codes.max()) + 1 if n else 0
-    bits, num, num2, chain, any_bits = _stream(
-        c.codes, c.t, c.km, c.has_km, c.lat, c.lon, c.verified, c.kind, P
-    )
+    bits, num, num2, any_bits, standing, clock = _verdict(
+        c.codes, c.t, c.km, c.has_km, c.lat, c.lon, c.verified, c.kind, P, profile, prefix,
+        float(params.clocking_min_span_days), params.clocking_min_rate, params.clocking_daily_cv,
+    )  # fmt: skip
     chained = bool(any_bits & INTERLEAVED)
-    rank = chain  # -2: not a chain reading; only read when chained
-    if chained:  # chain 0: the one with the most readings, ties to the first seen
-        sizes = np.bincount(chain[chain >= 0])
-        order = sorted(range(len(sizes)), key=lambda x: (-sizes[x], x))
-        ranks = np.empty(len(sizes), np.int64)
-        ranks[order] = np.arange(len(sizes))
-        rank = np.where(chain >= 0, ranks[np.maximum(chain, 0)], chain)
-    if any_bits & (ROLLBACK | RATE):
-        standing = _standing(c.codes, c.t, c.km, c.has_km, c.verified, bits, num, rank, chained, n_codes, P)
-    else:
-        standing = np.zeros(n_codes, np.int8)
     extra: dict[int, Evidence] = {}  # id code -> history flags
     # repeated drops: the undone drops from the repeated_drops-th on (history.repeated_drops)
     drops = (
@@ -763,20 +802,8 @@ def assess_columns(
                     "across_sale": not before,
                 }
                 extra.setdefault(int(c.codes[s]), {}).update({"rollback_before_sale": detail})
-    if not chained:
-        if any_bits & (ROLLBACK | RATE):
-            wrong = [
-                i for i in np.flatnonzero(bits & (ROLLBACK | RATE)).tolist() if standing[c.codes[i]] == 2
-            ]
-            wrong_t = np.array([int(num[i, 1]) for i in wrong], np.int64)
-            wrong_km = np.array([int(num[i, 0]) for i in wrong], np.int64)
-        else:  # most vehicles: no odometer flag, no reference to leave out
-            wrong_t = wrong_km = _NO_TIMES
-        found, z, ratio, before, after, since, fleet, latest = _clocking(
-            c.codes, c.t, c.km, c.has_km, c.verified, bits, standing, rank, chained, wrong_t, wrong_km,
-            profile, prefix, float(params.clocking_min_span_days), params.clocking_min_rate,
-            params.clocking_daily_cv,
-        )  # fmt: skip
+    if not chained:  # two odometers: no one rate to measure
+        found, z, ratio, before, after, since, fleet, latest = clock
         if found and ratio < params.clocking_ratio and z >= params.clocking_min_z:
             detail = {
                 "km_per_day_before": round(before, 1),
