@@ -246,6 +246,12 @@ def test_a_node_killed_while_the_speed_layer_reads_loses_and_repeats_nothing(
     config = SpeedConfig.from_settings(
         settings, metrics_port=None, max_events=len(events), master_flush_rows=1_000, master_flush_interval_s=1.0
     )
+    # earlier tests killed nodes: the group coordinator's partitions may still be moving back
+    wait_for(
+        "the cluster to be whole again",
+        lambda: all(i.isr == (1, 2, 3) for i in describe_partitions(settings, [topic, "__consumer_offsets"])),
+        timeout_s=120.0,
+    )
     publish(events[:3_000])
     run = SpeedRun(config, FixedRoots(roots))
     errors: list[BaseException] = []
@@ -274,6 +280,9 @@ def test_a_node_killed_while_the_speed_layer_reads_loses_and_repeats_nothing(
         assert not reading.is_alive(), "the speed layer did not read every event"
     finally:
         publisher.close()
+        if reading.is_alive():  # a failure above must not leave it reading for the rest of the session
+            run.stop()
+            reading.join(timeout=60)
     assert not errors, errors
     want = Counter(e["event_id"] for e in events)
     assert _event_ids(config.realtime_dir) == want
