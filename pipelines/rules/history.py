@@ -22,8 +22,8 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Iterable, Sequence
+from functools import lru_cache, partial
 from itertools import accumulate, pairwise
 
 from pipelines.rules.chains import chain_ids
@@ -77,25 +77,26 @@ def _reference_is_off(
     ref: tuple[int, int],
     flagged: tuple[int, int],
     params: FraudParams,
-    later: tuple[int, int] | None = None,
+    later: Callable[[], tuple[int, int] | None] = lambda: None,
 ) -> bool:
     """Whether the flagged reading, not its reference, continues the readings before the reference.
 
     The flagged reading must agree with the last trusted reading before the
     reference and lie closer than the reference to where the car's rate puts
     it from there: the rate of the readings before, or, when they show none
-    (one reading), the car's pace from the flagged reading to ``later`` (a
-    verified reading at least ``LATER_DAYS`` on). With no rate at all, the
+    (one reading), the car's pace from the flagged reading to ``later()`` (a
+    verified reading at least ``LATER_DAYS`` on, looked for only then). With no rate at all, the
     reference is taken for the one-off.
     """
     (t0, km0), (t, km) = trusted[-1], flagged
     if not _agrees(km, t, km0, t0, params):
         return False
     first = next((p for p in trusted if t0 - p[0] >= DAY_MS), None)
+    after = None if first is not None else later()
     if first is not None:
         rate = (km0 - first[1]) / (t0 - first[0])
-    elif later is not None:
-        rate = (later[1] - km) / (later[0] - t)
+    elif after is not None:
+        rate = (after[1] - km) / (after[0] - t)
     else:
         return True
 
@@ -176,7 +177,7 @@ def odometer_standing(checked: Sequence[Checked], params: FraudParams = DEFAULT_
         if with_ref and not with_this:
             out[e.event_id] = "one_off"
         elif before_ref and _reference_is_off(
-            before_ref, (ref_ms, ref_km), (t, km), params, _later(readings, i)
+            before_ref, (ref_ms, ref_km), (t, km), params, partial(_later, readings, i)
         ):
             out[e.event_id] = "reference_one_off"
         elif with_ref:  # close to both: the car's own rate says which line the next reading is on

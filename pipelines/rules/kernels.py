@@ -695,7 +695,7 @@ _BIT_FLAGS = (
 )
 _ONE_OFF_CODES = frozenset(STANDINGS.index(s) for s in ONE_OFF)
 _UNDONE_CODES = frozenset(STANDINGS.index(s) for s in UNDONE)
-_NO_TIMES = np.empty(0, np.int64)
+_NO_CODES = np.empty(0, np.int64)
 
 
 def _stream_evidence(
@@ -822,7 +822,7 @@ def assess_columns(
     if stream_flags:
         touched.update(stream_flags)
     order = sorted(touched)
-    codes = c.codes[order] if order else _NO_TIMES  # one NumPy call for every flagged event, not one each
+    codes = c.codes[order] if order else _NO_CODES  # one NumPy call for every flagged event, not one each
     for i, b, code, st in zip(
         order, bits[order].tolist(), codes.tolist(), standing[codes].tolist(), strict=True
     ):
