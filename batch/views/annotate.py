@@ -26,7 +26,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from batch.rules import STREAM_ONLY_FLAGS, RuleEngine, load_engine
+from batch.rules import STREAM_ONLY_FLAGS, RuleEngine, VehicleVerdict, load_engine
 from batch.views.mileage import reconcile, source_kind
 from pipelines.rules.columns import Columns
 from pipelines.rules.fraud import EventFields
@@ -193,8 +193,81 @@ def _stream_flags(table: pa.Table) -> dict[str, list[str]]:
     return out
 
 
-def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:  # noqa: PLR0915 (the per-vehicle pass over Arrow columns)
-    """Annotate whole vehicles (any row order in; vehicle then the rules' order out)."""
+def _source_kinds(source_ids: pa.ChunkedArray | pa.Array) -> pa.Array:
+    """Each row's source kind, looked up once per distinct producer."""
+    encoded = pc.dictionary_encode(source_ids).combine_chunks()
+    kinds = pa.array([source_kind(s) for s in encoded.dictionary.to_pylist()], pa.string())
+    return kinds.take(encoded.indices)
+
+
+def _sparse(n: int, values: dict[int, object], type_: pa.DataType) -> pa.Array:
+    """A column of ``n`` nulls but at ``values``' positions."""
+    column: list[object] = [None] * n
+    for i, v in values.items():
+        column[i] = v
+    return pa.array(column, type=type_)
+
+
+def _flag_lists(n: int, flags: dict[int, list[str]]) -> pa.Array:
+    """``batch_flags``: an empty list on every row but the flagged ones (built from offsets)."""
+    lengths = np.zeros(n + 1, dtype=np.int32)
+    values: list[str] = []
+    for i in sorted(flags):
+        lengths[i + 1] = len(flags[i])
+        values.extend(flags[i])
+    return pa.ListArray.from_arrays(
+        pa.array(np.cumsum(lengths, dtype=np.int32)), pa.array(values, pa.string())
+    )
+
+
+def _reconciled(table: pa.Table, starts: list[int]) -> tuple[pa.Array, pa.Array, pa.Array]:
+    """``reconciled_km``, ``is_outlier`` and ``outlier_reason`` of whole vehicles (rows in output order).
+
+    A vehicle whose readings already form one non-decreasing chain in strictly increasing time
+    (nearly every car) keeps them as they are, found for all vehicles at once; only the others go
+    through :func:`batch.views.mileage.reconcile`."""
+    n = table.num_rows
+    valid = pc.is_valid(table["odometer_km"]).to_numpy(zero_copy_only=False)
+    km = pc.fill_null(table["odometer_km"], 0).cast(pa.int64()).to_numpy()
+    t = epoch_ms(table["event_time"]).astype(np.int64)
+    vehicle = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
+    rows = np.flatnonzero(valid)
+    same = vehicle[rows[1:]] == vehicle[rows[:-1]]
+    broken = same & ((km[rows[1:]] < km[rows[:-1]]) | (t[rows[1:]] <= t[rows[:-1]]))
+    redo = np.unique(vehicle[rows[1:][broken]])
+    reconciled = km.copy()
+    outlier = np.zeros(n, dtype=bool)
+    reasons: dict[int, object] = {}
+    if len(redo):
+        quality = table["quality"].to_numpy()
+        ids = table["event_id"]
+        for v in redo.tolist():
+            a, b = starts[v], starts[v + 1]
+            with_km = a + np.flatnonzero(valid[a:b])
+            result = reconcile(
+                t[with_km].tolist(),
+                km[with_km].tolist(),
+                [float(q) for q in quality[with_km]],
+                ids.take(pa.array(with_km)).to_pylist(),
+            )
+            reconciled[with_km] = result.reconciled_km
+            for j, reason in zip(with_km.tolist(), result.outlier_reason, strict=True):
+                if reason is not None:
+                    outlier[j] = True
+                    reasons[j] = reason
+    missing = ~valid
+    return (
+        pa.array(reconciled, pa.int64(), mask=missing),
+        pa.array(outlier, pa.bool_(), mask=missing),
+        _sparse(n, reasons, pa.string()),
+    )
+
+
+def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:
+    """Annotate whole vehicles (any row order in; vehicle then the rules' order out).
+
+    Python runs once per vehicle (its verdict) and once per flagged or reconciled event; the
+    columns of every other row are built by Arrow and numpy."""
     table, duplicates = _deduplicated(table)
     table = table.take(pc.sort_indices(table, sort_keys=_RULE_ORDER))
     n = table.num_rows
@@ -202,79 +275,83 @@ def annotate_table(table: pa.Table, engine: RuleEngine) -> pa.Table:  # noqa: PL
     cols = _columns(table) if compiled is not None else None
     fields = event_fields(table) if cols is None else None
     stream = _stream_flags(table)
+    in_stream = (
+        np.flatnonzero(
+            pc.is_in(table["event_id"], value_set=pa.array(list(stream), pa.string())).to_numpy(
+                zero_copy_only=False
+            )
+        )
+        if stream
+        else np.zeros(0, dtype=np.int64)
+    )
     vehicles = table["vehicle"]
     starts = _runs(vehicles)
-    km_valid = pc.is_valid(table["odometer_km"]).to_numpy(zero_copy_only=False)
-    quality = table["quality"].to_pylist()
-    kinds: dict[str, str] = {}
-    source_kinds = [
-        kinds.get(s) or kinds.setdefault(s, source_kind(s)) for s in table["source_id"].to_pylist()
-    ]
 
     order = np.arange(n)
-    seq: list[int] = [0] * n
-    batch_flags: list[list[str]] = [[]] * n
-    evidence: list[str | None] = [None] * n
-    reconciled: list[int | None] = [None] * n
-    is_outlier: list[bool | None] = [None] * n
-    reasons: list[str | None] = [None] * n
-    v_score: list[float | None] = [None] * n
-    v_label: list[str | None] = [None] * n
-    v_reasons: list[str | None] = [None] * n
-    v_explanation: list[str | None] = [None] * n
-    v_duplicates: list[int | None] = [None] * n
+    flags: dict[int, list[str]] = {}
+    evidence: dict[int, object] = {}
+    verdicts: dict[int, VehicleVerdict] = {}
     for a, b in pairwise(starts):
-        if (
-            cols is not None and compiled is not None
-        ):  # the compiled rules over the vehicle's columns, already in the rules' order
+        lo, hi = np.searchsorted(in_stream, [a, b])
+        seen = None
+        if hi > lo:
+            ids_of = table["event_id"].take(pa.array(in_stream[lo:hi])).to_pylist()
+            seen = {e: stream[e] for e in ids_of}
+        if cols is not None and compiled is not None:
+            # the compiled rules over the vehicle's columns, already in the rules' order
             vehicle = _slice(cols, a, b)
             ids = vehicle.ids
-            verdict = compiled(vehicle, {e: stream[e] for e in ids if e in stream} if stream else None)
-            times, kms = vehicle.t.tolist(), vehicle.km.tolist()
+            verdict = compiled(vehicle, seen)
         else:
             assert fields is not None
             chunk = fields[a:b]
             ids = [f.event_id for f in chunk]
-            verdict = engine.evaluate(chunk, {e: stream[e] for e in ids if e in stream} if stream else None)
+            verdict = engine.evaluate(chunk, seen)
             if verdict.order != ids:  # follow the rules' own order if it differs
                 pos = {e: i for i, e in enumerate(ids)}
-                perm = [pos[e] for e in verdict.order]
-                order[a:b] = order[a:b][perm]
-                chunk = [chunk[i] for i in perm]
+                order[a:b] = order[a:b][[pos[e] for e in verdict.order]]
                 ids = verdict.order
-            times = [f.event_time_ms for f in chunk]
-            kms = [f.odometer_km or 0 for f in chunk]
-        rows = order[a:b].tolist()
-        for k, eid in enumerate(ids):
-            i = a + k  # output position
-            seq[i] = k + 1
-            batch_flags[i] = verdict.event_flags.get(eid, [])
-            evidence[i] = verdict.event_evidence.get(eid)
-        with_km = [k for k, row in enumerate(rows) if km_valid[row]]
-        if with_km:
-            result = reconcile(
-                [times[k] for k in with_km],
-                [kms[k] for k in with_km],
-                [float(quality[rows[k]]) for k in with_km],
-                [ids[k] for k in with_km],
-            )
-            for j, k in enumerate(with_km):
-                reconciled[a + k] = result.reconciled_km[j]
-                reasons[a + k] = result.outlier_reason[j]
-                is_outlier[a + k] = result.outlier_reason[j] is not None
-        last = b - 1
-        v_score[last] = verdict.score
-        v_label[last] = verdict.label
-        v_reasons[last] = json.dumps([{"flag": f, "evidence": ev} for f, ev in verdict.reasons])
-        v_explanation[last] = json.dumps(verdict.explanation)
-        v_duplicates[last] = duplicates.get(vehicles[a].as_py(), 0) if duplicates else 0
+        if verdict.event_flags or verdict.event_evidence:
+            position = {e: a + k for k, e in enumerate(ids)}
+            for eid, f in verdict.event_flags.items():
+                flags[position[eid]] = f
+            for eid, ev in verdict.event_evidence.items():
+                evidence[position[eid]] = ev
+        verdicts[b - 1] = verdict
     if not np.array_equal(order, np.arange(n)):
         table = table.take(pa.array(order))
-        source_kinds = [source_kinds[i] for i in order.tolist()]
-    added = [seq, batch_flags, evidence, source_kinds, reconciled, is_outlier, reasons]
-    added += [v_score, v_label, v_reasons, v_explanation, v_duplicates]
-    for f, values in zip(ADDED_SCHEMA, added, strict=True):
-        table = table.append_column(f, pa.array(values, type=f.type))
+    seq = (
+        np.arange(n, dtype=np.int32) - np.repeat(np.asarray(starts[:-1], dtype=np.int32), np.diff(starts)) + 1
+    )
+    reconciled, is_outlier, reasons = _reconciled(table, starts)
+    first = {b - 1: a for a, b in pairwise(starts)}
+    added = [
+        pa.array(seq, pa.int32()),
+        _flag_lists(n, flags),
+        _sparse(n, evidence, pa.string()),
+        _source_kinds(table["source_id"]),
+        reconciled,
+        is_outlier,
+        reasons,
+        _sparse(n, {i: v.score for i, v in verdicts.items()}, pa.float64()),
+        _sparse(n, {i: v.label for i, v in verdicts.items()}, pa.string()),
+        _sparse(
+            n,
+            {
+                i: json.dumps([{"flag": f, "evidence": ev} for f, ev in v.reasons])
+                for i, v in verdicts.items()
+            },
+            pa.string(),
+        ),
+        _sparse(n, {i: json.dumps(v.explanation) for i, v in verdicts.items()}, pa.string()),
+        _sparse(
+            n,
+            {i: duplicates.get(vehicles[first[i]].as_py(), 0) if duplicates else 0 for i in verdicts},
+            pa.int32(),
+        ),
+    ]
+    for f, column in zip(ADDED_SCHEMA, added, strict=True):
+        table = table.append_column(f, column)
     return table
 
 
