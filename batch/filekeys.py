@@ -21,6 +21,7 @@ replaces: null values (and compound keys with a null part) are left out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -34,11 +35,13 @@ import pyarrow.parquet as pq
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
+    from batch.rowchecks import RowChecks
+
 Key = tuple[str, ...]
 
 FILE_KEYS_DDL = (
     "file string, rows bigint, first string, last string, vehicles bigint, "
-    "repeats array<bigint>, digests array<binary>"
+    "repeats array<bigint>, digests array<binary>, rows_checked string"
 )
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
@@ -55,6 +58,7 @@ class FileKeys:
     vehicles: int  # distinct vehicles
     repeats: tuple[int, ...]  # per key: rows less distinct values, within the file
     digests: tuple[bytes | None, ...]  # per key without vehicle: the sorted distinct digests (uint64)
+    rows_checked: str = "{}"  # the suite's row-level counts over the file (JSON; :mod:`batch.rowchecks`)
 
 
 def digests(values: pa.ChunkedArray | pa.Array) -> np.ndarray:
@@ -97,9 +101,12 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(ordered) else ordered
 
 
-def file_keys(path: str, keys: Sequence[Key]) -> FileKeys:
-    """Read the key columns of one file and count what repeats within it (no Spark)."""
-    columns = list(dict.fromkeys(["vehicle", *(c for key in keys for c in key)]))
+def file_keys(path: str, keys: Sequence[Key], rows: RowChecks | None = None) -> FileKeys:
+    """Read the key columns of one file and count what repeats within it (no Spark); with ``rows``,
+    the suite's row-level checks over the same read."""
+    columns = list(
+        dict.fromkeys(["vehicle", *(c for key in keys for c in key), *(rows.columns if rows else ())])
+    )
     table = pq.read_table(path, columns=columns, partitioning=None)
     vehicle = table["vehicle"]
     bounds = pc.min_max(vehicle)
@@ -126,6 +133,7 @@ def file_keys(path: str, keys: Sequence[Key]) -> FileKeys:
         vehicles=int(pc.count_distinct(vehicle).as_py()),
         repeats=tuple(repeats),
         digests=tuple(found),
+        rows_checked=json.dumps(rows(table)) if rows is not None else "{}",
     )
 
 
@@ -162,9 +170,11 @@ def merge(parts: Iterable[FileKeys], keys: Sequence[Key]) -> Merged:
     return Merged(repeats, sum(p.vehicles for p in parts))
 
 
-def file_key_pass(spark: SparkSession, files: Sequence[str], keys: Sequence[Key]) -> list[FileKeys]:
-    """:func:`file_keys` of every file, a few Spark tasks per core reading the key columns; nothing is
-    shuffled and one row per file comes back."""
+def file_key_pass(
+    spark: SparkSession, files: Sequence[str], keys: Sequence[Key], rows: RowChecks | None = None
+) -> list[FileKeys]:
+    """:func:`file_keys` of every file, a few Spark tasks per core reading the key columns (and the
+    columns of ``rows``); nothing is shuffled and one row per file comes back."""
     from batch.views.buckets import collect_over_groups
 
     if not files:
@@ -172,7 +182,7 @@ def file_key_pass(spark: SparkSession, files: Sequence[str], keys: Sequence[Key]
     wanted = [tuple(k) for k in keys]
 
     def _keys(name: str) -> pa.RecordBatch:
-        return pa.RecordBatch.from_pylist([file_keys(name, wanted).__dict__], schema=_SCHEMA)
+        return pa.RecordBatch.from_pylist([file_keys(name, wanted, rows).__dict__], schema=_SCHEMA)
 
     return [_from_row(r.asDict()) for r in collect_over_groups(spark, list(files), _keys, FILE_KEYS_DDL)]
 
@@ -186,6 +196,7 @@ _SCHEMA = pa.schema(
         ("vehicles", pa.int64()),
         ("repeats", pa.list_(pa.int64())),
         ("digests", pa.list_(pa.binary())),
+        ("rows_checked", pa.string()),
     ]
 )
 
@@ -199,4 +210,5 @@ def _from_row(row: dict[str, Any]) -> FileKeys:
         vehicles=int(row["vehicles"]),
         repeats=tuple(int(r) for r in row["repeats"]),
         digests=tuple(None if d is None else bytes(d) for d in row["digests"]),
+        rows_checked=row["rows_checked"],
     )

@@ -151,8 +151,19 @@ def project_scores(annotated: pa.Table) -> pa.Table:
     )
 
 
+#: Columns whose values are (nearly) unique per row: a dictionary page would be built, then abandoned
+#: (a fifth of a ``vehicle_history`` file's write time, and its files 11 % larger).
+UNIQUE_COLUMNS = frozenset({"event_id", "payload", "leaf_hash", "root", "proof_path", "flag_evidence"})
+
+
 def _write(table: pa.Table, path: Path) -> None:
-    atomic_write(path, lambda fh: pq.write_table(table, fh, compression="zstd", row_group_size=100_000))
+    dictionary = [c for c in table.column_names if c not in UNIQUE_COLUMNS]
+    atomic_write(
+        path,
+        lambda fh: pq.write_table(
+            table, fh, compression="zstd", row_group_size=100_000, use_dictionary=dictionary
+        ),
+    )
 
 
 def _kept(previous: Path, redo: pa.Array) -> pa.Table | None:
