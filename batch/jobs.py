@@ -43,7 +43,7 @@ from batch.layout import compact_master
 from batch.master import MasterScan, read_master, scan_master
 from batch.publish import iso_ms, manifest, new_version, publish, read_current, store_manifest, utc_now
 from batch.retention import prune_versions
-from batch.reused import REUSED_COLUMNS, ReusedIds, find_reused_ids
+from batch.reused import REUSED_COLUMNS, ReusedIds, find_reused_ids, find_reused_ids_in_buckets
 from batch.runs import RunRecord, append_run, run_lock
 from batch.session import get_spark, require_gx
 from batch.views import build
@@ -245,7 +245,11 @@ def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
             if spark is None:
                 spark = get_spark(config.master, config.driver_memory, config.shuffle_partitions)
             record.spark_master = spark.sparkContext.master or ""
-            reused = find_reused_ids(read_master(spark, scan).select(*REUSED_COLUMNS))
+            reused = (
+                find_reused_ids_in_buckets(spark, scan.bucket_files)
+                if scan.buckets is not None
+                else find_reused_ids(read_master(spark, scan).select(*REUSED_COLUMNS))
+            )
             record.set_aside = reused.record()
             layout: dict[str, Any] | None = None
             plan: BucketPlan | None = None
@@ -273,7 +277,12 @@ def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
             )
             written = _written(out, plan) if plan is not None else None
             audit = audit_views(
-                paths, params, config.batch_dir / "audits" / version, spark, written, vehicle_files=plan is not None
+                paths,
+                params,
+                config.batch_dir / "audits" / version,
+                spark,
+                written,
+                vehicle_files=plan is not None,
             )
             if len(scan.quarantined) > config.max_quarantined_files:
                 audit.success = False

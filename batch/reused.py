@@ -9,8 +9,10 @@ deduplicates per vehicle, so such a row would reach ``vehicle_history`` twice
 and fail the audit's uniqueness check on every run from then on: one member
 could stop the batch layer from publishing for everyone.
 
-Each run therefore looks for ids under more than one vehicle (one aggregate
-over hashes of two narrow columns of the master, normally empty).  The vehicle of the
+Each run therefore looks for ids under more than one vehicle: in a master in
+vehicle buckets, each bucket's id digests compared in the driver
+(:func:`find_reused_ids_in_buckets`, no shuffle); in the date layout, one
+aggregate over hashes of two narrow columns (:func:`find_reused_ids`).  The vehicle of the
 first row accepted (lowest ``processed_time``, then Kafka topic, partition,
 offset) keeps the id, as the real-time view keeps the first row it loads; the
 rows of every other vehicle with that id are left out of the views and listed
@@ -19,11 +21,20 @@ in the run record (``set_aside``), with the vehicle that kept it.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from batch.filekeys import digests
+
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame
+    from pyspark.sql import DataFrame, SparkSession
 
 #: The master's columns the search reads.
 REUSED_COLUMNS = ("event_id", "vehicle", "processed_time", "topic", "partition", "offset")
@@ -82,11 +93,10 @@ def find_reused_ids(master: DataFrame) -> ReusedIds:
         .select("h")
         .collect()
     ]
-    out = ReusedIds()
     if not hashes:
-        return out
+        return ReusedIds()
     found = spark.createDataFrame([(h,) for h in hashes], "h bigint")
-    order = ["processed_time", "topic", "partition", "offset", "vehicle"]
+    order = list(_FIRST)
     rows = (
         master.withColumn("h", F.xxhash64("event_id"))
         .join(F.broadcast(found), "h", "left_semi")
@@ -94,6 +104,14 @@ def find_reused_ids(master: DataFrame) -> ReusedIds:
         .orderBy("event_id", *order)
         .collect()
     )
+    return decide(rows)
+
+
+def decide(rows: list[Any]) -> ReusedIds:
+    """Who keeps each id, from every row of the candidate ids sorted by ``(event_id, processed_time,
+    topic, partition, offset, vehicle)``: the first row's vehicle keeps it (ids under one vehicle only
+    are left alone)."""
+    out = ReusedIds()
     vehicles: dict[str, set[str]] = {}
     for r in rows:
         vehicles.setdefault(r["event_id"], set()).add(r["vehicle"])
@@ -105,3 +123,88 @@ def find_reused_ids(master: DataFrame) -> ReusedIds:
             key = (r["event_id"], r["vehicle"])
             out.rows[key] = out.rows.get(key, 0) + 1
     return out
+
+
+#: Columns sorted on to pick the row that keeps an id (after ``event_id``).
+_FIRST = ("processed_time", "topic", "partition", "offset", "vehicle")
+IDS_DDL = "bucket int, ids binary, shared binary"
+
+
+Digest = Callable[[pa.ChunkedArray], np.ndarray]
+
+
+def bucket_ids(files: Sequence[str], digest: Digest = digests) -> tuple[np.ndarray, np.ndarray]:
+    """A bucket's distinct event-id digests (sorted), and the digests of the ids it holds under more
+    than one vehicle (:func:`batch.filekeys.digests`; two narrow columns read)."""
+    tables = [pq.read_table(f, columns=["event_id", "vehicle"], partitioning=None) for f in files]
+    if not tables:
+        return np.empty(0, np.uint64), np.empty(0, np.uint64)
+    table = pa.concat_tables(tables)
+    ids = digest(pc.fill_null(table["event_id"], ""))
+    cars = digest(pc.fill_null(table["vehicle"], ""))
+    order = np.lexsort((cars, ids))
+    ids, cars = ids[order], cars[order]
+    same = ids[1:] == ids[:-1]
+    distinct = ids[np.concatenate(([True], ~same))] if len(ids) else ids
+    return distinct, np.unique(ids[1:][same & (cars[1:] != cars[:-1])])
+
+
+def find_reused_ids_in_buckets(spark: SparkSession, bucket_files: dict[int, list[Path]]) -> ReusedIds:
+    """:func:`find_reused_ids` for a master in vehicle buckets, without a shuffle.
+
+    Each bucket gives, in a Spark task of a few, the sorted digests of its distinct ids and those
+    of ids it holds under two vehicles; a digest in two buckets' lists, or in a list of the latter,
+    is a candidate. Only the rows of candidates are then read (the driver, the candidate buckets'
+    files) and decided exactly by the ids themselves (:func:`decide`), so two ids sharing a digest
+    are never taken for one and an id repeated anywhere is never missed (equal ids, equal digests).
+    Nothing is found in a master without repeats after a pass over two narrow columns (1.6 s at
+    10M events, where the shuffle of :func:`find_reused_ids` took 7-12 s).
+    """
+    from batch.views.buckets import collect_over_groups
+
+    buckets = sorted(bucket_files)
+    if not buckets:
+        return ReusedIds()
+    spark.sparkContext.setJobDescription(
+        f"pcc batch: event ids of more than one vehicle, {len(buckets)} buckets"
+    )
+
+    def _ids(bucket: int) -> pa.RecordBatch:
+        distinct, shared = bucket_ids([str(f) for f in bucket_files[bucket]])
+        return pa.RecordBatch.from_pydict(
+            {
+                "bucket": pa.array([bucket], pa.int32()),
+                "ids": pa.array([distinct.tobytes()], pa.binary()),
+                "shared": pa.array([shared.tobytes()], pa.binary()),
+            }
+        )
+
+    found = {r["bucket"]: (r["ids"], r["shared"]) for r in collect_over_groups(spark, buckets, _ids, IDS_DDL)}
+    lists = {b: np.frombuffer(bytes(found[b][0]), np.uint64) for b in buckets}
+    shared = [np.frombuffer(bytes(found[b][1]), np.uint64) for b in buckets]
+    return decide_candidates(bucket_files, lists, shared)
+
+
+def decide_candidates(
+    bucket_files: dict[int, list[Path]],
+    lists: dict[int, np.ndarray],
+    shared: list[np.ndarray],
+    digest: Digest = digests,
+) -> ReusedIds:
+    """The candidates of :func:`find_reused_ids_in_buckets` (digests in two buckets' ``lists``, or in
+    ``shared``), decided by reading their rows (``digest`` must be the one the lists were made with)."""
+    every = np.sort(np.concatenate(list(lists.values()))) if lists else np.empty(0, np.uint64)
+    across = every[1:][every[1:] == every[:-1]]
+    candidates = np.unique(np.concatenate([across, *shared]))
+    if not len(candidates):
+        return ReusedIds()
+    rows: list[dict[str, Any]] = []
+    for b in sorted(lists):
+        if not np.isin(lists[b], candidates).any():
+            continue
+        for f in bucket_files[b]:
+            table = pq.read_table(f, columns=list(REUSED_COLUMNS), partitioning=None)
+            hit = np.isin(digest(pc.fill_null(table["event_id"], "")), candidates)
+            rows.extend(table.filter(pa.array(hit)).to_pylist())
+    rows.sort(key=lambda r: (r["event_id"], *(r[c] for c in _FIRST)))
+    return decide(rows)
