@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.config import VIEWS
-from batch.filekeys import file_key_pass, merge
+from batch.filekeys import FileKeys, file_key_pass, merge
 from batch.rowchecks import RowChecks, add, arrow_checks
 from batch.session import require_gx
 from batch.views.bucket_views import PER_VEHICLE_VIEWS
@@ -49,6 +49,10 @@ if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
 SUITES_DIR = Path(__file__).parent / "expectations"
+#: Per view: its unique keys and its row-level checks for Arrow (:func:`file_checks`).
+FileChecks = tuple[tuple[str, tuple[tuple[str, ...], ...], RowChecks | None], ...]
+#: A file's counts made where it was written: the keys and checks they were made with, and the counts.
+Prepared = dict[str, tuple[tuple[tuple[str, ...], ...], RowChecks | None, FileKeys]]
 RECONCILING = {
     "expect_table_row_count_to_equal",
     "expect_table_row_count_to_be_between",
@@ -186,6 +190,24 @@ def _aggregates(doc: dict[str, Any], parameters: dict[str, int]) -> tuple[list[_
     return checks, exprs
 
 
+def file_checks() -> FileChecks:
+    """Per per-vehicle view, its suite's unique keys and row-level checks (None where the suite is
+    not portable to Arrow, :mod:`batch.rowchecks`): what a bucket task counts over each file it
+    writes, so the audit need not read the file again (``prepared`` of :func:`audit_views`)."""
+    out = []
+    for view in PER_VEHICLE_VIEWS:
+        doc = load_suite(view)
+        keys = tuple(
+            (e["kwargs"]["column"],)
+            if e["type"] == "expect_column_values_to_be_unique"
+            else tuple(e["kwargs"]["column_list"])
+            for e in doc["expectations"]
+            if e["type"] in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique")
+        )
+        out.append((view, keys, arrow_checks(doc, {})))
+    return tuple(out)
+
+
 def _key(check: _Check) -> tuple[str, ...]:
     """The column(s) a uniqueness check is about."""
     kw = check.kwargs
@@ -265,6 +287,7 @@ def _scan(
     checks: list[_Check],
     distinct: Column | None,
     rows: RowChecks | None,
+    prepared: Prepared,
     *,
     vehicle_files: bool,
 ) -> dict[str, Any]:
@@ -286,8 +309,16 @@ def _scan(
     unique = [c for c in checks if c.distinct is not None]
     if vehicle_files and view in PER_VEHICLE_VIEWS:
         keys = [_key(c) for c in unique]
-        spark.sparkContext.setJobDescription(f"pcc batch audit: {view} keys and rows, file by file")
-        parts = file_key_pass(spark, [str(f) for f in scanned], keys, rows)
+        ready = {  # counted by the task that wrote the file, with the same keys and checks
+            str(f): prepared[str(f)][2]
+            for f in scanned
+            if str(f) in prepared and prepared[str(f)][:2] == (tuple(keys), rows)
+        }
+        rest = [str(f) for f in scanned if str(f) not in ready]
+        parts = list(ready.values())
+        if rest:
+            spark.sparkContext.setJobDescription(f"pcc batch audit: {view} keys and rows, file by file")
+            parts += file_key_pass(spark, rest, keys, rows)
         vouched = merge(parts, keys)
         if rows is not None:  # the suite counted in the same read; trusted when nothing failed
             row = add([json.loads(p.rows_checked) for p in parts])
@@ -318,6 +349,7 @@ def audit_views(
     files: dict[str, list[Path]] | None = None,
     *,
     vehicle_files: bool = False,
+    prepared: Prepared | None = None,
 ) -> AuditResult:
     """Validate each written view with its stored suite; build the data docs; say what failed.
 
@@ -328,7 +360,9 @@ def audit_views(
     checks run file by file (:mod:`batch.filekeys`), exactly where the files
     cannot vouch for the answer.  ``parameters`` may leave out ``vehicles``: it is
     then the distinct vehicles of the scanned ``vehicle_history`` files plus
-    ``vehicles_carried``.
+    ``vehicles_carried``. ``prepared``: per file path, its keys and row-level counts made by the
+    task that wrote it (the same :func:`batch.filekeys.file_keys` over the file read back, with the
+    checks of :func:`file_checks`); those files are not read again.
     """
     gx = require_gx()
     from great_expectations.core import ExpectationSuiteValidationResult
@@ -369,7 +403,16 @@ def audit_views(
                 columns.append(exp["meta"]["tolerated_reason"])
         portable = arrow_checks(doc, params) if vehicle_files else None
         row = _scan(
-            spark, view, scanned, columns, exprs, checks, distinct, portable, vehicle_files=vehicle_files
+            spark,
+            view,
+            scanned,
+            columns,
+            exprs,
+            checks,
+            distinct,
+            portable,
+            prepared or {},
+            vehicle_files=vehicle_files,
         )
         if distinct is not None:
             carried_vehicles = int(params.get("vehicles_carried", 0)) if files is not None else 0

@@ -29,6 +29,7 @@ from the new version's ``vehicle_history`` (its narrow columns only).
 from __future__ import annotations
 
 import os
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -39,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batch.audit import Prepared, file_checks
 from batch.master import MasterScan
 from batch.reused import ReusedIds
 from batch.views import build
@@ -67,6 +69,8 @@ class BucketPlan:
     measured_profile: tuple[float, ...] = (1.0,) * 12  # the profile of the master as it is now
     #: bucket -> (event id, vehicle) rows left out: ids another vehicle keeps (:mod:`batch.reused`)
     set_aside: dict[int, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    #: the audit's counts over each view file the run wrote, made by the task that wrote it
+    file_keys: Prepared = field(default_factory=dict)
 
     def summary(self) -> dict[str, int]:
         return {
@@ -208,9 +212,11 @@ def write_version(
     timely_lag_s: int,
 ) -> dict[str, Any]:
     """Write the four views of a new version under ``out``; returns the manifest's ``layout`` section."""
-    aside = plan.set_aside
+    aside, checks = plan.set_aside, file_checks()
     tasks = [
-        BucketTask(b, [str(f) for f in scan.bucket_files[b]], str(out), set_aside=aside.get(b, ()))
+        BucketTask(
+            b, [str(f) for f in scan.bucket_files[b]], str(out), set_aside=aside.get(b, ()), checks=checks
+        )
         for b in plan.whole
     ]
     tasks += [
@@ -221,6 +227,7 @@ def write_version(
             str(plan.previous),
             vehicles,
             aside.get(b, ()),
+            checks,
         )
         for b, vehicles in sorted(plan.partial.items())
     ]
@@ -230,6 +237,9 @@ def write_version(
     if tasks:
         spark.sparkContext.setJobDescription(f"pcc batch: rules pass over {len(tasks)} vehicle buckets")
         summaries = [r.asDict() for r in bucket_pass(spark, tasks, plan.profile).collect()]
+    for s in summaries:
+        for path, keys, rows, counts in pickle.loads(s.pop("file_keys")):
+            plan.file_keys[path] = (keys, rows, counts)
     assert plan.previous is not None or not plan.carried
     for bucket in plan.carried:
         for view in PER_VEHICLE_VIEWS:

@@ -283,6 +283,7 @@ def run_batch(  # noqa: PLR0915 (a run's stages in order, in one place)
                 spark,
                 written,
                 vehicle_files=plan is not None,
+                prepared=plan.file_keys if plan is not None else None,
             )
             if len(scan.quarantined) > config.max_quarantined_files:
                 audit.success = False

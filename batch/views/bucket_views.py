@@ -13,17 +13,23 @@ the bucket (sorted by vehicle, then ``seq``).  It returns a one-row summary.
 from __future__ import annotations
 
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from batch.filekeys import FileKeys, file_keys
 from batch.rules import RuleEngine
 from batch.views.annotate import CHUNK_ROWS, annotate_batches, profile_table_sums
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
 from pipelines.files import atomic_write
+
+if TYPE_CHECKING:
+    from batch.audit import FileChecks
 
 PER_VEHICLE_VIEWS: tuple[str, ...] = ("vehicle_history", "mileage_timeline", "fraud_scores")
 HISTORY_COLUMNS = [
@@ -59,6 +65,7 @@ SUMMARY_SCHEMA = pa.schema(
         ("history_rows", pa.int64()),
         ("mileage_rows", pa.int64()),
         ("score_rows", pa.int64()),
+        ("file_keys", pa.binary()),  # pickled [(file, keys, checks, FileKeys)] (:func:`count_written`)
     ]
 )
 
@@ -95,6 +102,8 @@ class BucketTask:
     redo: list[str] | None = None  # vehicles to redo (None: every vehicle of the bucket)
     #: (event id, vehicle) rows left out: ids another vehicle keeps (:mod:`batch.reused`)
     set_aside: tuple[tuple[str, str], ...] = ()
+    #: the audit's per-file counts to make over each view file written (:func:`batch.audit.file_checks`)
+    checks: FileChecks = ()
 
 
 def read_bucket(
@@ -174,7 +183,17 @@ def _kept(previous: Path, redo: pa.Array) -> pa.Table | None:
     return old.filter(pc.invert(pc.is_in(old["vehicle"], value_set=redo)))
 
 
-def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, int]:
+def count_written(task: BucketTask, view: str, target: Path) -> list[tuple[str, Any, Any, FileKeys]]:
+    """The audit's counts over a view file this task wrote, read back from disk (its keys and row
+    checks, :func:`batch.filekeys.file_keys`): the audit merges them instead of reading the file."""
+    return [
+        (str(target), keys, rows, file_keys(str(target), keys, rows))
+        for v, keys, rows in task.checks
+        if v == view
+    ]
+
+
+def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, Any]:
     """Annotate the task's vehicles and write the bucket's three per-vehicle view files."""
     table = read_bucket(task.files, task.redo, task.set_aside)
     parts: list[pa.Table] = []
@@ -191,6 +210,7 @@ def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, int]:
     }
     redo = pa.array(task.redo or [], pa.string())
     rows: dict[str, int] = {}
+    counted: list[tuple[str, Any, Any, FileKeys]] = []
     for view, project in fresh.items():
         pieces = [project(annotated)] if annotated is not None else []
         if task.previous is not None and task.redo is not None:
@@ -211,6 +231,7 @@ def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, int]:
         if len(pieces) > 1:
             merged = merged.sort_by(keys)
         _write(merged, target)
+        counted += count_written(task, view, target)
         rows[view] = merged.num_rows
     vehicles = 0 if annotated is None else int(pc.count_distinct(annotated["vehicle"]).as_py())
     return {
@@ -220,4 +241,5 @@ def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, int]:
         "history_rows": rows["vehicle_history"],
         "mileage_rows": rows["mileage_timeline"],
         "score_rows": rows["fraud_scores"],
+        "file_keys": pickle.dumps(counted),
     }

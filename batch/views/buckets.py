@@ -25,7 +25,10 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 
-SUMMARY_DDL = "bucket int, rows_in bigint, vehicles_redone bigint, history_rows bigint, mileage_rows bigint, score_rows bigint"
+SUMMARY_DDL = (
+    "bucket int, rows_in bigint, vehicles_redone bigint, history_rows bigint, mileage_rows bigint, "
+    "score_rows bigint, file_keys binary"
+)
 
 
 PROFILE_DDL = "bucket int, part int, km double, days double"

@@ -169,3 +169,28 @@ def test_the_audit_reads_each_bucket_file_once_and_reports_a_failure_with_sparks
         and "(1 unexpected)" in f
         for f in bad.failures
     ), bad.failures
+
+
+def test_a_run_audits_what_its_tasks_counted_as_they_wrote_and_a_reaudit_agrees(
+    spark: Any, tmp_path: Path, monkeypatch: Any
+) -> None:
+    table = pa.Table.from_pylist(fleet.fleet_rows(), schema=MASTER_SCHEMA)
+    for tmp, final in write_master_files(table, tmp_path / "master", "flush-1", {}):
+        os.replace(tmp, final)
+    config = BatchConfig(
+        master_dataset=tmp_path / "master", batch_dir=tmp_path / "b", spark_master="local[2]"
+    )
+    passes: list[int] = []
+    real = audit.file_key_pass
+    monkeypatch.setattr(
+        audit, "file_key_pass", lambda s, files, *a: passes.append(len(files)) or real(s, files, *a)
+    )
+    record = run_batch(config, spark=spark)
+    assert record.status == "published" and passes == []  # no file read again by the audit
+    version_dir = config.version_dir(record.version)
+    params = json.loads((version_dir / "_audit.json").read_text())["parameters"]
+    again = audit.audit_views(
+        {v: version_dir / v for v in VIEWS}, params, tmp_path / "again", spark, vehicle_files=True
+    )
+    assert len(passes) == 3 and again.success  # read file by file this time: the same verdict
+    assert again.as_dict() | {"docs": None} == record.audit | {"docs": None}
