@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from batch.filekeys import FileKeys, file_keys
 from batch.rules import RuleEngine
-from batch.views.annotate import CHUNK_ROWS, annotate_batches, profile_table_sums
+from batch.views.annotate import annotate_table, profile_table_sums
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
 from pipelines.files import atomic_write
 
@@ -109,7 +109,9 @@ class BucketTask:
 def read_bucket(
     files: list[str], columns_filter: list[str] | None = None, set_aside: tuple[tuple[str, str], ...] = ()
 ) -> pa.Table:
-    """A bucket's rows (optionally only some vehicles, less the ``set_aside`` rows), clustered by vehicle."""
+    """A bucket's rows (optionally only some vehicles, less the ``set_aside`` rows), in file order: a
+    bucket of several files is not clustered by vehicle (:func:`run_bucket_task` annotates it whole,
+    which orders it)."""
     tables = []
     for f in files:
         t = pq.read_table(f, schema=MASTER_SCHEMA, partitioning=None).replace_schema_metadata(None)
@@ -120,10 +122,7 @@ def read_bucket(
             keys = pc.binary_join_element_wise(t["event_id"], t["vehicle"], "\x00")
             t = t.filter(pc.invert(pc.is_in(keys, value_set=pairs)))
         tables.append(t)
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    if len(tables) > 1:
-        table = table.sort_by([("vehicle", "ascending"), ("event_time", "ascending")])
-    return table
+    return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
 
 def _ms(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -196,13 +195,8 @@ def count_written(task: BucketTask, view: str, target: Path) -> list[tuple[str, 
 def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, Any]:
     """Annotate the task's vehicles and write the bucket's three per-vehicle view files."""
     table = read_bucket(task.files, task.redo, task.set_aside)
-    parts: list[pa.Table] = []
-    if table.num_rows:
-        parts = [
-            pa.Table.from_batches([b])
-            for b in annotate_batches(table.to_batches(max_chunksize=CHUNK_ROWS), engine)
-        ]
-    annotated = pa.concat_tables(parts) if parts else None
+    # the whole bucket at once: annotate_table orders it (vehicle, then the rules' order) in one sort
+    annotated = annotate_table(table, engine) if table.num_rows else None
     fresh = {
         "vehicle_history": project_history,
         "mileage_timeline": project_mileage,
