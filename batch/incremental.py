@@ -28,6 +28,7 @@ from the new version's ``vehicle_history`` (its narrow columns only).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import shutil
@@ -44,7 +45,13 @@ from batch.audit import Prepared, file_checks
 from batch.master import MasterScan
 from batch.reused import ReusedIds
 from batch.views import build
-from batch.views.bucket_views import PER_VEHICLE_VIEWS, BucketTask, bucket_file_name
+from batch.views.bucket_views import (
+    DIGESTS_DIR,
+    PER_VEHICLE_VIEWS,
+    BucketTask,
+    bucket_file_name,
+    with_digests,
+)
 from batch.views.buckets import bucket_pass, profile_pass
 from pipelines.dataset import bucket_of
 from pipelines.layout import BatchManifest, version_dir
@@ -239,7 +246,9 @@ def write_version(
         summaries = [r.asDict() for r in bucket_pass(spark, tasks, plan.profile).collect()]
     for s in summaries:
         for path, keys, rows, counts in pickle.loads(s.pop("file_keys")):
-            plan.file_keys[path] = (keys, rows, counts)
+            with contextlib.suppress(OSError):  # a digest file gone: the audit reads the view file
+                plan.file_keys[path] = (keys, rows, with_digests(counts))
+    shutil.rmtree(out / DIGESTS_DIR, ignore_errors=True)
     assert plan.previous is not None or not plan.carried
     for bucket in plan.carried:
         for view in PER_VEHICLE_VIEWS:

@@ -12,6 +12,7 @@ the bucket (sorted by vehicle, then ``seq``).  It returns a one-row summary.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 from dataclasses import dataclass
@@ -182,14 +183,46 @@ def _kept(previous: Path, redo: pa.Array) -> pa.Table | None:
     return old.filter(pc.invert(pc.is_in(old["vehicle"], value_set=redo)))
 
 
+#: Where a bucket task leaves the event-id digests of the files it wrote, inside the new version
+#: (megabytes a bucket: through Spark's collect they cost the JVM a second of work and a gigabyte of
+#: heap at 10M events); the run reads them back for the audit and removes the directory.
+DIGESTS_DIR = ".audit-digests"
+
+
 def count_written(task: BucketTask, view: str, target: Path) -> list[tuple[str, Any, Any, FileKeys]]:
     """The audit's counts over a view file this task wrote, read back from disk (its keys and row
-    checks, :func:`batch.filekeys.file_keys`): the audit merges them instead of reading the file."""
-    return [
-        (str(target), keys, rows, file_keys(str(target), keys, rows))
-        for v, keys, rows in task.checks
-        if v == view
-    ]
+    checks, :func:`batch.filekeys.file_keys`): the audit merges them instead of reading the file.
+    The digests go to files of their own (:data:`DIGESTS_DIR`); :func:`with_digests` puts them back."""
+    made = []
+    for v, keys, rows in task.checks:
+        if v != view:
+            continue
+        counts = file_keys(str(target), keys, rows)
+        kept: list[bytes | None] = []
+        for i, found in enumerate(counts.digests):
+            if found:
+                side = Path(task.out) / DIGESTS_DIR / f"{view}.{target.stem}.{i}.u64"
+                side.parent.mkdir(parents=True, exist_ok=True)
+                side.write_bytes(found)
+                found = f"{DIGEST_FILE}{side}".encode()
+            kept.append(found)
+        made.append((str(target), keys, rows, dataclasses.replace(counts, digests=tuple(kept))))
+    return made
+
+
+#: How a digest left in a file is named in a :class:`FileKeys` on its way to the driver.
+DIGEST_FILE = "file:"
+
+
+def with_digests(counts: FileKeys) -> FileKeys:
+    """``counts`` with the digests :func:`count_written` left in files read back (``OSError`` if one
+    is missing: the audit then reads the view file itself)."""
+    back = []
+    for found in counts.digests:
+        if found and found.startswith(DIGEST_FILE.encode()):
+            found = Path(found[len(DIGEST_FILE) :].decode()).read_bytes()
+        back.append(found)
+    return dataclasses.replace(counts, digests=tuple(back))
 
 
 def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, Any]:

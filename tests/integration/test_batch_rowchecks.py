@@ -22,7 +22,7 @@ from batch.config import VIEWS, BatchConfig
 from batch.jobs import run_batch
 from batch.rowchecks import arrow_checks
 from batch.views.annotate import ADDED_SCHEMA
-from batch.views.bucket_views import SCORES_SCHEMA
+from batch.views.bucket_views import DIGESTS_DIR, SCORES_SCHEMA
 from pipelines.dataset import MASTER_SCHEMA
 from speed.master import write_master_files
 from tests.fixtures import batch_fleet as fleet
@@ -188,6 +188,7 @@ def test_a_run_audits_what_its_tasks_counted_as_they_wrote_and_a_reaudit_agrees(
     record = run_batch(config, spark=spark)
     assert record.status == "published" and passes == []  # no file read again by the audit
     version_dir = config.version_dir(record.version)
+    assert not (version_dir / DIGESTS_DIR).exists()  # the digests the tasks left were read and removed
     params = json.loads((version_dir / "_audit.json").read_text())["parameters"]
     again = audit.audit_views(
         {v: version_dir / v for v in VIEWS}, params, tmp_path / "again", spark, vehicle_files=True
