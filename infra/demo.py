@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -166,21 +167,25 @@ def consumer_key() -> str:
 
 # -- the batch layer ------------------------------------------------------------------------------------
 def _compile_rules() -> subprocess.Popen[str]:
-    """Compile the rules' kernels in a process of their own (``python -m batch.views.annotate``): a
-    thread would hold the stream's interpreter lock for the 15-30 s of a cold compile."""
-    return subprocess.Popen(
+    """Compile the rules' kernels in a process of their own (``python -m batch.views.annotate``) at
+    the lowest priority: a thread would hold the demo's interpreter lock for the 15-30 s of a cold
+    compile, and at a normal priority it would take a core from the stream."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "batch.views.annotate"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    with contextlib.suppress(OSError):  # (a priority is a courtesy: the compile runs either way)
+        os.setpriority(os.PRIO_PROCESS, proc.pid, 19)
+    return proc
 
 
 def _rules_compiled(proc: subprocess.Popen[str], say: Say) -> None:
     out, _ = proc.communicate(timeout=600)
     lines = out.strip().splitlines()
     if proc.returncode == 0 and lines:
-        say(f"  {lines[-1]} while the stream ran (the batch pass loads them from the cache)")
+        say(f"  {lines[-1]} at low priority alongside (the batch pass loads them from the cache)")
     else:  # not fatal: the pass's workers compile them themselves
         say(f"  the rules' kernels did not compile ahead (exit {proc.returncode}): {' '.join(lines[-3:])}")
 
@@ -272,6 +277,9 @@ def run_demo(  # noqa: PLR0915 (the demo's steps in order)
         with phase("start the broker and the chain node, simulate the fleet, deploy the contracts"):
             # side by side, as they would be: the broker's JVM and the chain node start while the
             # fleet is simulated; the contracts are deployed as soon as the node answers
+            # the rules' kernels compile into numba's cache at the lowest priority, on what the
+            # machine leaves idle until the batch layer needs them
+            compiling.append(_compile_rules())
             broker = Background(lambda: _start_kafka(settings, options, say), "pcc-demo-broker")
             chain = Background(lambda: _start_ledger(settings, options), "pcc-demo-chain")
             started += [broker, chain]
@@ -302,7 +310,6 @@ def run_demo(  # noqa: PLR0915 (the demo's steps in order)
         insurer = demo_alerts.start(settings, fleet_dir, say)  # an insurer's webhook gets the flags
 
         def start_spark() -> None:  # the speed layer catches up on one core: Spark starts on the other
-            compiling.append(_compile_rules())  # and the rules' kernels compile into numba's cache
             if spark is None:
                 b = settings.batch
                 warm.append(
