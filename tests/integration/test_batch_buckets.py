@@ -318,12 +318,7 @@ def test_the_audit_counts_keys_file_by_file_and_exactly_what_the_files_cannot_vo
     import batch.audit as audit
     from batch.config import VIEWS
 
-    table = pa.Table.from_pylist(fleet.fleet_rows(), schema=MASTER_SCHEMA)
-    for tmp, final in write_master_files(table, tmp_path / "master", "flush-1", {}):
-        os.replace(tmp, final)
-    config = BatchConfig(
-        master_dataset=tmp_path / "master", batch_dir=tmp_path / "b", spark_master="local[2]"
-    )
+    config = fleet.bucketed_config(tmp_path)
     record = run_batch(config, spark=spark)
     version_dir = config.version_dir(record.version)
     params = json.loads((version_dir / "_audit.json").read_text())["parameters"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import string
 import tempfile
@@ -18,13 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from batch import audit
-from batch.config import VIEWS, BatchConfig
+from batch.config import VIEWS
 from batch.jobs import run_batch
 from batch.rowchecks import arrow_checks
 from batch.views.annotate import ADDED_SCHEMA
 from batch.views.bucket_views import DIGESTS_DIR, SCORES_SCHEMA
 from pipelines.dataset import MASTER_SCHEMA
-from speed.master import write_master_files
 from tests.fixtures import batch_fleet as fleet
 
 pytestmark = pytest.mark.integration
@@ -132,12 +130,7 @@ def test_a_suite_arrow_cannot_say_the_same_of_is_left_to_spark() -> None:
 def test_the_audit_reads_each_bucket_file_once_and_reports_a_failure_with_sparks_count(
     spark: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    table = pa.Table.from_pylist(fleet.fleet_rows(), schema=MASTER_SCHEMA)
-    for tmp, final in write_master_files(table, tmp_path / "master", "flush-1", {}):
-        os.replace(tmp, final)
-    config = BatchConfig(
-        master_dataset=tmp_path / "master", batch_dir=tmp_path / "b", spark_master="local[2]"
-    )
+    config = fleet.bucketed_config(tmp_path)
     version_dir = config.version_dir(run_batch(config, spark=spark).version)
     params = json.loads((version_dir / "_audit.json").read_text())["parameters"]
     scanned: list[str] = []
@@ -174,12 +167,7 @@ def test_the_audit_reads_each_bucket_file_once_and_reports_a_failure_with_sparks
 def test_a_run_audits_what_its_tasks_counted_as_they_wrote_and_a_reaudit_agrees(
     spark: Any, tmp_path: Path, monkeypatch: Any
 ) -> None:
-    table = pa.Table.from_pylist(fleet.fleet_rows(), schema=MASTER_SCHEMA)
-    for tmp, final in write_master_files(table, tmp_path / "master", "flush-1", {}):
-        os.replace(tmp, final)
-    config = BatchConfig(
-        master_dataset=tmp_path / "master", batch_dir=tmp_path / "b", spark_master="local[2]"
-    )
+    config = fleet.bucketed_config(tmp_path)
     passes: list[int] = []
     real = audit.file_key_pass
     monkeypatch.setattr(
