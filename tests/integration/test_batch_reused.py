@@ -62,7 +62,7 @@ def _master(root: Path, buckets: int, extra: list[tuple[int, str, int, int]]) ->
     return root
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(extra=copies, buckets=st.sampled_from([1, 2, 64]))
 def test_the_bucket_search_finds_what_the_spark_aggregate_finds(spark: Any, extra, buckets: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
