@@ -1,9 +1,10 @@
 """A suite's row-level checks over an Arrow table: the counts the audit's Spark aggregates give.
 
 The audit (:mod:`batch.audit`) turns a stored suite into one Spark aggregate over a view's
-files. For the per-vehicle views of a bucketed version it already reads every written file
-once, in a Spark task of its own (:mod:`batch.filekeys`); :func:`arrow_checks` lets that same
-read count the suite's row-level expectations too, so the view is not scanned a second time.
+files. For the per-vehicle views of a bucketed version every file is read once for its keys
+(:mod:`batch.filekeys`), by the task that wrote it or else by the audit; :func:`arrow_checks`
+lets that same read count the suite's row-level expectations too, so the view is not scanned a
+second time.
 
 Same suite, same counts (``test_batch_rowchecks.py`` holds the two to each other on generated
 tables). Only what both can say identically is counted here; for anything else
@@ -42,6 +43,8 @@ FOOTER_KINDS = ("expect_table_row_count_to_equal", "expect_table_row_count_to_be
 UNIQUE_KINDS = ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique")
 
 _CONDITION = re.compile(r"^\s*(?P<neg>NOT\s+)?(?P<column>[A-Za-z_][A-Za-z0-9_]*)\s*$", re.IGNORECASE)
+#: Words Spark reads as values, not columns: a condition of one of them is not a column's.
+_SQL_WORDS = frozenset({"TRUE", "FALSE", "NULL", "NOT"})
 _LITERAL = r"[A-Za-z0-9_\- ]"
 _PORTABLE_REGEX = re.compile(
     rf"^(?:\^|\$|{_LITERAL}|\[(?:{_LITERAL}(?:-{_LITERAL})?)+\]|[(|)]|\{{[0-9]+(?:,[0-9]*)?\}}|[*+?])*$"
@@ -87,7 +90,7 @@ def _condition(text: str | None) -> tuple[str, bool] | None:
     if not text:
         return None
     found = _CONDITION.match(text)
-    if found is None:
+    if found is None or found["column"].upper() in _SQL_WORDS:
         raise ValueError(text)
     return found["column"], bool(found["neg"])
 

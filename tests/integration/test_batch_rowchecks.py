@@ -121,6 +121,8 @@ def test_a_suite_arrow_cannot_say_the_same_of_is_left_to_spark() -> None:
     assert arrow_checks(doc, {}) is not None
     doc["expectations"][0]["kwargs"]["row_condition"] = "a > 3"
     assert arrow_checks(doc, {}) is None  # only a boolean column, or NOT one
+    doc["expectations"][0]["kwargs"]["row_condition"] = "NOT true"
+    assert arrow_checks(doc, {}) is None  # a value in Spark, not a column
     doc["expectations"][0]["kwargs"]["row_condition"] = "NOT flagged"
     assert arrow_checks(doc, {}) is not None
     doc["expectations"].append({"type": "expect_column_median_to_be_between", "kwargs": {"column": "a"}})
