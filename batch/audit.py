@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from batch.config import VIEWS
 from batch.filekeys import FileKeys, file_key_pass, merge
-from batch.rowchecks import RowChecks, add, arrow_checks
+from batch.rowchecks import UNIQUE_KINDS, RowChecks, add, arrow_checks, resolve
 from batch.session import require_gx
 from batch.views.bucket_views import PER_VEHICLE_VIEWS
 
@@ -95,12 +95,6 @@ def suite_columns(doc: dict[str, Any]) -> list[str]:
             if c and c not in cols:
                 cols.append(c)
     return cols
-
-
-def _resolve(value: Any, parameters: dict[str, int]) -> Any:
-    if isinstance(value, dict) and "$PARAMETER" in value:
-        return parameters[value["$PARAMETER"]]
-    return value
 
 
 @dataclass
@@ -162,7 +156,7 @@ def _aggregates(doc: dict[str, Any], parameters: dict[str, int]) -> tuple[list[_
     exprs: list[Column] = [F.count(F.lit(1)).alias("_rows")]
     for i, exp in enumerate(doc["expectations"]):
         kind = exp["type"]
-        kw = {k: _resolve(v, parameters) for k, v in exp.get("kwargs", {}).items()}
+        kw = {k: resolve(v, parameters) for k, v in exp.get("kwargs", {}).items()}
         check = _Check(i, kind, kw, tolerated_reason=(exp.get("meta") or {}).get("tolerated_reason"))
         checks.append(check)
         where = F.expr(kw["row_condition"]) if kw.get("row_condition") else F.lit(True)
@@ -172,7 +166,7 @@ def _aggregates(doc: dict[str, Any], parameters: dict[str, int]) -> tuple[list[_
             check.unexpected, check.considered = f"_u{i}", f"_n{i}"
             exprs.append(F.sum(F.when(where & bad, 1).otherwise(0)).alias(check.unexpected))
             exprs.append(F.sum(F.when(where, 1).otherwise(0)).alias(check.considered))
-        elif kind in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique"):
+        elif kind in UNIQUE_KINDS:
             check.unexpected = f"_u{i}"
             check.distinct = _duplicates(kind, col, kw).alias(check.unexpected)
         elif kind == "expect_column_sum_to_be_between":
@@ -198,20 +192,19 @@ def file_checks() -> FileChecks:
     for view in PER_VEHICLE_VIEWS:
         doc = load_suite(view)
         keys = tuple(
-            (e["kwargs"]["column"],)
-            if e["type"] == "expect_column_values_to_be_unique"
-            else tuple(e["kwargs"]["column_list"])
-            for e in doc["expectations"]
-            if e["type"] in ("expect_column_values_to_be_unique", "expect_compound_columns_to_be_unique")
+            _unique_key(e["type"], e["kwargs"]) for e in doc["expectations"] if e["type"] in UNIQUE_KINDS
         )
         out.append((view, keys, arrow_checks(doc, {})))
     return tuple(out)
 
 
+def _unique_key(kind: str, kw: dict[str, Any]) -> tuple[str, ...]:
+    """The column(s) a uniqueness expectation is about."""
+    return (kw["column"],) if kind == "expect_column_values_to_be_unique" else tuple(kw["column_list"])
+
+
 def _key(check: _Check) -> tuple[str, ...]:
-    """The column(s) a uniqueness check is about."""
-    kw = check.kwargs
-    return (kw["column"],) if check.kind == "expect_column_values_to_be_unique" else tuple(kw["column_list"])
+    return _unique_key(check.kind, check.kwargs)
 
 
 def _footer_rows(files: Sequence[Path]) -> int:

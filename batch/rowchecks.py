@@ -78,7 +78,8 @@ class RowChecks:
         return out
 
 
-def _resolve(value: Any, parameters: dict[str, int]) -> Any:
+def resolve(value: Any, parameters: dict[str, int]) -> Any:
+    """A suite's value, or the parameter it names (``{"$PARAMETER": name}``)."""
     if isinstance(value, dict) and "$PARAMETER" in value:
         return parameters[value["$PARAMETER"]]
     return value
@@ -116,7 +117,7 @@ def arrow_checks(doc: dict[str, Any], parameters: dict[str, int]) -> RowChecks |
         if kind == "expect_column_sum_to_be_between":
             kw = {"column": kw["column"]}  # the sum is counted; its bounds are the audit's
         try:
-            kw = {k: _resolve(v, parameters) for k, v in kw.items()}
+            kw = {k: resolve(v, parameters) for k, v in kw.items()}
         except KeyError:  # a bound given by a parameter not known yet (a bucket task's checks)
             return None
         check = RowCheck(i, kind, kw.get("column"), kw, condition, reason)
