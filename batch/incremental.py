@@ -245,9 +245,9 @@ def write_version(
         spark.sparkContext.setJobDescription(f"pcc batch: rules pass over {len(tasks)} vehicle buckets")
         summaries = [r.asDict() for r in bucket_pass(spark, tasks, plan.profile).collect()]
     for s in summaries:
-        for path, keys, rows, counts in pickle.loads(s.pop("file_keys")):
+        for path, keys, rows, counts, moved in pickle.loads(s.pop("file_keys")):
             with contextlib.suppress(OSError):  # a digest file gone: the audit reads the view file
-                plan.file_keys[path] = (keys, rows, with_digests(counts))
+                plan.file_keys[path] = (keys, rows, with_digests(counts, moved))
     shutil.rmtree(out / DIGESTS_DIR, ignore_errors=True)
     assert plan.previous is not None or not plan.carried
     for bucket in plan.carried:

@@ -66,7 +66,10 @@ SUMMARY_SCHEMA = pa.schema(
         ("history_rows", pa.int64()),
         ("mileage_rows", pa.int64()),
         ("score_rows", pa.int64()),
-        ("file_keys", pa.binary()),  # pickled [(file, keys, checks, FileKeys)] (:func:`count_written`)
+        (
+            "file_keys",
+            pa.binary(),
+        ),  # pickled [(file, keys, checks, FileKeys, digest files)] (:func:`count_written`)
     ]
 )
 
@@ -189,40 +192,35 @@ def _kept(previous: Path, redo: pa.Array) -> pa.Table | None:
 DIGESTS_DIR = ".audit-digests"
 
 
-def count_written(task: BucketTask, view: str, target: Path) -> list[tuple[str, Any, Any, FileKeys]]:
+def count_written(
+    task: BucketTask, view: str, target: Path
+) -> list[tuple[str, Any, Any, FileKeys, dict[int, str]]]:
     """The audit's counts over a view file this task wrote, read back from disk (its keys and row
     checks, :func:`batch.filekeys.file_keys`): the audit merges them instead of reading the file.
-    The digests go to files of their own (:data:`DIGESTS_DIR`); :func:`with_digests` puts them back."""
+    The digests go to files of their own (:data:`DIGESTS_DIR`, named per key index in the last
+    element); :func:`with_digests` puts them back."""
     made = []
     for v, keys, rows in task.checks:
         if v != view:
             continue
         counts = file_keys(str(target), keys, rows)
-        kept: list[bytes | None] = []
+        moved: dict[int, str] = {}
         for i, found in enumerate(counts.digests):
             if found:
                 side = Path(task.out) / DIGESTS_DIR / f"{view}.{target.stem}.{i}.u64"
                 side.parent.mkdir(parents=True, exist_ok=True)
                 side.write_bytes(found)
-                found = f"{DIGEST_FILE}{side}".encode()
-            kept.append(found)
-        made.append((str(target), keys, rows, dataclasses.replace(counts, digests=tuple(kept))))
+                moved[i] = str(side)
+        light = tuple(b"" if i in moved else d for i, d in enumerate(counts.digests))
+        made.append((str(target), keys, rows, dataclasses.replace(counts, digests=light), moved))
     return made
 
 
-#: How a digest left in a file is named in a :class:`FileKeys` on its way to the driver.
-DIGEST_FILE = "file:"
-
-
-def with_digests(counts: FileKeys) -> FileKeys:
+def with_digests(counts: FileKeys, moved: dict[int, str]) -> FileKeys:
     """``counts`` with the digests :func:`count_written` left in files read back (``OSError`` if one
     is missing: the audit then reads the view file itself)."""
-    back = []
-    for found in counts.digests:
-        if found and found.startswith(DIGEST_FILE.encode()):
-            found = Path(found[len(DIGEST_FILE) :].decode()).read_bytes()
-        back.append(found)
-    return dataclasses.replace(counts, digests=tuple(back))
+    back = tuple(Path(moved[i]).read_bytes() if i in moved else d for i, d in enumerate(counts.digests))
+    return dataclasses.replace(counts, digests=back)
 
 
 def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, Any]:
@@ -237,7 +235,7 @@ def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, Any]:
     }
     redo = pa.array(task.redo or [], pa.string())
     rows: dict[str, int] = {}
-    counted: list[tuple[str, Any, Any, FileKeys]] = []
+    counted: list[tuple[str, Any, Any, FileKeys, dict[int, str]]] = []
     for view, project in fresh.items():
         pieces = [project(annotated)] if annotated is not None else []
         if task.previous is not None and task.redo is not None:
