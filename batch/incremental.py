@@ -22,8 +22,10 @@ within ``batch.profile_tolerance`` of it, it stays the reference and the run
 equals a full rebuild under that profile (``--full`` measures it afresh); once
 the fleet's seasons moved further, every bucket is redone with the new one.
 
-``source_reputation`` (a few thousand producers) is then aggregated by Spark
-from the new version's ``vehicle_history`` (its narrow columns only).
+``source_reputation`` (a few thousand producers) adds up the producer sums each
+bucket task left beside its views (:mod:`batch.views.sources`; a carried
+bucket's are linked with its views), or, when one is missing, is aggregated by
+Spark from the new version's ``vehicle_history`` (its narrow columns only).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ from batch.views.bucket_views import (
     with_digests,
 )
 from batch.views.buckets import bucket_pass, profile_pass
+from batch.views.sources import read_sums, reputation_from_sums, sums_path, write_reputation
 from pipelines.dataset import bucket_of
 from pipelines.layout import BatchManifest, version_dir
 from pipelines.rules.fraud import profile_from_sums
@@ -219,10 +222,15 @@ def write_version(
     timely_lag_s: int,
 ) -> dict[str, Any]:
     """Write the four views of a new version under ``out``; returns the manifest's ``layout`` section."""
-    aside, checks = plan.set_aside, file_checks()
+    aside, checks, lag = plan.set_aside, file_checks(), timely_lag_s
     tasks = [
         BucketTask(
-            b, [str(f) for f in scan.bucket_files[b]], str(out), set_aside=aside.get(b, ()), checks=checks
+            b,
+            [str(f) for f in scan.bucket_files[b]],
+            str(out),
+            set_aside=aside.get(b, ()),
+            checks=checks,
+            timely_lag_s=lag,
         )
         for b in plan.whole
     ]
@@ -235,6 +243,7 @@ def write_version(
             vehicles,
             aside.get(b, ()),
             checks,
+            lag,
         )
         for b, vehicles in sorted(plan.partial.items())
     ]
@@ -249,17 +258,24 @@ def write_version(
             with contextlib.suppress(OSError):  # a digest file gone: the audit reads the view file
                 plan.file_keys[path] = (keys, rows, with_digests(counts, moved))
     shutil.rmtree(out / DIGESTS_DIR, ignore_errors=True)
-    assert plan.previous is not None or not plan.carried
+    previous = plan.previous
+    assert previous is not None or not plan.carried
     for bucket in plan.carried:
-        for view in PER_VEHICLE_VIEWS:
-            src = plan.previous / view / bucket_file_name(bucket)  # type: ignore[operator]
+        assert previous is not None
+        name = bucket_file_name(bucket)
+        linked = [(previous / v / name, out / v / name) for v in PER_VEHICLE_VIEWS]
+        for src, dst in [*linked, (sums_path(previous, bucket), sums_path(out, bucket))]:
             if src.exists():
-                _link(src, out / view / bucket_file_name(bucket))
-    history = spark.read.parquet(str(out / "vehicle_history")).select(
-        "source_id", "verification", "batch_flags", "ingestion_time", "event_time", "quality"
-    )
-    spark.sparkContext.setJobDescription("pcc batch: source_reputation")
-    build.write_view(build.source_reputation(history, timely_lag_s), out / "source_reputation")
+                _link(src, dst)
+    sums = read_sums([sums_path(out, b) for b in sorted(scan.bucket_files)], timely_lag_s)
+    if sums is not None:
+        write_reputation(reputation_from_sums(sums), out / "source_reputation")
+    else:  # a carried bucket from a version without sums, or made with another timely_lag_s
+        history = spark.read.parquet(str(out / "vehicle_history")).select(
+            "source_id", "verification", "batch_flags", "ingestion_time", "event_time", "quality"
+        )
+        spark.sparkContext.setJobDescription("pcc batch: source_reputation")
+        build.write_view(build.source_reputation(history, timely_lag_s), out / "source_reputation")
     return {
         **plan.summary(),
         "files": {str(b): sorted(f.name for f in files) for b, files in sorted(scan.bucket_files.items())},

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from batch.filekeys import FileKeys, file_keys
 from batch.rules import RuleEngine
 from batch.views.annotate import annotate_table, profile_table_sums
+from batch.views.sources import SUMS_SCHEMA, source_sums, sums_path, write_sums
 from pipelines.dataset import MASTER_COLUMNS, MASTER_SCHEMA
 from pipelines.files import atomic_write
 
@@ -108,6 +109,8 @@ class BucketTask:
     set_aside: tuple[tuple[str, str], ...] = ()
     #: the audit's per-file counts to make over each view file written (:func:`batch.audit.file_checks`)
     checks: FileChecks = ()
+    #: write the bucket's producer sums with this lag (:mod:`batch.views.sources`); None: none written
+    timely_lag_s: int | None = None
 
 
 def read_bucket(
@@ -236,6 +239,7 @@ def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, Any]:
     redo = pa.array(task.redo or [], pa.string())
     rows: dict[str, int] = {}
     counted: list[tuple[str, Any, Any, FileKeys, dict[int, str]]] = []
+    history: pa.Table | None = None
     for view, project in fresh.items():
         pieces = [project(annotated)] if annotated is not None else []
         if task.previous is not None and task.redo is not None:
@@ -255,9 +259,14 @@ def run_bucket_task(task: BucketTask, engine: RuleEngine) -> dict[str, Any]:
         )
         if len(pieces) > 1:
             merged = merged.sort_by(keys)
+        if view == "vehicle_history":
+            history = merged
         _write(merged, target)
         counted += count_written(task, view, target)
         rows[view] = merged.num_rows
+    if task.timely_lag_s is not None:  # what source_reputation needs of this bucket, while its rows are here
+        sums = SUMS_SCHEMA.empty_table() if history is None else source_sums(history, task.timely_lag_s)
+        write_sums(sums, sums_path(Path(task.out), task.bucket), task.timely_lag_s)
     vehicles = 0 if annotated is None else int(pc.count_distinct(annotated["vehicle"]).as_py())
     return {
         "bucket": task.bucket,

@@ -140,6 +140,26 @@ def test_an_incremental_run_after_late_events_in_many_buckets_equals_a_full_rebu
 
     nothing = run_batch(config, spark=spark)
     assert nothing.status == "up_to_date" and nothing.version == again.version
+    # producer sums are carried with their buckets; made under another timely lag, they are not used
+    later = event_row(
+        late_for[0], "odometer_reading", fleet.day(300), "garage-ind-05", 90_000, lag=timedelta(days=35)
+    )
+    write_master_dataset([later], master, segment="seg-later")
+    lagged = BatchConfig(
+        master_dataset=master, batch_dir=config.batch_dir, spark_master="local[2]", timely_lag_s=40 * 86_400
+    )
+    assert run_batch(lagged, spark=spark).buckets["carried"] > 0
+    reference = BatchConfig(
+        master_dataset=master,
+        batch_dir=tmp_path / "full-2",
+        spark_master="local[2]",
+        timely_lag_s=40 * 86_400,
+    )
+    run_batch(reference, spark=spark, full=True)
+    assert_same_views(lagged, reference)
+    assert (
+        view(lagged, "source_reputation").set_index("source_id").loc["garage-ind-05", "timely_share"] == 1.0
+    )
     # --full recomputes every bucket whatever changed
     plan = plan_buckets(scan_master(master), read_current(config), config.batch_dir, full=True, since=None)
     assert plan.carried == [] and len(plan.whole) == len(scan_master(master).bucket_files)

@@ -151,7 +151,7 @@ def test_a_run_audits_what_its_tasks_counted_and_a_reaudit_reads_each_file_once_
     scanned.clear()
     again = audit.audit_views(paths, params, tmp_path / "again", spark, vehicle_files=True)
     assert len(passes) == 3 and again.success  # read file by file this time: the same verdict
-    assert scanned == ["source_reputation"]  # each bucket file read once, its suite counted by Arrow
+    assert scanned == []  # each file read once, its suite counted by Arrow (source_reputation whole)
     assert again.as_dict() | {"docs": None} == record.audit | {"docs": None}
 
     # a reading beyond the plausible range that the reconciliation did not set aside
@@ -176,3 +176,22 @@ def test_a_run_audits_what_its_tasks_counted_and_a_reaudit_reads_each_file_once_
         and "(1 unexpected)" in f
         for f in bad.failures
     ), bad.failures
+
+    # a producer's share beyond 1 in the small view the driver counts: Spark's count reports it
+    sources = tmp_path / "tampered" / "source_reputation"
+    shutil.copytree(version_dir / "source_reputation", sources)
+    target = sorted(sources.glob("*.parquet"))[0]
+    rep = pq.read_table(target)
+    shares = [1.5, *rep["timely_share"].to_pylist()[1:]]
+    at = rep.schema.get_field_index("timely_share")
+    pq.write_table(rep.set_column(at, "timely_share", pa.array(shares, pa.float64())), target)
+    scanned.clear()
+    worse = audit.audit_views(
+        {**paths, "source_reputation": sources}, params, tmp_path / "worse", spark, vehicle_files=True
+    )
+    assert not worse.success and scanned == ["source_reputation"]
+    assert any(
+        f.startswith("source_reputation: expect_column_values_to_be_between timely_share")
+        and "(1 unexpected)" in f
+        for f in worse.failures
+    ), worse.failures
