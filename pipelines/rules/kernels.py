@@ -33,7 +33,7 @@ import numpy as np
 from numba import njit
 
 from pipelines.rules.columns import ODOMETER_READING, OWNERSHIP_CHANGE, Columns, columns
-from pipelines.rules.history import LATER_DAYS, ONE_OFF, UNDONE, _prefix
+from pipelines.rules.history import LATER_DAYS, ONE_OFF, PROFILE_STEP_DAYS, UNDONE, _prefix
 from pipelines.rules.scoring import Score, fraud_score
 from pipelines.rules.stream import (
     DAY_MS,
@@ -44,7 +44,7 @@ from pipelines.rules.stream import (
     FraudParams,
 )
 
-__all__ = ["Columns", "KernelAssessment", "assess_columns", "columns"]
+__all__ = ["Columns", "KernelAssessment", "assess_columns", "columns", "profile_columns"]
 
 # flag bits, in the order check_event raises them
 WRECK, ROLLBACK, RATE, INTERLEAVED, TRAVEL, DUPLICATE = 1, 2, 4, 8, 16, 32
@@ -843,3 +843,47 @@ def assess_columns(
             evidence[i] = ev
     score = fraud_score(((out_flags[i], ev) for i, ev in evidence.items()), params)
     return KernelAssessment(out_flags, evidence, score)
+
+
+@njit(cache=True)
+def _profile(t, km, starts, lo, hi, min_days):  # fmt: skip
+    """:func:`pipelines.rules.history.profile_sums` of each vehicle (``starts``: where each begins,
+    then the end), added up in vehicle order: the same operations on the same doubles."""
+    total_km, total_days = np.zeros(12), np.zeros(12)
+    steps_t, steps_d, steps_k = np.empty(len(t)), np.empty(len(t)), np.empty(len(t), np.int64)
+    for v in range(len(starts) - 1):
+        n, days, kms = 0, 0.0, 0
+        for i in range(starts[v], starts[v + 1] - 1):
+            d = (t[i + 1] - t[i]) / 86_400_000
+            k = km[i + 1] - km[i]
+            if lo <= d <= hi and 0 <= k <= 1_000 * d:
+                steps_t[n], steps_d[n], steps_k[n] = t[i], d, k
+                days += d
+                kms += k
+                n += 1
+        rate = kms / days if days >= min_days else 0.0
+        if rate <= 0:
+            continue
+        part_km, part_days = np.zeros(12), np.zeros(12)
+        for j in range(n):
+            rest = _pydivmod(steps_t[j] + steps_d[j] * 86_400_000 / 2, _YEAR_MS)[1]
+            part = int(_pydivmod(rest, _PART_MS)[0]) % 12
+            part_km[part] += steps_k[j] / rate
+            part_days[part] += steps_d[j]
+        total_km += part_km
+        total_days += part_days
+    return total_km, total_days
+
+
+def profile_columns(
+    t: np.ndarray, km: np.ndarray, starts: np.ndarray, min_days: float = 180.0
+) -> tuple[list[float], list[float]]:
+    """The fleet-profile sums of whole vehicles' verified readings, compiled: ``t`` (ms) and ``km``
+    (int64) sorted by vehicle, then time, then km; ``starts``: where each vehicle begins, then the
+    end. Equal, to the last bit, to :func:`pipelines.rules.history.profile_sums` per vehicle added up
+    in that order (a property test holds it)."""
+    if len(starts) < 2:
+        return [0.0] * 12, [0.0] * 12
+    lo, hi = PROFILE_STEP_DAYS
+    k, d = _profile(t.astype(np.int64), km.astype(np.int64), starts.astype(np.int64), lo, hi, min_days)
+    return k.tolist(), d.tolist()

@@ -13,7 +13,7 @@ import dataclasses
 from collections import Counter
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pipelines.rules import DEFAULT_PARAMS, EventFields, FraudParams, assess_vehicle, sort_key
@@ -204,3 +204,51 @@ def test_kernels_agree_on_twins_read_in_turn() -> None:
     for offset in (1_000, -800, 10_000, 2_500):
         for every in (7, 30):
             agree(twin_read_in_turn(offset, 3, every, 40.0, 70))
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> list[list[tuple[int, int]]]:
+    """Cars' (time, km) readings: days to weeks apart (some too close or too far to count), mostly
+    climbing, some winding back, over a year or more so that most cars count."""
+    cars = []
+    for _ in range(draw(st.integers(0, 6))):
+        t, km, readings = T0 + draw(st.integers(0, 365)) * DAY, draw(st.integers(0, 90_000)), []
+        for _ in range(draw(st.integers(0, 70))):
+            t += draw(st.sampled_from([DAY // 3, DAY, 5 * DAY, 9 * DAY, 15 * DAY, 20 * DAY])) + draw(
+                st.integers(0, DAY)
+            )
+            km += draw(st.sampled_from([0, 120, 700, 2_500, -3_000, 40_000]))
+            readings.append((t, km))
+        readings += draw(st.lists(st.sampled_from(readings), max_size=2)) if readings else []  # same time
+        cars.append(readings)
+    return cars
+
+
+WEEKLY = [[(T0 + 7 * i * DAY + i * 3_600_000, 5_000 + 350 * i + (i % 5) * 40) for i in range(60)]]
+
+
+@given(fleets())
+@example(WEEKLY)
+@settings(max_examples=150, deadline=None)
+def test_the_compiled_fleet_profile_sums_are_the_python_rules_to_the_last_bit(
+    cars: list[list[tuple[int, int]]],
+) -> None:
+    import numpy as np
+
+    from pipelines.rules.history import profile_sums
+    from pipelines.rules.kernels import profile_columns
+
+    km, days = [0.0] * 12, [0.0] * 12
+    for readings in cars:  # the oracle: car by car, in the cars' order
+        k, d = profile_sums(readings)
+        km = [x + y for x, y in zip(km, k, strict=True)]
+        days = [x + y for x, y in zip(days, d, strict=True)]
+    ordered = [sorted(r) for r in cars]
+    starts = np.cumsum([0, *(len(r) for r in ordered)])
+    flat = [p for r in ordered for p in r]
+    got = profile_columns(
+        np.array([t for t, _ in flat], np.int64), np.array([k for _, k in flat], np.int64), starts
+    )
+    assert got == (km, days)
+    if cars == WEEKLY:
+        assert sum(days) > 300  # the example counts: the sums are not all zero
