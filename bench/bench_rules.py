@@ -6,6 +6,9 @@
   on the same events as ``EventFields``), best of 5 rounds taking turns; the
   ratio is Python / compiled (the issue's target: 20 or more).  Both give the
   same flags, evidence and score on every vehicle (checked here too).
+* ``rules.speed_apply``: per event, the speed layer's stateful ``check_event`` against a compiled
+  call over the ``n`` events one vehicle has in a poll (n = 1 … 32), what the speed layer would
+  gain by calling the kernels (docs/batch.md, "The speed layer keeps the Python rules");
 * ``rules.compile``: what the first call costs in a fresh process: with numba's
   on-disk cache cold (compiling every kernel) and warm (loading them), each
   measured in a subprocess with its own cache directory.
@@ -100,7 +103,42 @@ def main(argv: list[str] | None = None) -> int:
         {"python_us_per_event": round(best["python"] / events * 1e6, 2)},
         best["python"] / best["compiled"],
     )  # fmt: skip
+    _speed_apply(histories, args.rounds)
     return 0
+
+
+def _speed_apply(histories: list[list[EventFields]], rounds: int) -> None:
+    """What the speed layer would gain by calling the kernels: per event, its own path (the state
+    carried through :func:`pipelines.rules.check_event`, the flags it raises in real time) against a
+    compiled call over a vehicle's ``n`` events of one poll (``columns`` + ``assess_columns``, which
+    carry no state in or out: a lower bound of what a stateful kernel call would cost)."""
+    from pipelines.rules import EMPTY_STATE, check_event
+    from pipelines.rules.kernels import assess_columns, columns
+
+    figures: dict[str, float] = {}
+    for n in (1, 2, 4, 8, 16, 32):
+        groups = [h[:n] for h in histories if len(h) >= n]
+        best = {"python": float("inf"), "compiled": float("inf")}
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for g in groups:
+                state = EMPTY_STATE
+                for e in g:
+                    state, _, _ = check_event(state, e)
+            best["python"] = min(best["python"], time.perf_counter() - started)
+            started = time.perf_counter()
+            for g in groups:
+                assess_columns(columns(g))
+            best["compiled"] = min(best["compiled"], time.perf_counter() - started)
+        events = n * len(groups)
+        figures[f"python_us_{n}"] = round(best["python"] / events * 1e6, 2)
+        figures[f"compiled_us_{n}"] = round(best["compiled"] / events * 1e6, 2)
+    record(
+        "rules.speed_apply",
+        {**figures, "ratio_is": "python us/event / compiled us/event, one event per vehicle and poll"},
+        None,
+        figures["python_us_1"] / figures["compiled_us_1"],
+    )
 
 
 if __name__ == "__main__":
