@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch.config import VIEWS
-from batch.filekeys import FileKeys, file_key_pass, merge
+from batch.filekeys import FileKeys, file_key_pass, key_repeats, key_rows, merge
 from batch.rowchecks import UNIQUE_KINDS, RowChecks, add, arrow_checks, resolve
 from batch.session import require_gx
 from batch.views.bucket_views import PER_VEHICLE_VIEWS
@@ -280,7 +280,6 @@ def _small_view_rows(scanned: Sequence[Path], checks: list[_Check], rows: RowChe
     """The suite's counts over a small view read whole (every key's repeats exactly: all its rows are
     here), or None when a row-level check failed: Spark's own count then says how many."""
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     table = pa.concat_tables([pq.read_table(f, partitioning=None) for f in scanned])
@@ -288,13 +287,8 @@ def _small_view_rows(scanned: Sequence[Path], checks: list[_Check], rows: RowChe
     if any(row.get(str(c.unexpected)) for c in checks if c.considered):
         return None
     for check in checks:
-        if check.distinct is None:
-            continue
-        key = table.select(list(_key(check)))
-        for name in key.column_names:
-            key = key.filter(pc.is_valid(key[name]))
-        distinct = key.group_by(key.column_names).aggregate([]).num_rows
-        row[str(check.unexpected)] = key.num_rows - distinct
+        if check.distinct is not None:
+            row[str(check.unexpected)] = key_repeats(key_rows(table, _key(check)))
     return row
 
 

@@ -101,6 +101,21 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return ordered[np.concatenate(([True], ordered[1:] != ordered[:-1]))] if len(ordered) else ordered
 
 
+def key_rows(table: pa.Table, key: Key) -> pa.Table:
+    """The key's columns of ``table``, less the rows where a part of it is null (Spark's ``count``)."""
+    part = table.select(list(key))
+    for name in key:
+        part = part.filter(pc.is_valid(part[name]))
+    return part
+
+
+def key_repeats(part: pa.Table) -> int:
+    """Rows of :func:`key_rows` minus its distinct keys: what a uniqueness expectation counts."""
+    if part.num_columns == 1:
+        return part.num_rows - int(pc.count_distinct(part.column(0)).as_py())
+    return part.num_rows - part.group_by(part.column_names).aggregate([]).num_rows
+
+
 def file_keys(path: str, keys: Sequence[Key], rows: RowChecks | None = None) -> FileKeys:
     """Read the key columns of one file and count what repeats within it (no Spark); with ``rows``,
     the suite's row-level checks over the same read."""
@@ -113,14 +128,8 @@ def file_keys(path: str, keys: Sequence[Key], rows: RowChecks | None = None) -> 
     repeats: list[int] = []
     found: list[bytes | None] = []
     for key in keys:
-        part = table.select(list(key))
-        for name in key:
-            part = part.filter(pc.is_valid(part[name]))
-        if len(key) == 1:
-            distinct = int(pc.count_distinct(part[key[0]]).as_py())
-        else:
-            distinct = part.group_by(list(key)).aggregate([]).num_rows
-        repeats.append(part.num_rows - distinct)
+        part = key_rows(table, key)
+        repeats.append(key_repeats(part))
         if "vehicle" in key:
             found.append(b"")  # cannot repeat across files whose vehicle ranges are disjoint
         else:

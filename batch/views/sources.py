@@ -64,6 +64,16 @@ def _seconds(times: pa.ChunkedArray) -> pa.Array:
     return pc.floor(pc.divide(times.cast(_TS).cast(pa.int64()).cast(pa.float64()), 1000.0))
 
 
+def _add_up(parts: pa.Table) -> pa.Table:
+    """``parts`` (columns of :data:`SUMS_SCHEMA`) added up per producer, in row order, sorted by it."""
+    counts = ["events", "verified", "consistent", "timely", "quality"]
+    g = parts.group_by("source_id", use_threads=False).aggregate(
+        [*((c, "sum") for c in counts), ("first_event_time", "min"), ("last_event_time", "max")]
+    )
+    names = [f"{c}_sum" for c in counts] + ["first_event_time_min", "last_event_time_max"]
+    return pa.table([g["source_id"], *(g[n] for n in names)], schema=SUMS_SCHEMA).sort_by("source_id")
+
+
 def source_sums(history: pa.Table, timely_lag_s: int) -> pa.Table:
     """Per producer, the sums behind its shares over some ``vehicle_history`` rows."""
     if history.num_rows == 0:
@@ -71,42 +81,21 @@ def source_sums(history: pa.Table, timely_lag_s: int) -> pa.Table:
     lag_s = pc.subtract(_seconds(history["ingestion_time"]), _seconds(history["event_time"]))
     # Spark's size(NULL) is -1: a row without a flag list is not counted consistent
     no_flags = pc.fill_null(pc.equal(pc.list_value_length(history["batch_flags"]), 0), False)
-    parts = pa.table(
-        {
-            "source_id": history["source_id"],
-            "one": pa.repeat(1, history.num_rows).cast(pa.int64()),
-            "verified": pc.equal(history["verification"], "verified").cast(pa.int64()),
-            "consistent": no_flags.cast(pa.int64()),
-            "timely": pc.less_equal(lag_s, float(timely_lag_s)).cast(pa.int64()),
-            "quality": history["quality"],
-            "event_time": history["event_time"].cast(_TS),
-        }
-    )
-    g = parts.group_by("source_id", use_threads=False).aggregate(
+    times = history["event_time"].cast(_TS)
+    rows = pa.table(
         [
-            ("one", "sum"),
-            ("verified", "sum"),
-            ("consistent", "sum"),
-            ("timely", "sum"),
-            ("quality", "sum"),
-            ("event_time", "min"),
-            ("event_time", "max"),
-        ]
-    )
-    out = pa.table(
-        [
-            g["source_id"],
-            g["one_sum"],
-            g["verified_sum"],
-            g["consistent_sum"],
-            g["timely_sum"],
-            g["quality_sum"],
-            g["event_time_min"],
-            g["event_time_max"],
+            history["source_id"],
+            pa.repeat(1, history.num_rows).cast(pa.int64()),
+            pc.equal(history["verification"], "verified").cast(pa.int64()),
+            no_flags.cast(pa.int64()),
+            pc.less_equal(lag_s, float(timely_lag_s)).cast(pa.int64()),
+            history["quality"],
+            times,
+            times,
         ],
         schema=SUMS_SCHEMA,
     )
-    return out.sort_by("source_id")
+    return _add_up(rows)
 
 
 def sums_path(version: Path, bucket: int) -> Path:
@@ -137,43 +126,28 @@ def reputation_from_sums(tables: Sequence[pa.Table]) -> pa.Table:
     """``source_reputation`` from the buckets' sums, added up in the order given, sorted by producer."""
     if not tables:
         return REPUTATION_SCHEMA.empty_table()
-    g = (
-        pa.concat_tables(tables)
-        .group_by("source_id", use_threads=False)
-        .aggregate(
-            [
-                ("events", "sum"),
-                ("verified", "sum"),
-                ("consistent", "sum"),
-                ("timely", "sum"),
-                ("quality", "sum"),
-                ("first_event_time", "min"),
-                ("last_event_time", "max"),
-            ]
-        )
-    )
-    events = g["events_sum"].cast(pa.float64())
+    g = _add_up(pa.concat_tables(tables))
+    events = g["events"].cast(pa.float64())
 
     def share(column: str) -> pa.ChunkedArray:
         return pc.divide(g[column].cast(pa.float64()), events)
 
-    verified, consistent, timely = share("verified_sum"), share("consistent_sum"), share("timely_sum")
+    verified, consistent, timely = share("verified"), share("consistent"), share("timely")
     reputation = pc.divide(pc.add(pc.add(verified, consistent), timely), 3.0)
-    out = pa.table(
+    return pa.table(
         [
             g["source_id"],
-            g["events_sum"],
+            g["events"],
             verified,
             consistent,
             timely,
-            share("quality_sum"),
-            g["first_event_time_min"],
-            g["last_event_time_max"],
+            share("quality"),
+            g["first_event_time"],
+            g["last_event_time"],
             reputation,
         ],
         schema=REPUTATION_SCHEMA,
     )
-    return out.sort_by("source_id")
 
 
 def write_reputation(table: pa.Table, view_dir: Path) -> None:
